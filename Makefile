@@ -1,0 +1,45 @@
+# flexfactor: PGXS build.  The version lives only in flexfactor.control.
+EXTENSION = flexfactor
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
+
+MODULE_big = flexfactor
+OBJS = \
+	src/flexfactor.o \
+	src/settings.o \
+	src/shmem.o \
+	src/dbguard.o \
+	src/worker.o \
+	src/worker_status.o
+
+DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+
+# pg_regress suites (sql/*.sql + expected/*.out) on a throwaway instance
+# that preloads the library.
+REGRESS = settings secrets schema privileges
+REGRESS_OPTS = --temp-instance=tmp_check_regress \
+	--temp-config=$(srcdir)/test/regress.conf
+
+# TAP suites (PostgreSQL::Test::Cluster) under test/t; our helpers in test/perl.
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+PROVE_FLAGS = -I $(srcdir)/test/perl
+
+PG_CPPFLAGS = -I$(srcdir)/src -DFLEXFACTOR_VERSION=\"$(EXTVERSION)\"
+PG_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter \
+	-Wno-missing-field-initializers -Wno-sign-compare
+SHLIB_LINK = -lcurl -lssh2 -lssl -lcrypto
+
+EXTRA_CLEAN = $(DATA_built) tmp_check_regress results regression.diffs \
+	regression.out tmp_check
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# One SQL source of truth, copied to the versioned install script.
+$(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql $(EXTENSION).control
+	cp $< $@
+
+.PHONY: print-version
+print-version:
+	@echo $(EXTVERSION)

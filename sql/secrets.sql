@@ -1,0 +1,38 @@
+-- Secrets: masked for everyone, invisible to ordinary roles, never echoed.
+\set VERBOSITY default
+
+-- superuser: secrets are masked, ordinary settings readable
+SHOW flexfactor.app_secret;
+SHOW flexfactor.tokenization_key;
+SHOW flexfactor.webhook_key;
+SELECT current_setting('flexfactor.app_secret');
+SHOW flexfactor.sftp_passphrase;          -- unset: empty
+SHOW flexfactor.app_key;
+-- secrets are left out of pg_settings altogether (reset_val would show them)
+SELECT name FROM pg_settings
+ WHERE name IN ('flexfactor.app_secret', 'flexfactor.tokenization_key',
+                'flexfactor.sftp_passphrase', 'flexfactor.webhook_key',
+                'flexfactor.webhook_key_previous');
+SELECT count(*) AS secret_values_visible FROM pg_settings
+ WHERE setting LIKE '%regress-secret%' OR reset_val LIKE '%regress-secret%'
+    OR boot_val LIKE '%regress-secret%';
+
+-- an ordinary role sees neither secrets nor paths
+CREATE ROLE ff_plain_reader LOGIN;
+SET ROLE ff_plain_reader;
+SHOW flexfactor.app_secret;
+SHOW flexfactor.webhook_key;
+SHOW flexfactor.sftp_private_key_file;
+SHOW flexfactor.app_key;
+SELECT current_setting('flexfactor.tokenization_key');
+SELECT current_setting('flexfactor.sftp_known_hosts_file');
+SELECT name FROM pg_settings WHERE name LIKE 'flexfactor.%' ORDER BY name;
+-- ... and cannot change them
+SET flexfactor.app_secret = 'x';
+SET flexfactor.api_url = 'http://evil.example/v1/';
+SET flexfactor.mid = '00000000-0000-4000-8000-000000000001';
+-- the timeout is the one setting an ordinary role may lower for itself
+SET flexfactor.http_timeout_ms = 5000;
+SHOW flexfactor.http_timeout_ms;
+RESET ROLE;
+DROP ROLE ff_plain_reader;

@@ -1,0 +1,151 @@
+/*
+ * dbguard.c
+ *		Makes the workers step out of their database when a backend is
+ *		about to drop, rename, copy (CREATE DATABASE ... TEMPLATE) or move
+ *		it (ALTER DATABASE ... SET TABLESPACE).
+ *
+ * Those commands refuse to run while another session is connected, and a
+ * background worker is such a session.  A ProcessUtility hook, present in
+ * every backend because the library is preloaded, recognises them when they
+ * name flexfactor.database, asks the workers to leave through shared memory,
+ * waits briefly for them to go, and keeps them away until shortly after the
+ * command ends.  The launcher then finds the database again or waits for it.
+ */
+#include "postgres.h"
+
+#include "commands/dbcommands.h"
+#include "commands/defrem.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
+#include "utils/timestamp.h"
+
+#include "dbguard.h"
+#include "settings.h"
+#include "shmem.h"
+#include "worker_status.h"
+
+/* how long workers stay away while the command runs, and after it ends */
+#define RELEASE_DURING_MS	30000
+#define RELEASE_AFTER_MS	2000
+/* how long the command waits for the workers to disconnect */
+#define WAIT_FOR_EXIT_MS	5000
+
+static ProcessUtility_hook_type prev_process_utility = NULL;
+
+static const char *
+option_string(List *options, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, options)
+	{
+		DefElem    *opt = lfirst_node(DefElem, lc);
+
+		if (strcmp(opt->defname, name) == 0 && opt->arg != NULL)
+			return defGetString(opt);
+	}
+	return NULL;
+}
+
+/* The database a statement needs to have to itself, or NULL. */
+static const char *
+exclusive_database_of(Node *stmt)
+{
+	switch (nodeTag(stmt))
+	{
+		case T_DropdbStmt:
+			return ((DropdbStmt *) stmt)->dbname;
+		case T_RenameStmt:
+			if (((RenameStmt *) stmt)->renameType == OBJECT_DATABASE)
+				return ((RenameStmt *) stmt)->subname;
+			return NULL;
+		case T_CreatedbStmt:
+			return option_string(((CreatedbStmt *) stmt)->options, "template");
+		case T_AlterDatabaseStmt:
+			if (option_string(((AlterDatabaseStmt *) stmt)->options, "tablespace"))
+				return ((AlterDatabaseStmt *) stmt)->dbname;
+			return NULL;
+		default:
+			return NULL;
+	}
+}
+
+static void
+set_release(Oid dboid, int duration_ms)
+{
+	LWLockAcquire(ff_shared->lock, LW_EXCLUSIVE);
+	ff_shared->release_dboid = dboid;
+	ff_shared->release_until =
+		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), duration_ms);
+	LWLockRelease(ff_shared->lock);
+}
+
+static void
+wait_for_worker_exit(void)
+{
+	for (int waited = 0; waited < WAIT_FOR_EXIT_MS; waited += 10)
+	{
+		if (ff_status_pid(FF_ROLE_WORKER) == 0)
+			return;
+		ff_status_wake(FF_ROLE_WORKER);
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(10 * 1000L);
+	}
+}
+
+static void
+ff_process_utility(PlannedStmt *pstmt, const char *queryString,
+				   bool readOnlyTree, ProcessUtilityContext context,
+				   ParamListInfo params, QueryEnvironment *queryEnv,
+				   DestReceiver *dest, QueryCompletion *qc)
+{
+	const char *dbname = exclusive_database_of(pstmt->utilityStmt);
+	Oid			dboid = InvalidOid;
+
+	if (ff_shared != NULL && dbname != NULL && ff_database != NULL &&
+		strcmp(dbname, ff_database) == 0)
+		dboid = get_database_oid(dbname, true);
+
+	if (OidIsValid(dboid))
+	{
+		set_release(dboid, RELEASE_DURING_MS);
+		wait_for_worker_exit();
+	}
+
+	PG_TRY();
+	{
+		if (prev_process_utility)
+			prev_process_utility(pstmt, queryString, readOnlyTree, context,
+								 params, queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		if (OidIsValid(dboid))
+			set_release(dboid, RELEASE_AFTER_MS);
+	}
+	PG_END_TRY();
+}
+
+void
+ff_dbguard_install_hook(void)
+{
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = ff_process_utility;
+}
+
+/* True while workers must stay out of this database. */
+bool
+ff_database_released(Oid dboid)
+{
+	bool		released;
+
+	LWLockAcquire(ff_shared->lock, LW_SHARED);
+	released = (ff_shared->release_dboid == dboid &&
+				GetCurrentTimestamp() < ff_shared->release_until);
+	LWLockRelease(ff_shared->lock);
+	return released;
+}

@@ -1,0 +1,350 @@
+/*
+ * settings.c
+ *		Defines and validates every flexfactor.* configuration parameter.
+ *
+ * Owns: the GUC variables, their check hooks (a bad value is refused with a
+ * message that says what is allowed) and the show hooks that mask secrets.
+ *
+ * Secrets (API secret, tokenization key, SSH key passphrase, webhook keys)
+ * are superuser-only, shown as "********" by SHOW and current_setting() even
+ * to superusers, and left out of pg_settings altogether (GUC_NO_SHOW_ALL),
+ * because its reset_val column would bypass the show hook.  Their check hooks
+ * never echo the rejected value.  File paths are superuser-only.
+ */
+#include "postgres.h"
+
+#include <arpa/inet.h>
+
+#include "common/base64.h"
+#include "utils/guc.h"
+
+#include "settings.h"
+
+char	   *ff_api_url = NULL;
+char	   *ff_app_key = NULL;
+char	   *ff_app_secret = NULL;
+char	   *ff_mid = NULL;
+char	   *ff_tokenization_key = NULL;
+char	   *ff_site_id = NULL;
+int			ff_http_timeout_ms = 30000;
+char	   *ff_ca_file = NULL;
+
+char	   *ff_database = NULL;
+int			ff_batch_interval = 60;
+int			ff_batch_max_rows = 2000;
+
+char	   *ff_sftp_host = NULL;
+int			ff_sftp_port = 22;
+char	   *ff_sftp_user = NULL;
+char	   *ff_sftp_private_key_file = NULL;
+char	   *ff_sftp_public_key_file = NULL;
+char	   *ff_sftp_passphrase = NULL;
+char	   *ff_sftp_known_hosts_file = NULL;
+char	   *ff_sftp_inbound_dir = NULL;
+char	   *ff_sftp_outbound_dir = NULL;
+
+char	   *ff_webhook_listen_address = NULL;
+int			ff_webhook_port = 8480;
+char	   *ff_webhook_path = NULL;
+char	   *ff_webhook_key = NULL;
+char	   *ff_webhook_key_previous = NULL;
+int			ff_webhook_max_skew = 300;
+
+#define SECRET_FLAGS	(GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL)
+#define PATH_FLAGS		GUC_SUPERUSER_ONLY
+#define MASKED_VALUE	"********"
+
+/* ---- show hooks: secrets are never displayed ---- */
+
+static const char *
+mask(const char *value)
+{
+	return (value != NULL && value[0] != '\0') ? MASKED_VALUE : "";
+}
+
+static const char *show_app_secret(void) { return mask(ff_app_secret); }
+static const char *show_tokenization_key(void) { return mask(ff_tokenization_key); }
+static const char *show_sftp_passphrase(void) { return mask(ff_sftp_passphrase); }
+static const char *show_webhook_key(void) { return mask(ff_webhook_key); }
+static const char *show_webhook_key_previous(void) { return mask(ff_webhook_key_previous); }
+
+/* ---- check hooks ---- */
+
+static bool
+is_empty(const char *value)
+{
+	return value == NULL || value[0] == '\0';
+}
+
+static bool
+has_whitespace(const char *value)
+{
+	for (const char *p = value; *p; p++)
+		if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+			return true;
+	return false;
+}
+
+/* 8-4-4-4-12 hexadecimal digits, as FlexFactor issues MIDs and site ids */
+static bool
+is_guid(const char *value)
+{
+	static const int group_len[] = {8, 4, 4, 4, 12};
+	const char *p = value;
+
+	for (int g = 0; g < 5; g++)
+	{
+		for (int i = 0; i < group_len[g]; i++, p++)
+			if (!isxdigit((unsigned char) *p))
+				return false;
+		if (g < 4 && *p++ != '-')
+			return false;
+	}
+	return *p == '\0';
+}
+
+static bool
+check_api_url(char **newval, void **extra, GucSource source)
+{
+	const char *url = *newval;
+	size_t		len;
+
+	if (is_empty(url) ||
+		(strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
+		has_whitespace(url))
+	{
+		GUC_check_errdetail("The FlexFactor API URL must start with \"https://\" (or \"http://\" for a local simulator) and contain no spaces.");
+		GUC_check_errhint("Use the base URL including the version, e.g. \"https://api-sandbox.flexfactor.io/v1/\".");
+		return false;
+	}
+
+	/* normalise to one trailing slash so paths can be appended */
+	len = strlen(url);
+	if (url[len - 1] != '/')
+	{
+		char	   *with_slash = malloc(len + 2);
+
+		if (with_slash == NULL)
+			return false;
+		memcpy(with_slash, url, len);
+		with_slash[len] = '/';
+		with_slash[len + 1] = '\0';
+		free(*newval);
+		*newval = with_slash;
+	}
+	return true;
+}
+
+static bool
+check_optional_guid(char **newval, void **extra, GucSource source)
+{
+	if (is_empty(*newval) || is_guid(*newval))
+		return true;
+	GUC_check_errdetail("The value must be empty or a GUID such as \"00000000-0000-4000-8000-000000000001\".");
+	GUC_check_errhint("Copy the value from the Developers page of the FlexFactor merchant portal.");
+	return false;
+}
+
+static bool
+check_absolute_path(char **newval, void **extra, GucSource source)
+{
+	if (is_empty(*newval) || (*newval)[0] == '/')
+		return true;
+	GUC_check_errmsg("file path settings of flexfactor must be absolute");
+	GUC_check_errdetail("The path does not start with \"/\".");
+	GUC_check_errhint("Give the full path of a file readable by the PostgreSQL server account.");
+	return false;
+}
+
+static bool
+check_nonempty_name(char **newval, void **extra, GucSource source)
+{
+	if (!is_empty(*newval) && !has_whitespace(*newval))
+		return true;
+	GUC_check_errdetail("The value must not be empty or contain spaces.");
+	return false;
+}
+
+static bool
+check_optional_host(char **newval, void **extra, GucSource source)
+{
+	if (is_empty(*newval) || !has_whitespace(*newval))
+		return true;
+	GUC_check_errdetail("A host name or address must not contain spaces.");
+	return false;
+}
+
+static bool
+check_listen_address(char **newval, void **extra, GucSource source)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+
+	if (is_empty(*newval) ||
+		inet_pton(AF_INET, *newval, addr) == 1 ||
+		inet_pton(AF_INET6, *newval, addr) == 1)
+		return true;
+	GUC_check_errdetail("The value must be empty (listener off) or a numeric IPv4 or IPv6 address.");
+	GUC_check_errhint("Use \"127.0.0.1\" behind a reverse proxy, or \"0.0.0.0\" to listen on every IPv4 interface.");
+	return false;
+}
+
+static bool
+check_webhook_path(char **newval, void **extra, GucSource source)
+{
+	if (!is_empty(*newval) && (*newval)[0] == '/' && !has_whitespace(*newval) &&
+		strchr(*newval, '?') == NULL)
+		return true;
+	GUC_check_errdetail("The webhook path must start with \"/\" and contain no spaces or query string.");
+	return false;
+}
+
+/*
+ * Webhook subscriber keys are base64 (flexfactor-api.md section 7.4).  The
+ * rejected value is a secret, so the message is replaced and never echoes it.
+ */
+static bool
+check_webhook_key(char **newval, void **extra, GucSource source)
+{
+	const char *key = *newval;
+	int			len;
+	int			decoded_len;
+	char	   *decoded;
+
+	if (is_empty(key))
+		return true;
+
+	len = strlen(key);
+	decoded = malloc(pg_b64_dec_len(len) + 1);
+	if (decoded == NULL)
+		return false;
+	decoded_len = pg_b64_decode(key, len, decoded, pg_b64_dec_len(len));
+	explicit_bzero(decoded, pg_b64_dec_len(len) + 1);
+	free(decoded);
+
+	if (decoded_len >= 16)
+		return true;
+
+	GUC_check_errmsg("invalid webhook subscriber key");
+	GUC_check_errdetail("The key must be base64 text that decodes to at least 16 bytes.");
+	GUC_check_errhint("Copy the subscriber key from Developers > Webhooks in the FlexFactor merchant portal.");
+	return false;
+}
+
+void
+ff_define_settings(void)
+{
+	/* ---- API ---- */
+	DefineCustomStringVariable("flexfactor.api_url",
+							   "Base URL of the FlexFactor API, including the version path.",
+							   NULL, &ff_api_url,
+							   "https://api-sandbox.flexfactor.io/v1/",
+							   PGC_SUSET, 0, check_api_url, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.app_key",
+							   "FlexFactor API key (AppKey) used to obtain bearer tokens.",
+							   NULL, &ff_app_key, "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.app_secret",
+							   "FlexFactor API secret (AppSecret). Secret: never shown.",
+							   NULL, &ff_app_secret, "",
+							   PGC_SUSET, SECRET_FLAGS, NULL, NULL, show_app_secret);
+	DefineCustomStringVariable("flexfactor.mid",
+							   "FlexFactor merchant id (MID, a GUID).",
+							   NULL, &ff_mid, "",
+							   PGC_SUSET, 0, check_optional_guid, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.tokenization_key",
+							   "FlexFactor tokenization key for /tokenize. Secret: never shown.",
+							   NULL, &ff_tokenization_key, "",
+							   PGC_SUSET, SECRET_FLAGS, NULL, NULL, show_tokenization_key);
+	DefineCustomStringVariable("flexfactor.site_id",
+							   "Optional FlexFactor site id (GUID) sent as siteId.",
+							   NULL, &ff_site_id, "",
+							   PGC_SUSET, 0, check_optional_guid, NULL, NULL);
+	DefineCustomIntVariable("flexfactor.http_timeout_ms",
+							"Total time limit of one FlexFactor API request.",
+							NULL, &ff_http_timeout_ms, 30000, 100, 600000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.ca_file",
+							   "CA bundle used to verify the API's TLS certificate (empty = system bundle).",
+							   NULL, &ff_ca_file, "",
+							   PGC_SUSET, PATH_FLAGS, check_absolute_path, NULL, NULL);
+
+	/* ---- background worker ---- */
+	DefineCustomStringVariable("flexfactor.database",
+							   "Database the flexfactor background workers connect to.",
+							   NULL, &ff_database, "postgres",
+							   PGC_POSTMASTER, 0, check_nonempty_name, NULL, NULL);
+	DefineCustomIntVariable("flexfactor.batch_interval",
+							"Seconds between batch exports by the worker (0 = only on demand).",
+							NULL, &ff_batch_interval, 60, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("flexfactor.batch_max_rows",
+							"Most lines in one batch file (FlexFactor accepts at most 2000).",
+							NULL, &ff_batch_max_rows, 2000, 1, 2000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	/* ---- SFTP ---- */
+	DefineCustomStringVariable("flexfactor.sftp_host",
+							   "FlexFactor SFTP host (empty = SFTP export off).",
+							   NULL, &ff_sftp_host, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, check_optional_host, NULL, NULL);
+	DefineCustomIntVariable("flexfactor.sftp_port",
+							"FlexFactor SFTP port.",
+							NULL, &ff_sftp_port, 22, 1, 65535,
+							PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.sftp_user",
+							   "SFTP user name issued by FlexFactor.",
+							   NULL, &ff_sftp_user, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.sftp_private_key_file",
+							   "Private key file for SFTP authentication.",
+							   NULL, &ff_sftp_private_key_file, "",
+							   PGC_SIGHUP, PATH_FLAGS, check_absolute_path, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.sftp_public_key_file",
+							   "Public key file matching sftp_private_key_file (empty = derived).",
+							   NULL, &ff_sftp_public_key_file, "",
+							   PGC_SIGHUP, PATH_FLAGS, check_absolute_path, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.sftp_passphrase",
+							   "Passphrase of the SFTP private key. Secret: never shown.",
+							   NULL, &ff_sftp_passphrase, "",
+							   PGC_SIGHUP, SECRET_FLAGS, NULL, NULL, show_sftp_passphrase);
+	DefineCustomStringVariable("flexfactor.sftp_known_hosts_file",
+							   "known_hosts file pinning the SFTP server's host key (required).",
+							   NULL, &ff_sftp_known_hosts_file, "",
+							   PGC_SIGHUP, PATH_FLAGS, check_absolute_path, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.sftp_inbound_dir",
+							   "Remote folder batch files are uploaded to.",
+							   NULL, &ff_sftp_inbound_dir, "inbound",
+							   PGC_SIGHUP, PATH_FLAGS, check_nonempty_name, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.sftp_outbound_dir",
+							   "Remote folder FlexFactor writes result files to.",
+							   NULL, &ff_sftp_outbound_dir, "outbound",
+							   PGC_SIGHUP, PATH_FLAGS, check_nonempty_name, NULL, NULL);
+
+	/* ---- webhooks ---- */
+	DefineCustomStringVariable("flexfactor.webhook_listen_address",
+							   "IP address the webhook listener binds to (empty = listener off).",
+							   NULL, &ff_webhook_listen_address, "",
+							   PGC_SIGHUP, 0, check_listen_address, NULL, NULL);
+	DefineCustomIntVariable("flexfactor.webhook_port",
+							"TCP port of the webhook listener.",
+							NULL, &ff_webhook_port, 8480, 1, 65535,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.webhook_path",
+							   "URL path the webhook listener accepts deliveries on.",
+							   NULL, &ff_webhook_path, "/flexfactor/webhook",
+							   PGC_SIGHUP, 0, check_webhook_path, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.webhook_key",
+							   "Webhook subscriber key (base64). Secret: never shown.",
+							   NULL, &ff_webhook_key, "",
+							   PGC_SIGHUP, SECRET_FLAGS, check_webhook_key, NULL, show_webhook_key);
+	DefineCustomStringVariable("flexfactor.webhook_key_previous",
+							   "Previous webhook subscriber key, accepted during a key rotation. Secret: never shown.",
+							   NULL, &ff_webhook_key_previous, "",
+							   PGC_SIGHUP, SECRET_FLAGS, check_webhook_key, NULL, show_webhook_key_previous);
+	DefineCustomIntVariable("flexfactor.webhook_max_skew",
+							"Largest accepted difference between x-fc-date and the server clock.",
+							NULL, &ff_webhook_max_skew, 300, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("flexfactor");
+}

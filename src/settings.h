@@ -1,0 +1,47 @@
+/*
+ * settings.h
+ *		The flexfactor.* configuration parameters (GUCs).
+ *
+ * Every setting the extension reads is declared here and defined in
+ * settings.c; other files read these variables and never define GUCs.
+ */
+#ifndef FLEXFACTOR_SETTINGS_H
+#define FLEXFACTOR_SETTINGS_H
+
+/* API client */
+extern char *ff_api_url;
+extern char *ff_app_key;
+extern char *ff_app_secret;
+extern char *ff_mid;
+extern char *ff_tokenization_key;
+extern char *ff_site_id;
+extern int	ff_http_timeout_ms;
+extern char *ff_ca_file;
+
+/* background worker */
+extern char *ff_database;
+extern int	ff_batch_interval;
+extern int	ff_batch_max_rows;
+
+/* SFTP transport */
+extern char *ff_sftp_host;
+extern int	ff_sftp_port;
+extern char *ff_sftp_user;
+extern char *ff_sftp_private_key_file;
+extern char *ff_sftp_public_key_file;
+extern char *ff_sftp_passphrase;
+extern char *ff_sftp_known_hosts_file;
+extern char *ff_sftp_inbound_dir;
+extern char *ff_sftp_outbound_dir;
+
+/* webhook listener */
+extern char *ff_webhook_listen_address;
+extern int	ff_webhook_port;
+extern char *ff_webhook_path;
+extern char *ff_webhook_key;
+extern char *ff_webhook_key_previous;
+extern int	ff_webhook_max_skew;
+
+extern void ff_define_settings(void);
+
+#endif							/* FLEXFACTOR_SETTINGS_H */

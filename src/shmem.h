@@ -1,0 +1,62 @@
+/*
+ * shmem.h
+ *		The extension's shared memory: worker status slots and the
+ *		database-release handshake (later: the bearer token cache).
+ *
+ * Only exists when flexfactor is in shared_preload_libraries; code that
+ * needs it calls ff_shared_or_error(), which says so plainly otherwise.
+ */
+#ifndef FLEXFACTOR_SHMEM_H
+#define FLEXFACTOR_SHMEM_H
+
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "utils/timestamp.h"
+
+typedef enum FFWorkerRole
+{
+	FF_ROLE_LAUNCHER = 0,
+	FF_ROLE_WORKER,
+	FF_NUM_ROLES
+} FFWorkerRole;
+
+#define FF_STATE_LEN	64
+#define FF_ERROR_LEN	512
+
+/* What one background worker reports about itself; see worker_status.c. */
+typedef struct FFWorkerSlot
+{
+	pid_t		pid;			/* 0 when not running */
+	Latch	   *latch;			/* to wake it up */
+	Oid			dboid;			/* database it is connected to */
+	char		state[FF_STATE_LEN];
+	TimestampTz state_since;
+	TimestampTz started_at;
+	TimestampTz last_pass_at;
+	uint64		passes;
+	uint64		config_reloads;
+	uint64		restarts;		/* launches by the launcher since start-up */
+	char		last_error[FF_ERROR_LEN];
+	TimestampTz last_error_at;
+} FFWorkerSlot;
+
+typedef struct FFShared
+{
+	LWLock	   *lock;
+	FFWorkerSlot slots[FF_NUM_ROLES];
+
+	/*
+	 * Set by a backend about to DROP, RENAME or copy the workers' database:
+	 * workers connected to release_dboid leave it, and nobody reconnects
+	 * before release_until.  See dbguard.c.
+	 */
+	Oid			release_dboid;
+	TimestampTz release_until;
+} FFShared;
+
+extern FFShared *ff_shared;
+
+extern void ff_shmem_install_hooks(void);
+extern FFShared *ff_shared_or_error(void);
+
+#endif							/* FLEXFACTOR_SHMEM_H */

@@ -1,0 +1,354 @@
+/*
+ * worker.c
+ *		The launcher and the database worker: their start-up, signal
+ *		handling and main loops.
+ *
+ * The launcher is a static background worker connected to no database, so it
+ * can wait calmly while flexfactor.database does not exist: it looks the
+ * database up in the shared catalog and starts the worker (a dynamic
+ * background worker) once it is there, and again whenever the worker exits,
+ * with a growing delay if it keeps failing.  Both start only once recovery
+ * has finished, so nothing runs on a standby.
+ *
+ * The worker connects to the database, waits while the extension is not
+ * installed, and then runs one pass per wake-up: on its interval, or when a
+ * backend sets its latch.  Each pass runs in a memory context that is reset
+ * every loop; an error in a pass is logged, recorded in the status slot, and
+ * the loop goes on.  What a pass does is filled in by later features.
+ *
+ * Not here: the per-pass work itself, status reporting (worker_status.c),
+ * and the DROP DATABASE handshake (dbguard.c).
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "dbguard.h"
+#include "settings.h"
+#include "shmem.h"
+#include "worker.h"
+#include "worker_status.h"
+
+#define LAUNCHER_TICK_MS		5000
+#define RELEASED_TICK_MS		500
+#define EXTENSION_WAIT_MS		10000
+#define IDLE_TICK_MS			60000
+#define RELAUNCH_MIN_MS			1000
+#define RELAUNCH_MAX_MS			60000
+#define WORKER_STABLE_MS		60000
+
+static void
+fill_worker_entry(BackgroundWorker *bgw, const char *function, const char *name)
+{
+	memset(bgw, 0, sizeof(*bgw));
+	bgw->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	strlcpy(bgw->bgw_library_name, "flexfactor", BGW_MAXLEN);
+	strlcpy(bgw->bgw_function_name, function, BGW_MAXLEN);
+	strlcpy(bgw->bgw_name, name, BGW_MAXLEN);
+	strlcpy(bgw->bgw_type, name, BGW_MAXLEN);
+}
+
+void
+ff_register_launcher(void)
+{
+	BackgroundWorker bgw;
+
+	fill_worker_entry(&bgw, "ff_launcher_main", "flexfactor launcher");
+	bgw.bgw_restart_time = 5;
+	RegisterBackgroundWorker(&bgw);
+}
+
+static void
+setup_signals(void)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+}
+
+/* Re-read the configuration file after SIGHUP. */
+static void
+reload_settings_if_asked(void)
+{
+	if (!ConfigReloadPending)
+		return;
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	ff_status_config_reloaded();
+}
+
+static void
+wait_for_wakeup(long timeout_ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 timeout_ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+/* ---------------------------------------------------------------- launcher */
+
+/*
+ * The OID of a connectable database, or InvalidOid.  A sequential scan of the
+ * shared catalog, as the autovacuum launcher does: a process connected to no
+ * database cannot rely on catalog indexes.
+ */
+static Oid
+lookup_database(const char *name)
+{
+	Oid			dboid = InvalidOid;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	StartTransactionCommand();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(db->datname), name) == 0 &&
+			db->datallowconn && !database_is_invalid_form(db))
+		{
+			dboid = db->oid;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return dboid;
+}
+
+static BackgroundWorkerHandle *
+launch_worker(Oid dboid)
+{
+	BackgroundWorker bgw;
+	BackgroundWorkerHandle *handle;
+
+	fill_worker_entry(&bgw, "ff_worker_main", "flexfactor worker");
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	bgw.bgw_notify_pid = MyProcPid;
+	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
+
+	if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("flexfactor launcher could not start the worker"),
+				 errdetail("No background worker slot is free."),
+				 errhint("Raise max_worker_processes and restart PostgreSQL.")));
+		ff_status_error("no free background worker slot (raise max_worker_processes)");
+		return NULL;
+	}
+	ff_status_count_launch(FF_ROLE_WORKER);
+	return handle;
+}
+
+static bool
+worker_alive(BackgroundWorkerHandle *handle)
+{
+	pid_t		pid;
+
+	if (ff_status_pid(FF_ROLE_WORKER) != 0)
+		return true;
+	return handle != NULL && GetBackgroundWorkerPid(handle, &pid) != BGWH_STOPPED;
+}
+
+void
+ff_launcher_main(Datum main_arg)
+{
+	BackgroundWorkerHandle *handle = NULL;
+	MemoryContext loop_cxt;
+	bool		reported_missing_db = false;
+	TimestampTz launched_at = 0;
+	TimestampTz next_launch_at = 0;
+	long		relaunch_delay_ms = RELAUNCH_MIN_MS;
+
+	setup_signals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	if (!ff_status_claim(FF_ROLE_LAUNCHER, InvalidOid))
+	{
+		ereport(LOG, (errmsg("flexfactor launcher is already running; this copy exits")));
+		proc_exit(0);
+	}
+	pgstat_report_appname("flexfactor launcher");
+	ereport(LOG, (errmsg("flexfactor launcher started for database \"%s\"", ff_database)));
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor launcher loop",
+									 ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		long		timeout_ms = LAUNCHER_TICK_MS;
+		TimestampTz now;
+		Oid			dboid;
+
+		CHECK_FOR_INTERRUPTS();
+		reload_settings_if_asked();
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
+		now = GetCurrentTimestamp();
+
+		if (worker_alive(handle))
+		{
+			ff_status_set("supervising worker");
+			if (TimestampDifferenceExceeds(launched_at, now, WORKER_STABLE_MS))
+				relaunch_delay_ms = RELAUNCH_MIN_MS;
+		}
+		else if (!OidIsValid(dboid = lookup_database(ff_database)))
+		{
+			ff_status_set("waiting for database");
+			if (!reported_missing_db)
+				ereport(LOG,
+						(errmsg("flexfactor is waiting for database \"%s\" to be created", ff_database),
+						 errhint("Create the database, or set flexfactor.database and restart PostgreSQL.")));
+			reported_missing_db = true;
+		}
+		else if (ff_database_released(dboid))
+		{
+			ff_status_set("database released");
+			timeout_ms = RELEASED_TICK_MS;
+		}
+		else if (now < next_launch_at)
+		{
+			ff_status_set("waiting to restart worker");
+			timeout_ms = Max(1, (long) ((next_launch_at - now) / 1000));
+		}
+		else
+		{
+			reported_missing_db = false;
+			handle = launch_worker(dboid);
+			launched_at = now;
+			next_launch_at = TimestampTzPlusMilliseconds(now, relaunch_delay_ms);
+			relaunch_delay_ms = Min(relaunch_delay_ms * 2, RELAUNCH_MAX_MS);
+			ff_status_set("supervising worker");
+		}
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		ff_status_pass_done();
+		wait_for_wakeup(timeout_ms);
+	}
+}
+
+/* ------------------------------------------------------------------ worker */
+
+/* so that "waiting for the extension" is logged once, not every pass */
+static bool reported_missing_extension = false;
+
+static bool
+extension_installed(void)
+{
+	bool		installed;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	installed = OidIsValid(get_extension_oid("flexfactor", true));
+	CommitTransactionCommand();
+	return installed;
+}
+
+/*
+ * One unit of the worker's work.  Returns how long to sleep before the next
+ * pass, in milliseconds.
+ */
+static long
+run_pass(void)
+{
+	if (!extension_installed())
+	{
+		ff_status_set("waiting for extension");
+		if (!reported_missing_extension)
+			ereport(LOG,
+					(errmsg("flexfactor worker is waiting for the extension to be created in database \"%s\"",
+							get_database_name(MyDatabaseId)),
+					 errhint("Run CREATE EXTENSION flexfactor in that database.")));
+		reported_missing_extension = true;
+		return EXTENSION_WAIT_MS;
+	}
+	if (reported_missing_extension)
+		ereport(LOG, (errmsg("flexfactor worker found the extension and is running")));
+	reported_missing_extension = false;
+
+	ff_status_set("idle");
+	ff_status_pass_done();
+	return ff_batch_interval > 0 ? ff_batch_interval * 1000L : IDLE_TICK_MS;
+}
+
+void
+ff_worker_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	MemoryContext pass_cxt;
+
+	setup_signals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	if (!ff_status_claim(FF_ROLE_WORKER, dboid))
+	{
+		ereport(LOG, (errmsg("flexfactor worker is already running; this copy exits")));
+		proc_exit(0);
+	}
+	pgstat_report_appname("flexfactor worker");
+
+	pass_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor worker pass",
+									 ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		long		timeout_ms = EXTENSION_WAIT_MS;
+
+		CHECK_FOR_INTERRUPTS();
+		reload_settings_if_asked();
+
+		if (ff_database_released(MyDatabaseId))
+		{
+			ereport(LOG,
+					(errmsg("flexfactor worker is leaving database \"%s\" so that it can be dropped, renamed or copied",
+							ff_database)));
+			proc_exit(0);
+		}
+
+		MemoryContextReset(pass_cxt);
+		MemoryContextSwitchTo(pass_cxt);
+		PG_TRY();
+		{
+			pgstat_report_activity(STATE_RUNNING, "flexfactor worker pass");
+			timeout_ms = run_pass();
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(pass_cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			ff_status_error(edata->message);
+			ereport(WARNING,
+					(errmsg("flexfactor worker pass failed: %s", edata->message),
+					 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(TopMemoryContext);
+		pgstat_report_activity(STATE_IDLE, NULL);
+
+		wait_for_wakeup(timeout_ms);
+	}
+}
