@@ -67,9 +67,13 @@ class Simulator:
     def _ticker(self):
         while not self.stop_event.wait(0.05):
             try:
-                if self._something_due(self.clock.now()):
+                # In reorder mode deliveries wait for the next clock/advance call, which
+                # sends everything queued at once in reverse order (deterministic tests).
+                with self.store.lock:
+                    deliver = not self.store.webhook_mode.get("reorder")
+                if self._something_due(self.clock.now(), deliver):
                     with self.tick_lock:
-                        self.run_due(self.clock.now())
+                        self.run_due(self.clock.now(), deliver)
             except Exception as e:  # noqa: BLE001 - keep ticking
                 print("ffsim: ticker error: %s: %s" % (type(e).__name__, e), file=sys.stderr)
 
@@ -82,17 +86,17 @@ class Simulator:
                 print("ffsim: scanner error: %s: %s" % (type(e).__name__, e), file=sys.stderr)
 
     # ---------------------------------------------------------- time control
-    def _something_due(self, now):
+    def _something_due(self, now, deliver=True):
         a = self.engine.next_transition_due()
-        b = self.webhooks.next_due()
+        b = self.webhooks.next_due() if deliver else None
         return (a is not None and a <= now) or (b is not None and b <= now)
 
-    def run_due(self, now):
+    def run_due(self, now, deliver=True):
         """Apply transitions and deliver webhooks due at or before now (tick lock held)."""
         transitions, sent = [], 0
         for _ in range(100000):
             t = self.engine.apply_due(now)
-            s = self.webhooks.deliver_due(now)
+            s = self.webhooks.deliver_due(now) if deliver else 0
             transitions += t
             sent += s
             if not t and not s:

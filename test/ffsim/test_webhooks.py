@@ -108,9 +108,13 @@ class Webhooks(SimCase):
         self.admin("POST", "/_admin/webhooks/mode", {"reorder": True})
         osk = self.evaluate(self.eval_body(amount=4901))["orderSessionKey"]
         self.api("POST", "/v1/orders/%s/refund" % osk, {"amountToRefund": 1})
+        time.sleep(0.2)  # the background ticker must NOT deliver in reorder mode
+        self.assertEqual(self.receiver.received, [])
         self.advance(0)
         events = [r["payload"]["Event"] for r in self.receiver.verified()]
         self.assertEqual(events, ["order.refunded", "order.completed"])
+        atts = self.admin("GET", "/_admin/webhooks?orderId=" + osk)["attempts"]
+        self.assertTrue(all(a["reordered"] for a in atts))
 
     def test_delay_mode(self):
         self.admin("POST", "/_admin/webhooks/mode", {"delay_seconds": 30})
