@@ -26,6 +26,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+[ -n "${FFSIM_KEEP:-}" ] && trap - EXIT
 trap 'exit 1' INT TERM
 
 ok() { pass=$((pass + 1)); echo "ok - $*"; }
@@ -49,7 +50,7 @@ json() {  # json EXPR  (reads JSON from stdin as d)
 }
 
 # --- 1. the SSH server -------------------------------------------------------
-"$repo/test/sshd/ffsshd" start "$work/sshd" > "$work/sshd.env" 2> "$work/sshd.err" ||
+FFSSHD_PASSPHRASE="rt-passphrase" "$repo/test/sshd/ffsshd" start "$work/sshd" > "$work/sshd.env" 2> "$work/sshd.err" ||
     { cat "$work/sshd.err"; abort "ffsshd start"; }
 # shellcheck disable=SC1091
 . "$work/sshd/env"
@@ -147,7 +148,24 @@ check "every idempotency key accepted exactly once" test "$IDEM" = "4 []"
 "${CURL[@]}" -X POST -d "{\"orderId\":\"$OSK1\"}" "$BASE/_admin/webhooks/resend" > "$work/resend.json"
 check "receiver answers 401 to a wrong signature" test "$(json 'd["attempt"]["status"]' < "$work/resend.json")" = "401"
 
-# --- 7. clean stop on SIGTERM --------------------------------------------------------
+# --- 7. ffsshd: pinned host key lines, passphrase key, rekey is refused ----------------
+check "known_hosts has the bracketed [127.0.0.1]:port form" \
+    grep -qE "^\[127\.0\.0\.1\]:$FFSSHD_PORT ssh-ed25519 AAAA[A-Za-z0-9+/=]+\$" "$FFSSHD_KNOWN_HOSTS"
+check "known_hosts_plain has the portless form" \
+    grep -qE "^127\.0\.0\.1 ssh-ed25519 AAAA[A-Za-z0-9+/=]+\$" "$FFSSHD_KNOWN_HOSTS_PLAIN"
+check "authorized_keys lists both client keys" test "$(wc -l < "$FFSSHD_DIR/authorized_keys")" -eq 2
+check "client_key_pp needs its passphrase" bash -c \
+    "! ssh-keygen -y -P wrong -f '$FFSSHD_DIR/client_key_pp' >/dev/null 2>&1 && ssh-keygen -y -P rt-passphrase -f '$FFSSHD_DIR/client_key_pp' >/dev/null 2>&1"
+"$repo/test/sshd/ffsshd" rekey "$FFSSHD_DIR" > "$work/rekey.env" 2>&1
+check "rekey keeps the port" grep -q "^FFSSHD_PORT=$FFSSHD_PORT\$" "$work/rekey.env"
+printf 'ls\n' | timeout 30 sftp -b - -i "$FFSSHD_CLIENT_KEY" -o "UserKnownHostsFile=$FFSSHD_KNOWN_HOSTS" \
+    -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10 -P "$FFSSHD_PORT" \
+    "$FFSSHD_USER@127.0.0.1" > "$work/sftp-rekey.log" 2>&1
+rekey_rc=$?
+check "a changed host key is refused by a pinned client" \
+    bash -c "[ $rekey_rc -ne 0 ] && grep -q 'Host key verification failed' '$work/sftp-rekey.log'"
+
+# --- 8. clean stop on SIGTERM --------------------------------------------------------
 kill -TERM "$sim_pid"
 for _ in $(seq 1 100); do kill -0 "$sim_pid" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$sim_pid" 2>/dev/null; then bad "ffsim stops on SIGTERM"; else
