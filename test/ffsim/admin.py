@@ -150,7 +150,7 @@ class Admin:
                      and r["seq"] > since]
         if limit > 0:
             items = items[-limit:]
-        return self.ok({"count": len(items), "requests": items})
+        return self.ok(items)
 
     def clear_requests(self, q, b):
         with self.store.lock:

@@ -177,7 +177,7 @@ class Webhooks:
             "reordered": reordered, "manual": manual,
             "wrongSignature": bool(mode.get("wrong_signature")),
             "staleDate": bool(mode.get("stale_date")),
-            "url": url, "requestHeaders": headers, "body": body.decode("utf-8"),
+            "url": url, "headers": headers, "body": body.decode("utf-8"),
             "virtualTime": clock.iso(self.clock.now()), "realTime": real,
             "status": None, "error": None, "responseBody": None, "durationMs": None,
         }
