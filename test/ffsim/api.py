@@ -143,10 +143,6 @@ class Api:
             return self.validation(oc.errors)
         return problem_response(oc.http_status, oc.title, oc.detail)
 
-    @staticmethod
-    def source(req):
-        return "api"
-
     # ------------------------------------------------------------ endpoints
     def token(self, req, claims):
         obj, err = self.parse_json(req)

@@ -13,7 +13,6 @@ import urllib.parse
 
 import api
 import clock
-import common
 import faults
 
 
@@ -211,7 +210,3 @@ class Handler(http.server.BaseHTTPRequestHandler):
             entry["seq"] = st.next_seq()
             st.requests.append(entry)
         return entry
-
-
-def json_response(obj, status=200):
-    return api.Response(status, common.dumpb(obj))

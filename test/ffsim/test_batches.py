@@ -1,10 +1,8 @@
 # test_batches.py - the SFTP batch contract (section 9.3) on the local folders.
-import hashlib
 import json
 import os
 import time
 import unittest
-import uuid
 
 from simtest import MID, SimCase
 

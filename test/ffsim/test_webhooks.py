@@ -2,7 +2,6 @@
 # clock and the misbehaviour modes (duplicate, reorder, delay, wrong signature,
 # stale date), resend.
 import email.utils
-import json
 import time
 import unittest
 
