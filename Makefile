@@ -22,7 +22,6 @@ REGRESS_OPTS = --temp-instance=tmp_check_regress \
 # TAP suites (PostgreSQL::Test::Cluster) under test/t; our helpers in test/perl.
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
-PROVE_FLAGS = -I $(srcdir)/test/perl
 
 PG_CPPFLAGS = -I$(srcdir)/src -DFLEXFACTOR_VERSION=\"$(EXTVERSION)\"
 PG_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter \
@@ -36,6 +35,9 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# after the include: Makefile.global resets it
+PROVE_FLAGS += -I $(srcdir)/test/perl
+
 # One SQL source of truth, copied to the versioned install script.
 $(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql $(EXTENSION).control
 	cp $< $@
@@ -43,3 +45,9 @@ $(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql $(EXTENSION).control
 .PHONY: print-version
 print-version:
 	@echo $(EXTVERSION)
+
+# `make installcheck` runs pg_regress and then the TAP suites; this runs the
+# TAP suites alone (PROVE_TESTS=test/t/001_worker_lifecycle.pl for one).
+.PHONY: prove_installcheck
+prove_installcheck:
+	$(prove_installcheck)

@@ -253,6 +253,20 @@ ff_launcher_main(Datum main_arg)
 /* so that "waiting for the extension" is logged once, not every pass */
 static bool reported_missing_extension = false;
 
+/* name of the worker's database, for messages (read once, in a transaction) */
+static char my_database_name[NAMEDATALEN];
+
+static void
+remember_database_name(void)
+{
+	char	   *name;
+
+	StartTransactionCommand();
+	name = get_database_name(MyDatabaseId);
+	strlcpy(my_database_name, name ? name : "?", NAMEDATALEN);
+	CommitTransactionCommand();
+}
+
 static bool
 extension_installed(void)
 {
@@ -278,7 +292,7 @@ run_pass(void)
 		if (!reported_missing_extension)
 			ereport(LOG,
 					(errmsg("flexfactor worker is waiting for the extension to be created in database \"%s\"",
-							get_database_name(MyDatabaseId)),
+							my_database_name),
 					 errhint("Run CREATE EXTENSION flexfactor in that database.")));
 		reported_missing_extension = true;
 		return EXTENSION_WAIT_MS;
@@ -307,6 +321,7 @@ ff_worker_main(Datum main_arg)
 		proc_exit(0);
 	}
 	pgstat_report_appname("flexfactor worker");
+	remember_database_name();
 
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor worker pass",
 									 ALLOCSET_DEFAULT_SIZES);
@@ -321,7 +336,7 @@ ff_worker_main(Datum main_arg)
 		{
 			ereport(LOG,
 					(errmsg("flexfactor worker is leaving database \"%s\" so that it can be dropped, renamed or copied",
-							ff_database)));
+							my_database_name)));
 			proc_exit(0);
 		}
 

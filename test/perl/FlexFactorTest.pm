@@ -1,0 +1,67 @@
+# FlexFactorTest: helpers shared by flexfactor's TAP suites.
+#
+# Owns: making a PostgreSQL::Test::Cluster node that preloads flexfactor,
+# waiting for the workers, and reading the server log.  Servers other than
+# PostgreSQL (sshd, the simulator) are started by their own helpers.
+package FlexFactorTest;
+
+use strict;
+use warnings;
+use Exporter 'import';
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+our @EXPORT = qw(ff_node ff_worker_pid ff_wait_for_worker ff_log_contains
+  ff_log_since);
+
+# A new, not yet started node that preloads flexfactor.  %conf is written
+# to postgresql.conf as "key = 'value'".
+sub ff_node
+{
+	my ($name, %conf) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(allows_streaming => delete $conf{allows_streaming});
+	# the framework turns restart_after_crash off; crash tests need it on
+	my $extra = "shared_preload_libraries = 'flexfactor'\nrestart_after_crash = on\n";
+	$extra .= "$_ = '$conf{$_}'\n" for sort keys %conf;
+	$node->append_conf('postgresql.conf', $extra);
+	return $node;
+}
+
+# pid of the running flexfactor worker connected to $dbname, or '' if none.
+sub ff_worker_pid
+{
+	my ($node, $dbname) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT coalesce(string_agg(pid::text, ','), '') FROM pg_stat_activity
+		  WHERE backend_type = 'flexfactor worker' AND datname = '$dbname'");
+}
+
+# Wait until a worker is connected to $dbname (and, if given, its pid is
+# not $old_pid); returns the pid.
+sub ff_wait_for_worker
+{
+	my ($node, $dbname, $old_pid) = @_;
+	my $cond = "backend_type = 'flexfactor worker' AND datname = '$dbname'";
+	$cond .= " AND pid <> $old_pid" if defined $old_pid;
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE $cond")
+	  or die "timed out waiting for a flexfactor worker in $dbname";
+	return ff_worker_pid($node, $dbname);
+}
+
+# Server log text written after byte offset $offset.
+sub ff_log_since
+{
+	my ($node, $offset) = @_;
+	return substr(slurp_file($node->logfile), $offset // 0);
+}
+
+sub ff_log_contains
+{
+	my ($node, $pattern, $offset) = @_;
+	return ff_log_since($node, $offset) =~ $pattern;
+}
+
+1;
