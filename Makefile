@@ -9,13 +9,17 @@ OBJS = \
 	src/shmem.o \
 	src/dbguard.o \
 	src/worker.o \
-	src/worker_status.o
+	src/worker_status.o \
+	src/http.o \
+	src/token.o \
+	src/api.o \
+	src/transmit.o
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites (sql/*.sql + expected/*.out) on a throwaway instance
 # that preloads the library.
-REGRESS = settings secrets schema privileges
+REGRESS = settings secrets schema privileges api_local
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/regress.conf
 

@@ -22,6 +22,7 @@ CREATE TABLE flexfactor.orders (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     order_id           text NOT NULL,          -- merchant orderId (ExternalOrderId in webhooks)
     order_session_key  uuid,                   -- FlexFactor order id (OrderId in webhooks)
+    transaction_id     text,                   -- processor id of the charge attempt last sent
     idempotency_key    uuid NOT NULL,          -- of the current attempt, stored before sending
     source             text NOT NULL,
     is_mit             boolean NOT NULL DEFAULT true,
@@ -59,6 +60,20 @@ CREATE TABLE flexfactor.orders (
 );
 CREATE INDEX orders_open_idx ON flexfactor.orders (status_changed_at)
     WHERE status IN ('PENDING', 'SUBMITTED', 'PROCESSING', 'CHALLENGE', 'CAPTUREREQUIRED');
+
+-- Refunds sent with ff_refund(), one row per accepted refund.
+CREATE TABLE flexfactor.refunds (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_ref          bigint NOT NULL REFERENCES flexfactor.orders (id),
+    amount_cents       bigint NOT NULL,
+    idempotency_key    uuid NOT NULL,
+    transaction_id     text,                   -- FlexFactor's refund transaction
+    response           jsonb,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT refunds_amount_check CHECK (amount_cents > 0),
+    CONSTRAINT refunds_idempotency_key_key UNIQUE (idempotency_key)
+);
+CREATE INDEX refunds_order_idx ON flexfactor.refunds (order_ref);
 
 /* --------------------------------------------------------------- batches */
 
@@ -226,6 +241,396 @@ CREATE FUNCTION flexfactor.ff_version()
 RETURNS text
 AS 'MODULE_PATHNAME', 'ff_version'
 LANGUAGE C STRICT IMMUTABLE;
+
+
+/* ------------------------------------------------------- order states */
+
+-- Order states only move forward: PENDING < SUBMITTED < PROCESSING/CHALLENGE
+-- < CAPTUREREQUIRED < a final state (APPROVED, DECLINED, EXPIRED, CANCELLED,
+-- REJECTED); APPROVED may still become REFUNDED.  Unknown states rank NULL
+-- and never replace a known one.
+CREATE FUNCTION flexfactor.ff_status_rank(status text)
+RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE status
+    WHEN 'PENDING' THEN 0
+    WHEN 'SUBMITTED' THEN 1
+    WHEN 'PROCESSING' THEN 2
+    WHEN 'CHALLENGE' THEN 2
+    WHEN 'CAPTUREREQUIRED' THEN 3
+    WHEN 'APPROVED' THEN 10
+    WHEN 'DECLINED' THEN 10
+    WHEN 'EXPIRED' THEN 10
+    WHEN 'CANCELLED' THEN 10
+    WHEN 'REJECTED' THEN 10
+    WHEN 'REFUNDED' THEN 20
+END;
+
+-- The state an order is in after `incoming` is reported while it is in `current`.
+CREATE FUNCTION flexfactor.ff_next_status(current text, incoming text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE
+    WHEN incoming IS NULL OR incoming = current THEN current
+    WHEN incoming = 'REFUNDED' THEN
+        CASE WHEN current = 'APPROVED' THEN 'REFUNDED' ELSE current END
+    WHEN flexfactor.ff_status_rank(current) >= 10 THEN current
+    WHEN flexfactor.ff_status_rank(incoming) > flexfactor.ff_status_rank(current) THEN incoming
+    ELSE current
+END;
+
+-- Our order state for a GET /orders/{id} answer (statusName, any case).
+CREATE FUNCTION flexfactor.ff_status_from_order(answer jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE upper(coalesce(answer->>'statusName', ''))
+    WHEN 'COMPLETED' THEN 'APPROVED'
+    WHEN 'CANCELLED' THEN
+        CASE WHEN lower(coalesce(answer->>'isExpired', '')) = 'true' THEN 'EXPIRED' ELSE 'CANCELLED' END
+    WHEN 'RETURNED' THEN 'REFUNDED'
+    WHEN 'CAPTUREREQUIRED' THEN 'CAPTUREREQUIRED'
+    WHEN 'PROCESSING' THEN 'PROCESSING'
+    WHEN 'ONHOLD' THEN 'PROCESSING'
+    WHEN 'DRAFT' THEN 'SUBMITTED'
+END;
+
+CREATE FUNCTION flexfactor._orders_touch()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        NEW.status_changed_at := now();
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER orders_touch BEFORE UPDATE ON flexfactor.orders
+    FOR EACH ROW EXECUTE FUNCTION flexfactor._orders_touch();
+
+/* ------------------------------------------------------- helpers */
+
+-- Exact cents to dollars for /refund: 1 -> '0.01', 123456789 -> '1234567.89'.
+CREATE FUNCTION flexfactor.ff_cents_to_dollars(amount_cents bigint)
+RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN CASE WHEN amount_cents < 0 THEN '-' ELSE '' END
+    || (abs(amount_cents) / 100)::text || '.' || lpad((abs(amount_cents) % 100)::text, 2, '0');
+
+-- The idempotency key of one business attempt: a UUID derived from what
+-- identifies the attempt, so a retry after a failed, rolled-back call sends
+-- the same key (RFC 9562 version 8, "custom").
+CREATE FUNCTION flexfactor.ff_attempt_key(kind text, VARIADIC parts text[])
+RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN overlay(overlay(md5('flexfactor:' || kind || ':' || array_to_string(parts, chr(31), ''))
+                       PLACING '8' FROM 13) PLACING 'a' FROM 17)::uuid;
+
+CREATE FUNCTION flexfactor._uuid_arg(value text, what text)
+RETURNS uuid LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF value IS NULL OR value !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        RAISE EXCEPTION 'invalid %: %', what, coalesce(quote_literal(left(value, 60)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A GUID such as 8f2b6c1e-4d7a-4c1e-9a53-2f0d6e1b7c90 is expected.';
+    END IF;
+    RETURN value::uuid;
+END $$;
+
+-- Refuses an /evaluate body FlexFactor would reject for a missing order id,
+-- transaction or amount, naming the field.
+CREATE FUNCTION flexfactor._check_evaluate_body(payload jsonb, caller text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    amount jsonb := payload #> '{transaction,amount}';
+BEGIN
+    IF jsonb_typeof(payload) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION '%() expects a JSON object', caller
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Build the body with flexfactor.ff_decline(...).';
+    ELSIF coalesce(payload->>'orderId', '') = '' THEN
+        RAISE EXCEPTION '%() payload has no orderId', caller
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'FlexFactor requires the merchant''s order id in "orderId".',
+                  HINT = 'Build the body with flexfactor.ff_decline(...).';
+    ELSIF jsonb_typeof(payload->'transaction') IS DISTINCT FROM 'object'
+          OR coalesce(payload #>> '{transaction,id}', '') = '' THEN
+        RAISE EXCEPTION '%() payload has no transaction.id', caller
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'FlexFactor requires "transaction": {"id": ..., "amount": ..., "currency": ...}.';
+    ELSIF jsonb_typeof(amount) IS DISTINCT FROM 'number' OR amount::text !~ '^[0-9]+$'
+          OR amount::numeric <= 0 THEN
+        RAISE EXCEPTION '%() payload has an invalid transaction.amount', caller
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('transaction.amount is %s; it must be a positive whole number of cents.',
+                                  coalesce(amount::text, 'missing')),
+                  HINT = 'Send $19.99 as 1999.';
+    ELSIF coalesce(payload #>> '{transaction,currency}', '') !~ '^[A-Za-z]{3}$' THEN
+        RAISE EXCEPTION '%() payload has an invalid transaction.currency', caller
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'transaction.currency must be an ISO 4217 code such as "USD".';
+    END IF;
+END $$;
+
+-- An /evaluate body for a declined recurring (merchant-initiated) charge.
+-- Pass declined_at (when the charge failed) so that rebuilding the body for a
+-- retry gives the same bytes; without it the timestamp is left out.
+CREATE FUNCTION flexfactor.ff_decline(
+    order_id text,
+    amount_cents bigint,
+    currency text,
+    card_token text,
+    transaction_id text,
+    decline_code text DEFAULT '05',
+    email text DEFAULT NULL,
+    expiry timestamptz DEFAULT NULL,
+    subscription_id text DEFAULT NULL,
+    is_recurring boolean DEFAULT true,
+    declined_at timestamptz DEFAULT NULL)
+RETURNS jsonb LANGUAGE sql STABLE
+RETURN jsonb_strip_nulls(jsonb_build_object(
+    'orderId', order_id,
+    'isMIT', true,
+    'isDeclined', true,
+    'isRecurring', is_recurring,
+    'expiryDateUtc', to_char(expiry AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+    'transaction', jsonb_build_object(
+        'id', transaction_id,
+        'amount', amount_cents,
+        'currency', upper(currency),
+        'responseCode', decline_code,
+        'responseStatus', 'DECLINED',
+        'timestampUtc', to_char(declined_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'cardNotPresent', true),
+    'paymentMethod', jsonb_build_object('cardNumber', card_token, 'token', true),
+    'payer', CASE WHEN email IS NOT NULL THEN jsonb_build_object('email', email) END,
+    'subscription', CASE WHEN subscription_id IS NOT NULL THEN jsonb_build_object(
+        'subscriptionId', subscription_id, 'price', amount_cents, 'currency', upper(currency)) END));
+
+-- A /transmit body: the copy of a processed (normally successful) payment.
+CREATE FUNCTION flexfactor.ff_payment(
+    order_id text,
+    amount_cents bigint,
+    currency text,
+    transaction_id text,
+    email text DEFAULT NULL,
+    paid_at timestamptz DEFAULT NULL,
+    card_bin text DEFAULT NULL,
+    card_last4 text DEFAULT NULL,
+    is_mit boolean DEFAULT true)
+RETURNS jsonb LANGUAGE sql STABLE
+RETURN jsonb_strip_nulls(jsonb_build_object(
+    'orderId', order_id,
+    'isMIT', is_mit,
+    'isDeclined', false,
+    'transaction', jsonb_build_object(
+        'id', transaction_id,
+        'amount', amount_cents,
+        'currency', upper(currency),
+        'responseStatus', 'APPROVED',
+        'timestampUtc', to_char(paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
+    'paymentMethod', jsonb_build_object('cardBinNumber', card_bin, 'cardLast4Digits', card_last4),
+    'payer', CASE WHEN email IS NOT NULL THEN jsonb_build_object('email', email) END));
+
+/* ------------------------------------------------------- the API from SQL */
+
+-- The one internal door to the REST API (C): bearer token, retry on 401,
+-- errors with FF SQLSTATEs.  Granted to nobody: the functions below run as
+-- the extension owner (SECURITY DEFINER with a fixed search_path).
+CREATE FUNCTION flexfactor._api_call(method text, path text, body jsonb)
+RETURNS jsonb AS 'MODULE_PATHNAME', 'ff_api_call_sql' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION flexfactor._wake_worker_at_commit()
+RETURNS void AS 'MODULE_PATHNAME', 'ff_wake_worker_at_commit' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION flexfactor.ff_token_status(
+    OUT has_token boolean, OUT expires_at timestamptz, OUT token_requests bigint)
+RETURNS record AS 'MODULE_PATHNAME', 'ff_token_status' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION flexfactor.ff_tokenize(card jsonb)
+RETURNS text AS 'MODULE_PATHNAME', 'ff_tokenize' LANGUAGE C VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION flexfactor.ff_evaluate(payload jsonb)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mid     text := coalesce(payload->>'mid', nullif(current_setting('flexfactor.mid'), ''));
+    site    text := nullif(current_setting('flexfactor.site_id'), '');
+    key     uuid;
+    body    jsonb;
+    answer  jsonb;
+    row_id  bigint;
+BEGIN
+    PERFORM flexfactor._check_evaluate_body(payload, 'ff_evaluate');
+    IF payload ? 'idempotencyKey' THEN
+        key := flexfactor._uuid_arg(payload->>'idempotencyKey', 'idempotencyKey');
+    ELSE
+        key := flexfactor.ff_attempt_key('evaluate', mid, payload->>'orderId',
+                                         payload #>> '{transaction,id}');
+    END IF;
+    body := payload || jsonb_build_object('idempotencyKey', key,
+                                          'isDeclined', coalesce(payload->'isDeclined', 'true'));
+    IF mid IS NOT NULL AND NOT payload ? 'mid' THEN
+        body := body || jsonb_build_object('mid', mid);
+    END IF;
+    IF site IS NOT NULL AND NOT payload ? 'siteId' AND NOT payload ? 'siteUrl' THEN
+        body := body || jsonb_build_object('siteId', site);
+    END IF;
+
+    -- recorded before sending; a later answer never moves the state backwards
+    INSERT INTO flexfactor.orders AS o
+           (order_id, transaction_id, idempotency_key, source, is_mit, amount_cents,
+            currency, expiry_date_utc)
+    VALUES (payload->>'orderId', payload #>> '{transaction,id}', key, 'api',
+            coalesce((payload->>'isMIT')::boolean, false),
+            (payload #>> '{transaction,amount}')::bigint,
+            upper(payload #>> '{transaction,currency}'),
+            (payload->>'expiryDateUtc')::timestamptz)
+    ON CONFLICT (order_id) DO UPDATE
+       SET transaction_id = EXCLUDED.transaction_id,
+           idempotency_key = EXCLUDED.idempotency_key,
+           is_mit = EXCLUDED.is_mit,
+           amount_cents = EXCLUDED.amount_cents,
+           currency = EXCLUDED.currency,
+           expiry_date_utc = EXCLUDED.expiry_date_utc
+    RETURNING id INTO row_id;
+
+    answer := flexfactor._api_call('POST', 'evaluate', body);
+
+    UPDATE flexfactor.orders
+       SET order_session_key = coalesce(
+               CASE WHEN answer->>'orderSessionKey' ~* '^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$'
+                    THEN (answer->>'orderSessionKey')::uuid END,
+               order_session_key),
+           status = flexfactor.ff_next_status(status, upper(answer->>'status')),
+           last_response = answer
+     WHERE id = row_id;
+    RETURN answer;
+END $$;
+
+CREATE FUNCTION flexfactor.ff_order(order_session_key text)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key     uuid := flexfactor._uuid_arg($1, 'order_session_key');
+    answer  jsonb;
+BEGIN
+    answer := flexfactor._api_call('GET', 'orders/' || key, NULL);
+    UPDATE flexfactor.orders o
+       SET status = flexfactor.ff_next_status(o.status, flexfactor.ff_status_from_order(answer)),
+           last_response = answer
+     WHERE o.order_session_key = key;
+    RETURN answer;
+END $$;
+
+CREATE FUNCTION flexfactor._order_for_update(key uuid)
+RETURNS flexfactor.orders LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    o flexfactor.orders;
+BEGIN
+    SELECT * INTO o FROM flexfactor.orders WHERE order_session_key = key FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'order % is not known to flexfactor', key
+            USING ERRCODE = 'FF022',
+                  DETAIL = 'No row of flexfactor.orders has this order_session_key.',
+                  HINT = 'Use the orderSessionKey of an order sent with ff_evaluate() or a batch.';
+    END IF;
+    RETURN o;
+END $$;
+
+CREATE FUNCTION flexfactor.ff_refund(order_session_key text, amount_cents bigint DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key       uuid := flexfactor._uuid_arg($1, 'order_session_key');
+    o         flexfactor.orders := flexfactor._order_for_update(key);
+    remaining bigint := o.amount_cents - o.refunded_cents;
+    amount    bigint := coalesce($2, remaining);
+    idem      uuid;
+    answer    jsonb;
+BEGIN
+    IF o.status NOT IN ('APPROVED', 'REFUNDED') THEN
+        RAISE EXCEPTION 'cannot refund order %: its status is %', key, o.status
+            USING ERRCODE = 'FF020',
+                  DETAIL = 'Only APPROVED orders (or partly refunded ones) can be refunded.',
+                  HINT = 'Use ff_cancel() for a pending order; ff_order() refreshes the status.';
+    END IF;
+    IF amount <= 0 THEN
+        RAISE EXCEPTION 'refund amount must be positive, not % cents', amount
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the amount in cents, or NULL to refund what is left.';
+    END IF;
+    IF amount > remaining THEN
+        RAISE EXCEPTION 'refund of % cents is more than order % allows', amount, key
+            USING ERRCODE = 'FF021',
+                  DETAIL = format('The order is %s cents, %s cents are already refunded, %s cents are left.',
+                                  o.amount_cents, o.refunded_cents, remaining),
+                  HINT = 'Refund at most what is left; NULL refunds all of it.';
+    END IF;
+
+    idem := flexfactor.ff_attempt_key('refund', key::text, o.refunded_cents::text, amount::text);
+    answer := flexfactor._api_call('POST', 'orders/' || key || '/refund',
+                  jsonb_build_object('amountToRefund', flexfactor.ff_cents_to_dollars(amount)::numeric,
+                                     'isPartialRefund', amount < remaining,
+                                     'idempotencyKey', idem));
+    IF lower(coalesce(answer->>'success', 'true')) = 'false'
+       OR upper(coalesce(answer->>'status', '')) = 'FAILED' THEN
+        RAISE EXCEPTION 'FlexFactor refused the refund of order %', key
+            USING ERRCODE = 'FF012',
+                  DETAIL = format('responseCode %s: %s', coalesce(answer->>'responseCode', 'none'),
+                                  coalesce(answer->>'responseMessage', answer->>'errors', 'no message')),
+                  HINT = 'ff_order() shows what FlexFactor holds for the order.';
+    END IF;
+
+    INSERT INTO flexfactor.refunds (order_ref, amount_cents, idempotency_key, transaction_id, response)
+    VALUES (o.id, amount, idem, answer->>'transactionId', answer);
+    UPDATE flexfactor.orders
+       SET refunded_cents = refunded_cents + amount,
+           status = flexfactor.ff_next_status(status, 'REFUNDED'),
+           last_response = answer
+     WHERE id = o.id;
+    RETURN answer;
+END $$;
+
+CREATE FUNCTION flexfactor.ff_cancel(order_session_key text)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key     uuid := flexfactor._uuid_arg($1, 'order_session_key');
+    o       flexfactor.orders := flexfactor._order_for_update(key);
+    answer  jsonb;
+BEGIN
+    IF o.status NOT IN ('PENDING', 'SUBMITTED', 'PROCESSING', 'CHALLENGE', 'CAPTUREREQUIRED') THEN
+        RAISE EXCEPTION 'cannot cancel order %: its status is %', key, o.status
+            USING ERRCODE = 'FF020',
+                  DETAIL = 'Only pending orders (PENDING, SUBMITTED, PROCESSING, CHALLENGE, CAPTUREREQUIRED) can be cancelled.',
+                  HINT = 'Use ff_refund() for an APPROVED order.';
+    END IF;
+    answer := flexfactor._api_call('POST', 'orders/' || key || '/cancel',
+                  jsonb_build_object('idempotencyKey', flexfactor.ff_attempt_key('cancel', key::text)));
+    UPDATE flexfactor.orders
+       SET status = flexfactor.ff_next_status(status, 'CANCELLED'),
+           last_response = answer
+     WHERE id = o.id;
+    RETURN answer;
+END $$;
+
+-- Queues a /transmit copy; the worker sends it after this transaction commits.
+CREATE FUNCTION flexfactor.ff_transmit(payload jsonb)
+RETURNS bigint LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    queued bigint;
+BEGIN
+    IF jsonb_typeof(payload) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'ff_transmit() expects a JSON object'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Build the body with flexfactor.ff_payment(...).';
+    END IF;
+    IF coalesce(payload #>> '{paymentMethod,cardNumber}', '') ~ '^[0-9 -]{12,}$' THEN
+        RAISE EXCEPTION 'ff_transmit() payload carries a card number'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'paymentMethod.cardNumber looks like a PAN; card numbers are never stored.',
+                  HINT = 'Send cardBinNumber and cardLast4Digits instead (ff_payment() does).';
+    END IF;
+    INSERT INTO flexfactor.transmit_queue (payload) VALUES (payload) RETURNING id INTO queued;
+    PERFORM flexfactor._wake_worker_at_commit();
+    RETURN queued;
+END $$;
 
 /* ------------------------------------------------------------ privileges */
 

@@ -33,6 +33,11 @@ char	   *ff_database = NULL;
 int			ff_batch_interval = 60;
 int			ff_batch_max_rows = 2000;
 
+int			ff_transmit_concurrency = 16;
+int			ff_transmit_max_attempts = 8;
+int			ff_transmit_retry_base_ms = 1000;
+int			ff_transmit_retention = 604800;
+
 char	   *ff_sftp_host = NULL;
 int			ff_sftp_port = 22;
 char	   *ff_sftp_user = NULL;
@@ -281,6 +286,24 @@ ff_define_settings(void)
 							"Most lines in one batch file (FlexFactor accepts at most 2000).",
 							NULL, &ff_batch_max_rows, 2000, 1, 2000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	/* ---- transmit queue ---- */
+	DefineCustomIntVariable("flexfactor.transmit_concurrency",
+							"Most /transmit requests the worker has in flight at once.",
+							NULL, &ff_transmit_concurrency, 16, 1, 64,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("flexfactor.transmit_max_attempts",
+							"Failed attempts after which a queued transmit is set aside.",
+							NULL, &ff_transmit_max_attempts, 8, 1, 100,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("flexfactor.transmit_retry_base_ms",
+							"Delay before the first retry of a failed transmit; doubles per attempt, at most 5 minutes.",
+							NULL, &ff_transmit_retry_base_ms, 1000, 10, 300000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("flexfactor.transmit_retention",
+							"How long delivered transmits are kept before the worker deletes them.",
+							NULL, &ff_transmit_retention, 604800, 0, 315360000,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 
 	/* ---- SFTP ---- */
 	DefineCustomStringVariable("flexfactor.sftp_host",

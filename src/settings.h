@@ -23,6 +23,12 @@ extern char *ff_database;
 extern int	ff_batch_interval;
 extern int	ff_batch_max_rows;
 
+/* transmit queue */
+extern int	ff_transmit_concurrency;
+extern int	ff_transmit_max_attempts;
+extern int	ff_transmit_retry_base_ms;
+extern int	ff_transmit_retention;
+
 /* SFTP transport */
 extern char *ff_sftp_host;
 extern int	ff_sftp_port;

@@ -3,7 +3,8 @@
  *		Reserves and initialises flexfactor's shared memory.
  *
  * Owns the FFShared struct's life cycle and its LWLock.  What the fields
- * mean belongs to the files that use them (worker_status.c, dbguard.c).
+ * mean belongs to the files that use them (worker_status.c, dbguard.c,
+ * token.c).
  */
 #include "postgres.h"
 
@@ -44,6 +45,7 @@ ff_shmem_startup(void)
 		memset(ff_shared, 0, sizeof(FFShared));
 		ff_shared->lock = &(GetNamedLWLockTranche(FF_LWLOCK_TRANCHE))->lock;
 		ff_shared->release_dboid = InvalidOid;
+		ConditionVariableInit(&ff_shared->token.fetched);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

@@ -1,7 +1,7 @@
 /*
  * shmem.h
  *		The extension's shared memory: worker status slots and the
- *		database-release handshake (later: the bearer token cache).
+ *		database-release handshake and the bearer token cache.
  *
  * Only exists when flexfactor is in shared_preload_libraries; code that
  * needs it calls ff_shared_or_error(), which says so plainly otherwise.
@@ -9,6 +9,7 @@
 #ifndef FLEXFACTOR_SHMEM_H
 #define FLEXFACTOR_SHMEM_H
 
+#include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "utils/timestamp.h"
@@ -40,6 +41,20 @@ typedef struct FFWorkerSlot
 	TimestampTz last_error_at;
 } FFWorkerSlot;
 
+#define FF_TOKEN_MAX	8192
+
+/* The cluster's one FlexFactor bearer token; see token.c. */
+typedef struct FFTokenCache
+{
+	char		token[FF_TOKEN_MAX];	/* empty when none */
+	int64		expires_ms;		/* Unix epoch milliseconds */
+	uint64		generation;		/* bumped for every new token */
+	uint64		requests;		/* /oauth2/token requests since start */
+	bool		fetching;		/* a backend is fetching a new token */
+	pid_t		fetcher;
+	ConditionVariable fetched;	/* broadcast when a fetch ends */
+} FFTokenCache;
+
 typedef struct FFShared
 {
 	LWLock	   *lock;
@@ -52,6 +67,8 @@ typedef struct FFShared
 	 */
 	Oid			release_dboid;
 	TimestampTz release_until;
+
+	FFTokenCache token;
 } FFShared;
 
 extern FFShared *ff_shared;

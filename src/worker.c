@@ -14,7 +14,7 @@
  * installed, and then runs one pass per wake-up: on its interval, or when a
  * backend sets its latch.  Each pass runs in a memory context that is reset
  * every loop; an error in a pass is logged, recorded in the status slot, and
- * the loop goes on.  What a pass does is filled in by later features.
+ * the loop goes on.  A pass drains the /transmit queue (transmit.c).
  *
  * Not here: the per-pass work itself, status reporting (worker_status.c),
  * and the DROP DATABASE handshake (dbguard.c).
@@ -42,10 +42,11 @@
 #include "dbguard.h"
 #include "settings.h"
 #include "shmem.h"
+#include "transmit.h"
 #include "worker.h"
 #include "worker_status.h"
 
-#define LAUNCHER_TICK_MS		5000
+#define LAUNCHER_TICK_MS		1000
 #define RELEASED_TICK_MS		500
 #define EXTENSION_WAIT_MS		10000
 #define IDLE_TICK_MS			60000
@@ -286,6 +287,9 @@ extension_installed(void)
 static long
 run_pass(void)
 {
+	long		next_due_ms = -1;
+	long		timeout_ms;
+
 	if (!extension_installed())
 	{
 		ff_status_set("waiting for extension");
@@ -301,9 +305,14 @@ run_pass(void)
 		ereport(LOG, (errmsg("flexfactor worker found the extension and is running")));
 	reported_missing_extension = false;
 
+	ff_transmit_pass(&next_due_ms);
+
 	ff_status_set("idle");
 	ff_status_pass_done();
-	return ff_batch_interval > 0 ? ff_batch_interval * 1000L : IDLE_TICK_MS;
+	timeout_ms = ff_batch_interval > 0 ? ff_batch_interval * 1000L : IDLE_TICK_MS;
+	if (next_due_ms >= 0)
+		timeout_ms = Max(1, Min(timeout_ms, next_due_ms));
+	return timeout_ms;
 }
 
 void
@@ -327,7 +336,7 @@ ff_worker_main(Datum main_arg)
 									 ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
-		long		timeout_ms = EXTENSION_WAIT_MS;
+		volatile long timeout_ms = EXTENSION_WAIT_MS;
 
 		CHECK_FOR_INTERRUPTS();
 		reload_settings_if_asked();

@@ -1,0 +1,25 @@
+/*
+ * api.h
+ *		Calling the FlexFactor REST API: authentication, answers, errors.
+ */
+#ifndef FLEXFACTOR_API_H
+#define FLEXFACTOR_API_H
+
+#include "utils/jsonb.h"
+
+#include "http.h"
+
+extern Jsonb *ff_api_call(const char *method, const char *path, const char *body,
+						  bool with_token);
+extern Jsonb *ff_api_parse_json(const FFHttpRequest *req, const char *what);
+extern pg_attribute_noreturn() void ff_api_raise_status_error(const FFHttpRequest *req,
+															   const char *what);
+extern char *ff_api_describe_errors(const char *body);
+extern char *ff_api_endpoint(const char *path);
+
+extern Jsonb *ff_json_parse_or_null(const char *text, int len);
+extern JsonbValue *ff_json_get(JsonbContainer *container, const char *key, JsonbValue *out);
+extern char *ff_json_get_text(JsonbContainer *container, const char *key);
+extern bool ff_json_get_int64(JsonbContainer *container, const char *key, int64 *out);
+
+#endif							/* FLEXFACTOR_API_H */

@@ -1,0 +1,33 @@
+/*
+ * errors.h
+ *		flexfactor's own SQLSTATEs (class FF), so that callers can tell a
+ *		timeout from a validation error from bad credentials.
+ *
+ * README lists them with what the DBA should do about each one.
+ */
+#ifndef FLEXFACTOR_ERRORS_H
+#define FLEXFACTOR_ERRORS_H
+
+#include "utils/elog.h"
+
+/* talking to FlexFactor */
+#define ERRCODE_FF_CONNECTION_FAILURE	MAKE_SQLSTATE('F','F','0','0','1')
+#define ERRCODE_FF_TIMEOUT				MAKE_SQLSTATE('F','F','0','0','2')
+#define ERRCODE_FF_TLS_FAILURE			MAKE_SQLSTATE('F','F','0','0','3')
+#define ERRCODE_FF_BAD_CREDENTIALS		MAKE_SQLSTATE('F','F','0','0','4')
+#define ERRCODE_FF_VALIDATION			MAKE_SQLSTATE('F','F','0','0','5')
+#define ERRCODE_FF_IDEMPOTENCY_CONFLICT	MAKE_SQLSTATE('F','F','0','0','6')
+#define ERRCODE_FF_RATE_LIMITED			MAKE_SQLSTATE('F','F','0','0','7')
+#define ERRCODE_FF_SERVER_ERROR			MAKE_SQLSTATE('F','F','0','0','8')
+#define ERRCODE_FF_MALFORMED_RESPONSE	MAKE_SQLSTATE('F','F','0','0','9')
+#define ERRCODE_FF_NOT_FOUND			MAKE_SQLSTATE('F','F','0','1','0')
+#define ERRCODE_FF_FORBIDDEN			MAKE_SQLSTATE('F','F','0','1','1')
+#define ERRCODE_FF_REQUEST_FAILED		MAKE_SQLSTATE('F','F','0','1','2')
+#define ERRCODE_FF_NOT_CONFIGURED		MAKE_SQLSTATE('F','F','0','1','3')
+
+/* refused locally, before any request (raised from the SQL functions) */
+#define ERRCODE_FF_INVALID_ORDER_STATE	MAKE_SQLSTATE('F','F','0','2','0')
+#define ERRCODE_FF_REFUND_EXCEEDS		MAKE_SQLSTATE('F','F','0','2','1')
+#define ERRCODE_FF_UNKNOWN_ORDER		MAKE_SQLSTATE('F','F','0','2','2')
+
+#endif							/* FLEXFACTOR_ERRORS_H */

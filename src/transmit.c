@@ -1,0 +1,356 @@
+/*
+ * transmit.c
+ *		Delivers queued /transmit copies, in the worker, after commit.
+ *
+ * ff_transmit() (SQL) only inserts a row and calls _wake_worker_at_commit(),
+ * which sets the worker's latch when, and only if, the transaction commits:
+ * the caller never waits on the network and a rolled-back transaction sends
+ * nothing.  The worker claims due rows (FOR UPDATE SKIP LOCKED), sends up to
+ * flexfactor.transmit_concurrency at once over kept-alive connections, and
+ * records each outcome in the same transaction: delivered (with FlexFactor's
+ * transmitId), retried later with exponential backoff (transport failures,
+ * 408, 429, 5xx), or set aside with its last error (other 4xx answers, or
+ * flexfactor.transmit_max_attempts failures).  Every row sends a stable
+ * idempotencyKey, so a copy re-sent after a crash is recognisable.
+ * Delivered rows are deleted after flexfactor.transmit_retention.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/snapmgr.h"
+
+#include "api.h"
+#include "errors.h"
+#include "http.h"
+#include "settings.h"
+#include "token.h"
+#include "transmit.h"
+#include "worker_status.h"
+
+#define TRANSMIT_BATCH		1000
+#define MAX_ROUNDS_PER_PASS	50
+#define MAX_RETRY_DELAY_MS	300000.0
+
+/* ------------------------------------------------------ wake after commit */
+
+static bool wake_at_commit = false;
+
+static void
+transmit_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			if (wake_at_commit)
+				ff_status_wake(FF_ROLE_WORKER);
+			wake_at_commit = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			wake_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+PG_FUNCTION_INFO_V1(ff_wake_worker_at_commit);
+
+Datum
+ff_wake_worker_at_commit(PG_FUNCTION_ARGS)
+{
+	static bool registered = false;
+
+	if (!registered)
+	{
+		RegisterXactCallback(transmit_xact_callback, NULL);
+		registered = true;
+	}
+	wake_at_commit = true;
+	PG_RETURN_VOID();
+}
+
+/* ------------------------------------------------------------- the sender */
+
+typedef struct TransmitRow
+{
+	int64		id;
+	int32		attempts;
+	char	   *body;
+	/* outcome */
+	const char *state;
+	char	   *error;
+	char	   *transmit_id;
+	double		delay_ms;
+} TransmitRow;
+
+static double
+retry_delay_ms(int attempts_before)
+{
+	double		delay = (double) ff_transmit_retry_base_ms;
+
+	for (int i = 0; i < attempts_before && delay < MAX_RETRY_DELAY_MS; i++)
+		delay *= 2;
+	return Min(delay, MAX_RETRY_DELAY_MS);
+}
+
+static bool
+retryable_status(long status)
+{
+	return status == 408 || status == 429 || status >= 500;
+}
+
+static void
+judge(TransmitRow *row, const FFHttpRequest *req)
+{
+	char	   *reason;
+
+	if (req->curl_code == CURLE_OK && req->status >= 200 && req->status <= 299)
+	{
+		Jsonb	   *answer = ff_json_parse_or_null(req->response.data, req->response.len);
+
+		row->state = "delivered";
+		row->error = NULL;
+		row->transmit_id = answer ? ff_json_get_text(&answer->root, "transmitId") : NULL;
+		return;
+	}
+
+	if (req->curl_code != CURLE_OK)
+		reason = psprintf("could not reach FlexFactor: %s", ff_http_transport_error_text(req));
+	else
+	{
+		char	   *remote = ff_api_describe_errors(req->response.data);
+
+		reason = psprintf("HTTP %ld%s%s", req->status, remote ? ": " : "", remote ? remote : "");
+	}
+
+	if ((req->curl_code != CURLE_OK || retryable_status(req->status)) &&
+		row->attempts + 1 < ff_transmit_max_attempts)
+	{
+		row->state = "pending";
+		row->error = reason;
+		row->delay_ms = retry_delay_ms(row->attempts);
+	}
+	else
+	{
+		row->state = "set_aside";
+		row->error = (req->curl_code != CURLE_OK || retryable_status(req->status))
+			? psprintf("gave up after %d attempts; last: %s", row->attempts + 1, reason)
+			: reason;
+	}
+}
+
+static void
+send_rows(TransmitRow *rows, int n)
+{
+	FFHttpRequest *reqs = palloc0(sizeof(FFHttpRequest) * n);
+	char	   *url = ff_api_endpoint("transmit");
+	uint64		generation;
+	char	   *token = ff_token_get(&generation);
+	int			refused = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		reqs[i].method = "POST";
+		reqs[i].url = url;
+		reqs[i].body = rows[i].body;
+		reqs[i].bearer = token;
+	}
+	ff_http_perform(reqs, n, ff_transmit_concurrency);
+
+	/* a 401 means the shared token went stale: once more with a new one */
+	for (int i = 0; i < n; i++)
+		if (reqs[i].curl_code == CURLE_OK && reqs[i].status == 401)
+			refused++;
+	if (refused > 0)
+	{
+		FFHttpRequest *again = palloc0(sizeof(FFHttpRequest) * refused);
+		int		   *index = palloc(sizeof(int) * refused);
+		int			k = 0;
+
+		ff_token_invalidate(generation);
+		token = ff_token_get(&generation);
+		for (int i = 0; i < n; i++)
+			if (reqs[i].curl_code == CURLE_OK && reqs[i].status == 401)
+			{
+				again[k] = reqs[i];
+				again[k].bearer = token;
+				index[k++] = i;
+			}
+		ff_http_perform(again, refused, ff_transmit_concurrency);
+		for (k = 0; k < refused; k++)
+			reqs[index[k]] = again[k];
+	}
+
+	for (int i = 0; i < n; i++)
+		judge(&rows[i], &reqs[i]);
+}
+
+static Datum
+text_array(TransmitRow *rows, int n, int field)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * n);
+	bool	   *nulls = palloc(sizeof(bool) * n);
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	for (int i = 0; i < n; i++)
+	{
+		const char *value = field == 0 ? rows[i].state :
+			field == 1 ? rows[i].error : rows[i].transmit_id;
+
+		nulls[i] = (value == NULL);
+		elems[i] = value ? CStringGetTextDatum(value) : (Datum) 0;
+	}
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
+											  TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+static void
+record_outcomes(TransmitRow *rows, int n)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *delays = palloc(sizeof(Datum) * n);
+	Oid			types[5] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID};
+	Datum		values[5];
+
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(rows[i].id);
+		delays[i] = Float8GetDatum(rows[i].delay_ms);
+	}
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = text_array(rows, n, 0);
+	values[2] = text_array(rows, n, 1);
+	values[3] = text_array(rows, n, 2);
+	values[4] = PointerGetDatum(construct_array(delays, n, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+
+	if (SPI_execute_with_args(
+							  "UPDATE flexfactor.transmit_queue q"
+							  "   SET state = u.state,"
+							  "       attempts = q.attempts + 1,"
+							  "       last_error = u.error,"
+							  "       transmit_id = u.transmit_id,"
+							  "       delivered_at = CASE WHEN u.state = 'delivered' THEN now() END,"
+							  "       next_attempt_at = CASE WHEN u.state = 'pending'"
+							  "           THEN now() + u.delay_ms * interval '1 millisecond'"
+							  "           ELSE q.next_attempt_at END"
+							  "  FROM unnest($1, $2, $3, $4, $5) AS u(id, state, error, transmit_id, delay_ms)"
+							  " WHERE q.id = u.id",
+							  5, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not record transmit outcomes");
+}
+
+/* Claim, send and record one batch of due rows; returns how many. */
+static int
+transmit_batch(void)
+{
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		values[2] = {Int32GetDatum(TRANSMIT_BATCH), CStringGetTextDatum(ff_mid)};
+	TransmitRow *rows;
+	int			n;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "flexfactor: sending queued transmits");
+
+	if (SPI_execute_with_args(
+							  "SELECT id, attempts,"
+							  "       (payload"
+							  "        || jsonb_build_object('idempotencyKey', coalesce(payload->>'idempotencyKey',"
+							  "               md5('flexfactor-transmit:' || $2 || ':' || id)::uuid::text))"
+							  "        || CASE WHEN payload ? 'mid' OR $2 = '' THEN '{}'::jsonb"
+							  "                ELSE jsonb_build_object('mid', $2) END)::text"
+							  "  FROM flexfactor.transmit_queue"
+							  " WHERE state = 'pending' AND next_attempt_at <= now()"
+							  " ORDER BY next_attempt_at, id"
+							  " LIMIT $1 FOR UPDATE SKIP LOCKED",
+							  2, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not claim queued transmits");
+
+	n = (int) SPI_processed;
+	if (n > 0)
+	{
+		ff_status_set("sending transmits");
+		rows = palloc0(sizeof(TransmitRow) * n);
+		for (int i = 0; i < n; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+
+			rows[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			rows[i].attempts = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+			rows[i].body = SPI_getvalue(tup, desc, 3);
+		}
+		send_rows(rows, n);
+		record_outcomes(rows, n);
+	}
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return n;
+}
+
+/* Delete old delivered rows; returns ms until the next pending row is due, or -1. */
+static long
+tidy_and_find_next_due(void)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(ff_transmit_retention)};
+	long		next_due_ms = -1;
+	bool		isnull;
+	Datum		d;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	SPI_execute_with_args("DELETE FROM flexfactor.transmit_queue"
+						  " WHERE state = 'delivered'"
+						  "   AND delivered_at < now() - make_interval(secs => $1)",
+						  1, types, values, NULL, false, 0);
+	SPI_execute("SELECT ceil(extract(epoch FROM min(next_attempt_at) - clock_timestamp()) * 1000)::int8"
+				"  FROM flexfactor.transmit_queue WHERE state = 'pending'", true, 1);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		next_due_ms = Max(0, DatumGetInt64(d));
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return next_due_ms;
+}
+
+/*
+ * One pass of the worker over the transmit queue.  Returns the number of
+ * rows handled; *next_due_ms is when the next pending row is due (-1: none).
+ */
+int
+ff_transmit_pass(long *next_due_ms)
+{
+	int			total = 0;
+
+	for (int round = 0; round < MAX_ROUNDS_PER_PASS; round++)
+	{
+		int			n = transmit_batch();
+
+		total += n;
+		if (n < TRANSMIT_BATCH)
+			break;
+		CHECK_FOR_INTERRUPTS();
+	}
+	*next_due_ms = tidy_and_find_next_due();
+	return total;
+}
