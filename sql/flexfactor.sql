@@ -493,7 +493,7 @@ BEGIN
 
     UPDATE flexfactor.orders
        SET order_session_key = coalesce(
-               CASE WHEN answer->>'orderSessionKey' ~* '^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$'
+               CASE WHEN answer->>'orderSessionKey' ~* '^[0-9a-f]{8}(-?[0-9a-f]{4}){3}-?[0-9a-f]{12}$'
                     THEN (answer->>'orderSessionKey')::uuid END,
                order_session_key),
            status = flexfactor.ff_next_status(status, upper(answer->>'status')),
