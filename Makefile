@@ -13,6 +13,7 @@ OBJS = \
 	src/http.o \
 	src/token.o \
 	src/api.o \
+	src/evaluate.o \
 	src/transmit.o
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql

@@ -2,7 +2,7 @@
 -- and refuses bad values with a message that says what is allowed.
 \set VERBOSITY default
 
-SELECT name, setting, unit, context, vartype, min_val, max_val
+SELECT name, boot_val AS default, unit, context, vartype, min_val, max_val
   FROM pg_settings WHERE name LIKE 'flexfactor.%' ORDER BY name;
 
 -- API URL: scheme checked, trailing slash added
@@ -11,7 +11,7 @@ SET flexfactor.api_url = '';
 SET flexfactor.api_url = 'http://127.0.0.1:8080/v1';
 SHOW flexfactor.api_url;
 RESET flexfactor.api_url;
-SHOW flexfactor.api_url;
+SHOW flexfactor.api_url;   -- back to test/regress.conf's value
 
 -- GUIDs
 SET flexfactor.mid = 'not-a-guid';

@@ -332,8 +332,8 @@ ff_api_call(const char *method, const char *path, const char *body, bool with_to
 
 /* ------------------------------------------------------------ SQL entries */
 
-static void
-require_api_configured(void)
+void
+ff_api_require_configured(void)
 {
 	if (ff_mid[0] == '\0')
 		ereport(ERROR,
@@ -366,7 +366,7 @@ ff_api_call_sql(PG_FUNCTION_ARGS)
 
 		body = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
 	}
-	require_api_configured();
+	ff_api_require_configured();
 	PG_RETURN_JSONB_P(ff_api_call(method, path, body, true));
 }
 
@@ -408,7 +408,7 @@ ff_tokenize(PG_FUNCTION_ARGS)
 				 errdetail("The argument has no \"payment_method\" object."),
 				 errhint("Pass {\"payment_method\": {\"credit_card\": {\"first_name\": ..., \"last_name\": ..., "
 						 "\"number\": ..., \"month\": ..., \"year\": ...}}}.")));
-	require_api_configured();
+	ff_api_require_configured();
 	if (ff_tokenization_key[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_NOT_CONFIGURED),

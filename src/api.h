@@ -16,6 +16,7 @@ extern pg_attribute_noreturn() void ff_api_raise_status_error(const FFHttpReques
 															   const char *what);
 extern char *ff_api_describe_errors(const char *body);
 extern char *ff_api_endpoint(const char *path);
+extern void ff_api_require_configured(void);
 
 extern Jsonb *ff_json_parse_or_null(const char *text, int len);
 extern JsonbValue *ff_json_get(JsonbContainer *container, const char *key, JsonbValue *out);

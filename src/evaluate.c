@@ -1,0 +1,377 @@
+/*
+ * evaluate.c
+ *		ff_evaluate(): sends a declined transaction to /evaluate and keeps
+ *		the order book in step.
+ *
+ * Written in C, with saved plans, because it is the call billing code makes
+ * in loops: the order row is recorded (with its idempotency key) before the
+ * request and updated with FlexFactor's answer after it, and nothing else is
+ * done per call.  Also owns the checks of an /evaluate body (used by the
+ * batch queue too) and the derivation of idempotency keys, which must match
+ * the SQL function ff_attempt_key() byte for byte.
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/md5.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+
+#include "api.h"
+#include "errors.h"
+#include "evaluate.h"
+#include "settings.h"
+
+#define UUID_TEXT_LEN	36
+
+/* ------------------------------------------------------------- body checks */
+
+static char *
+scalar_text(JsonbContainer *container, const char *key)
+{
+	JsonbValue	v;
+
+	if (getKeyJsonValueFromContainer(container, key, strlen(key), &v) == NULL)
+		return NULL;
+	if (v.type == jbvString)
+		return pnstrdup(v.val.string.val, v.val.string.len);
+	if (v.type == jbvNumeric)
+		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v.val.numeric)));
+	if (v.type == jbvBool)
+		return pstrdup(v.val.boolean ? "true" : "false");
+	return NULL;
+}
+
+static JsonbContainer *
+object_member(JsonbContainer *container, const char *key)
+{
+	JsonbValue	v;
+
+	if (getKeyJsonValueFromContainer(container, key, strlen(key), &v) == NULL ||
+		v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+		return NULL;
+	return v.val.binary.data;
+}
+
+static bool
+is_empty(const char *s)
+{
+	return s == NULL || s[0] == '\0';
+}
+
+/*
+ * Refuse a body FlexFactor would reject for a missing order id, transaction
+ * or amount, naming the field.
+ */
+void
+ff_check_evaluate_body(Jsonb *payload, const char *caller)
+{
+	JsonbContainer *tx;
+	JsonbValue	amount;
+	char	   *currency;
+
+	if (!JB_ROOT_IS_OBJECT(payload))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s() expects a JSON object", caller),
+				 errhint("Build the body with flexfactor.ff_decline(...).")));
+	if (is_empty(scalar_text(&payload->root, "orderId")))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s() payload has no orderId", caller),
+				 errdetail("FlexFactor requires the merchant's order id in \"orderId\"."),
+				 errhint("Build the body with flexfactor.ff_decline(...).")));
+	tx = object_member(&payload->root, "transaction");
+	if (tx == NULL || is_empty(scalar_text(tx, "id")))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s() payload has no transaction.id", caller),
+				 errdetail("FlexFactor requires \"transaction\": {\"id\": ..., \"amount\": ..., \"currency\": ...}.")));
+	if (getKeyJsonValueFromContainer(tx, "amount", 6, &amount) == NULL ||
+		amount.type != jbvNumeric ||
+		strspn(scalar_text(tx, "amount"), "0123456789") != strlen(scalar_text(tx, "amount")) ||
+		strspn(scalar_text(tx, "amount"), "0") == strlen(scalar_text(tx, "amount")))
+	{
+		char	   *shown = scalar_text(tx, "amount");
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s() payload has an invalid transaction.amount", caller),
+				 errdetail("transaction.amount is %s; it must be a positive whole number of cents.",
+						   shown ? shown : "missing"),
+				 errhint("Send $19.99 as 1999.")));
+	}
+	currency = scalar_text(tx, "currency");
+	if (currency == NULL || strlen(currency) != 3 ||
+		!isalpha((unsigned char) currency[0]) || !isalpha((unsigned char) currency[1]) ||
+		!isalpha((unsigned char) currency[2]))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s() payload has an invalid transaction.currency", caller),
+				 errdetail("transaction.currency must be an ISO 4217 code such as \"USD\".")));
+}
+
+PG_FUNCTION_INFO_V1(ff_check_evaluate_body_sql);
+
+Datum
+ff_check_evaluate_body_sql(PG_FUNCTION_ARGS)
+{
+	ff_check_evaluate_body(PG_GETARG_JSONB_P(0), text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	PG_RETURN_VOID();
+}
+
+/* ------------------------------------------------------- idempotency keys */
+
+/*
+ * The key of one business attempt: md5 of "flexfactor:<kind>:" and the parts
+ * joined by U+001F (NULL parts as empty), shaped as an RFC 9562 version 8
+ * UUID.  Same as the SQL function ff_attempt_key().
+ */
+void
+ff_attempt_key(const char *kind, const char **parts, int nparts, char *uuid_out)
+{
+	StringInfoData buf;
+	char		hex[33];
+	const char *errstr = NULL;
+	int			o = 0;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "flexfactor:%s:", kind);
+	for (int i = 0; i < nparts; i++)
+	{
+		if (i > 0)
+			appendStringInfoChar(&buf, '\x1f');
+		if (parts[i] != NULL)
+			appendStringInfoString(&buf, parts[i]);
+	}
+	if (!pg_md5_hash(buf.data, buf.len, hex, &errstr))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not compute an idempotency key: %s", errstr)));
+	hex[12] = '8';				/* version 8 */
+	hex[16] = 'a';				/* RFC variant */
+	for (int i = 0; i < 32; i++)
+	{
+		if (i == 8 || i == 12 || i == 16 || i == 20)
+			uuid_out[o++] = '-';
+		uuid_out[o++] = hex[i];
+	}
+	uuid_out[o] = '\0';
+}
+
+static bool
+looks_like_uuid(const char *s)
+{
+	int			digits = 0;
+
+	if (s == NULL)
+		return false;
+	for (const char *p = s; *p; p++)
+	{
+		if (isxdigit((unsigned char) *p))
+			digits++;
+		else if (*p != '-')
+			return false;
+	}
+	return digits == 32 && strlen(s) <= UUID_TEXT_LEN;
+}
+
+/* ------------------------------------------------------------ ff_evaluate */
+
+static OverrideSearchPath catalog_only = {NIL, true, false, 0};
+static SPIPlanPtr record_plan = NULL;
+static SPIPlanPtr answer_plan = NULL;
+
+static SPIPlanPtr
+saved_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+
+		if (p == NULL || SPI_keepplan(p) != 0)
+			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		*plan = p;
+	}
+	return *plan;
+}
+
+/* payload's JSON text with the fields FlexFactor needs that it lacks */
+static char *
+request_body(Jsonb *payload, const char *key, const char *mid)
+{
+	StringInfoData body;
+	JsonbValue	v;
+
+	initStringInfo(&body);
+	(void) JsonbToCString(&body, &payload->root, VARSIZE(payload));
+	body.data[--body.len] = '\0';	/* drop the closing brace */
+	while (body.len > 1 && body.data[body.len - 1] == ' ')
+		body.data[--body.len] = '\0';
+
+#define ADD_FIELD(name) \
+	appendStringInfo(&body, "%s\"%s\": ", body.len > 1 ? ", " : "", name)
+
+	if (getKeyJsonValueFromContainer(&payload->root, "idempotencyKey", 14, &v) == NULL)
+	{
+		ADD_FIELD("idempotencyKey");
+		escape_json(&body, key);
+	}
+	if (getKeyJsonValueFromContainer(&payload->root, "isDeclined", 10, &v) == NULL)
+	{
+		ADD_FIELD("isDeclined");
+		appendStringInfoString(&body, "true");
+	}
+	if (mid != NULL && getKeyJsonValueFromContainer(&payload->root, "mid", 3, &v) == NULL)
+	{
+		ADD_FIELD("mid");
+		escape_json(&body, mid);
+	}
+	if (ff_site_id[0] != '\0' &&
+		getKeyJsonValueFromContainer(&payload->root, "siteId", 6, &v) == NULL &&
+		getKeyJsonValueFromContainer(&payload->root, "siteUrl", 7, &v) == NULL)
+	{
+		ADD_FIELD("siteId");
+		escape_json(&body, ff_site_id);
+	}
+#undef ADD_FIELD
+	appendStringInfoChar(&body, '}');
+	return body.data;
+}
+
+PG_FUNCTION_INFO_V1(ff_evaluate);
+
+Datum
+ff_evaluate(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *payload = PG_GETARG_JSONB_P(0);
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	MemoryContext spi_cxt;
+	JsonbContainer *tx;
+	const char *mid;
+	char	   *order_id;
+	char	   *tx_id;
+	char	   *given_key;
+	char		key[UUID_TEXT_LEN + 1];
+	char	   *body;
+	char	   *is_mit;
+	Jsonb	   *answer;
+	char	   *session_key;
+	char	   *status;
+	int64		row_id;
+	bool		isnull;
+	Oid			record_types[7] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT8OID, TEXTOID, TEXTOID};
+	Datum		record_values[7];
+	char		record_nulls[7] = "       ";
+	Oid			answer_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
+	Datum		answer_values[4];
+	char		answer_nulls[4] = "    ";
+
+	ff_check_evaluate_body(payload, "ff_evaluate");
+	tx = object_member(&payload->root, "transaction");
+	order_id = scalar_text(&payload->root, "orderId");
+	tx_id = scalar_text(tx, "id");
+	mid = scalar_text(&payload->root, "mid");
+	if (mid == NULL && ff_mid[0] != '\0')
+		mid = ff_mid;
+
+	given_key = scalar_text(&payload->root, "idempotencyKey");
+	if (given_key != NULL)
+	{
+		if (!looks_like_uuid(given_key))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid idempotencyKey: '%s'", given_key),
+					 errdetail("A GUID such as 8f2b6c1e-4d7a-4c1e-9a53-2f0d6e1b7c90 is expected.")));
+		strlcpy(key, given_key, sizeof(key));
+	}
+	else
+	{
+		const char *parts[3] = {mid, order_id, tx_id};
+
+		ff_attempt_key("evaluate", parts, 3, key);
+	}
+	body = request_body(payload, key, mid);
+	ff_api_require_configured();
+
+	/*
+	 * The function runs as the extension owner (SECURITY DEFINER) without a
+	 * SET search_path clause, whose GUC save/restore cost a fifth of a call;
+	 * its queries resolve names in pg_catalog only (then flexfactor, named
+	 * explicitly), so a caller's search_path cannot redirect them.  Transaction
+	 * abort pops the override if the call fails.
+	 */
+	PushOverrideSearchPath(&catalog_only);
+	SPI_connect();
+	spi_cxt = CurrentMemoryContext;
+
+	/* recorded before sending; never moves the order's state back */
+	is_mit = scalar_text(&payload->root, "isMIT");
+	record_values[0] = CStringGetTextDatum(order_id);
+	record_values[1] = CStringGetTextDatum(tx_id);
+	record_values[2] = CStringGetTextDatum(key);
+	record_values[3] = BoolGetDatum(is_mit != NULL && strcmp(is_mit, "true") == 0);
+	record_values[4] = DirectFunctionCall1(numeric_int8,
+										   DirectFunctionCall3(numeric_in,
+															   CStringGetDatum(scalar_text(tx, "amount")),
+															   ObjectIdGetDatum(InvalidOid),
+															   Int32GetDatum(-1)));
+	record_values[5] = CStringGetTextDatum(scalar_text(tx, "currency"));
+	record_values[6] = (Datum) 0;
+	if (scalar_text(&payload->root, "expiryDateUtc") != NULL)
+		record_values[6] = CStringGetTextDatum(scalar_text(&payload->root, "expiryDateUtc"));
+	else
+		record_nulls[6] = 'n';
+	if (SPI_execute_plan(saved_plan(&record_plan,
+									"INSERT INTO flexfactor.orders AS o"
+									"       (order_id, transaction_id, idempotency_key, source, is_mit,"
+									"        amount_cents, currency, expiry_date_utc)"
+									" VALUES ($1, $2, $3::uuid, 'api', $4, $5, upper($6), $7::timestamptz)"
+									" ON CONFLICT (order_id) DO UPDATE"
+									"    SET transaction_id = EXCLUDED.transaction_id,"
+									"        idempotency_key = EXCLUDED.idempotency_key,"
+									"        is_mit = EXCLUDED.is_mit,"
+									"        amount_cents = EXCLUDED.amount_cents,"
+									"        currency = EXCLUDED.currency,"
+									"        expiry_date_utc = EXCLUDED.expiry_date_utc"
+									" RETURNING id",
+									7, record_types),
+						 record_values, record_nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not record the order");
+	row_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	/* the answer must outlive SPI_finish(): allocate it in the caller's context */
+	MemoryContextSwitchTo(caller_cxt);
+	answer = ff_api_call("POST", "evaluate", body, true);
+	session_key = ff_json_get_text(&answer->root, "orderSessionKey");
+	status = ff_json_get_text(&answer->root, "status");
+	MemoryContextSwitchTo(spi_cxt);
+
+	answer_values[0] = Int64GetDatum(row_id);
+	if (looks_like_uuid(session_key))
+		answer_values[1] = CStringGetTextDatum(session_key);
+	else
+		answer_nulls[1] = 'n';
+	if (status != NULL)
+		answer_values[2] = CStringGetTextDatum(status);
+	else
+		answer_nulls[2] = 'n';
+	answer_values[3] = JsonbPGetDatum(answer);
+	if (SPI_execute_plan(saved_plan(&answer_plan,
+									"UPDATE flexfactor.orders"
+									"   SET order_session_key = coalesce($2::uuid, order_session_key),"
+									"       status = flexfactor.ff_next_status(status, upper($3)),"
+									"       last_response = $4"
+									" WHERE id = $1",
+									4, answer_types),
+						 answer_values, answer_nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not store FlexFactor's answer");
+
+	SPI_finish();
+	PopOverrideSearchPath();
+	PG_RETURN_JSONB_P(answer);
+}
