@@ -14,7 +14,9 @@ OBJS = \
 	src/token.o \
 	src/api.o \
 	src/evaluate.o \
-	src/transmit.o
+	src/transmit.o \
+	src/sftp.o \
+	src/batch.o
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 

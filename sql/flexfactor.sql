@@ -556,6 +556,117 @@ BEGIN
     RETURN queued;
 END $$;
 
+
+/* ------------------------------------------------------- SFTP batches */
+
+-- Queues one declined merchant-initiated charge for the next evaluate batch.
+-- A second call for the same attempt (orderId + transaction.id) returns the
+-- queued row instead of adding one.
+CREATE FUNCTION flexfactor.ff_enqueue_decline(payload jsonb)
+RETURNS bigint LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mid    text := coalesce(payload->>'mid', nullif(current_setting('flexfactor.mid'), ''));
+    queued bigint;
+BEGIN
+    PERFORM flexfactor._check_evaluate_body(payload, 'ff_enqueue_decline');
+    IF lower(coalesce(payload #>> '{paymentMethod,token}', 'false')) <> 'true'
+       OR coalesce(payload #>> '{paymentMethod,cardNumber}', '') = '' THEN
+        RAISE EXCEPTION 'ff_enqueue_decline() needs a tokenized card'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Batch lines must carry paymentMethod.cardNumber = a /tokenize token and paymentMethod.token = true; raw card numbers are never queued.',
+                  HINT = 'Tokenize the card first (ff_tokenize), or build the body with ff_decline().';
+    END IF;
+    IF lower(coalesce(payload->>'isMIT', 'true')) <> 'true' THEN
+        RAISE EXCEPTION 'ff_enqueue_decline() takes merchant-initiated charges only'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The payload has isMIT = false; SFTP batches carry MIT declines.',
+                  HINT = 'Send customer-initiated declines with ff_evaluate().';
+    END IF;
+    IF (payload #>> '{transaction,amount}')::numeric >= 100000000000 THEN
+        RAISE EXCEPTION 'ff_enqueue_decline() payload has an implausible transaction.amount'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('transaction.amount is %s cents.', payload #>> '{transaction,amount}');
+    END IF;
+
+    INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
+    VALUES (payload->>'orderId', payload #>> '{transaction,id}',
+            coalesce((payload->>'idempotencyKey')::uuid,
+                     flexfactor.ff_attempt_key('evaluate', mid, payload->>'orderId',
+                                               payload #>> '{transaction,id}')),
+            payload || jsonb_build_object('isMIT', true))
+    ON CONFLICT (order_id, transaction_id) DO NOTHING
+    RETURNING id INTO queued;
+    IF queued IS NULL THEN
+        SELECT d.id INTO queued FROM flexfactor.declines d
+         WHERE d.order_id = $1->>'orderId' AND d.transaction_id = $1 #>> '{transaction,id}';
+    END IF;
+    RETURN queued;
+END $$;
+
+-- Fixes up to max_rows pending declines into one evaluate batch: file name,
+-- line bytes (with sequenceNumber, mid and idempotencyKey), size and SHA-256
+-- are decided here, once, so every later upload writes the same file.
+-- Returns the batch id, or NULL when nothing is pending.
+CREATE FUNCTION flexfactor._create_evaluate_batch(max_rows integer)
+RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mid    text := nullif(current_setting('flexfactor.mid'), '');
+    ids    bigint[];
+    batch  bigint;
+BEGIN
+    IF mid IS NULL THEN
+        RAISE EXCEPTION 'flexfactor.mid is not set'
+            USING ERRCODE = 'FF013',
+                  HINT = 'Batch files are named after, and carry, the merchant id; set flexfactor.mid.';
+    END IF;
+
+    -- two exporters never take the same row
+    SELECT array_agg(id ORDER BY id) INTO ids
+      FROM (SELECT id FROM flexfactor.declines
+             WHERE state = 'pending'
+             ORDER BY id
+             LIMIT max_rows
+               FOR UPDATE SKIP LOCKED) AS claimed;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    batch := nextval(pg_get_serial_sequence('flexfactor.batches', 'id'));
+    INSERT INTO flexfactor.batches (id, kind, file_name, line_count)
+    OVERRIDING SYSTEM VALUE
+    VALUES (batch, 'evaluate',
+            format('evaluate_%s_%s_%s.jsonl', mid,
+                   to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"'), batch),
+            cardinality(ids));
+
+    INSERT INTO flexfactor.batch_lines (batch_id, sequence_number, decline_id, line)
+    SELECT batch, u.seq, d.id,
+           (d.payload || jsonb_build_object('sequenceNumber', u.seq, 'mid', mid,
+                                            'idempotencyKey', d.idempotency_key))::text
+      FROM unnest(ids) WITH ORDINALITY AS u(id, seq)
+      JOIN flexfactor.declines d ON d.id = u.id;
+
+    UPDATE flexfactor.declines
+       SET state = 'batched', batch_id = batch, batched_at = now()
+     WHERE id = ANY (ids);
+
+    UPDATE flexfactor.batches b
+       SET byte_count = octet_length(f.bytes), sha256 = encode(sha256(f.bytes), 'hex')
+      FROM (SELECT convert_to(string_agg(line || E'\n', '' ORDER BY sequence_number), 'UTF8') AS bytes
+              FROM flexfactor.batch_lines WHERE batch_id = batch) AS f
+     WHERE b.id = batch;
+    RETURN batch;
+END $$;
+
+-- Fixes pending declines into batches and uploads every due batch now (for
+-- pg_cron or by hand); returns the number uploaded.  Failures are recorded on
+-- the batch and reported as WARNINGs.
+CREATE FUNCTION flexfactor.ff_export_batch()
+RETURNS integer AS 'MODULE_PATHNAME', 'ff_export_batch' LANGUAGE C VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 /* ------------------------------------------------------------ privileges */
 
 REVOKE ALL ON ALL TABLES IN SCHEMA flexfactor FROM PUBLIC;

@@ -25,6 +25,12 @@
 #define ERRCODE_FF_REQUEST_FAILED		MAKE_SQLSTATE('F','F','0','1','2')
 #define ERRCODE_FF_NOT_CONFIGURED		MAKE_SQLSTATE('F','F','0','1','3')
 
+/* the SFTP transport */
+#define ERRCODE_FF_SFTP_CONNECTION		MAKE_SQLSTATE('F','F','0','3','0')
+#define ERRCODE_FF_SFTP_HOST_KEY		MAKE_SQLSTATE('F','F','0','3','1')
+#define ERRCODE_FF_SFTP_AUTH			MAKE_SQLSTATE('F','F','0','3','2')
+#define ERRCODE_FF_SFTP_IO				MAKE_SQLSTATE('F','F','0','3','3')
+
 /* refused locally, before any request (raised from the SQL functions) */
 #define ERRCODE_FF_INVALID_ORDER_STATE	MAKE_SQLSTATE('F','F','0','2','0')
 #define ERRCODE_FF_REFUND_EXCEEDS		MAKE_SQLSTATE('F','F','0','2','1')

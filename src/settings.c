@@ -32,6 +32,7 @@ char	   *ff_ca_file = NULL;
 char	   *ff_database = NULL;
 int			ff_batch_interval = 60;
 int			ff_batch_max_rows = 2000;
+int			ff_batch_retry_base = 5;
 
 int			ff_transmit_concurrency = 16;
 int			ff_transmit_max_attempts = 8;
@@ -40,6 +41,7 @@ int			ff_transmit_retention = 604800;
 
 char	   *ff_sftp_host = NULL;
 int			ff_sftp_port = 22;
+int			ff_sftp_timeout_ms = 30000;
 char	   *ff_sftp_user = NULL;
 char	   *ff_sftp_private_key_file = NULL;
 char	   *ff_sftp_public_key_file = NULL;
@@ -287,6 +289,11 @@ ff_define_settings(void)
 							NULL, &ff_batch_max_rows, 2000, 1, 2000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
+	DefineCustomIntVariable("flexfactor.batch_retry_base",
+							"Delay before the first retry of a failed batch upload; doubles per attempt, at most 15 minutes.",
+							NULL, &ff_batch_retry_base, 5, 1, 900,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
 	/* ---- transmit queue ---- */
 	DefineCustomIntVariable("flexfactor.transmit_concurrency",
 							"Most /transmit requests the worker has in flight at once.",
@@ -314,6 +321,10 @@ ff_define_settings(void)
 							"FlexFactor SFTP port.",
 							NULL, &ff_sftp_port, 22, 1, 65535,
 							PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomIntVariable("flexfactor.sftp_timeout_ms",
+							"Time limit of each SFTP connect, handshake, read and write.",
+							NULL, &ff_sftp_timeout_ms, 30000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomStringVariable("flexfactor.sftp_user",
 							   "SFTP user name issued by FlexFactor.",
 							   NULL, &ff_sftp_user, "",

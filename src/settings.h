@@ -22,6 +22,7 @@ extern char *ff_ca_file;
 extern char *ff_database;
 extern int	ff_batch_interval;
 extern int	ff_batch_max_rows;
+extern int	ff_batch_retry_base;
 
 /* transmit queue */
 extern int	ff_transmit_concurrency;
@@ -32,6 +33,7 @@ extern int	ff_transmit_retention;
 /* SFTP transport */
 extern char *ff_sftp_host;
 extern int	ff_sftp_port;
+extern int	ff_sftp_timeout_ms;
 extern char *ff_sftp_user;
 extern char *ff_sftp_private_key_file;
 extern char *ff_sftp_public_key_file;

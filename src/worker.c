@@ -40,6 +40,7 @@
 #include "utils/timestamp.h"
 
 #include "dbguard.h"
+#include "batch.h"
 #include "settings.h"
 #include "shmem.h"
 #include "transmit.h"
@@ -306,6 +307,8 @@ run_pass(void)
 	reported_missing_extension = false;
 
 	ff_transmit_pass(&next_due_ms);
+	if (ff_sftp_host[0] != '\0')
+		ff_export_pass_in_worker();
 
 	ff_status_set("idle");
 	ff_status_pass_done();

@@ -1,0 +1,367 @@
+/*
+ * batch.c
+ *		Exports queued declines to FlexFactor as SFTP batch files, exactly
+ *		once.
+ *
+ * A batch is fixed in the database before anything is sent: its rows are
+ * claimed (FOR UPDATE SKIP LOCKED), numbered, and its file name, bytes and
+ * SHA-256 stored (_create_evaluate_batch() in SQL).  Uploading streams the
+ * stored lines through a cursor (memory does not grow with the batch), checks
+ * the SHA-256 before the file is renamed into place, and marks the batch
+ * uploaded.  A retried upload therefore writes the same bytes under the same
+ * name, replacing any earlier copy.
+ *
+ * The worker fixes batches in one transaction and uploads each batch in its
+ * own, so a crash between an upload and its commit leaves the batch "ready"
+ * and it is uploaded again, identically.  ff_export_batch() (SQL, for pg_cron
+ * or by hand) does the same inside the caller's transaction, each upload in a
+ * subtransaction.  A failed upload records attempts, the error and the next
+ * attempt time (exponential backoff) on the batch; the others wait for the
+ * next pass.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+
+#include "batch.h"
+#include "errors.h"
+#include "settings.h"
+#include "sftp.h"
+#include "worker_status.h"
+
+#define LINES_PER_FETCH		500
+
+typedef struct ReadyBatch
+{
+	int64		id;
+	char	   *file_name;
+	char	   *sha256;
+	int32		attempts;
+} ReadyBatch;
+
+/* Fix pending declines into batches of at most batch_max_rows; returns how many. */
+static int
+create_batches(void)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(ff_batch_max_rows)};
+	int			created = 0;
+
+	for (;;)
+	{
+		bool		isnull;
+
+		if (SPI_execute_with_args("SELECT flexfactor._create_evaluate_batch($1)",
+								  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not create a batch");
+		(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (isnull)
+			break;
+		created++;
+		CHECK_FOR_INTERRUPTS();
+	}
+	return created;
+}
+
+/* Ready batches whose next attempt is due, oldest first, copied into `cxt`. */
+static List *
+ready_batches(MemoryContext cxt, bool lock)
+{
+	List	   *result = NIL;
+
+	if (SPI_execute(lock ?
+					"SELECT id, file_name, sha256, attempts FROM flexfactor.batches"
+					" WHERE state = 'ready' AND next_attempt_at <= now()"
+					" ORDER BY id FOR UPDATE SKIP LOCKED" :
+					"SELECT id, file_name, sha256, attempts FROM flexfactor.batches"
+					" WHERE state = 'ready' AND next_attempt_at <= now() ORDER BY id",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list batches to upload");
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+		ReadyBatch *b = palloc(sizeof(ReadyBatch));
+		bool		isnull;
+
+		b->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		b->file_name = SPI_getvalue(tup, desc, 2);
+		b->sha256 = SPI_getvalue(tup, desc, 3);
+		b->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		result = lappend(result, b);
+		MemoryContextSwitchTo(old);
+	}
+	return result;
+}
+
+static void
+hex_digest(const uint8 *digest, char *hex)
+{
+	static const char digits[] = "0123456789abcdef";
+
+	for (int i = 0; i < PG_SHA256_DIGEST_LENGTH; i++)
+	{
+		hex[2 * i] = digits[digest[i] >> 4];
+		hex[2 * i + 1] = digits[digest[i] & 0xf];
+	}
+	hex[2 * PG_SHA256_DIGEST_LENGTH] = '\0';
+}
+
+/* Stream the batch's stored lines to "<name>.part", verify, rename, mark. */
+static void
+upload_batch(FFSftp *conn, ReadyBatch *b)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(b->id)};
+	pg_cryptohash_ctx *hash = pg_cryptohash_create(PG_SHA256);
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	char		hex[PG_SHA256_DIGEST_STRING_LENGTH];
+	FFSftpUpload *up;
+	Portal		cursor;
+
+	if (hash == NULL || pg_cryptohash_init(hash) < 0)
+		elog(ERROR, "could not start a SHA-256 computation");
+	up = ff_sftp_begin_upload(conn, ff_sftp_inbound_dir, b->file_name);
+	/* not read-only: it must see lines fixed earlier in this transaction */
+	cursor = SPI_cursor_open_with_args(NULL,
+									   "SELECT line FROM flexfactor.batch_lines"
+									   " WHERE batch_id = $1 ORDER BY sequence_number",
+									   1, types, values, NULL, false, 0);
+	for (;;)
+	{
+		SPI_cursor_fetch(cursor, true, LINES_PER_FETCH);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			char	   *line = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			size_t		len = strlen(line);
+
+			ff_sftp_write(up, line, len);
+			ff_sftp_write(up, "\n", 1);
+			if (pg_cryptohash_update(hash, (uint8 *) line, len) < 0 ||
+				pg_cryptohash_update(hash, (uint8 *) "\n", 1) < 0)
+				elog(ERROR, "could not compute SHA-256");
+			pfree(line);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(cursor);
+	if (pg_cryptohash_final(hash, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute SHA-256");
+	pg_cryptohash_free(hash);
+	hex_digest(digest, hex);
+	if (b->sha256 == NULL || strcmp(hex, b->sha256) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("batch %lld does not match the SHA-256 recorded when it was created",
+						(long long) b->id),
+				 errdetail("Recorded %s, streamed %s; the file was not renamed into place.",
+						   b->sha256 ? b->sha256 : "nothing", hex),
+				 errhint("Someone changed flexfactor.batch_lines; restore the lines or set the batch aside.")));
+
+	ff_sftp_finish_upload(up);
+
+	if (SPI_execute_with_args("UPDATE flexfactor.batches"
+							  "   SET state = 'uploaded', uploaded_at = now(),"
+							  "       attempts = attempts + 1, last_error = NULL"
+							  " WHERE id = $1",
+							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not mark batch uploaded");
+}
+
+static void
+record_failure(ReadyBatch *b, const char *message)
+{
+	Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
+	Datum		values[3] = {Int64GetDatum(b->id), CStringGetTextDatum(message),
+	Int32GetDatum(ff_batch_retry_base)};
+
+	if (SPI_execute_with_args("UPDATE flexfactor.batches"
+							  "   SET attempts = attempts + 1, last_error = $2,"
+							  "       next_attempt_at = now() + make_interval(secs =>"
+							  "           least($3 * power(2, least(attempts, 20)), 900))"
+							  " WHERE id = $1",
+							  3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not record a failed upload");
+}
+
+static char *
+describe_error(ErrorData *edata)
+{
+	return edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
+		: pstrdup(edata->message);
+}
+
+/* ----------------------------------------------------- ff_export_batch() */
+
+PG_FUNCTION_INFO_V1(ff_export_batch);
+
+/*
+ * ff_export_batch() returns integer: fixes pending declines into batches and
+ * uploads every due batch now; returns the number uploaded.  A failed upload
+ * is recorded on its batch and reported as a WARNING.
+ */
+Datum
+ff_export_batch(PG_FUNCTION_ARGS)
+{
+	MemoryContext cxt;
+	ResourceOwner owner = CurrentResourceOwner;
+	List	   *batches;
+	ListCell   *lc;
+	FFSftp	   *volatile conn = NULL;
+	volatile int uploaded = 0;
+
+	SPI_connect();
+	cxt = CurrentMemoryContext;
+	create_batches();
+	batches = ready_batches(cxt, true);
+
+	foreach(lc, batches)
+	{
+		ReadyBatch *b = (ReadyBatch *) lfirst(lc);
+		volatile bool failed = false;
+
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(cxt);
+		PG_TRY();
+		{
+			if (conn == NULL)
+				conn = ff_sftp_connect();
+			upload_batch(conn, b);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			uploaded++;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			record_failure(b, describe_error(edata));
+			ereport(WARNING,
+					(errcode(edata->sqlerrcode),
+					 errmsg("batch %lld (%s) was not uploaded: %s", (long long) b->id,
+							b->file_name, edata->message),
+					 edata->detail ? errdetail("%s", edata->detail) : 0,
+					 edata->hint ? errhint("%s", edata->hint) : 0));
+			failed = true;
+		}
+		PG_END_TRY();
+		if (failed)
+			break;
+	}
+	if (conn != NULL)
+		ff_sftp_disconnect(conn);
+	SPI_finish();
+	PG_RETURN_INT32(uploaded);
+}
+
+/* ------------------------------------------------------------ the worker */
+
+static void
+begin_xact(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+commit_xact(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * The worker's export: fix batches (one transaction), then upload each due
+ * batch in a transaction of its own.  The first failed upload is recorded
+ * and ends the pass.  Returns the number of batches uploaded.
+ */
+int
+ff_export_pass_in_worker(void)
+{
+	MemoryContext pass_cxt = CurrentMemoryContext;
+	List	   *batches;
+	ListCell   *lc;
+	FFSftp	   *volatile conn = NULL;
+	volatile int uploaded = 0;
+
+	begin_xact("flexfactor: fixing batches");
+	create_batches();
+	batches = ready_batches(pass_cxt, false);
+	commit_xact();
+
+	foreach(lc, batches)
+	{
+		ReadyBatch *b = (ReadyBatch *) lfirst(lc);
+		ErrorData  *volatile edata = NULL;
+
+		ff_status_set("uploading batches");
+		PG_TRY();
+		{
+			begin_xact("flexfactor: uploading a batch");
+			if (conn == NULL)
+			{
+				MemoryContext old = MemoryContextSwitchTo(pass_cxt);
+
+				conn = ff_sftp_connect();	/* closed when the pass context resets */
+				MemoryContextSwitchTo(old);
+			}
+			upload_batch(conn, b);
+			commit_xact();
+			uploaded++;
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(pass_cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			AbortCurrentTransaction();
+		}
+		PG_END_TRY();
+
+		if (edata != NULL)
+		{
+			char	   *message = describe_error(edata);
+
+			begin_xact("flexfactor: recording a failed upload");
+			record_failure(b, message);
+			commit_xact();
+			ff_status_error(message);
+			ereport(WARNING,
+					(errcode(edata->sqlerrcode),
+					 errmsg("flexfactor worker could not upload batch %lld (%s): %s",
+							(long long) b->id, b->file_name, edata->message),
+					 edata->detail ? errdetail("%s", edata->detail) : 0,
+					 edata->hint ? errhint("%s", edata->hint) : 0));
+			break;
+		}
+	}
+	if (conn != NULL)
+		ff_sftp_disconnect(conn);
+	return uploaded;
+}

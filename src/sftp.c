@@ -1,0 +1,391 @@
+/*
+ * sftp.c
+ *		Connects to FlexFactor's SFTP server and uploads files, with libssh2.
+ *
+ * One connection (TCP + SSH session + SFTP channel) serves every file of a
+ * pass.  Connecting: TCP connect with a timeout, SSH handshake, the server's
+ * host key checked against flexfactor.sftp_known_hosts_file (an unknown or
+ * changed key refuses the connection, before any authentication), then
+ * public-key authentication with flexfactor.sftp_private_key_file.
+ * Uploading: written to "<name>.part" in large writes (libssh2 pipelines
+ * them), closed, then renamed to "<name>", replacing a file of that name left
+ * by an earlier attempt, so a reader never sees half a file and a retry never
+ * makes a second one.
+ *
+ * The connection lives outside PostgreSQL's allocator, so it is closed by a
+ * reset callback of the memory context it was made in: an error anywhere
+ * releases it.  Blocking calls are bounded by flexfactor.sftp_timeout_ms.
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <libssh2.h>
+#include <libssh2_sftp.h>
+
+#include "miscadmin.h"
+#include "lib/stringinfo.h"
+#include "utils/memutils.h"
+
+#include "errors.h"
+#include "settings.h"
+#include "sftp.h"
+
+#define UPLOAD_BUFFER_SIZE	(256 * 1024)
+#define CONNECT_POLL_MS		100
+
+struct FFSftp
+{
+	int			sock;
+	LIBSSH2_SESSION *session;
+	LIBSSH2_SFTP *sftp;
+	MemoryContextCallback cleanup;
+};
+
+struct FFSftpUpload
+{
+	FFSftp	   *conn;
+	LIBSSH2_SFTP_HANDLE *handle;
+	char	   *part_path;
+	char	   *final_path;
+	StringInfoData buffer;
+};
+
+static const char *
+session_error(LIBSSH2_SESSION *session)
+{
+	char	   *message = NULL;
+
+	libssh2_session_last_error(session, &message, NULL, 0);
+	return message ? message : "unknown libssh2 error";
+}
+
+static void
+close_connection(void *arg)
+{
+	FFSftp	   *conn = (FFSftp *) arg;
+
+	if (conn->sftp)
+		libssh2_sftp_shutdown(conn->sftp);
+	if (conn->session)
+	{
+		libssh2_session_disconnect(conn->session, "flexfactor done");
+		libssh2_session_free(conn->session);
+	}
+	if (conn->sock >= 0)
+		close(conn->sock);
+	conn->sftp = NULL;
+	conn->session = NULL;
+	conn->sock = -1;
+}
+
+void
+ff_sftp_disconnect(FFSftp *conn)
+{
+	close_connection(conn);
+}
+
+static void
+require_setting(const char *value, const char *name)
+{
+	if (value == NULL || value[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_NOT_CONFIGURED),
+				 errmsg("%s is not set", name),
+				 errhint("The SFTP export needs flexfactor.sftp_host, sftp_user, sftp_private_key_file "
+						 "and sftp_known_hosts_file in postgresql.conf.")));
+}
+
+/* TCP connect with a timeout, checking for interrupts; returns the socket. */
+static int
+connect_tcp(void)
+{
+	struct addrinfo hints = {0};
+	struct addrinfo *addrs;
+	char		port[16];
+	int			rc;
+	int			last_errno = 0;
+
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	snprintf(port, sizeof(port), "%d", ff_sftp_port);
+	rc = getaddrinfo(ff_sftp_host, port, &hints, &addrs);
+	if (rc != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_CONNECTION),
+				 errmsg("could not resolve SFTP host \"%s\"", ff_sftp_host),
+				 errdetail("%s", gai_strerror(rc)),
+				 errhint("Check flexfactor.sftp_host.")));
+
+	for (struct addrinfo *a = addrs; a != NULL; a = a->ai_next)
+	{
+		int			sock = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+		int			waited = 0;
+
+		if (sock < 0)
+			continue;
+		fcntl(sock, F_SETFL, O_NONBLOCK);
+		if (connect(sock, a->ai_addr, a->ai_addrlen) == 0 || errno == EINPROGRESS)
+		{
+			while (waited < ff_sftp_timeout_ms)
+			{
+				struct pollfd pfd = {sock, POLLOUT, 0};
+				int			err = 0;
+				socklen_t	len = sizeof(err);
+
+				rc = poll(&pfd, 1, CONNECT_POLL_MS);
+				if (rc > 0)
+				{
+					getsockopt(sock, SOL_SOCKET, SO_ERROR, &err, &len);
+					if (err == 0)
+					{
+						fcntl(sock, F_SETFL, 0);
+						freeaddrinfo(addrs);
+						return sock;
+					}
+					last_errno = err;
+					break;
+				}
+				waited += CONNECT_POLL_MS;
+				if (InterruptPending)
+				{
+					close(sock);
+					freeaddrinfo(addrs);
+					CHECK_FOR_INTERRUPTS();
+				}
+			}
+			if (waited >= ff_sftp_timeout_ms)
+				last_errno = ETIMEDOUT;
+		}
+		else
+			last_errno = errno;
+		close(sock);
+	}
+	freeaddrinfo(addrs);
+	errno = last_errno;
+	ereport(ERROR,
+			(errcode(ERRCODE_FF_SFTP_CONNECTION),
+			 errmsg("could not connect to SFTP server %s port %d: %m", ff_sftp_host, ff_sftp_port),
+			 errhint("Check flexfactor.sftp_host and sftp_port, and that this server's address is "
+					 "on FlexFactor's allow-list.")));
+	return -1;					/* not reached */
+}
+
+static int
+known_host_key_type(int hostkey_type)
+{
+	switch (hostkey_type)
+	{
+		case LIBSSH2_HOSTKEY_TYPE_RSA:
+			return LIBSSH2_KNOWNHOST_KEY_SSHRSA;
+		case LIBSSH2_HOSTKEY_TYPE_DSS:
+			return LIBSSH2_KNOWNHOST_KEY_SSHDSS;
+		case LIBSSH2_HOSTKEY_TYPE_ECDSA_256:
+			return LIBSSH2_KNOWNHOST_KEY_ECDSA_256;
+		case LIBSSH2_HOSTKEY_TYPE_ECDSA_384:
+			return LIBSSH2_KNOWNHOST_KEY_ECDSA_384;
+		case LIBSSH2_HOSTKEY_TYPE_ECDSA_521:
+			return LIBSSH2_KNOWNHOST_KEY_ECDSA_521;
+		case LIBSSH2_HOSTKEY_TYPE_ED25519:
+			return LIBSSH2_KNOWNHOST_KEY_ED25519;
+		default:
+			return LIBSSH2_KNOWNHOST_KEY_UNKNOWN;
+	}
+}
+
+/* Refuse the connection unless the server's key is the pinned one. */
+static void
+verify_host_key(FFSftp *conn)
+{
+	size_t		key_len;
+	int			key_type;
+	const char *key = libssh2_session_hostkey(conn->session, &key_len, &key_type);
+	LIBSSH2_KNOWNHOSTS *known = libssh2_knownhost_init(conn->session);
+	int			check;
+
+	if (key == NULL || known == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_HOST_KEY),
+				 errmsg("could not read the SFTP server's host key"),
+				 errdetail("%s", session_error(conn->session))));
+	if (libssh2_knownhost_readfile(known, ff_sftp_known_hosts_file,
+								   LIBSSH2_KNOWNHOST_FILE_OPENSSH) < 0)
+	{
+		libssh2_knownhost_free(known);
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_HOST_KEY),
+				 errmsg("could not read flexfactor.sftp_known_hosts_file"),
+				 errdetail("%s", session_error(conn->session)),
+				 errhint("The file must exist, be readable by the server account, and hold the "
+						 "server's key in OpenSSH known_hosts format.")));
+	}
+	check = libssh2_knownhost_checkp(known, ff_sftp_host, ff_sftp_port, key, key_len,
+									 LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
+									 known_host_key_type(key_type), NULL);
+	libssh2_knownhost_free(known);
+
+	if (check == LIBSSH2_KNOWNHOST_CHECK_MATCH)
+		return;
+	if (check == LIBSSH2_KNOWNHOST_CHECK_MISMATCH)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_HOST_KEY),
+				 errmsg("the SFTP server's host key has CHANGED; connection refused"),
+				 errdetail("%s port %d presented a key that differs from the one pinned in flexfactor.sftp_known_hosts_file.",
+						   ff_sftp_host, ff_sftp_port),
+				 errhint("Someone may be intercepting the connection.  Confirm the new key with FlexFactor "
+						 "before replacing the pinned entry.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_FF_SFTP_HOST_KEY),
+			 errmsg("the SFTP server's host key is not pinned; connection refused"),
+			 errdetail("flexfactor.sftp_known_hosts_file has no entry for %s port %d (use the form \"[host]:port\" for ports other than 22).",
+					   ff_sftp_host, ff_sftp_port),
+			 errhint("Add the server's key, obtained from FlexFactor through a trusted channel, to that file.")));
+}
+
+/*
+ * Open a verified, authenticated SFTP connection; it is closed when the
+ * current memory context is reset or deleted, or by ff_sftp_disconnect().
+ */
+FFSftp *
+ff_sftp_connect(void)
+{
+	FFSftp	   *conn;
+	static bool initialised = false;
+
+	require_setting(ff_sftp_host, "flexfactor.sftp_host");
+	require_setting(ff_sftp_user, "flexfactor.sftp_user");
+	require_setting(ff_sftp_private_key_file, "flexfactor.sftp_private_key_file");
+	require_setting(ff_sftp_known_hosts_file, "flexfactor.sftp_known_hosts_file");
+	if (!initialised)
+	{
+		if (libssh2_init(0) != 0)
+			ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not initialise libssh2")));
+		initialised = true;
+	}
+
+	conn = palloc0(sizeof(FFSftp));
+	conn->sock = -1;
+	conn->cleanup.func = close_connection;
+	conn->cleanup.arg = conn;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, &conn->cleanup);
+
+	conn->sock = connect_tcp();
+	conn->session = libssh2_session_init();
+	if (conn->session == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("could not create an SSH session")));
+	libssh2_session_set_blocking(conn->session, 1);
+	libssh2_session_set_timeout(conn->session, ff_sftp_timeout_ms);
+
+	if (libssh2_session_handshake(conn->session, conn->sock) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_CONNECTION),
+				 errmsg("SSH handshake with %s port %d failed", ff_sftp_host, ff_sftp_port),
+				 errdetail("%s", session_error(conn->session)),
+				 errhint("Check that flexfactor.sftp_host and sftp_port name an SSH server.")));
+
+	verify_host_key(conn);
+
+	if (libssh2_userauth_publickey_fromfile_ex(conn->session, ff_sftp_user, strlen(ff_sftp_user),
+											   ff_sftp_public_key_file[0] ? ff_sftp_public_key_file : NULL,
+											   ff_sftp_private_key_file,
+											   ff_sftp_passphrase[0] ? ff_sftp_passphrase : NULL) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_AUTH),
+				 errmsg("SFTP authentication failed for user \"%s\"", ff_sftp_user),
+				 errdetail("%s", session_error(conn->session)),
+				 errhint("Check flexfactor.sftp_user, sftp_private_key_file (readable by the server account) "
+						 "and sftp_passphrase, and that FlexFactor has the matching public key.")));
+
+	conn->sftp = libssh2_sftp_init(conn->session);
+	if (conn->sftp == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_CONNECTION),
+				 errmsg("could not start the SFTP subsystem on %s", ff_sftp_host),
+				 errdetail("%s", session_error(conn->session))));
+	return conn;
+}
+
+static void
+raise_io_error(FFSftp *conn, const char *action, const char *path)
+{
+	unsigned long code = conn->sftp ? libssh2_sftp_last_error(conn->sftp) : 0;
+
+	ereport(ERROR,
+			(errcode(ERRCODE_FF_SFTP_IO),
+			 errmsg("could not %s \"%s\" on the SFTP server", action, path),
+			 errdetail("SFTP status %lu; %s", code, session_error(conn->session)),
+			 errhint(code == LIBSSH2_FX_NO_SUCH_FILE ? "Check flexfactor.sftp_inbound_dir." :
+					 code == LIBSSH2_FX_PERMISSION_DENIED ? "The SFTP user may not write there." :
+					 "The server may be out of space; the upload is retried with backoff.")));
+}
+
+FFSftpUpload *
+ff_sftp_begin_upload(FFSftp *conn, const char *dir, const char *name)
+{
+	FFSftpUpload *up = palloc0(sizeof(FFSftpUpload));
+
+	up->conn = conn;
+	up->final_path = psprintf("%s/%s", dir, name);
+	up->part_path = psprintf("%s.part", up->final_path);
+	up->handle = libssh2_sftp_open_ex(conn->sftp, up->part_path, strlen(up->part_path),
+									  LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC,
+									  0640, LIBSSH2_SFTP_OPENFILE);
+	if (up->handle == NULL)
+		raise_io_error(conn, "create", up->part_path);
+	initStringInfo(&up->buffer);
+	enlargeStringInfo(&up->buffer, UPLOAD_BUFFER_SIZE);
+	return up;
+}
+
+static void
+flush_buffer(FFSftpUpload *up)
+{
+	size_t		done = 0;
+
+	while (done < (size_t) up->buffer.len)
+	{
+		ssize_t		n = libssh2_sftp_write(up->handle, up->buffer.data + done,
+										   up->buffer.len - done);
+
+		if (n < 0)
+			raise_io_error(up->conn, "write", up->part_path);
+		done += n;
+		CHECK_FOR_INTERRUPTS();
+	}
+	resetStringInfo(&up->buffer);
+}
+
+void
+ff_sftp_write(FFSftpUpload *up, const char *data, size_t len)
+{
+	appendBinaryStringInfo(&up->buffer, data, len);
+	if (up->buffer.len >= UPLOAD_BUFFER_SIZE)
+		flush_buffer(up);
+}
+
+/* Flush, close, and rename "<name>.part" to "<name>", replacing an old copy. */
+void
+ff_sftp_finish_upload(FFSftpUpload *up)
+{
+	LIBSSH2_SFTP *sftp = up->conn->sftp;
+	long		flags = LIBSSH2_SFTP_RENAME_OVERWRITE | LIBSSH2_SFTP_RENAME_ATOMIC |
+		LIBSSH2_SFTP_RENAME_NATIVE;
+
+	flush_buffer(up);
+	if (libssh2_sftp_close_handle(up->handle) != 0)
+		raise_io_error(up->conn, "close", up->part_path);
+	up->handle = NULL;
+
+	if (libssh2_sftp_rename_ex(sftp, up->part_path, strlen(up->part_path),
+							   up->final_path, strlen(up->final_path), flags) == 0)
+		return;
+	/* SFTP v3 servers (OpenSSH) refuse to rename over an existing file */
+	libssh2_sftp_unlink_ex(sftp, up->final_path, strlen(up->final_path));
+	if (libssh2_sftp_rename_ex(sftp, up->part_path, strlen(up->part_path),
+							   up->final_path, strlen(up->final_path), flags) != 0)
+		raise_io_error(up->conn, "rename to", up->final_path);
+}
