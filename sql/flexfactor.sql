@@ -660,6 +660,146 @@ BEGIN
     RETURN batch;
 END $$;
 
+
+-- Trigger helper for any billing table: queues a row as a declined recurring
+-- charge.  Arguments are "field=column" pairs naming the table's columns
+-- (values are read from to_jsonb(NEW), so no name is ever spliced into SQL):
+--   required: order_id, amount (cents) or amount_dollars, currency, token
+--   optional: transaction_id (default: order_id), decline_code, email,
+--             sense_key, expiry (timestamptz), subscription_id, declined_at
+--   constants: expiry_days=N (rescue window when there is no expiry column)
+--   conditions (all must hold; a WHEN clause on the trigger works too):
+--             declined_if=column:value   (the column's text equals value)
+--             recurring_if=column        (a boolean column is true)
+-- It never touches the network: the worker exports the queue.
+CREATE FUNCTION flexfactor.ff_decline_trigger()
+RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    row_json  jsonb := to_jsonb(NEW);
+    map       jsonb := '{}';
+    arg       text;
+    field     text;
+    col       text;
+    amount    bigint;
+    expiry    timestamptz;
+
+    known constant text[] := ARRAY['order_id', 'amount', 'amount_dollars', 'currency', 'token',
+        'transaction_id', 'decline_code', 'email', 'sense_key', 'expiry', 'expiry_days',
+        'subscription_id', 'declined_at', 'declined_if', 'recurring_if'];
+BEGIN
+    IF TG_OP NOT IN ('INSERT', 'UPDATE') OR TG_LEVEL <> 'ROW' THEN
+        RAISE EXCEPTION 'flexfactor.ff_decline_trigger() must be an AFTER INSERT OR UPDATE ... FOR EACH ROW trigger'
+            USING ERRCODE = 'trigger_protocol_violated';
+    END IF;
+    FOREACH arg IN ARRAY coalesce(TG_ARGV, ARRAY[]::text[]) LOOP
+        field := split_part(arg, '=', 1);
+        col := substr(arg, length(field) + 2);
+        IF NOT field = ANY (known) OR position('=' IN arg) = 0 THEN
+            RAISE EXCEPTION 'invalid argument "%" of trigger % on %.%', arg, TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format('Arguments are field=column pairs; fields: %s.', array_to_string(known, ', '));
+        END IF;
+        IF field NOT IN ('expiry_days', 'declined_if')
+           AND NOT row_json ? col THEN
+            RAISE EXCEPTION 'column "%" (mapped as %) does not exist in %.%', col, field, TG_TABLE_SCHEMA, TG_TABLE_NAME
+                USING ERRCODE = 'undefined_column',
+                      HINT = format('Fix the argument "%s" of trigger %s.', arg, TG_NAME);
+        END IF;
+        map := map || jsonb_build_object(field, col);
+    END LOOP;
+
+    -- conditions
+    IF map ? 'declined_if' THEN
+        col := split_part(map->>'declined_if', ':', 1);
+        IF NOT row_json ? col THEN
+            RAISE EXCEPTION 'column "%" (mapped as declined_if) does not exist in %.%', col, TG_TABLE_SCHEMA, TG_TABLE_NAME
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        IF (row_json->>col) IS DISTINCT FROM substr(map->>'declined_if', length(col) + 2) THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    IF map ? 'recurring_if' AND lower(coalesce(row_json->>(map->>'recurring_if'), 'false')) <> 'true' THEN
+        RETURN NULL;
+    END IF;
+    -- an UPDATE that does not newly make the row a decline queues nothing
+    IF TG_OP = 'UPDATE' AND map ? 'declined_if'
+       AND to_jsonb(OLD)->>split_part(map->>'declined_if', ':', 1)
+           IS NOT DISTINCT FROM row_json->>split_part(map->>'declined_if', ':', 1) THEN
+        RETURN NULL;
+    END IF;
+
+    FOREACH field IN ARRAY ARRAY['order_id', 'currency', 'token'] LOOP
+        IF NOT map ? field THEN
+            RAISE EXCEPTION 'trigger % on %.% maps no column as %', TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME, field
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format('Add an argument %s=<column>.', field);
+        END IF;
+    END LOOP;
+    IF map ? 'amount' THEN
+        amount := (row_json->>(map->>'amount'))::bigint;
+    ELSIF map ? 'amount_dollars' THEN
+        amount := round((row_json->>(map->>'amount_dollars'))::numeric * 100);
+    ELSE
+        RAISE EXCEPTION 'trigger % on %.% maps no column as amount or amount_dollars', TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF map ? 'expiry' THEN
+        expiry := (row_json->>(map->>'expiry'))::timestamptz;
+    ELSIF map ? 'expiry_days' THEN
+        expiry := now() + make_interval(days => (map->>'expiry_days')::integer);
+    END IF;
+
+    PERFORM flexfactor.ff_enqueue_decline(
+        flexfactor.ff_decline(
+            order_id => row_json->>(map->>'order_id'),
+            amount_cents => amount,
+            currency => row_json->>(map->>'currency'),
+            card_token => row_json->>(map->>'token'),
+            transaction_id => coalesce(row_json->>(map->>'transaction_id'), row_json->>(map->>'order_id')),
+            decline_code => coalesce(row_json->>(map->>'decline_code'), '05'),
+            email => row_json->>(map->>'email'),
+            expiry => expiry,
+            subscription_id => row_json->>(map->>'subscription_id'),
+            declined_at => (row_json->>(map->>'declined_at'))::timestamptz)
+        || CASE WHEN map ? 'sense_key' AND row_json->>(map->>'sense_key') IS NOT NULL
+                THEN jsonb_build_object('senseKey', row_json->>(map->>'sense_key')) ELSE '{}' END);
+    RETURN NULL;
+END $$;
+
+/* ------------------------------------------------------- views for the DBA */
+
+CREATE VIEW flexfactor.queue_status AS
+SELECT q.queue, q.state, q.rows, q.oldest, now() - q.oldest AS oldest_age, q.last_error, q.next_attempt_at
+  FROM (SELECT 'declines'::text AS queue, state, count(*) AS rows, min(enqueued_at) AS oldest,
+               max(set_aside_reason) AS last_error, NULL::timestamptz AS next_attempt_at
+          FROM flexfactor.declines GROUP BY state
+        UNION ALL
+        SELECT 'batches', state, count(*), min(created_at),
+               (array_agg(last_error ORDER BY id DESC) FILTER (WHERE last_error IS NOT NULL))[1],
+               min(next_attempt_at) FILTER (WHERE state = 'ready')
+          FROM flexfactor.batches GROUP BY state
+        UNION ALL
+        SELECT 'transmit', state, count(*), min(enqueued_at),
+               (array_agg(last_error ORDER BY id DESC) FILTER (WHERE last_error IS NOT NULL))[1],
+               min(next_attempt_at) FILTER (WHERE state = 'pending')
+          FROM flexfactor.transmit_queue GROUP BY state) AS q;
+COMMENT ON VIEW flexfactor.queue_status IS
+    'Rows per queue and state, the oldest one, the last error and the next attempt';
+
+CREATE VIEW flexfactor.batch_status AS
+SELECT b.id, b.kind, b.file_name, b.state, b.line_count, b.byte_count, b.sha256, b.attempts,
+       b.last_error, b.created_at, b.uploaded_at, b.result_at,
+       CASE WHEN b.state = 'ready' THEN b.next_attempt_at END AS next_attempt_at,
+       count(l.status) FILTER (WHERE l.status IS NOT NULL) AS lines_answered,
+       count(*) FILTER (WHERE l.status = 'REJECTED') AS lines_rejected
+  FROM flexfactor.batches b
+  LEFT JOIN flexfactor.batch_lines l ON l.batch_id = b.id
+ GROUP BY b.id;
+COMMENT ON VIEW flexfactor.batch_status IS
+    'Each batch file: state, size, SHA-256, attempts, last error, answered and rejected lines';
+
 -- Fixes pending declines into batches and uploads every due batch now (for
 -- pg_cron or by hand); returns the number uploaded.  Failures are recorded on
 -- the batch and reported as WARNINGs.
@@ -669,6 +809,6 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 /* ------------------------------------------------------------ privileges */
 
-REVOKE ALL ON ALL TABLES IN SCHEMA flexfactor FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA flexfactor FROM PUBLIC;   -- views included
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA flexfactor FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA flexfactor FROM PUBLIC;

@@ -1,0 +1,108 @@
+-- Batch export, the parts that need no network: queueing declines (function
+-- and trigger), refusals, and fixing batches with their bytes and SHA-256.
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+SET flexfactor.mid = '00000000-0000-4000-8000-000000000001';
+
+-- ff_enqueue_decline: queued once per attempt
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd', 'tok-1', 'tx-1')) AS first;
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd', 'tok-1', 'tx-1')) AS same_attempt;
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd', 'tok-1', 'tx-2')) AS next_attempt;
+SELECT order_id, transaction_id, state,
+       idempotency_key = flexfactor.ff_attempt_key('evaluate', current_setting('flexfactor.mid'), order_id, transaction_id) AS key_is_the_api_key
+  FROM flexfactor.declines ORDER BY id;
+
+-- refusals, naming what is wrong; nothing queued
+SELECT flexfactor.ff_enqueue_decline('{"transaction":{"id":"t","amount":100,"currency":"USD"}}');
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-2', 0, 'USD', 'tok', 'tx'));
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-2', 1999, 'USD', 'tok', 'tx') || '{"paymentMethod":{"cardNumber":"4111111111111111","token":false}}');
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-2', 1999, 'USD', 'tok', 'tx') || '{"isMIT":false}');
+SELECT count(*) AS queued FROM flexfactor.declines;
+
+-- the trigger on a billing table of the merchant's own shape
+CREATE SCHEMA billing;
+CREATE TABLE billing.payments (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    invoice_no    text NOT NULL,
+    amount        numeric(12,2) NOT NULL,
+    currency      text NOT NULL DEFAULT 'USD',
+    card_token    text,
+    status        text NOT NULL,
+    is_recurring  boolean NOT NULL,
+    decline_code  text,
+    customer_email text,
+    sense_key     text,
+    "Rescue Until" timestamptz
+);
+CREATE TRIGGER payments_to_flexfactor
+    AFTER INSERT OR UPDATE ON billing.payments
+    FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+        'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token',
+        'transaction_id=id', 'decline_code=decline_code', 'email=customer_email',
+        'sense_key=sense_key', 'expiry=Rescue Until',
+        'declined_if=status:declined', 'recurring_if=is_recurring');
+INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring, decline_code, customer_email, sense_key, "Rescue Until")
+VALUES ('B-100', 49.99, 'tok-a', 'declined', true,  '51', 'a@example.com', 'sk-1', '2026-12-08 00:00+00'),
+       ('B-101', 19.99, 'tok-b', 'paid',     true,  NULL, 'b@example.com', NULL, NULL),
+       ('B-102', 29.99, 'tok-c', 'declined', false, '05', 'c@example.com', NULL, NULL);
+BEGIN;
+INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring) VALUES ('B-103', 9.99, 'tok-d', 'declined', true);
+ROLLBACK;
+-- a paid charge that is later declined is queued by the UPDATE
+UPDATE billing.payments SET status = 'declined', decline_code = '05' WHERE invoice_no = 'B-101';
+-- an UPDATE that leaves a decline a decline queues nothing more
+UPDATE billing.payments SET customer_email = 'x@example.com' WHERE invoice_no = 'B-100';
+SELECT order_id, transaction_id, payload->'transaction'->>'amount' AS cents,
+       payload->'transaction'->>'responseCode' AS code, payload->>'senseKey' AS sense_key,
+       payload->>'expiryDateUtc' AS expiry, payload->'payer'->>'email' AS email,
+       payload->'paymentMethod' AS card
+  FROM flexfactor.declines WHERE order_id LIKE 'B-%' ORDER BY id;
+
+-- a wrong mapping fails, naming the column; names are never spliced into SQL
+CREATE TRIGGER payments_bad_column AFTER INSERT ON billing.payments
+    FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger('order_id=invoice_number',
+        'amount=amount', 'currency=currency', 'token=card_token');
+INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring) VALUES ('B-104', 5, 't', 'paid', false);
+DROP TRIGGER payments_bad_column ON billing.payments;
+CREATE TRIGGER payments_injection AFTER INSERT ON billing.payments
+    FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+        'order_id=invoice_no''; DROP TABLE billing.payments; --', 'amount=amount', 'currency=currency', 'token=card_token');
+INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring) VALUES ('B-105', 5, 't', 'paid', false);
+DROP TRIGGER payments_injection ON billing.payments;
+CREATE TRIGGER payments_bad_arg AFTER INSERT ON billing.payments
+    FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger('orderid=invoice_no');
+INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring) VALUES ('B-106', 5, 't', 'paid', false);
+DROP TRIGGER payments_bad_arg ON billing.payments;
+SELECT count(*) AS payments_table_still_there FROM billing.payments;
+
+-- fixing batches: at most max_rows lines each, numbered 1..N, bytes and SHA-256 fixed
+INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
+SELECT 'N-' || i, 'tx', gen_random_uuid(), flexfactor.ff_decline('N-' || i, 1500, 'USD', 'tok', 'tx')
+  FROM generate_series(1, 4500) i;
+SELECT flexfactor._create_evaluate_batch(2000) IS NOT NULL AS b1,
+       flexfactor._create_evaluate_batch(2000) IS NOT NULL AS b2,
+       flexfactor._create_evaluate_batch(2000) IS NOT NULL AS b3,
+       flexfactor._create_evaluate_batch(2000) IS NULL AS nothing_left;
+SELECT b.line_count, b.state, b.file_name ~ '^evaluate_00000000-0000-4000-8000-000000000001_\d{8}T\d{6}Z_\d+\.jsonl$' AS name_ok,
+       min(l.sequence_number) AS first_seq, max(l.sequence_number) AS last_seq,
+       b.sha256 = encode(sha256(convert_to(string_agg(l.line || E'\n', '' ORDER BY l.sequence_number), 'UTF8')), 'hex') AS sha_matches,
+       b.byte_count = octet_length(convert_to(string_agg(l.line || E'\n', '' ORDER BY l.sequence_number), 'UTF8')) AS size_matches,
+       bool_and((l.line::jsonb->>'sequenceNumber')::int = l.sequence_number) AS line_numbers_ok,
+       bool_and(l.line::jsonb->>'mid' = current_setting('flexfactor.mid')) AS mid_ok,
+       bool_and(l.line::jsonb->>'idempotencyKey' = d.idempotency_key::text) AS keys_ok
+  FROM flexfactor.batches b
+  JOIN flexfactor.batch_lines l ON l.batch_id = b.id
+  JOIN flexfactor.declines d ON d.id = l.decline_id
+ GROUP BY b.id ORDER BY b.id;
+-- every queued decline is in exactly one batch line
+SELECT count(*) AS declines, count(l.decline_id) AS in_a_batch, count(DISTINCT l.decline_id) AS distinct_in_batches
+  FROM flexfactor.declines d LEFT JOIN flexfactor.batch_lines l ON l.decline_id = d.id;
+SELECT queue, state, rows FROM flexfactor.queue_status ORDER BY queue, state;
+
+-- without a MID no batch can be named
+RESET flexfactor.mid;
+INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
+VALUES ('M-1', 'tx', gen_random_uuid(), flexfactor.ff_decline('M-1', 1500, 'USD', 'tok', 'tx'));
+SELECT flexfactor._create_evaluate_batch(10);
+
+DROP SCHEMA billing CASCADE;
