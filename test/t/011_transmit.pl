@@ -1,0 +1,294 @@
+# ff_transmit and the worker's /transmit queue, against the simulator:
+# nothing leaves for a rolled-back (or still open) transaction; committed
+# rows are sent once, with a stable idempotencyKey; transient failures (5xx,
+# 429, dropped connections, timeouts) are retried with backoff; a row is set
+# aside after flexfactor.transmit_max_attempts failures (and at once for a
+# validation error); many rows go out at once, bounded by
+# transmit_concurrency, with no duplicates; delivered rows are deleted after
+# transmit_retention; and the caller never waits on FlexFactor, even while
+# it hangs or is down.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes ();
+use FlexFactorTest;
+use FFSim;
+
+my $mid = '2d4c6e8a-1b3f-4a5c-8e7d-9f0a1b2c3d4e';
+my $secret = 'tap-transmit-secret-71c0a9e2';
+my $sim = FFSim->start(name => 'ffsim_011', mid => $mid, app_secret => $secret);
+
+# Short backoff (50 ms, doubling) so that retries take moments; a worker
+# request gives up after 3 s.
+my $node = ff_node('transmit', $sim->node_settings(
+		'flexfactor.database' => 'ffdb',
+		'flexfactor.http_timeout_ms' => '3000',
+		'flexfactor.transmit_retry_base_ms' => '50',
+		'flexfactor.transmit_max_attempts' => '20'));
+$node->start;
+$node->safe_psql('postgres', 'CREATE DATABASE ffdb');
+$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
+ff_wait_for_worker($node, 'ffdb');
+
+sub sq
+{
+	my ($sql) = @_;
+	return $node->safe_psql('ffdb', $sql);
+}
+
+sub payment
+{
+	my ($order, $amount) = @_;
+	return "flexfactor.ff_payment('$order', " . ($amount // 1999) . ", 'USD', 'tx-" . lc($order) . "')";
+}
+
+# Logged /v1/transmit requests whose body has orderId $order (or matches a
+# regexp), each with its decoded body.
+sub transmit_requests
+{
+	my ($match) = @_;
+	my @r;
+	for my $req (@{ $sim->requests(path => '/v1/transmit') })
+	{
+		my $b = FFSim->decode_json($req->{body}) // {};
+		my $o = $b->{orderId} // '';
+		next unless ref $match ? $o =~ $match : $o eq $match;
+		push @r, { %$req, json => $b };
+	}
+	return \@r;
+}
+
+sub sim_transmits
+{
+	my ($match) = @_;
+	return [ grep { ref $match ? ($_->{orderId} // '') =~ $match : ($_->{orderId} // '') eq $match }
+		  @{ $sim->transmits } ];
+}
+
+# Poll $cond (a code ref) every 50 ms for at most $secs seconds.
+sub wait_for
+{
+	my ($cond, $secs) = @_;
+	my $until = Time::HiRes::time() + ($secs // 60);
+	while (Time::HiRes::time() < $until)
+	{
+		my $v = $cond->();
+		return $v if $v;
+		Time::HiRes::sleep(0.05);
+	}
+	return $cond->();
+}
+
+sub wait_state
+{
+	my ($where, $state, $n) = @_;
+	$n //= 1;
+	return $node->poll_query_until('ffdb',
+		"SELECT count(*) = $n FROM flexfactor.transmit_queue WHERE ($where) AND state = '$state'");
+}
+
+sub order_where { "payload->>'orderId' = '$_[0]'" }
+
+sub reload_and_wait
+{
+	my ($sql) = @_;
+	my $reloads = sq("SELECT config_reloads FROM flexfactor.ff_worker_status() WHERE role = 'worker'");
+	sq("$sql; SELECT pg_reload_conf()");
+	$node->poll_query_until('ffdb',
+		"SELECT config_reloads > $reloads FROM flexfactor.ff_worker_status() WHERE role = 'worker'")
+	  or die 'worker did not reload its configuration';
+}
+
+# ------------------------------------------------------------------
+# 1. Nothing for a rolled-back or an open transaction; sent after COMMIT
+# ------------------------------------------------------------------
+sq("BEGIN; SELECT flexfactor.ff_transmit(" . payment('RB-1') . "); ROLLBACK;");
+
+my $bg = $node->background_psql('ffdb');
+$bg->query_safe('BEGIN');
+my $open_id = $bg->query_safe("SELECT flexfactor.ff_transmit(" . payment('OPEN-1') . ")");
+like($open_id, qr/^\d+$/, 'ff_transmit returns the queue id');
+
+my $id = sq("SELECT flexfactor.ff_transmit(" . payment('OK-1') . ")");
+ok(wait_state(order_where('OK-1'), 'delivered'), 'a committed row is delivered');
+is(sq("SELECT id FROM flexfactor.transmit_queue WHERE " . order_where('OK-1')), $id,
+	'ff_transmit returned the id of its row');
+Time::HiRes::sleep(1.2);    # more than a worker pass (batch_interval = 1)
+is(scalar @{ transmit_requests('OPEN-1') }, 0, 'nothing sent while the transaction is open');
+$bg->query_safe('COMMIT');
+$bg->quit;
+ok(wait_state(order_where('OPEN-1'), 'delivered'), 'sent after COMMIT');
+is(scalar @{ transmit_requests('RB-1') }, 0, 'nothing was ever sent for the rolled-back row');
+is(sq("SELECT count(*) FROM flexfactor.transmit_queue WHERE " . order_where('RB-1')), '0',
+	'and there is no row for it');
+
+my $reqs = transmit_requests('OK-1');
+is(scalar @$reqs, 1, 'exactly one /v1/transmit for the row');
+my $key = $reqs->[0]{json}{idempotencyKey} // '';
+like($key, qr/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i,
+	'it carries an idempotencyKey');
+like($reqs->[0]{headers}{Authorization} // '', qr/^Bearer \S+$/, 'with the bearer token');
+my $st = sim_transmits('OK-1');
+is(scalar @$st, 1, 'the simulator recorded one transmit');
+is(sq("SELECT attempts, transmit_id, delivered_at IS NOT NULL, last_error IS NULL
+	FROM flexfactor.transmit_queue WHERE " . order_where('OK-1')),
+	"1|$st->[0]{transmitId}|t|t", 'row: 1 attempt, FlexFactor\'s transmitId, delivered_at, no error');
+is_deeply([ @{ $reqs->[0]{json}{transaction} }{qw(id amount currency)} ], [ 'tx-ok-1', 1999, 'USD' ],
+	'the body is the ff_payment payload');
+
+# ------------------------------------------------------------------
+# 2. Transient failures are retried with the same key
+# ------------------------------------------------------------------
+for my $case (
+	[ 'RT-500', { mode => '500', count => 2 }, 3, [ 500, 500, 200 ], 'two 500s' ],
+	[ 'RT-429', { mode => '429', count => 1 }, 2, [ 429, 200 ], 'a 429' ],
+	[ 'RT-drop', { mode => 'drop', count => 1 }, undef, [ undef, 200 ], 'a dropped connection' ],
+	[ 'RT-time', { mode => 'timeout', count => 1, seconds => 30 }, 2, [ undef, 200 ],
+		'no answer within http_timeout_ms' ])
+{
+	my ($order, $fault, $attempts, $statuses, $what) = @$case;
+	$sim->fault(endpoint => '/v1/transmit', %$fault);
+	sq("SELECT flexfactor.ff_transmit(" . payment($order) . ")");
+	ok(wait_state(order_where($order), 'delivered'), "$what: delivered in the end");
+	my $got = sq("SELECT attempts, last_error IS NULL FROM flexfactor.transmit_queue WHERE " . order_where($order));
+	if (defined $attempts)
+	{
+		is($got, "$attempts|t", "$what: $attempts attempts");
+	}
+	else
+	{
+		# libcurl itself re-sends a request once when a kept-alive connection
+		# turns out closed, so this may or may not count as an attempt
+		like($got, qr/^[12]\|t$/, "$what: 1 or 2 attempts ($got)");
+	}
+	$reqs = transmit_requests($order);
+	is_deeply([ map { $_->{status} } @$reqs ], $statuses, "$what: the simulator saw the failures, then the success");
+	my %keys = map { ($_->{json}{idempotencyKey} // '') => 1 } @$reqs;
+	is(scalar keys %keys, 1, "$what: every attempt sent the same idempotencyKey");
+	is(scalar @{ sim_transmits($order) }, 1, "$what: recorded once");
+}
+$sim->clear_faults;
+
+# ------------------------------------------------------------------
+# 3. Set aside after transmit_max_attempts failures, or at once for a 400
+# ------------------------------------------------------------------
+reload_and_wait('ALTER SYSTEM SET flexfactor.transmit_max_attempts = 2');
+$sim->fault(endpoint => '/v1/transmit', mode => '500', count => 1000);
+sq("SELECT flexfactor.ff_transmit(" . payment('SA-1') . ")");
+ok(wait_state(order_where('SA-1'), 'set_aside'), 'a row that keeps failing is set aside');
+my ($attempts, $err) = split /\|/, sq("SELECT attempts, last_error FROM flexfactor.transmit_queue WHERE "
+	  . order_where('SA-1')), 2;
+is($attempts, 2, 'after transmit_max_attempts (2) attempts');
+like($err // '', qr/HTTP 500/, 'last_error mentions HTTP 500');
+is(scalar @{ transmit_requests('SA-1') }, 2, 'the simulator saw exactly 2 attempts');
+Time::HiRes::sleep(0.5);
+is(scalar @{ transmit_requests('SA-1') }, 2, 'and no more after it was set aside');
+$sim->clear_faults;
+reload_and_wait('ALTER SYSTEM RESET flexfactor.transmit_max_attempts');
+
+# a body FlexFactor refuses as invalid is not retried
+sq(q{SELECT flexfactor.ff_transmit('{"orderId": "BAD-1", "isDeclined": false}')});
+ok(wait_state(order_where('BAD-1'), 'set_aside'), 'a row FlexFactor rejects (400) is set aside');
+is(sq("SELECT attempts FROM flexfactor.transmit_queue WHERE " . order_where('BAD-1')), '1',
+	'at once, without retries');
+like(sq("SELECT last_error FROM flexfactor.transmit_queue WHERE " . order_where('BAD-1')),
+	qr/400/, 'last_error has the HTTP status');
+
+# ------------------------------------------------------------------
+# 4. Many at once, bounded by transmit_concurrency (16)
+# ------------------------------------------------------------------
+# every request is held 1 s, so requests in flight together overlap
+$sim->fault(endpoint => '/v1/transmit', mode => 'hang', seconds => 1, count => 40);
+my $t0 = Time::HiRes::time();
+sq("SELECT count(flexfactor.ff_transmit(flexfactor.ff_payment('CC-' || i, 1999, 'USD', 'tx-cc-' || i)))
+	FROM generate_series(1, 40) i");
+ok(wait_state("payload->>'orderId' LIKE 'CC-%'", 'delivered', 40), '40 rows held 1 s each are delivered');
+my $took = Time::HiRes::time() - $t0;
+$reqs = transmit_requests(qr/^CC-/);
+my @ev;
+for my $r (@$reqs)
+{
+	next unless defined $r->{durationMs};
+	push @ev, [ $r->{ts}, 1 ], [ $r->{ts} + $r->{durationMs} / 1000, -1 ];
+}
+my ($now_in, $max_in) = (0, 0);
+for my $e (sort { $a->[0] <=> $b->[0] || $a->[1] <=> $b->[1] } @ev)
+{
+	$now_in += $e->[1];
+	$max_in = $now_in if $now_in > $max_in;
+}
+cmp_ok($max_in, '>=', 8, "requests were sent in parallel (at most $max_in at once)");
+cmp_ok($max_in, '<=', 16, 'never more than transmit_concurrency (16) at once');
+cmp_ok($took, "<", 20, sprintf("40 one-second requests took %.1f s, not 40 s", $took));
+
+# ------------------------------------------------------------------
+# 5. No duplicates: 200 rows, 200 transmits
+# ------------------------------------------------------------------
+$sim->clear_faults;
+sq("SELECT count(flexfactor.ff_transmit(flexfactor.ff_payment('N-' || i, 1999, 'USD', 'tx-n-' || i)))
+	FROM generate_series(1, 200) i");
+ok(wait_state("payload->>'orderId' LIKE 'N-%'", 'delivered', 200), '200 rows delivered');
+$reqs = transmit_requests(qr/^N-/);
+is(scalar @$reqs, 200, 'the simulator received exactly 200 transmit requests');
+my %orders = map { $_->{json}{orderId} => 1 } @$reqs;
+is(scalar keys %orders, 200, 'one for each row');
+my %keys = map { ($_->{json}{idempotencyKey} // '') => 1 } @$reqs;
+is(scalar keys %keys, 200, 'with 200 distinct idempotency keys');
+is(scalar @{ sim_transmits(qr/^N-/) }, 200, 'the simulator recorded 200 transmits');
+is(sq("SELECT count(*), sum(attempts) FROM flexfactor.transmit_queue WHERE payload->>'orderId' LIKE 'N-%'"),
+	'200|200', 'each row took one attempt');
+is_deeply($sim->idempotency(kind => 'transmit')->{acceptedMoreThanOnce}, [],
+	'no transmit key was accepted twice');
+
+# ------------------------------------------------------------------
+# 6. Delivered rows are deleted after transmit_retention
+# ------------------------------------------------------------------
+sq("UPDATE flexfactor.transmit_queue SET delivered_at = now() - interval '8 days' WHERE "
+	  . order_where('OK-1'));
+ok($node->poll_query_until('ffdb',
+		"SELECT count(*) = 0 FROM flexfactor.transmit_queue WHERE " . order_where('OK-1')),
+	'a row delivered more than transmit_retention (7 days) ago is deleted');
+is(sq("SELECT count(*) FROM flexfactor.transmit_queue WHERE " . order_where('OPEN-1')), '1',
+	'a recently delivered row is kept');
+is(sq("SELECT count(*) FROM flexfactor.transmit_queue WHERE " . order_where('SA-1')), '1',
+	'a set-aside row is kept');
+
+# ------------------------------------------------------------------
+# 7. The caller never waits on FlexFactor
+# ------------------------------------------------------------------
+# (a) the worker is stuck on a hanging request; ff_transmit still returns
+$sim->fault(endpoint => '/v1/transmit', mode => 'hang', seconds => 2.5, count => 1);
+sq("SELECT flexfactor.ff_transmit(" . payment('H-1') . ")");
+my $hanging = wait_for(sub {
+		my ($r) = grep { !defined $_->{status} } @{ transmit_requests('H-1') };
+		$r;
+	}, 10);
+ok($hanging, 'the worker\'s request for H-1 hangs at the simulator');
+my $h2 = sq("BEGIN; SELECT flexfactor.ff_transmit(" . payment('H-2') . "); COMMIT;");
+like($h2, qr/^\d+$/, 'ff_transmit returned while the worker waits on FlexFactor');
+my ($still) = grep { $_->{seq} == $hanging->{seq} } @{ $sim->requests(path => '/v1/transmit') };
+ok(!defined $still->{status}, 'it returned before the hanging request was answered');
+ok(wait_state("payload->>'orderId' IN ('H-1', 'H-2')", 'delivered', 2), 'both are delivered afterwards');
+is(scalar @{ transmit_requests('H-2') }, 1, 'H-2 sent once');
+
+# (b) FlexFactor is down: ff_transmit works, the row waits and is delivered
+#     when it is back
+$sim->stop;
+my $s1 = sq("SELECT flexfactor.ff_transmit(" . payment('DOWN-1') . ")");
+like($s1, qr/^\d+$/, 'ff_transmit works while FlexFactor is down');
+ok($node->poll_query_until('ffdb',
+		"SELECT attempts >= 2 AND state = 'pending' AND last_error IS NOT NULL
+		   FROM flexfactor.transmit_queue WHERE id = $s1"),
+	'the row is retried (connection refused) and stays pending');
+note sq("SELECT last_error FROM flexfactor.transmit_queue WHERE id = $s1");
+$sim->restart;
+ok(wait_state("id = $s1", 'delivered'), 'delivered once FlexFactor is back');
+is(scalar @{ sim_transmits('DOWN-1') }, 1, 'and recorded once');
+
+# ------------------------------------------------------------------
+unlike(slurp_file($node->logfile), qr/\Q$secret\E/, 'the app_secret is not in the server log');
+$node->stop('fast');
+$sim->stop;
+done_testing();
