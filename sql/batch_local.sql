@@ -99,6 +99,23 @@ SELECT count(*) AS declines, count(l.decline_id) AS in_a_batch, count(DISTINCT l
   FROM flexfactor.declines d LEFT JOIN flexfactor.batch_lines l ON l.decline_id = d.id;
 SELECT queue, state, rows FROM flexfactor.queue_status ORDER BY queue, state;
 
+-- transmit copies can leave in transmit_ batches (flexfactor.transmit_via = 'sftp')
+SELECT flexfactor.ff_transmit(flexfactor.ff_payment('P-' || i, 2500, 'USD', 'ptx-' || i)) > 0 AS queued
+  FROM generate_series(1, 3) i;
+SELECT flexfactor._create_transmit_batch(2) IS NOT NULL AS t1,
+       flexfactor._create_transmit_batch(2) IS NOT NULL AS t2,
+       flexfactor._create_transmit_batch(2) IS NULL AS nothing_left;
+SELECT b.kind, b.line_count, b.file_name ~ '^transmit_00000000-0000-4000-8000-000000000001_\d{8}T\d{6}Z_\d+\.jsonl$' AS name_ok,
+       bool_and(l.line::jsonb->>'idempotencyKey'
+                = md5('flexfactor-transmit:' || current_setting('flexfactor.mid') || ':' || t.id)::uuid::text) AS same_key_as_api_path,
+       bool_and(t.state = 'batched' AND t.batch_id = b.id) AS rows_batched,
+       b.sha256 = encode(sha256(convert_to(string_agg(l.line || E'\n', '' ORDER BY l.sequence_number), 'UTF8')), 'hex') AS sha_matches
+  FROM flexfactor.batches b
+  JOIN flexfactor.batch_lines l ON l.batch_id = b.id
+  JOIN flexfactor.transmit_queue t ON t.id = l.transmit_queue_id
+ WHERE b.kind = 'transmit'
+ GROUP BY b.id ORDER BY b.id;
+
 -- without a MID no batch can be named
 RESET flexfactor.mid;
 INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)

@@ -146,7 +146,8 @@ CREATE TABLE flexfactor.transmit_queue (
     batch_id         bigint REFERENCES flexfactor.batches (id),
     enqueued_at      timestamptz NOT NULL DEFAULT now(),
     delivered_at     timestamptz,
-    CONSTRAINT transmit_queue_state_check CHECK (state IN ('pending', 'delivered', 'set_aside')),
+    CONSTRAINT transmit_queue_state_check CHECK (state IN ('pending', 'batched', 'delivered', 'set_aside')),
+    CONSTRAINT transmit_queue_batch_check CHECK ((state = 'batched') <= (batch_id IS NOT NULL)),
     CONSTRAINT transmit_queue_attempts_check CHECK (attempts >= 0),
     CONSTRAINT transmit_queue_delivered_check CHECK ((state = 'delivered') = (delivered_at IS NOT NULL))
 );
@@ -660,6 +661,59 @@ BEGIN
     RETURN batch;
 END $$;
 
+
+-- The transmit counterpart (flexfactor.transmit_via = 'sftp'): fixes pending
+-- /transmit copies into one transmit_ batch; each line carries the same
+-- idempotencyKey the API path would send for that row.
+CREATE FUNCTION flexfactor._create_transmit_batch(max_rows integer)
+RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mid    text := nullif(current_setting('flexfactor.mid'), '');
+    ids    bigint[];
+    batch  bigint;
+BEGIN
+    IF mid IS NULL THEN
+        RAISE EXCEPTION 'flexfactor.mid is not set'
+            USING ERRCODE = 'FF013',
+                  HINT = 'Batch files are named after, and carry, the merchant id; set flexfactor.mid.';
+    END IF;
+    SELECT array_agg(id ORDER BY id) INTO ids
+      FROM (SELECT id FROM flexfactor.transmit_queue
+             WHERE state = 'pending'
+             ORDER BY id
+             LIMIT max_rows
+               FOR UPDATE SKIP LOCKED) AS claimed;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    batch := nextval(pg_get_serial_sequence('flexfactor.batches', 'id'));
+    INSERT INTO flexfactor.batches (id, kind, file_name, line_count)
+    OVERRIDING SYSTEM VALUE
+    VALUES (batch, 'transmit',
+            format('transmit_%s_%s_%s.jsonl', mid,
+                   to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"'), batch),
+            cardinality(ids));
+
+    INSERT INTO flexfactor.batch_lines (batch_id, sequence_number, transmit_queue_id, line)
+    SELECT batch, u.seq, t.id,
+           (t.payload || jsonb_build_object(
+                'sequenceNumber', u.seq, 'mid', mid,
+                'idempotencyKey', coalesce(t.payload->>'idempotencyKey',
+                                           md5('flexfactor-transmit:' || mid || ':' || t.id)::uuid::text)))::text
+      FROM unnest(ids) WITH ORDINALITY AS u(id, seq)
+      JOIN flexfactor.transmit_queue t ON t.id = u.id;
+
+    UPDATE flexfactor.transmit_queue SET state = 'batched', batch_id = batch WHERE id = ANY (ids);
+
+    UPDATE flexfactor.batches b
+       SET byte_count = octet_length(f.bytes), sha256 = encode(sha256(f.bytes), 'hex')
+      FROM (SELECT convert_to(string_agg(line || E'\n', '' ORDER BY sequence_number), 'UTF8') AS bytes
+              FROM flexfactor.batch_lines WHERE batch_id = batch) AS f
+     WHERE b.id = batch;
+    RETURN batch;
+END $$;
 
 -- Trigger helper for any billing table: queues a row as a declined recurring
 -- charge.  Arguments are "field=column" pairs naming the table's columns

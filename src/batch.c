@@ -3,6 +3,9 @@
  *		Exports queued declines to FlexFactor as SFTP batch files, exactly
  *		once.
  *
+ * Evaluate batches carry queued declines; with flexfactor.transmit_via =
+ * 'sftp', transmit batches carry the queued /transmit copies the same way.
+ *
  * A batch is fixed in the database before anything is sent: its rows are
  * claimed (FOR UPDATE SKIP LOCKED), numbered, and its file name, bytes and
  * SHA-256 stored (_create_evaluate_batch() in SQL).  Uploading streams the
@@ -62,11 +65,20 @@ create_batches(void)
 	{
 		bool		isnull;
 
+		bool		transmit_isnull = true;
+
 		if (SPI_execute_with_args("SELECT flexfactor._create_evaluate_batch($1)",
 								  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not create a batch");
 		(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (isnull)
+		if (ff_transmit_via == FF_TRANSMIT_VIA_SFTP)
+		{
+			if (SPI_execute_with_args("SELECT flexfactor._create_transmit_batch($1)",
+									  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not create a transmit batch");
+			(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &transmit_isnull);
+		}
+		if (isnull && transmit_isnull)
 			break;
 		created++;
 		CHECK_FOR_INTERRUPTS();
@@ -179,6 +191,10 @@ upload_batch(FFSftp *conn, ReadyBatch *b)
 							  "   SET state = 'uploaded', uploaded_at = now(),"
 							  "       attempts = attempts + 1, last_error = NULL"
 							  " WHERE id = $1",
+							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE ||
+		SPI_execute_with_args("UPDATE flexfactor.transmit_queue"
+							  "   SET state = 'delivered', delivered_at = now(), attempts = attempts + 1"
+							  " WHERE batch_id = $1 AND state = 'batched'",
 							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not mark batch uploaded");
 }

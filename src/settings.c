@@ -38,6 +38,13 @@ int			ff_transmit_concurrency = 16;
 int			ff_transmit_max_attempts = 8;
 int			ff_transmit_retry_base_ms = 1000;
 int			ff_transmit_retention = 604800;
+int			ff_transmit_via = FF_TRANSMIT_VIA_API;
+
+static const struct config_enum_entry transmit_via_options[] = {
+	{"api", FF_TRANSMIT_VIA_API, false},
+	{"sftp", FF_TRANSMIT_VIA_SFTP, false},
+	{NULL, 0, false}
+};
 
 char	   *ff_sftp_host = NULL;
 int			ff_sftp_port = 22;
@@ -311,6 +318,11 @@ ff_define_settings(void)
 							"How long delivered transmits are kept before the worker deletes them.",
 							NULL, &ff_transmit_retention, 604800, 0, 315360000,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("flexfactor.transmit_via",
+							 "How queued transmits leave: \"api\" (POST /transmit) or \"sftp\" (transmit_ batch files).",
+							 NULL, &ff_transmit_via, FF_TRANSMIT_VIA_API, transmit_via_options,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	/* ---- SFTP ---- */
 	DefineCustomStringVariable("flexfactor.sftp_host",

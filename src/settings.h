@@ -29,6 +29,13 @@ extern int	ff_transmit_concurrency;
 extern int	ff_transmit_max_attempts;
 extern int	ff_transmit_retry_base_ms;
 extern int	ff_transmit_retention;
+extern int	ff_transmit_via;
+
+typedef enum FFTransmitVia
+{
+	FF_TRANSMIT_VIA_API,
+	FF_TRANSMIT_VIA_SFTP
+} FFTransmitVia;
 
 /* SFTP transport */
 extern char *ff_sftp_host;

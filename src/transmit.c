@@ -12,7 +12,9 @@
  * 408, 429, 5xx), or set aside with its last error (other 4xx answers, or
  * flexfactor.transmit_max_attempts failures).  Every row sends a stable
  * idempotencyKey, so a copy re-sent after a crash is recognisable.
- * Delivered rows are deleted after flexfactor.transmit_retention.
+ * Delivered rows are deleted after flexfactor.transmit_retention.  With
+ * flexfactor.transmit_via = 'sftp' the rows leave in transmit_ batch files
+ * instead (batch.c), and this file only tidies the queue.
  */
 #include "postgres.h"
 
@@ -342,7 +344,7 @@ ff_transmit_pass(long *next_due_ms)
 {
 	int			total = 0;
 
-	for (int round = 0; round < MAX_ROUNDS_PER_PASS; round++)
+	for (int round = 0; round < MAX_ROUNDS_PER_PASS && ff_transmit_via == FF_TRANSMIT_VIA_API; round++)
 	{
 		int			n = transmit_batch();
 
