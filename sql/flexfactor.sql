@@ -474,9 +474,15 @@ BEGIN
                   DETAIL = 'Only APPROVED orders (or partly refunded ones) can be refunded.',
                   HINT = 'Use ff_cancel() for a pending order; ff_order() refreshes the status.';
     END IF;
+    IF remaining <= 0 THEN
+        RAISE EXCEPTION 'nothing is left to refund on order %', key
+            USING ERRCODE = 'FF021',
+                  DETAIL = format('The order is %s cents and all of it is already refunded.', o.amount_cents);
+    END IF;
     IF amount <= 0 THEN
         RAISE EXCEPTION 'refund amount must be positive, not % cents', amount
-            USING ERRCODE = 'invalid_parameter_value',
+            USING ERRCODE = 'FF021',
+                  DETAIL = format('%s cents are left to refund on order %s.', remaining, key),
                   HINT = 'Pass the amount in cents, or NULL to refund what is left.';
     END IF;
     IF amount > remaining THEN
