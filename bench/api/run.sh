@@ -1,0 +1,359 @@
+#!/usr/bin/env bash
+# bench/api/run.sh -- what the API functions cost compared with plain
+# libcurl, and how fast the worker drains the /transmit queue.
+#
+# As root (PostgreSQL and nginx themselves run as the postgres account):
+#   bash bench/api/run.sh [--quick] [--no-build] [--keep]
+#                         [--calls N] [--small-calls N] [--rows N] [--reps R]
+#
+# It starts nginx on a free loopback port serving fixed FlexFactor answers
+# (token, /evaluate, /transmit) with keep-alive, builds plain_client.c,
+# starts a throwaway PostgreSQL 15 cluster that preloads flexfactor and
+# points it at nginx, then measures in the same run:
+#   (a)  ff_evaluate() per call (N calls in one statement, each writing its
+#        orders row) against the plain client making N POSTs of the same
+#        body with the same headers; also _api_call() alone (transport only);
+#   (b)  N ff_transmit() rows committed in one transaction: time from commit
+#        until all are delivered, rows/s; no row lost or doubled (queue
+#        states, attempts, and nginx's access log);
+#   (c)  (a) again with a small N, quick enough for CI.
+# --quick runs only (c) and (b) with 2,000 rows.
+# Exits non-zero when a correctness check fails (never because a target is
+# missed: targets are reported).  Everything is stopped and removed on exit
+# (--keep keeps the work directory with the logs).
+set -uo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+here="$repo/bench/api"
+
+quick=0
+build=1
+keep=0
+calls=10000
+small_calls=500
+rows=20000
+reps=3
+while [ $# -gt 0 ]; do
+	case "$1" in
+		--quick) quick=1 ;;
+		--no-build) build=0 ;;
+		--keep) keep=1 ;;
+		--calls) calls=$2; shift ;;
+		--small-calls) small_calls=$2; shift ;;
+		--rows) rows=$2; shift ;;
+		--reps) reps=$2; shift ;;
+		-h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+		*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+	esac
+	shift
+done
+[ $quick = 1 ] && [ "$rows" = 20000 ] && rows=2000
+for v in "$calls" "$small_calls" "$rows" "$reps"; do
+	case "$v" in ''|*[!0-9]*|0) echo "run.sh: counts must be positive integers" >&2; exit 2 ;; esac
+done
+
+if [ "$(id -u)" != 0 ]; then
+	echo "run.sh: run as root (sudo bash bench/api/run.sh): PostgreSQL and nginx run as postgres" >&2
+	exit 2
+fi
+
+"$repo/tools/install-deps.sh" || exit 1
+if [ $build = 1 ]; then
+	echo "== build and install flexfactor"
+	make -C "$repo" -s >/dev/null || exit 1
+	make -C "$repo" -s install >/dev/null || exit 1
+fi
+
+pgbin=$(pg_config --bindir)
+if [ ! -f "$(pg_config --pkglibdir)/flexfactor.so" ]; then
+	echo "run.sh: flexfactor is not installed (run without --no-build)" >&2
+	exit 1
+fi
+
+work=$(mktemp -d /tmp/ffbench.XXXXXX)
+chmod 0755 "$work"
+failed=0
+nginx_pid_file="$work/nginx/nginx.pid"
+
+as_pg() { runuser -u postgres -- "$@"; }
+
+cleanup() {
+	if [ -s "$nginx_pid_file" ]; then
+		kill -QUIT "$(cat "$nginx_pid_file")" 2>/dev/null
+		for _ in $(seq 50); do [ -e "$nginx_pid_file" ] || break; sleep 0.1; done
+	fi
+	if [ -f "$work/pgdata/postmaster.pid" ]; then
+		as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -m fast -w -t 30 stop >/dev/null 2>&1
+	fi
+	if [ $keep = 1 ] || [ $failed != 0 ]; then
+		echo "work directory kept: $work (nginx/, pg.log)"
+	else
+		rm -rf "$work"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# measurements run in $(...) subshells, so a failure is also left as a file
+fail() { echo "FAILED: $*" >&2; touch "$work/failed"; failed=1; }
+
+# ------------------------------------------------------------------ nginx
+mid=00000000-0000-4000-8000-0000000be4c1
+token=$(python3 -c 'import base64; print(base64.urlsafe_b64encode(bytes(range(256)) * 2).decode().rstrip("=")[:640])')
+nginx_port=$(free_port)
+mkdir -p "$work/nginx/tmp"
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $nginx_pid_file;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    log_format bench '\$request_method \$uri \$status';
+    access_log $work/nginx/access.log bench;
+    client_body_temp_path $work/nginx/tmp/body;
+    proxy_temp_path $work/nginx/tmp/proxy;
+    fastcgi_temp_path $work/nginx/tmp/fastcgi;
+    uwsgi_temp_path $work/nginx/tmp/uwsgi;
+    scgi_temp_path $work/nginx/tmp/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_buffer_size 64k;
+    default_type application/json;
+    server_tokens off;
+    server {
+        listen 127.0.0.1:$nginx_port;
+        # nginx answers 405 to a POST on a static file, so every answer is a return
+        location = /v1/oauth2/token {
+            return 200 '{"accessToken":"$token","refreshToken":"bench-refresh","expires":4102444800000,"id":"3f1c2b4a-5d6e-4f70-8a9b-0c1d2e3f4a5b","session":null,"daysToEnforceMFA":null,"skipAvailable":null,"success":true,"result":null,"status":null,"statusCode":null,"errors":[],"customProperties":{}}';
+        }
+        location = /v1/evaluate {
+            return 200 '{"orderSessionKey":"\$request_id","senseKey":null,"orderId":"\$request_id","success":true,"result":"Success","status":"SUBMITTED","statusCode":null,"errors":[],"customProperties":{}}';
+        }
+        location = /v1/transmit {
+            return 200 '{"transmitId":"\$request_id","success":true,"result":"success","status":0,"statusCode":null,"errors":[],"customProperties":{}}';
+        }
+        location / { return 404 '{"title":"Not Found","status":404}'; }
+    }
+}
+EOF
+chown -R postgres: "$work"
+as_pg nginx -p "$work/nginx/" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" || { fail "nginx did not start"; exit 1; }
+base="http://127.0.0.1:$nginx_port/v1/"
+for _ in $(seq 100); do
+	curl -s -o /dev/null -X POST "${base}oauth2/token" && break
+	sleep 0.05
+done
+answer=$(curl -s -X POST -H 'Content-Type: application/json' -d '{}' "${base}evaluate")
+case "$answer" in
+	*'"status":"SUBMITTED"'*) ;;
+	*) fail "nginx /v1/evaluate answered: $answer"; exit 1 ;;
+esac
+reuse=$(curl -sv -o /dev/null -o /dev/null -X POST -d '{}' "${base}evaluate" "${base}transmit" 2>&1 | grep -ci 're-using existing connection')
+[ "${reuse:-0}" -ge 1 ] || { fail "nginx does not keep connections alive"; exit 1; }
+echo "== nginx on 127.0.0.1:$nginx_port (keep-alive, fixed answers)"
+
+access_count() {	# lines of the access log for "METHOD PATH STATUS"
+	grep -c "^$1\$" "$work/nginx/access.log" 2>/dev/null || true
+}
+
+# ------------------------------------------------------------------ plain client
+gcc -O2 -Wall -o "$work/plain_client" "$here/plain_client.c" -lcurl || { fail "plain_client did not build"; exit 1; }
+chown postgres: "$work/plain_client"
+
+# ------------------------------------------------------------------ PostgreSQL
+pg_port=$(free_port)
+as_pg "$pgbin/initdb" -D "$work/pgdata" -U postgres -A trust -E UTF8 --no-sync >"$work/initdb.log" 2>&1 \
+	|| { fail "initdb (see $work/initdb.log)"; exit 1; }
+cat >>"$work/pgdata/postgresql.conf" <<EOF
+port = $pg_port
+listen_addresses = ''
+unix_socket_directories = '$work'
+max_connections = 20
+shared_preload_libraries = 'flexfactor'
+flexfactor.api_url = '$base'
+flexfactor.app_key = 'bench-app-key'
+flexfactor.app_secret = 'bench-app-secret'
+flexfactor.mid = '$mid'
+flexfactor.tokenization_key = 'bench-tokenization-key'
+flexfactor.database = 'bench'
+flexfactor.batch_interval = 1
+EOF
+as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -l "$work/pg.log" -w -t 60 start >/dev/null \
+	|| { fail "PostgreSQL did not start (see $work/pg.log)"; exit 1; }
+psql_() { as_pg "$pgbin/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$work" -p "$pg_port" "$@"; }
+psql_ -d postgres -c 'CREATE DATABASE bench' || { fail "CREATE DATABASE"; exit 1; }
+psql_ -d bench -c 'CREATE EXTENSION flexfactor' || { fail "CREATE EXTENSION"; exit 1; }
+echo "== PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') on port $pg_port, flexfactor $(psql_ -d bench -c 'SELECT flexfactor.ff_version()')"
+
+# the body ff_evaluate sends (ff_decline + mid + idempotencyKey), for the plain client
+psql_ -d bench -c "SELECT (flexfactor.ff_decline('B-0', 1999, 'USD', 'tok', 'tx-0')
+	|| jsonb_build_object('mid', current_setting('flexfactor.mid'),
+	                      'idempotencyKey', gen_random_uuid()))::text" >"$work/body.json"
+chown postgres: "$work/body.json"
+
+# ------------------------------------------------------------------ measurements
+# ff_evaluate N: prints seconds for N calls in one statement; checks the count,
+# the stored orders and that exactly N requests reached nginx
+measure_evaluate() {
+	local n=$1 prefix out before after secs count stored
+	prefix="E$(date +%s%N)-"	# unique per run: every call inserts a new order
+	before=$(access_count 'POST /v1/evaluate 200')
+	out=$(psql_ -d bench <<EOF
+SELECT clock_timestamp() AS t0 \gset
+SELECT count(flexfactor.ff_evaluate(flexfactor.ff_decline('$prefix' || i, 1999, 'USD', 'tok', 'tx-$prefix' || i)))
+  FROM generate_series(1, $n) i;
+SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz);
+SELECT count(*) FROM flexfactor.orders WHERE order_id LIKE '$prefix%' AND status = 'SUBMITTED';
+EOF
+	) || { fail "ff_evaluate run $prefix"; echo 0; return; }
+	count=$(sed -n 1p <<<"$out"); secs=$(sed -n 2p <<<"$out"); stored=$(sed -n 3p <<<"$out")
+	after=$(access_count 'POST /v1/evaluate 200')
+	[ "$count" = "$n" ] || fail "ff_evaluate returned $count answers for $n calls"
+	[ "$stored" = "$n" ] || fail "$stored SUBMITTED orders stored for $n calls"
+	[ $((after - before)) = "$n" ] || fail "nginx saw $((after - before)) evaluate requests for $n ff_evaluate calls"
+	echo "$secs"
+}
+
+# _api_call N: the transport alone (token, HTTP, JSON answer), no orders row
+measure_api_call() {
+	local n=$1 out
+	out=$(psql_ -d bench <<EOF
+SELECT clock_timestamp() AS t0 \gset
+SELECT count(flexfactor._api_call('POST', 'evaluate', b)) FROM generate_series(1, $n) i,
+       (SELECT pg_read_file('$work/body.json')::jsonb AS b) x;
+SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz);
+EOF
+	) || { fail "_api_call run"; echo 0; return; }
+	[ "$(sed -n 1p <<<"$out")" = "$n" ] || fail "_api_call count"
+	sed -n 2p <<<"$out"
+}
+
+measure_plain() {
+	local n=$1 out
+	out=$(as_pg "$work/plain_client" "${base}evaluate" "$n" "$work/body.json" "$token") \
+		|| { fail "plain client: $out"; echo 0; return; }
+	sed -n 's/.*elapsed_s=\([0-9.]*\).*/\1/p' <<<"$out"
+}
+
+min_of() { tr ' ' '\n' | grep -v '^$' | sort -g | head -1; }
+us_per_call() { awk -v s="$1" -v n="$2" 'BEGIN { printf "%.1f", s * 1e6 / n }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# compare N: best of $reps for ff_evaluate, _api_call and the plain client, interleaved
+compare() {
+	local n=$1 e=() a=() p=() i
+	for i in $(seq "$reps"); do
+		p+=("$(measure_plain "$n")")
+		e+=("$(measure_evaluate "$n")")
+		a+=("$(measure_api_call "$n")")
+	done
+	cmp_eval=$(echo "${e[*]}" | min_of)
+	cmp_api=$(echo "${a[*]}" | min_of)
+	cmp_plain=$(echo "${p[*]}" | min_of)
+}
+
+echo "== warm-up (token, connections, caches)"
+token_before=$(access_count 'POST /v1/oauth2/token 200')
+measure_evaluate 200 >/dev/null
+measure_api_call 200 >/dev/null
+measure_plain 200 >/dev/null
+
+if [ $quick = 0 ]; then
+	echo "== (a) ff_evaluate vs plain libcurl, N=$calls, best of $reps"
+	compare "$calls"
+	a_eval=$cmp_eval a_api=$cmp_api a_plain=$cmp_plain
+fi
+
+echo "== (c) ff_evaluate vs plain libcurl, N=$small_calls, best of $reps"
+compare "$small_calls"
+c_eval=$cmp_eval c_api=$cmp_api c_plain=$cmp_plain
+
+tokens=$(( $(access_count 'POST /v1/oauth2/token 200') - token_before ))
+[ "$tokens" -le 1 ] || fail "$tokens token requests for all the calls (expected 1)"
+
+echo "== (b) $rows ff_transmit rows in one transaction, commit to delivered"
+tx_before=$(access_count 'POST /v1/transmit 200')
+out=$(psql_ -d bench <<EOF
+SELECT clock_timestamp() AS t0 \gset
+BEGIN;
+SELECT count(flexfactor.ff_transmit(flexfactor.ff_payment('T-' || i, 1999, 'USD', 'ttx-' || i)))
+  FROM generate_series(1, $rows) i;
+COMMIT;
+SELECT clock_timestamp() AS tc \gset
+SELECT extract(epoch FROM :'tc'::timestamptz - :'t0'::timestamptz);
+DO \$\$
+DECLARE
+    done bigint;
+    started timestamptz := clock_timestamp();
+BEGIN
+    LOOP
+        SELECT count(*) INTO done FROM flexfactor.transmit_queue
+         WHERE state <> 'pending' AND payload->>'orderId' LIKE 'T-%';
+        EXIT WHEN done >= $rows OR clock_timestamp() - started > interval '600 s';
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END
+\$\$;
+SELECT extract(epoch FROM clock_timestamp() - :'tc'::timestamptz);
+SELECT count(*) FILTER (WHERE state = 'delivered') || ' ' || count(*) FILTER (WHERE state = 'set_aside')
+       || ' ' || count(*) FILTER (WHERE state = 'pending') || ' ' || coalesce(sum(attempts), 0)
+       || ' ' || count(DISTINCT transmit_id)
+  FROM flexfactor.transmit_queue WHERE payload->>'orderId' LIKE 'T-%';
+EOF
+) || fail "transmit run"
+enq_count=$(sed -n 1p <<<"$out"); b_enqueue=$(sed -n 2p <<<"$out"); b_drain=$(sed -n 3p <<<"$out")
+read -r b_delivered b_set_aside b_pending b_attempts b_distinct <<<"$(sed -n 4p <<<"$out")"
+# nginx writes a line per answered request; let the last lines land
+for _ in $(seq 50); do
+	b_lines=$(( $(access_count 'POST /v1/transmit 200') - tx_before ))
+	[ "$b_lines" -ge "$rows" ] && break
+	sleep 0.1
+done
+[ "$enq_count" = "$rows" ] || fail "ff_transmit queued $enq_count rows, not $rows"
+[ "$b_delivered" = "$rows" ] || fail "$b_delivered of $rows rows delivered (set aside $b_set_aside, pending $b_pending)"
+[ "$b_attempts" = "$rows" ] || fail "$b_attempts attempts for $rows rows (retries?)"
+[ "$b_lines" = "$rows" ] || fail "nginx logged $b_lines POST /v1/transmit for $rows rows (lost or doubled)"
+[ "$b_distinct" = "$rows" ] || fail "$b_distinct distinct transmitIds for $rows rows"
+b_rate=$(awk -v n="$rows" -v s="$b_drain" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print "inf" }')
+
+# ------------------------------------------------------------------ summary
+[ -e "$work/failed" ] && failed=1
+verdict() {	# value target op -> met / MISSED
+	awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN {
+		ok = (op == "le") ? (v <= t) : (v >= t); print (ok ? "met" : "MISSED") }'
+}
+echo
+echo "================ flexfactor API benchmark ================"
+echo "host: $(nproc) CPUs, $(uname -r); nginx $(nginx -v 2>&1 | sed 's|.*/||'), libcurl $(curl-config --version | awk '{print $2}')"
+if [ $quick = 0 ]; then
+	ae=$(us_per_call "$a_eval" "$calls"); aa=$(us_per_call "$a_api" "$calls"); ap=$(us_per_call "$a_plain" "$calls")
+	ar=$(ratio "$a_eval" "$a_plain")
+	printf '(a)  N=%d calls, best of %d\n' "$calls" "$reps"
+	printf '     ff_evaluate()            %8s us/call\n' "$ae"
+	printf '     _api_call() only         %8s us/call   (transport, no orders row)\n' "$aa"
+	printf '     plain libcurl client     %8s us/call\n' "$ap"
+	printf '     ratio ff_evaluate/plain  %8sx          target <= 1.15x: %s\n' "$ar" "$(verdict "$ar" 1.15 le)"
+	printf '     ratio _api_call/plain    %8sx\n' "$(ratio "$a_api" "$a_plain")"
+fi
+printf '(b)  %d ff_transmit rows in one transaction\n' "$rows"
+printf '     enqueue (one statement)  %8.3f s\n' "$b_enqueue"
+printf '     commit -> all delivered  %8.3f s   = %s rows/s   target >= 2000/s: %s\n' \
+	"$b_drain" "$b_rate" "$(verdict "$b_rate" 2000 ge)"
+printf '     delivered %s, set aside %s, pending %s, attempts %s, nginx POST /v1/transmit %s\n' \
+	"$b_delivered" "$b_set_aside" "$b_pending" "$b_attempts" "$b_lines"
+ce=$(us_per_call "$c_eval" "$small_calls"); ca=$(us_per_call "$c_api" "$small_calls"); cp=$(us_per_call "$c_plain" "$small_calls")
+printf '(c)  N=%d calls (quick), best of %d\n' "$small_calls" "$reps"
+printf '     ff_evaluate %s us/call, _api_call %s us/call, plain %s us/call; ratio ff_evaluate/plain %sx, _api_call/plain %sx\n' \
+	"$ce" "$ca" "$cp" "$(ratio "$c_eval" "$c_plain")" "$(ratio "$c_api" "$c_plain")"
+printf 'token requests during the run: %s\n' "$tokens"
+if [ $failed = 0 ]; then
+	echo "correctness: OK"
+else
+	echo "correctness: FAILED (see above)"
+fi
+echo "=========================================================="
+exit $failed
