@@ -94,9 +94,9 @@ sub idem_record
 is(sq('SELECT has_token, expires_at IS NULL, token_requests FROM flexfactor.ff_token_status()'),
 	'f|t|0', 'no token before the first call');
 
-# Hold the token answer for 3 s: all 4 sessions need the token while the
+# Hold the token answer for 5 s: all 4 sessions need the token while the
 # first fetch is still running, and must wait for it instead of fetching.
-$sim->fault(endpoint => '/v1/oauth2/token', mode => 'hang', seconds => 3, count => 1);
+$sim->fault(endpoint => '/v1/oauth2/token', mode => 'hang', seconds => 5, count => 1);
 my $seq = $sim->last_seq;
 my @runs;
 for my $s (1 .. 4)
@@ -114,7 +114,7 @@ for my $s (1 .. 4)
 }
 # while the token request hangs, all four sessions are inside ff_evaluate
 my $waiting = 0;
-my $poll_until = Time::HiRes::time() + 2.5;
+my $poll_until = Time::HiRes::time() + 4.5;
 while (Time::HiRes::time() < $poll_until)
 {
 	my $tok_in_flight = grep { !defined $_->{status} }
