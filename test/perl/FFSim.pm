@@ -282,6 +282,45 @@ sub idempotency
 
 sub transmits { $_[0]->admin('GET', '/_admin/transmits')->{transmits} }
 
+# ---- SFTP batches (the simulator started with sftp_root => DIR)
+
+# The merchant's folders under sftp_root: <root>/<mid>/inbound, .../outbound,
+# .../inbound/processed (absolute when sftp_root is).
+sub inbound_dir { "$_[0]{sftp_root}/$_[0]{mid}/inbound" }
+sub outbound_dir { "$_[0]{sftp_root}/$_[0]{mid}/outbound" }
+sub processed_dir { "$_[0]{sftp_root}/$_[0]{mid}/inbound/processed" }
+
+# POST /_admin/scan: process every complete inbound file now; returns the
+# list of {file, kind, status, lineCount, accepted, rejected, resultFile, ...}.
+sub scan { $_[0]->admin('POST', '/_admin/scan')->{processed} }
+
+# GET /_admin/batches (optionally ?file=NAME): the list of batch records.
+sub batches
+{
+	my ($self, %q) = @_;
+	return $self->admin('GET', '/_admin/batches', \%q)->{batches};
+}
+
+# Names of the plain files in the inbound folder (not processed/), sorted;
+# *.part files included.
+sub inbound_files
+{
+	my ($self) = @_;
+	my $dir = $self->inbound_dir;
+	opendir(my $dh, $dir) or return [];
+	my @names = sort grep { !/^\.\.?$/ && -f "$dir/$_" } readdir $dh;
+	closedir $dh;
+	return \@names;
+}
+
+# /_admin/idempotency as a hash: idempotency key => its entry
+# ({seen, accepted, replayed, conflicts, rejected, sources, ...}).
+sub idempotency_by_key
+{
+	my ($self, %q) = @_;
+	return { map { ($_->{key} => $_) } @{ $self->idempotency(%q)->{keys} } };
+}
+
 # Decode a JSON text (e.g. a logged request body); undef if it is not JSON.
 sub decode_json
 {

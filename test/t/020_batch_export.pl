@@ -1,0 +1,445 @@
+# SFTP batch export with ff_export_batch(), against the real OpenSSH server
+# (test/sshd/ffsshd) and the FlexFactor simulator reading its inbound folder:
+# files carry exactly the queued declines (every field, sequenceNumber 1..N,
+# mid, idempotencyKey, token), their bytes match batches.sha256 and the name
+# follows docs/batch-format.md; 5,000 declines make files of 2,000, 2,000 and
+# 1,000 lines that the simulator accepts, each idempotency key once; the
+# trigger exports only committed declined recurring rows; two concurrent
+# exports never put a decline in two batches.
+#
+# No worker runs in the test database (flexfactor.database is 'postgres'), so
+# every upload here is made by ff_export_batch().  Failures (host key, keys,
+# server down, crashes) are in 021_batch_faults.pl.
+use strict;
+use warnings;
+use Digest::SHA ();
+use Encode ();
+use IPC::Run ();
+use JSON::PP ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes ();
+use FlexFactorTest;
+use FFSim;
+use FFSshd;
+
+my $mid = '5b1e7c3a-2f4d-4e6b-9a8c-0d1e2f3a4b5c';
+my $tmp = PostgreSQL::Test::Utils::tempdir('ffbatch020');
+my $sshd = FFSshd->start("$tmp/sshd");
+my $sim = FFSim->start(name => 'ffsim_020', mid => $mid, sftp_root => "$tmp/sftp",
+	args => [ '--scan-interval', '3600' ]);    # files stay until /_admin/scan
+my $inbound = $sim->inbound_dir;
+
+my $node = ff_node('export020',
+	$sim->node_settings('flexfactor.database' => 'postgres'),    # no worker in ffdb
+	$sshd->node_settings(inbound => $inbound, outbound => $sim->outbound_dir));
+$node->start;
+$node->safe_psql('postgres', "CREATE DATABASE ffdb ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
+$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
+
+my $json = JSON::PP->new->utf8->canonical;
+
+sub sq { $node->safe_psql('ffdb', $_[0]) }
+
+# psql with verbose errors; returns {ret, stdout, stderr, warnings => [[state, msg]]}
+sub run_sql
+{
+	my ($sql) = @_;
+	my ($ret, $out, $err) = $node->psql('ffdb', "\\set VERBOSITY verbose\n$sql");
+	my @w;
+	push @w, [ $1, $2 ] while ($err // '') =~ /^WARNING:\s+([0-9A-Z]{5}): (.*)$/mg;
+	return { ret => $ret, stdout => $out, stderr => $err // '', warnings => \@w };
+}
+
+sub slurp_bytes
+{
+	my ($path) = @_;
+	open(my $fh, '<:raw', $path) or die "cannot read $path: $!";
+	local $/;
+	my $t = <$fh>;
+	close $fh;
+	return $t;
+}
+
+# Expected simulator outcome of a line from its amount (accept-unknown-tokens,
+# managed MIT): cents ending 01 APPROVED, 02 DECLINED, otherwise SUBMITTED.
+sub expected_status
+{
+	my ($cents) = @_;
+	return $cents % 100 == 1 ? 'APPROVED' : $cents % 100 == 2 ? 'DECLINED' : 'SUBMITTED';
+}
+
+# cents for line $i: a mix of the three outcomes, within the sandbox range
+sub cents_sql { "(1000 + 100 * ($_[0] % 90) + CASE $_[0] % 3 WHEN 0 THEN 1 WHEN 1 THEN 2 ELSE 50 END)" }
+
+# Every batch file now in inbound, checked against the database: name, size,
+# SHA-256, lines.  Returns {name => {batch_id, lines => [decoded], raw => [text]}}.
+sub check_inbound_files
+{
+	my ($what, $names) = @_;
+	my %files;
+	for my $name (@$names)
+	{
+		my $bytes = slurp_bytes("$inbound/$name");
+		my ($id, $lc, $bc, $sha, $state, $stamp) = split /\|/, sq(
+			"SELECT id, line_count, byte_count, sha256, state,
+			        to_char(created_at AT TIME ZONE 'UTC', 'YYYYMMDD\"T\"HH24MISS\"Z\"')
+			   FROM flexfactor.batches WHERE file_name = '$name'");
+		ok(defined $id, "$what: $name is a batch of the database") or next;
+		like($name, qr/^evaluate_\Q$mid\E_\d{8}T\d{6}Z_\Q$id\E\.jsonl$/,
+			"$what: $name is evaluate_<mid>_<UTC stamp>_<batch id>.jsonl");
+		my ($file_stamp) = $name =~ /_(\d{8}T\d{6}Z)_/;
+		is($file_stamp, $stamp, "$what: the stamp is when batch $id was fixed (UTC)");
+		is($state, 'uploaded', "$what: batch $id is uploaded");
+		is(length($bytes), $bc, "$what: $name has byte_count bytes");
+		is(Digest::SHA::sha256_hex($bytes), $sha, "$what: SHA-256 of $name equals batches.sha256");
+		ok(utf8::decode(my $copy = $bytes), "$what: $name is UTF-8");
+		like($bytes, qr/\n\z/, "$what: the last line ends with \\n");
+		unlike($bytes, qr/\r|\n\n|^\n/, "$what: no CR, no blank line");
+		my @raw = split /\n/, $bytes;
+		is(scalar @raw, $lc, "$what: $name has line_count ($lc) lines");
+		my @lines = map { $json->decode($_) } @raw;
+		is_deeply([ map { $_->{sequenceNumber} } @lines ], [ 1 .. $lc ],
+			"$what: sequenceNumber runs 1..$lc");
+		is(scalar(grep { !/"sequenceNumber":\s*\d+[,}]/ } @raw), 0,
+			"$what: sequenceNumber is a JSON integer");
+		is(scalar(grep { ($_->{mid} // '') ne $mid } @lines), 0, "$what: every line has the mid");
+		is(scalar(grep { !(JSON::PP::is_bool($_->{paymentMethod}{token}) && $_->{paymentMethod}{token}) } @lines),
+			0, "$what: every line has paymentMethod.token = true");
+		$files{$name} = { batch_id => $id, lines => \@lines, raw => \@raw, sha256 => $sha };
+	}
+	return \%files;
+}
+
+# The lines of these files against the declines table: each line is the
+# queued payload plus sequenceNumber, mid and idempotencyKey (the API key);
+# each decline is in exactly one line.  Returns the idempotency keys.
+sub check_lines_match_declines
+{
+	my ($what, $files, $where) = @_;
+	my %decl;
+	for my $row (split /\n/, sq(
+			"SELECT id, batch_id, idempotency_key,
+			        flexfactor.ff_attempt_key('evaluate', '$mid', order_id, transaction_id), payload::text
+			   FROM flexfactor.declines WHERE $where ORDER BY id"))
+	{
+		my ($id, $batch, $key, $api_key, $payload) = split /\|/, $row, 5;
+		$decl{$key} = { id => $id, batch => $batch, api_key => $api_key,
+			payload => $json->decode($payload), seen => 0 };
+	}
+	my ($bad_payload, $bad_batch, $bad_key, $unknown) = (0, 0, 0, 0);
+	for my $f (values %$files)
+	{
+		for my $l (@{ $f->{lines} })
+		{
+			my %rest = %$l;
+			my $key = delete $rest{idempotencyKey} // '';
+			delete @rest{qw(sequenceNumber mid)};
+			my $d = $decl{$key};
+			if (!$d) { $unknown++; next; }
+			$d->{seen}++;
+			$bad_key++ if $key ne $d->{api_key};
+			$bad_batch++ if $d->{batch} ne $f->{batch_id};
+			$bad_payload++ if $json->encode(\%rest) ne $json->encode($d->{payload});
+		}
+	}
+	is($unknown, 0, "$what: every line is a queued decline");
+	is(scalar(grep { $_->{seen} != 1 } values %decl), 0,
+		"$what: each of the " . scalar(keys %decl) . " declines is in exactly one line");
+	is($bad_payload, 0, "$what: every line is the queued payload plus sequenceNumber, mid, idempotencyKey");
+	is($bad_batch, 0, "$what: every line is in the file of the decline's batch_id");
+	is($bad_key, 0, "$what: idempotencyKey = ff_attempt_key('evaluate', mid, orderId, transaction.id)");
+	return [ keys %decl ];
+}
+
+# Scan, then check the simulator's view: these files processed (not
+# rejected), result lines per the amount rules, every key accepted once and
+# seen once.
+sub check_accepted
+{
+	my ($what, $files, $keys) = @_;
+	my $processed = $sim->scan;
+	my %by_file = map { ($_->{file} => $_) } @$processed;
+	for my $name (sort keys %$files)
+	{
+		my $p = $by_file{$name};
+		my $n = scalar @{ $files->{$name}{lines} };
+		is($p && $p->{status}, 'processed', "$what: the simulator processed $name");
+		is($p && $p->{accepted}, $n, "$what: all $n lines of $name accepted") or diag explain $p;
+		is($p && $p->{sha256}, $files->{$name}{sha256}, "$what: it read the bytes the database fixed");
+		(my $base = $name) =~ s/\.jsonl$//;
+		my $rfile = $sim->outbound_dir . "/$base.result.jsonl";
+		ok(-f $rfile, "$what: result file $base.result.jsonl") or next;
+		my @res = map { $json->decode($_) } split /\n/, slurp_bytes($rfile);
+		my @lines = @{ $files->{$name}{lines} };
+		is(scalar @res, $n, "$what: one result line per input line");
+		my ($bad_status, $bad_seq) = (0, 0);
+		for my $i (0 .. $#res)
+		{
+			$bad_seq++ if $res[$i]{sequenceNumber} != $i + 1
+			  || $res[$i]{orderId} ne $lines[$i]{orderId};
+			$bad_status++ if $res[$i]{status} ne expected_status($lines[$i]{transaction}{amount})
+			  || !$res[$i]{success};
+		}
+		is($bad_seq, 0, "$what: result lines follow the input order");
+		is($bad_status, 0, "$what: each result is SUBMITTED/APPROVED/DECLINED per the amount rules");
+	}
+	is_deeply([ sort grep { !/\.part$/ } @{ $sim->inbound_files } ], [],
+		"$what: inbound is empty after the scan");
+	my $idem = $sim->idempotency_by_key(kind => 'evaluate');
+	my @not_once = grep { !$idem->{$_} || $idem->{$_}{accepted} != 1 } @$keys;
+	is(scalar @not_once, 0, "$what: the simulator accepted each of the " . scalar(@$keys) . " keys exactly once")
+	  or diag explain [ map { $idem->{$_} } @not_once[0 .. 2] ];
+	my @seen_more = grep { $idem->{$_} && $idem->{$_}{seen} != 1 } @$keys;
+	is(scalar @seen_more, 0, "$what: and saw each key exactly once")
+	  or diag explain [ map { $idem->{$_} } @seen_more[0 .. 2] ];
+}
+
+sub set_conf
+{
+	my ($name, $value) = @_;
+	sq("ALTER SYSTEM SET $name = '$value'; SELECT pg_reload_conf()");
+	$node->poll_query_until('ffdb', "SELECT current_setting('$name') = '$value'")
+	  or die "$name did not become $value";
+}
+
+# ------------------------------------------------------------------
+# 1. A few declines: the file, byte for byte and field by field
+# ------------------------------------------------------------------
+sq(q{SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+        'INV-1001', 4950, 'usd', 'd3e10716-6aac-4eb8-a74d-c1a3027f1d96', 'gw-7781',
+        decline_code => '51', email => 'ana@example.com', expiry => now() + interval '14 days',
+        subscription_id => 'SUB-9', declined_at => '2026-11-24 09:30:00+00'))});
+sq(q{SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+        'INV-1002', 2001, 'eur', 'tok-2', 'gw-7782'))});
+sq(q{SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+        'INV-Ünïcødé-€', 3302, 'gbp', 'tok-3', 'gw-7783', email => 'zoë@example.com', is_recurring => false))});
+# the same attempt again is not queued twice
+sq(q{SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1002', 2001, 'eur', 'tok-2', 'gw-7782'))});
+is(sq("SELECT count(*) FROM flexfactor.declines WHERE state = 'pending'"), '3', 'three declines queued');
+is_deeply($sim->inbound_files, [], 'nothing in inbound before the export');
+
+my $r = run_sql('SELECT flexfactor.ff_export_batch()');
+is($r->{stdout}, '1', 'ff_export_batch() returns 1 (one file uploaded)');
+is_deeply($r->{warnings}, [], 'no warning');
+my $names = $sim->inbound_files;
+is(scalar @$names, 1, 'exactly one file in inbound, no .part left') or diag explain $names;
+my $files = check_inbound_files('small batch', $names);
+my ($small) = values %$files;
+is(sq("SELECT count(*) FROM flexfactor.declines WHERE state = 'batched' AND batch_id = $small->{batch_id}"),
+	'3', 'the three declines are batched in it');
+is(sq("SELECT attempts, last_error IS NULL, uploaded_at IS NOT NULL FROM flexfactor.batches WHERE id = $small->{batch_id}"),
+	'1|t|t', 'batch: 1 attempt, no error, uploaded_at set');
+
+# every field as enqueued, checked against the values given above
+my %by_order = map { ($_->{orderId} => $_) } @{ $small->{lines} };
+my $l1 = $by_order{'INV-1001'};
+is_deeply($l1, {
+		orderId => 'INV-1001', isMIT => JSON::PP::true, isDeclined => JSON::PP::true,
+		isRecurring => JSON::PP::true, expiryDateUtc => $l1->{expiryDateUtc},
+		transaction => { id => 'gw-7781', amount => 4950, currency => 'USD', responseCode => '51',
+			responseStatus => 'DECLINED', timestampUtc => '2026-11-24T09:30:00Z', cardNotPresent => JSON::PP::true },
+		paymentMethod => { cardNumber => 'd3e10716-6aac-4eb8-a74d-c1a3027f1d96', token => JSON::PP::true },
+		payer => { email => 'ana@example.com' },
+		subscription => { subscriptionId => 'SUB-9', price => 4950, currency => 'USD' },
+		sequenceNumber => $l1->{sequenceNumber}, mid => $mid,
+		idempotencyKey => sq("SELECT flexfactor.ff_attempt_key('evaluate', '$mid', 'INV-1001', 'gw-7781')") },
+	'INV-1001: every field as enqueued');
+like($l1->{expiryDateUtc}, qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/, 'expiryDateUtc is an ISO UTC time');
+my $l3 = $by_order{ Encode::decode('UTF-8', 'INV-Ünïcødé-€') };
+ok($l3, 'the non-ASCII orderId survives as UTF-8');
+is($l3 && $l3->{payer}{email}, Encode::decode('UTF-8', 'zoë@example.com'), 'and so does the e-mail');
+ok($l3 && JSON::PP::is_bool($l3->{isRecurring}) && !$l3->{isRecurring}, 'isRecurring false is kept');
+is_deeply([ map { $_->{orderId} } sort { $a->{sequenceNumber} <=> $b->{sequenceNumber} } @{ $small->{lines} } ],
+	[ 'INV-1001', 'INV-1002', Encode::decode('UTF-8', 'INV-Ünïcødé-€') ], 'lines in queue order');
+my $small_keys = check_lines_match_declines('small batch', $files, "order_id LIKE 'INV-%'");
+
+# the same bytes through SFTP itself (OpenSSH's client)
+{
+	my $name = $names->[0];
+	my ($out, $err) = ('', '');
+	my $ok = IPC::Run::run(
+		[ 'sftp', '-q', '-b', '-', '-i', $sshd->client_key,
+		  '-o', 'UserKnownHostsFile=' . $sshd->known_hosts, '-o', 'StrictHostKeyChecking=yes',
+		  '-o', 'BatchMode=yes', '-P', $sshd->port, $sshd->user . '@127.0.0.1' ],
+		'<', \"get $inbound/$name $tmp/downloaded.jsonl\n", '>', \$out, '2>', \$err,
+		IPC::Run::timeout(60));
+	ok($ok, 'downloaded the file with sftp') or diag $err;
+	is(Digest::SHA::sha256_hex(slurp_bytes("$tmp/downloaded.jsonl")), $small->{sha256},
+		'the downloaded file has the recorded SHA-256');
+}
+
+check_accepted('small batch', $files, $small_keys);
+is(sq('SELECT flexfactor.ff_export_batch()'), '0', 'a second export has nothing to send');
+is_deeply($sim->inbound_files, [], 'and uploads nothing');
+
+# ------------------------------------------------------------------
+# 2. 5,000 declines: files of 2,000, 2,000 and 1,000 lines
+# ------------------------------------------------------------------
+my $t0 = Time::HiRes::time();
+is(sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+           'BULK-' || i, " . cents_sql('i') . ", 'USD', 'tok-bulk-' || i, 'tx-' || i,
+           expiry => now() + interval '14 days', email => 'c' || i || '\@example.com')))
+         FROM generate_series(1, 5000) i"), '5000', '5,000 declines queued in one statement');
+$r = run_sql('SELECT flexfactor.ff_export_batch()');
+is($r->{stdout}, '3', 'ff_export_batch() uploads 3 files');
+is_deeply($r->{warnings}, [], 'no warning');
+note sprintf('5,000 declines exported in %.2f s', Time::HiRes::time() - $t0);
+$names = $sim->inbound_files;
+is(scalar @$names, 3, 'three files in inbound, no .part') or diag explain $names;
+$files = check_inbound_files('5,000', $names);
+is_deeply([ map { scalar @{ $files->{$_}{lines} } } sort { $files->{$a}{batch_id} <=> $files->{$b}{batch_id} } keys %$files ],
+	[ 2000, 2000, 1000 ], 'files of 2,000, 2,000 and 1,000 lines, in batch order');
+my $bulk_keys = check_lines_match_declines('5,000', $files, "order_id LIKE 'BULK-%'");
+is(sq("SELECT count(*) FROM flexfactor.declines WHERE order_id LIKE 'BULK-%' AND state = 'batched'"),
+	'5000', 'all 5,000 declines batched');
+check_accepted('5,000', $files, $bulk_keys);
+my $orders = $sim->orders;
+is(scalar(grep { ($_->{externalOrderId} // '') =~ /^BULK-/ } @$orders), 5000,
+	'the simulator created 5,000 orders');
+
+# ------------------------------------------------------------------
+# 3. The trigger on billing.payments: only committed, declined, recurring rows
+# ------------------------------------------------------------------
+sq(q{
+CREATE SCHEMA billing;
+CREATE TABLE billing.payments (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    invoice_no      text NOT NULL,
+    amount          numeric(12,2) NOT NULL,
+    currency        text NOT NULL DEFAULT 'USD',
+    card_token      text,
+    status          text NOT NULL,
+    is_recurring    boolean NOT NULL,
+    decline_code    text,
+    customer_email  text,
+    subscription_id text);
+CREATE TRIGGER payments_to_flexfactor
+    AFTER INSERT OR UPDATE ON billing.payments
+    FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+        'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token',
+        'transaction_id=id', 'decline_code=decline_code', 'email=customer_email',
+        'subscription_id=subscription_id', 'expiry_days=14',
+        'declined_if=status:declined', 'recurring_if=is_recurring');
+INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring, decline_code, customer_email, subscription_id)
+VALUES ('P-1', 49.50, 'tok-p1', 'declined', true,  '51', 'p1@example.com', 'S-1'),
+       ('P-2', 19.01, 'tok-p2', 'declined', false, '05', 'p2@example.com', NULL),
+       ('P-3', 29.02, 'tok-p3', 'paid',     true,  NULL, 'p3@example.com', 'S-3'),
+       ('P-4', 39.50, 'tok-p4', 'paid',     true,  NULL, 'p4@example.com', 'S-4');
+});
+sq(q{BEGIN;
+     INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring)
+     VALUES ('P-5', 12.50, 'tok-p5', 'declined', true);
+     ROLLBACK;});
+my ($ret) = $node->psql('ffdb', q{BEGIN;
+     INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring)
+     VALUES ('P-6', 12.50, 'tok-p6', 'declined', true);
+     SELECT 1/0;
+     COMMIT;});
+isnt($ret, 0, 'a transaction that inserts a decline and then fails');
+# paid, later declined: queued by the UPDATE
+sq(q{UPDATE billing.payments SET status = 'declined', decline_code = '05' WHERE invoice_no = 'P-4'});
+# a non-recurring row that is declined later is still not exported, nor is
+# an UPDATE of a row that was already a decline
+sq(q{INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring)
+     VALUES ('P-7', 15.50, 'tok-p7', 'paid', false)});
+sq(q{UPDATE billing.payments SET status = 'declined' WHERE invoice_no = 'P-7'});
+sq(q{UPDATE billing.payments SET customer_email = 'new@example.com' WHERE invoice_no = 'P-1'});
+is(sq("SELECT string_agg(order_id, ',' ORDER BY id) FROM flexfactor.declines WHERE state = 'pending'"),
+	'P-1,P-4', 'queued: the declined recurring row and the one that became declined');
+
+is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'exported in one file');
+$names = $sim->inbound_files;
+$files = check_inbound_files('trigger', $names);
+my @tl = sort { $a->{sequenceNumber} <=> $b->{sequenceNumber} } map { @{ $_->{lines} } } values %$files;
+is_deeply([ map { $_->{orderId} } @tl ], [ 'P-1', 'P-4' ],
+	'the file holds P-1 and P-4 only: no non-recurring (P-2, P-7), paid (P-3) or rolled-back (P-5, P-6) row');
+is_deeply([ map { $_->{transaction}{amount} } @tl ], [ 4950, 3950 ], 'amounts converted to cents');
+my $pid1 = sq("SELECT id FROM billing.payments WHERE invoice_no = 'P-1'");
+is($tl[0]{transaction}{id}, $pid1, 'transaction.id is the payments row id');
+is($tl[0]{subscription}{subscriptionId}, 'S-1', 'subscription id mapped');
+is($tl[0]{payer}{email}, 'p1@example.com', 'email mapped');
+is($tl[0]{transaction}{responseCode}, '51', 'decline code mapped');
+my $trig_keys = check_lines_match_declines('trigger', $files, "order_id LIKE 'P-%'");
+check_accepted('trigger', $files, $trig_keys);
+
+# ------------------------------------------------------------------
+# 4. Two exporters at once: no decline in two batches
+# ------------------------------------------------------------------
+# (a) an export whose transaction is still open holds its declines: a second
+# export does not wait for it and does not take them
+sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+      'CC-A-' || i, " . cents_sql('i') . ", 'USD', 'tok-cca-' || i, 'tx-' || i)))
+    FROM generate_series(1, 2500) i");
+my $bg = $node->background_psql('ffdb', timeout => 120);
+$bg->query_safe('BEGIN');
+is($bg->query_safe('SELECT flexfactor.ff_export_batch()'), '2',
+	'session A: exports 2 batches in an open transaction');
+my $t1 = Time::HiRes::time();
+is(sq('SELECT flexfactor.ff_export_batch()'), '0', 'session B meanwhile: nothing to export');
+ok(Time::HiRes::time() - $t1 < 10, 'and it did not wait for session A');
+sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+      'CC-B-' || i, " . cents_sql('i') . ", 'USD', 'tok-ccb-' || i, 'tx-' || i)))
+    FROM generate_series(1, 300) i");
+is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'session B exports the declines queued after A took its share');
+$bg->query_safe('COMMIT');
+$bg->quit;
+my $b_batch = sq("SELECT string_agg(DISTINCT batch_id::text, ',') FROM flexfactor.declines WHERE order_id LIKE 'CC-B-%'");
+like($b_batch, qr/^\d+$/, "B's 300 declines are all in one batch");
+is(sq("SELECT count(*) FROM flexfactor.declines WHERE batch_id = $b_batch AND order_id NOT LIKE 'CC-B-%'"),
+	'0', "and that batch holds none of A's");
+
+# (b) two exports started together, racing for 6,000 declines in batches of 500
+set_conf('flexfactor.batch_max_rows', '500');
+sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+      'CC-R-' || i, " . cents_sql('i') . ", 'USD', 'tok-ccr-' || i, 'tx-' || i)))
+    FROM generate_series(1, 6000) i");
+my @h;
+for my $s (0, 1)
+{
+	my %io = (out => '', err => '');
+	my $h = IPC::Run::start(
+		[ $node->installed_command('psql'), '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('ffdb'),
+		  '-c', 'SELECT flexfactor.ff_export_batch()' ],
+		'<', \undef, '>', \$io{out}, '2>', \$io{err}, IPC::Run::timeout(180));
+	push @h, [ $h, \%io ];
+}
+my $sum = 0;
+for my $i (0, 1)
+{
+	my ($h, $io) = @{ $h[$i] };
+	ok($h->finish, "racing export $i succeeded") or diag $io->{err};
+	chomp(my $n = $io->{out});
+	note "racing export $i uploaded $n files";
+	$sum += $n || 0;
+	is($io->{err}, '', "racing export $i: no warning");
+}
+is($sum, 12, 'together they uploaded 12 files of 500');
+is(sq("SELECT count(*) FROM flexfactor.batches WHERE state = 'uploaded'
+          AND id IN (SELECT batch_id FROM flexfactor.declines WHERE order_id LIKE 'CC-R-%')"),
+	'12', 'twelve uploaded batches hold them');
+$names = $sim->inbound_files;
+is(scalar @$names, 15, 'inbound: 2 + 1 + 12 files, no .part') or diag explain $names;
+$files = check_inbound_files('concurrent', $names);
+is(sq("SELECT count(*) FROM (SELECT decline_id FROM flexfactor.batch_lines
+         WHERE decline_id IS NOT NULL GROUP BY decline_id HAVING count(*) > 1) d"),
+	'0', 'no decline is in two batch lines');
+my $cc_keys = check_lines_match_declines('concurrent', $files, "order_id LIKE 'CC-%'");
+is(scalar @$cc_keys, 8800, 'all 8,800 concurrent-test declines are in a file');
+check_accepted('concurrent', $files, $cc_keys);
+
+# ------------------------------------------------------------------
+# 5. The DBA's views after all this
+# ------------------------------------------------------------------
+is(sq("SELECT count(*) FROM flexfactor.batch_status WHERE state <> 'uploaded' OR attempts <> 1 OR last_error IS NOT NULL"),
+	'0', 'batch_status: every batch uploaded at the first attempt, no error');
+is(sq("SELECT state || ':' || rows FROM flexfactor.queue_status WHERE queue = 'declines' ORDER BY state"),
+	'batched:' . (3 + 5000 + 2 + 8800), 'queue_status: every decline batched, none pending');
+is(sq("SELECT sum(line_count) FROM flexfactor.batches"), 3 + 5000 + 2 + 8800,
+	'line counts add up to the declines');
+
+$node->stop;
+$sim->stop;
+$sshd->stop;
+done_testing();
