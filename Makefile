@@ -45,6 +45,11 @@ include $(PGXS)
 # after the include: Makefile.global resets it
 PROVE_FLAGS += -I $(srcdir)/test/perl
 
+# PGXS does not track header dependencies: rebuild every object when any of
+# our headers changes (a struct layout seen differently by two files is a
+# silent memory bug).
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
+
 # One SQL source of truth, copied to the versioned install script.
 $(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql $(EXTENSION).control
 	cp $< $@

@@ -306,8 +306,9 @@ describe_request(const char *method, const char *path)
  * error.  With a token, a 401 fetches a new token and retries once.
  */
 Jsonb *
-ff_api_call(const char *method, const char *path, const char *body, bool with_token)
+ff_api_call(const char *method, const char *path, const char *body, int flags)
 {
+	bool		with_token = (flags & FF_API_BEARER) != 0;
 	char	   *what = describe_request(method, path);
 	FFHttpRequest req = {0};
 	uint64		generation = 0;
@@ -315,6 +316,7 @@ ff_api_call(const char *method, const char *path, const char *body, bool with_to
 	req.method = method;
 	req.url = ff_api_endpoint(path);
 	req.body = body;
+	req.fresh_connection = (flags & FF_API_NOT_IDEMPOTENT) != 0;
 	for (int attempt = 0; attempt < 2; attempt++)
 	{
 		req.bearer = with_token ? ff_token_get(&generation) : NULL;
@@ -367,7 +369,7 @@ ff_api_call_sql(PG_FUNCTION_ARGS)
 		body = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
 	}
 	ff_api_require_configured();
-	PG_RETURN_JSONB_P(ff_api_call(method, path, body, true));
+	PG_RETURN_JSONB_P(ff_api_call(method, path, body, FF_API_BEARER));
 }
 
 static char *
@@ -418,7 +420,7 @@ ff_tokenize(PG_FUNCTION_ARGS)
 	body = JsonbToCString(NULL, &card->root, VARSIZE(card));
 	path = psprintf("tokenize?mid=%s&environment=%s", url_escape(ff_mid),
 					url_escape(ff_tokenization_key));
-	answer = ff_api_call("POST", path, body, false);
+	answer = ff_api_call("POST", path, body, FF_API_NOT_IDEMPOTENT);
 	explicit_bzero(body, strlen(body));
 	explicit_bzero(path, strlen(path));
 

@@ -9,8 +9,11 @@
 
 #include "http.h"
 
-extern Jsonb *ff_api_call(const char *method, const char *path, const char *body,
-						  bool with_token);
+/* flags of ff_api_call() */
+#define FF_API_BEARER			0x01	/* send the shared bearer token */
+#define FF_API_NOT_IDEMPOTENT	0x02	/* no key: never re-sent on a reused connection */
+
+extern Jsonb *ff_api_call(const char *method, const char *path, const char *body, int flags);
 extern Jsonb *ff_api_parse_json(const FFHttpRequest *req, const char *what);
 extern pg_attribute_noreturn() void ff_api_raise_status_error(const FFHttpRequest *req,
 															   const char *what);

@@ -346,7 +346,7 @@ ff_evaluate(PG_FUNCTION_ARGS)
 
 	/* the answer must outlive SPI_finish(): allocate it in the caller's context */
 	MemoryContextSwitchTo(caller_cxt);
-	answer = ff_api_call("POST", "evaluate", body, true);
+	answer = ff_api_call("POST", "evaluate", body, FF_API_BEARER);
 	session_key = ff_json_get_text(&answer->root, "orderSessionKey");
 	status = ff_json_get_text(&answer->root, "status");
 	MemoryContextSwitchTo(spi_cxt);

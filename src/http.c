@@ -181,6 +181,17 @@ start_request(HttpSlot *slot, FFHttpRequest *req)
 	check_setopt(curl_easy_setopt(h, CURLOPT_HEADERDATA, req));
 	check_setopt(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, req->error));
 	check_setopt(curl_easy_setopt(h, CURLOPT_PRIVATE, slot));
+
+	/*
+	 * libcurl re-sends a request once when a kept-alive connection turns out
+	 * dead before any answer.  Harmless with an idempotency key; a request
+	 * without one gets a connection of its own.
+	 */
+	if (req->fresh_connection)
+	{
+		check_setopt(curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L));
+		check_setopt(curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L));
+	}
 	if (strcmp(req->method, "POST") == 0)
 	{
 		const char *body = req->body ? req->body : "";

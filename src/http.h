@@ -18,6 +18,7 @@ typedef struct FFHttpRequest
 	const char *url;			/* may carry secrets in its query: never logged */
 	const char *body;			/* NULL for none */
 	const char *bearer;			/* NULL for no Authorization header */
+	bool		fresh_connection;	/* not idempotent: never on a reused connection */
 
 	/* filled in by ff_http_perform() */
 	long		status;			/* HTTP status; 0 when the transfer failed */

@@ -181,6 +181,22 @@ is($query{environment}, $tokkey, 'tokenization key sent as the environment query
 my $tokbody = FFSim->decode_json($tokreq->[0]{body});
 is($tokbody->{payment_method}{credit_card}{number}, $pan, 'the card body is sent as given');
 
+# /tokenize carries no idempotency key, so it must never be re-sent: libcurl
+# silently repeats a request once when a kept-alive connection turns out dead,
+# hence /tokenize always gets a connection of its own.  In one session, warm a
+# kept-alive connection (an evaluate), then drop the /tokenize answer: the call
+# fails (FF001) after exactly one request instead of being repeated.
+$seq = $sim->last_seq;
+$sim->fault(endpoint => '/v1/tokenize', mode => 'drop', count => 1);
+my $e_drop = FFSim::sql_error($node, 'ffdb', "DO \$\$ BEGIN
+	PERFORM flexfactor.ff_evaluate(flexfactor.ff_decline('WARM-1', 1999, 'USD', 'tok-warm', 'tx-warm'));
+	PERFORM flexfactor.ff_tokenize(pg_read_file('$card_file')::jsonb);
+END \$\$");
+is($e_drop->{sqlstate}, 'FF001', 'a /tokenize answer lost on the wire: FF001');
+is(scalar @{ $sim->requests(path => '/v1/tokenize', since => $seq) }, 1,
+	'the lost /tokenize request was sent once, not repeated on a reused connection');
+$sim->clear_faults;
+
 # ------------------------------------------------------------------
 # 3. ff_evaluate: fills in mid, siteId, isDeclined, idempotencyKey
 # ------------------------------------------------------------------
