@@ -321,6 +321,203 @@ sub idempotency_by_key
 	return { map { ($_->{key} => $_) } @{ $self->idempotency(%q)->{keys} } };
 }
 
+=pod
+
+---- Batch assertions (Test::More) shared by the 02x suites.  $node/$db:
+the PostgreSQL::Test::Cluster node and database that exported the files.
+
+FFSim::batch_expected_status($cents): the simulator's status for an
+evaluate line with an unknown (test) token under managed MIT: cents ending
+01 APPROVED, 02 DECLINED, otherwise SUBMITTED.
+
+FFSim::batch_cents_sql($i): an SQL expression of cents for line $i mixing
+the three outcomes (1001..9950).
+
+$sim->check_batch_files($node, $db, $what, \@names): every named file in
+inbound against flexfactor.batches: name evaluate_<mid>_<UTC stamp>_<id>.jsonl
+with the stamp of created_at, state uploaded, byte_count, SHA-256,
+line_count, UTF-8 JSON Lines ending in \n, sequenceNumber 1..N (JSON
+integers), mid, paymentMethod.token true.  Returns {name => {batch_id,
+lines => [decoded], raw => [text], sha256}}.
+
+$sim->check_lines_match_declines($node, $db, $what, $files, $where): the
+lines of these files against flexfactor.declines WHERE $where: each line is
+the queued payload plus sequenceNumber, mid and idempotencyKey (=
+ff_attempt_key('evaluate', mid, orderId, transaction.id)), in the file of the
+decline's batch, each decline in exactly one line.  Returns the keys.
+
+$sim->check_accepted($what, $files, $keys): POST /_admin/scan, then: each
+file processed with every line accepted and the SHA-256 the database fixed,
+result files line for line per batch_expected_status, inbound empty, each
+key accepted once and seen once.
+
+=cut
+
+sub batch_expected_status
+{
+	my ($cents) = @_;
+	return $cents % 100 == 1 ? 'APPROVED' : $cents % 100 == 2 ? 'DECLINED' : 'SUBMITTED';
+}
+
+sub batch_cents_sql
+{
+	my ($i) = @_;
+	return "(1000 + 100 * ($i % 90) + CASE $i % 3 WHEN 0 THEN 1 WHEN 1 THEN 2 ELSE 50 END)";
+}
+
+sub _slurp_bytes
+{
+	my ($path) = @_;
+	open(my $fh, '<:raw', $path) or croak "cannot read $path: $!";
+	local $/;
+	my $t = <$fh>;
+	close $fh;
+	return $t // '';
+}
+
+sub check_batch_files
+{
+	my ($self, $node, $db, $what, $names) = @_;
+	require Digest::SHA;
+	require Test::More;
+	my $mid = $self->{mid};
+	my $inbound = $self->inbound_dir;
+	my %files;
+	for my $name (@$names)
+	{
+		my $bytes = _slurp_bytes("$inbound/$name");
+		(my $qname = $name) =~ s/'/''/g;
+		my ($id, $lc, $bc, $sha, $state, $stamp) = split /\|/, $node->safe_psql($db,
+			"SELECT id, line_count, byte_count, sha256, state,
+			        to_char(created_at AT TIME ZONE 'UTC', 'YYYYMMDD\"T\"HH24MISS\"Z\"')
+			   FROM flexfactor.batches WHERE file_name = '$qname'");
+		Test::More::ok(defined $id, "$what: $name is a batch of the database") or next;
+		Test::More::like($name, qr/^evaluate_\Q$mid\E_\d{8}T\d{6}Z_\Q$id\E\.jsonl$/,
+			"$what: $name is evaluate_<mid>_<UTC stamp>_<batch id>.jsonl");
+		my ($file_stamp) = $name =~ /_(\d{8}T\d{6}Z)_/;
+		Test::More::is($file_stamp, $stamp, "$what: the stamp is when batch $id was fixed (UTC)");
+		Test::More::is($state, 'uploaded', "$what: batch $id is uploaded");
+		Test::More::is(length($bytes), $bc, "$what: $name has byte_count bytes");
+		Test::More::is(Digest::SHA::sha256_hex($bytes), $sha,
+			"$what: SHA-256 of $name equals batches.sha256");
+		Test::More::ok(utf8::decode(my $copy = $bytes), "$what: $name is UTF-8");
+		Test::More::like($bytes, qr/\n\z/, "$what: the last line ends with \\n");
+		Test::More::unlike($bytes, qr/\r|\n\n|^\n/, "$what: no CR, no blank line");
+		my @raw = split /\n/, $bytes;
+		Test::More::is(scalar @raw, $lc, "$what: $name has line_count ($lc) lines");
+		my @lines = map { $JSON->decode($_) } @raw;
+		Test::More::is_deeply([ map { $_->{sequenceNumber} } @lines ], [ 1 .. $lc ],
+			"$what: sequenceNumber runs 1..$lc");
+		Test::More::is(scalar(grep { !/"sequenceNumber":\s*\d+[,}]/ } @raw), 0,
+			"$what: sequenceNumber is a JSON integer");
+		Test::More::is(scalar(grep { ($_->{mid} // '') ne $mid } @lines), 0,
+			"$what: every line has the mid");
+		Test::More::is(scalar(grep {
+					!(JSON::PP::is_bool($_->{paymentMethod}{token}) && $_->{paymentMethod}{token}) } @lines),
+			0, "$what: every line has paymentMethod.token = true");
+		$files{$name} = { batch_id => $id, lines => \@lines, raw => \@raw, sha256 => $sha };
+	}
+	return \%files;
+}
+
+sub check_lines_match_declines
+{
+	my ($self, $node, $db, $what, $files, $where) = @_;
+	require Test::More;
+	my $mid = $self->{mid};
+	my %decl;
+	for my $row (split /\n/, $node->safe_psql($db,
+			"SELECT id, batch_id, idempotency_key,
+			        flexfactor.ff_attempt_key('evaluate', '$mid', order_id, transaction_id), payload::text
+			   FROM flexfactor.declines WHERE $where ORDER BY id"))
+	{
+		my ($id, $batch, $key, $api_key, $payload) = split /\|/, $row, 5;
+		$decl{$key} = { id => $id, batch => $batch, api_key => $api_key,
+			payload => $JSON->decode($payload), seen => 0 };
+	}
+	my ($bad_payload, $bad_batch, $bad_key, $unknown) = (0, 0, 0, 0);
+	for my $f (values %$files)
+	{
+		for my $l (@{ $f->{lines} })
+		{
+			my %rest = %$l;
+			my $key = delete $rest{idempotencyKey} // '';
+			delete @rest{qw(sequenceNumber mid)};
+			my $d = $decl{$key};
+			if (!$d) { $unknown++; next; }
+			$d->{seen}++;
+			$bad_key++ if $key ne $d->{api_key};
+			$bad_batch++ if ($d->{batch} // '') ne $f->{batch_id};
+			$bad_payload++ if $JSON->encode(\%rest) ne $JSON->encode($d->{payload});
+		}
+	}
+	Test::More::is($unknown, 0, "$what: every line is a queued decline");
+	Test::More::is(scalar(grep { $_->{seen} != 1 } values %decl), 0,
+		"$what: each of the " . scalar(keys %decl) . " declines is in exactly one line");
+	Test::More::is($bad_payload, 0,
+		"$what: every line is the queued payload plus sequenceNumber, mid, idempotencyKey");
+	Test::More::is($bad_batch, 0, "$what: every line is in the file of the decline's batch_id");
+	Test::More::is($bad_key, 0,
+		"$what: idempotencyKey = ff_attempt_key('evaluate', mid, orderId, transaction.id)");
+	return [ keys %decl ];
+}
+
+sub check_accepted
+{
+	my ($self, $what, $files, $keys) = @_;
+	require Test::More;
+	my $processed = $self->scan;
+	my %by_file = map { ($_->{file} => $_) } @$processed;
+	for my $name (sort keys %$files)
+	{
+		my $p = $by_file{$name};
+		my $n = scalar @{ $files->{$name}{lines} };
+		Test::More::is($p && $p->{status}, 'processed', "$what: the simulator processed $name");
+		Test::More::is($p && $p->{accepted}, $n, "$what: all $n lines of $name accepted")
+		  or Test::More::diag(Test::More::explain($p));
+		Test::More::is($p && $p->{sha256}, $files->{$name}{sha256},
+			"$what: it read the bytes the database fixed");
+		(my $base = $name) =~ s/\.jsonl$//;
+		my $rfile = $self->outbound_dir . "/$base.result.jsonl";
+		Test::More::ok(-f $rfile, "$what: result file $base.result.jsonl") or next;
+		my @res = map { $JSON->decode($_) } split /\n/, _slurp_bytes($rfile);
+		my @lines = @{ $files->{$name}{lines} };
+		Test::More::is(scalar @res, $n, "$what: one result line per input line");
+		my ($bad_status, $bad_seq) = (0, 0);
+		for my $i (0 .. $#res)
+		{
+			$bad_seq++ if $res[$i]{sequenceNumber} != $i + 1
+			  || ($res[$i]{orderId} // '') ne ($lines[$i]{orderId} // '');
+			$bad_status++
+			  if $res[$i]{status} ne batch_expected_status($lines[$i]{transaction}{amount})
+			  || !$res[$i]{success};
+		}
+		Test::More::is($bad_seq, 0, "$what: result lines follow the input order");
+		Test::More::is($bad_status, 0,
+			"$what: each result is SUBMITTED/APPROVED/DECLINED per the amount rules");
+	}
+	Test::More::is_deeply([ grep { !/\.part$/ } @{ $self->inbound_files } ], [],
+		"$what: inbound is empty after the scan");
+	$self->check_keys_once($what, $keys);
+	return $processed;
+}
+
+# Each key accepted exactly once and seen exactly once by the simulator.
+sub check_keys_once
+{
+	my ($self, $what, $keys) = @_;
+	require Test::More;
+	my $idem = $self->idempotency_by_key(kind => 'evaluate');
+	my @not_once = grep { !$idem->{$_} || $idem->{$_}{accepted} != 1 } @$keys;
+	Test::More::is(scalar @not_once, 0,
+		"$what: the simulator accepted each of the " . scalar(@$keys) . " keys exactly once")
+	  or Test::More::diag(Test::More::explain([ map { $idem->{$_} // $_ } @not_once[0 .. 1] ]));
+	my @seen_more = grep { $idem->{$_} && $idem->{$_}{seen} != 1 } @$keys;
+	Test::More::is(scalar @seen_more, 0, "$what: and received each key exactly once")
+	  or Test::More::diag(Test::More::explain([ map { $idem->{$_} } @seen_more[0 .. 1] ]));
+	return;
+}
+
 # Decode a JSON text (e.g. a logged request body); undef if it is not JSON.
 sub decode_json
 {

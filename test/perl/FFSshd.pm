@@ -322,7 +322,7 @@ sub _read_file
 	local $/;
 	my $t = <$fh> // '';
 	close $fh;
-	chomp $t;
+	$t =~ s/\s+\z//;
 	return $t;
 }
 
@@ -340,7 +340,13 @@ sub _wait_ack
 }
 
 sub pass { $_[0]->_write_control('pass'); $_[0]->_wait_ack; }
-sub freeze_after { $_[0]->_write_control("freeze_after $_[1]"); $_[0]->_wait_ack; }
+sub freeze_after
+{
+	my ($self, $n) = @_;
+	$self->{frozen_base} = $self->stats->{frozen} // 0;
+	$self->_write_control("freeze_after $n");
+	$self->_wait_ack;
+}
 sub drop_after { $_[0]->_write_control("drop_after $_[1]"); $_[0]->_wait_ack; }
 
 # Counters kept by the relay: connections, frozen, dropped.
@@ -351,11 +357,12 @@ sub stats
 	return \%s;
 }
 
-# Wait (at most $secs) until at least $n connections (default 1) are frozen.
+# Wait (at most $secs) until at least $n connections (default 1) were
+# frozen since the last freeze_after().
 sub wait_frozen
 {
 	my ($self, $secs, $n) = @_;
-	$n //= 1;
+	$n = ($n // 1) + ($self->{frozen_base} // 0);
 	my $deadline = Time::HiRes::time() + ($secs // 30);
 	while (Time::HiRes::time() < $deadline)
 	{

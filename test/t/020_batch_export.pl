@@ -38,7 +38,6 @@ $node->start;
 $node->safe_psql('postgres', "CREATE DATABASE ffdb ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
 $node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
 
-my $json = JSON::PP->new->utf8->canonical;
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
 
@@ -48,153 +47,15 @@ sub run_sql
 	my ($sql) = @_;
 	my ($ret, $out, $err) = $node->psql('ffdb', "\\set VERBOSITY verbose\n$sql");
 	my @w;
-	push @w, [ $1, $2 ] while ($err // '') =~ /^WARNING:\s+([0-9A-Z]{5}): (.*)$/mg;
+	push @w, [ $1, $2 ] while ($err // '') =~ /^(?:psql:\S+ )?WARNING:\s+([0-9A-Z]{5}): (.*)$/mg;
 	return { ret => $ret, stdout => $out, stderr => $err // '', warnings => \@w };
 }
 
-sub slurp_bytes
-{
-	my ($path) = @_;
-	open(my $fh, '<:raw', $path) or die "cannot read $path: $!";
-	local $/;
-	my $t = <$fh>;
-	close $fh;
-	return $t;
-}
-
-# Expected simulator outcome of a line from its amount (accept-unknown-tokens,
-# managed MIT): cents ending 01 APPROVED, 02 DECLINED, otherwise SUBMITTED.
-sub expected_status
-{
-	my ($cents) = @_;
-	return $cents % 100 == 1 ? 'APPROVED' : $cents % 100 == 2 ? 'DECLINED' : 'SUBMITTED';
-}
-
-# cents for line $i: a mix of the three outcomes, within the sandbox range
-sub cents_sql { "(1000 + 100 * ($_[0] % 90) + CASE $_[0] % 3 WHEN 0 THEN 1 WHEN 1 THEN 2 ELSE 50 END)" }
-
-# Every batch file now in inbound, checked against the database: name, size,
-# SHA-256, lines.  Returns {name => {batch_id, lines => [decoded], raw => [text]}}.
-sub check_inbound_files
-{
-	my ($what, $names) = @_;
-	my %files;
-	for my $name (@$names)
-	{
-		my $bytes = slurp_bytes("$inbound/$name");
-		my ($id, $lc, $bc, $sha, $state, $stamp) = split /\|/, sq(
-			"SELECT id, line_count, byte_count, sha256, state,
-			        to_char(created_at AT TIME ZONE 'UTC', 'YYYYMMDD\"T\"HH24MISS\"Z\"')
-			   FROM flexfactor.batches WHERE file_name = '$name'");
-		ok(defined $id, "$what: $name is a batch of the database") or next;
-		like($name, qr/^evaluate_\Q$mid\E_\d{8}T\d{6}Z_\Q$id\E\.jsonl$/,
-			"$what: $name is evaluate_<mid>_<UTC stamp>_<batch id>.jsonl");
-		my ($file_stamp) = $name =~ /_(\d{8}T\d{6}Z)_/;
-		is($file_stamp, $stamp, "$what: the stamp is when batch $id was fixed (UTC)");
-		is($state, 'uploaded', "$what: batch $id is uploaded");
-		is(length($bytes), $bc, "$what: $name has byte_count bytes");
-		is(Digest::SHA::sha256_hex($bytes), $sha, "$what: SHA-256 of $name equals batches.sha256");
-		ok(utf8::decode(my $copy = $bytes), "$what: $name is UTF-8");
-		like($bytes, qr/\n\z/, "$what: the last line ends with \\n");
-		unlike($bytes, qr/\r|\n\n|^\n/, "$what: no CR, no blank line");
-		my @raw = split /\n/, $bytes;
-		is(scalar @raw, $lc, "$what: $name has line_count ($lc) lines");
-		my @lines = map { $json->decode($_) } @raw;
-		is_deeply([ map { $_->{sequenceNumber} } @lines ], [ 1 .. $lc ],
-			"$what: sequenceNumber runs 1..$lc");
-		is(scalar(grep { !/"sequenceNumber":\s*\d+[,}]/ } @raw), 0,
-			"$what: sequenceNumber is a JSON integer");
-		is(scalar(grep { ($_->{mid} // '') ne $mid } @lines), 0, "$what: every line has the mid");
-		is(scalar(grep { !(JSON::PP::is_bool($_->{paymentMethod}{token}) && $_->{paymentMethod}{token}) } @lines),
-			0, "$what: every line has paymentMethod.token = true");
-		$files{$name} = { batch_id => $id, lines => \@lines, raw => \@raw, sha256 => $sha };
-	}
-	return \%files;
-}
-
-# The lines of these files against the declines table: each line is the
-# queued payload plus sequenceNumber, mid and idempotencyKey (the API key);
-# each decline is in exactly one line.  Returns the idempotency keys.
-sub check_lines_match_declines
-{
-	my ($what, $files, $where) = @_;
-	my %decl;
-	for my $row (split /\n/, sq(
-			"SELECT id, batch_id, idempotency_key,
-			        flexfactor.ff_attempt_key('evaluate', '$mid', order_id, transaction_id), payload::text
-			   FROM flexfactor.declines WHERE $where ORDER BY id"))
-	{
-		my ($id, $batch, $key, $api_key, $payload) = split /\|/, $row, 5;
-		$decl{$key} = { id => $id, batch => $batch, api_key => $api_key,
-			payload => $json->decode($payload), seen => 0 };
-	}
-	my ($bad_payload, $bad_batch, $bad_key, $unknown) = (0, 0, 0, 0);
-	for my $f (values %$files)
-	{
-		for my $l (@{ $f->{lines} })
-		{
-			my %rest = %$l;
-			my $key = delete $rest{idempotencyKey} // '';
-			delete @rest{qw(sequenceNumber mid)};
-			my $d = $decl{$key};
-			if (!$d) { $unknown++; next; }
-			$d->{seen}++;
-			$bad_key++ if $key ne $d->{api_key};
-			$bad_batch++ if $d->{batch} ne $f->{batch_id};
-			$bad_payload++ if $json->encode(\%rest) ne $json->encode($d->{payload});
-		}
-	}
-	is($unknown, 0, "$what: every line is a queued decline");
-	is(scalar(grep { $_->{seen} != 1 } values %decl), 0,
-		"$what: each of the " . scalar(keys %decl) . " declines is in exactly one line");
-	is($bad_payload, 0, "$what: every line is the queued payload plus sequenceNumber, mid, idempotencyKey");
-	is($bad_batch, 0, "$what: every line is in the file of the decline's batch_id");
-	is($bad_key, 0, "$what: idempotencyKey = ff_attempt_key('evaluate', mid, orderId, transaction.id)");
-	return [ keys %decl ];
-}
-
-# Scan, then check the simulator's view: these files processed (not
-# rejected), result lines per the amount rules, every key accepted once and
-# seen once.
-sub check_accepted
-{
-	my ($what, $files, $keys) = @_;
-	my $processed = $sim->scan;
-	my %by_file = map { ($_->{file} => $_) } @$processed;
-	for my $name (sort keys %$files)
-	{
-		my $p = $by_file{$name};
-		my $n = scalar @{ $files->{$name}{lines} };
-		is($p && $p->{status}, 'processed', "$what: the simulator processed $name");
-		is($p && $p->{accepted}, $n, "$what: all $n lines of $name accepted") or diag explain $p;
-		is($p && $p->{sha256}, $files->{$name}{sha256}, "$what: it read the bytes the database fixed");
-		(my $base = $name) =~ s/\.jsonl$//;
-		my $rfile = $sim->outbound_dir . "/$base.result.jsonl";
-		ok(-f $rfile, "$what: result file $base.result.jsonl") or next;
-		my @res = map { $json->decode($_) } split /\n/, slurp_bytes($rfile);
-		my @lines = @{ $files->{$name}{lines} };
-		is(scalar @res, $n, "$what: one result line per input line");
-		my ($bad_status, $bad_seq) = (0, 0);
-		for my $i (0 .. $#res)
-		{
-			$bad_seq++ if $res[$i]{sequenceNumber} != $i + 1
-			  || $res[$i]{orderId} ne $lines[$i]{orderId};
-			$bad_status++ if $res[$i]{status} ne expected_status($lines[$i]{transaction}{amount})
-			  || !$res[$i]{success};
-		}
-		is($bad_seq, 0, "$what: result lines follow the input order");
-		is($bad_status, 0, "$what: each result is SUBMITTED/APPROVED/DECLINED per the amount rules");
-	}
-	is_deeply([ sort grep { !/\.part$/ } @{ $sim->inbound_files } ], [],
-		"$what: inbound is empty after the scan");
-	my $idem = $sim->idempotency_by_key(kind => 'evaluate');
-	my @not_once = grep { !$idem->{$_} || $idem->{$_}{accepted} != 1 } @$keys;
-	is(scalar @not_once, 0, "$what: the simulator accepted each of the " . scalar(@$keys) . " keys exactly once")
-	  or diag explain [ map { $idem->{$_} } @not_once[0 .. 2] ];
-	my @seen_more = grep { $idem->{$_} && $idem->{$_}{seen} != 1 } @$keys;
-	is(scalar @seen_more, 0, "$what: and saw each key exactly once")
-	  or diag explain [ map { $idem->{$_} } @seen_more[0 .. 2] ];
-}
+sub slurp_bytes { FFSim::_slurp_bytes(@_) }
+sub cents_sql { FFSim::batch_cents_sql(@_) }
+sub check_inbound_files { $sim->check_batch_files($node, 'ffdb', @_) }
+sub check_lines_match_declines { $sim->check_lines_match_declines($node, 'ffdb', @_) }
+sub check_accepted { $sim->check_accepted(@_) }
 
 sub set_conf
 {

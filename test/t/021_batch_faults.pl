@@ -1,0 +1,370 @@
+# SFTP batch export faults seen through ff_export_batch(): an unknown client
+# key (FF032), a changed or unpinned host key (FF031, nothing sent), the
+# SFTP server down (FF030, backoff doubling from batch_retry_base up to 900
+# s, the error in batch_status and queue_status, delivery once it is back),
+# SFTP not configured (FF013), and kill -9 of the exporting backend (a
+# PostgreSQL crash-restart) in the middle of an upload and after an upload
+# but before its transaction committed.  After each: every decline in
+# exactly one uploaded batch, and the simulator received each idempotency
+# key exactly once.
+#
+# No worker runs in the test database; the worker's side is 022.
+use strict;
+use warnings;
+use IPC::Run ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes ();
+use FlexFactorTest;
+use FFSim;
+use FFSshd;
+
+my $mid = '7c2d9e4f-3a5b-4c6d-8e7f-1a2b3c4d5e6f';
+my $tmp = PostgreSQL::Test::Utils::tempdir('ffbatch021');
+my $sshd = FFSshd->start("$tmp/sshd");
+my $relay = FFSshd::Relay->start(target_port => $sshd->port);
+my $sim = FFSim->start(name => 'ffsim_021', mid => $mid, sftp_root => "$tmp/sftp",
+	args => [ '--scan-interval', '3600' ]);
+my $inbound = $sim->inbound_dir;
+# our own pinned known_hosts: the server's key at its port and the relay's
+my $known_hosts = $sshd->write_known_hosts("$tmp/known_hosts", ports => [ $sshd->port, $relay->port ]);
+
+my $node = ff_node('faults021',
+	$sim->node_settings('flexfactor.database' => 'postgres'),    # no worker in ffdb
+	$sshd->node_settings(inbound => $inbound, outbound => $sim->outbound_dir,
+		known_hosts => $known_hosts),
+	'flexfactor.sftp_timeout_ms' => '5000',
+	'flexfactor.batch_retry_base' => '1');
+$node->start;
+$node->safe_psql('postgres', "CREATE DATABASE ffdb ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
+$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
+
+sub sq { $node->safe_psql('ffdb', $_[0]) }
+
+# psql with verbose messages; {ret, stdout, stderr, warnings => [[sqlstate, message]]}
+sub run_sql
+{
+	my ($sql) = @_;
+	my ($ret, $out, $err) = $node->psql('ffdb', "\\set VERBOSITY verbose\n$sql");
+	my @w;
+	push @w, [ $1, $2 ] while ($err // '') =~ /^(?:psql:\S+ )?WARNING:\s+([0-9A-Z]{5}): (.*)$/mg;
+	return { ret => $ret, stdout => $out, stderr => $err // '', warnings => \@w };
+}
+
+sub set_conf
+{
+	my ($name, $value) = @_;
+	sq("ALTER SYSTEM SET $name = '$value'; SELECT pg_reload_conf()");
+	$node->poll_query_until('ffdb', "SELECT current_setting('$name') = '$value'")
+	  or die "$name did not become $value";
+}
+
+sub enqueue
+{
+	my ($prefix, $n) = @_;
+	return sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+	             '$prefix-' || i, " . FFSim::batch_cents_sql('i') . ", 'USD', 'tok-' || i, 'tx-' || i,
+	             expiry => now() + interval '14 days')))
+	           FROM generate_series(1, $n) i");
+}
+
+sub batch_of
+{
+	my ($prefix) = @_;
+	return sq("SELECT string_agg(DISTINCT batch_id::text, ',') FROM flexfactor.declines
+	            WHERE order_id LIKE '$prefix-%'");
+}
+
+sub finals { [ grep { !/\.part$/ } @{ $sim->inbound_files } ] }
+sub parts { [ grep { /\.part$/ } @{ $sim->inbound_files } ] }
+
+# make a waiting batch due now, as if its backoff delay had passed
+sub make_due { sq("UPDATE flexfactor.batches SET next_attempt_at = now() WHERE id = $_[0]") }
+
+# the files now in inbound are exactly those of the declines $prefix-*,
+# each checked, then accepted by the simulator with every key once
+sub check_delivered
+{
+	my ($what, $prefix, $n) = @_;
+	my $files = $sim->check_batch_files($node, 'ffdb', $what, finals());
+	my $keys = $sim->check_lines_match_declines($node, 'ffdb', $what, $files, "order_id LIKE '$prefix-%'");
+	is(scalar @$keys, $n, "$what: the $n declines are in the files");
+	$sim->check_accepted($what, $files, $keys);
+	return $files;
+}
+
+sub wait_until
+{
+	my ($cond, $secs) = @_;
+	my $until = Time::HiRes::time() + ($secs // 60);
+	while (Time::HiRes::time() < $until)
+	{
+		my $v = $cond->();
+		return $v if $v;
+		Time::HiRes::sleep(0.05);
+	}
+	return $cond->();
+}
+
+# wait for the server to be back after a crash-restart
+sub wait_recovered
+{
+	my ($offset) = @_;
+	$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
+	$node->poll_query_until('ffdb', 'SELECT true')
+	  or die 'server did not come back after the crash';
+}
+
+# ------------------------------------------------------------------
+# 1. A client key the server does not know: FF032, nothing sent
+# ------------------------------------------------------------------
+enqueue('K', 3);
+my $stranger = $sshd->new_client_key('stranger_key');
+set_conf('flexfactor.sftp_private_key_file', $stranger);
+my $r = run_sql('SELECT flexfactor.ff_export_batch()');
+is($r->{stdout}, '0', 'wrong client key: nothing uploaded');
+is(scalar @{ $r->{warnings} }, 1, 'one WARNING') or diag $r->{stderr};
+is($r->{warnings}[0][0], 'FF032', 'with SQLSTATE FF032 (authentication)');
+like($r->{warnings}[0][1], qr/^batch \d+ \(evaluate_\S+\.jsonl\) was not uploaded: SFTP authentication failed for user "postgres"/,
+	'the message names the batch, the file and the SFTP user');
+like($r->{stderr}, qr/HINT:.*sftp_private_key_file/, 'the hint says which settings to check');
+unlike($r->{stderr}, qr/\Q$stranger\E/, 'the key path is not shown');
+my $kb = batch_of('K');
+is(sq("SELECT state, attempts, last_error LIKE 'SFTP authentication failed for user \"postgres\"%'
+         FROM flexfactor.batch_status WHERE id = $kb"), 'ready|1|t',
+	'batch_status: ready, 1 attempt, last_error says authentication failed');
+is_deeply($sim->inbound_files, [], 'nothing reached inbound');
+
+set_conf('flexfactor.sftp_private_key_file', $sshd->client_key);
+make_due($kb);
+is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'with the right key again: uploaded');
+is(sq("SELECT state, attempts, last_error IS NULL FROM flexfactor.batches WHERE id = $kb"),
+	'uploaded|2|t', 'second attempt, error cleared');
+check_delivered('after FF032', 'K', 3);
+
+# ------------------------------------------------------------------
+# 2. The server's host key changes: FF031 before authentication, nothing sent
+# ------------------------------------------------------------------
+enqueue('H', 4);
+my $log_before = length $sshd->log_text;
+$sshd->rekey;
+$r = run_sql('SELECT flexfactor.ff_export_batch()');
+is($r->{stdout}, '0', 'changed host key: nothing uploaded');
+is($r->{warnings}[0][0], 'FF031', 'SQLSTATE FF031 (host key)') or diag $r->{stderr};
+like($r->{warnings}[0][1], qr/host key has CHANGED; connection refused/, 'the message says the key CHANGED');
+like($r->{stderr}, qr/DETAIL:.*127\.0\.0\.1 port \d+ presented a key that differs/, 'DETAIL names host and port');
+is_deeply($sim->inbound_files, [], 'nothing reached inbound, not even a .part');
+my $since = substr($sshd->log_text, $log_before);
+unlike($since, qr/Accepted publickey|Failed publickey/, 'the client never tried to authenticate');
+my $hb = batch_of('H');
+is(sq("SELECT state, attempts, last_error LIKE '%host key has CHANGED%' FROM flexfactor.batch_status WHERE id = $hb"),
+	'ready|1|t', 'batch_status: ready, 1 attempt, last_error says the key changed');
+
+# an entry for another port only: the key is not pinned
+my $other_kh = $sshd->write_known_hosts("$tmp/known_hosts_other", ports => [1]);
+set_conf('flexfactor.sftp_known_hosts_file', $other_kh);
+make_due($hb);
+$r = run_sql('SELECT flexfactor.ff_export_batch()');
+is($r->{warnings}[0][0], 'FF031', 'unpinned host key: FF031') or diag $r->{stderr};
+like($r->{warnings}[0][1], qr/host key is not pinned; connection refused/, 'the message says it is not pinned');
+like($r->{stderr}, qr/\[host\]:port/, 'DETAIL explains the [host]:port form');
+is_deeply($sim->inbound_files, [], 'nothing reached inbound');
+
+# the DBA pins the new key
+$sshd->write_known_hosts($known_hosts, ports => [ $sshd->port, $relay->port ]);
+set_conf('flexfactor.sftp_known_hosts_file', $known_hosts);
+make_due($hb);
+is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'with the new key pinned: uploaded');
+check_delivered('after FF031', 'H', 4);
+
+# ------------------------------------------------------------------
+# 3. The SFTP server is down: FF030, backoff, visible, delivered when back
+# ------------------------------------------------------------------
+$sshd->stop;
+enqueue('D', 5);
+my $probe = "SELECT attempts || '|' || extract(epoch FROM next_attempt_at - now())::int
+               FROM flexfactor.batches WHERE id IN (SELECT batch_id FROM flexfactor.declines WHERE order_id = 'D-1')";
+$r = run_sql("BEGIN; SELECT flexfactor.ff_export_batch(); $probe; COMMIT;");
+is($r->{stdout}, "0\n1|1", 'server down: nothing uploaded; attempt 1, next attempt in batch_retry_base (1 s)');
+is($r->{warnings}[0][0], 'FF030', 'SQLSTATE FF030 (connection)') or diag $r->{stderr};
+like($r->{warnings}[0][1], qr/could not connect to SFTP server 127\.0\.0\.1 port \d+: Connection refused/,
+	'the message names host, port and the reason');
+my $db = batch_of('D');
+is(sq("SELECT state, attempts, last_error LIKE 'could not connect to SFTP server%', next_attempt_at > now()
+         FROM flexfactor.batch_status WHERE id = $db"), 'ready|1|t|t',
+	'batch_status: ready, attempts, last_error, next_attempt_at');
+is(sq("SELECT last_error LIKE 'could not connect to SFTP server%', next_attempt_at > now() - interval '1 s'
+         FROM flexfactor.queue_status WHERE queue = 'batches' AND state = 'ready'"), 't|t',
+	'queue_status: the ready batches show the last error and the next attempt');
+$r = run_sql("BEGIN; SELECT flexfactor.ff_export_batch(); $probe; COMMIT;");
+is($r->{stdout}, "0\n1|1", 'called again at once: the batch is not due, no attempt');
+is_deeply($r->{warnings}, [], 'and no warning');
+Time::HiRes::sleep(1.1);
+$r = run_sql("BEGIN; SELECT flexfactor.ff_export_batch(); $probe; COMMIT;");
+is($r->{stdout}, "0\n2|2", 'after 1 s: attempt 2, next in 2 s');
+make_due($db);
+$r = run_sql("BEGIN; SELECT flexfactor.ff_export_batch(); $probe; COMMIT;");
+is($r->{stdout}, "0\n3|4", 'attempt 3, next in 4 s (doubling)');
+sq("UPDATE flexfactor.batches SET attempts = 12, next_attempt_at = now() WHERE id = $db");
+$r = run_sql("BEGIN; SELECT flexfactor.ff_export_batch(); $probe; COMMIT;");
+is($r->{stdout}, "0\n13|900", 'after many attempts the delay stops at 900 s');
+is_deeply($sim->inbound_files, [], 'nothing in inbound while the server is down');
+
+$sshd->start_again;
+is($sshd->port, $sshd->env('FFSSHD_PORT'), 'server back on the same port');
+is(sq('SELECT flexfactor.ff_export_batch()'), '0', 'back, but the batch waits for its next attempt');
+make_due($db);
+is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'once due: uploaded');
+is(sq("SELECT state, attempts, last_error IS NULL FROM flexfactor.batch_status WHERE id = $db"),
+	'uploaded|14|t', 'batch_status: uploaded, error cleared');
+is(sq("SELECT count(*) FROM flexfactor.queue_status WHERE queue = 'batches' AND state = 'ready'"),
+	'0', 'queue_status: no batch waiting');
+check_delivered('after FF030', 'D', 5);
+
+# ------------------------------------------------------------------
+# 4. SFTP not configured: FF013
+# ------------------------------------------------------------------
+enqueue('N', 2);
+set_conf('flexfactor.sftp_host', '');
+$r = run_sql('SELECT flexfactor.ff_export_batch()');
+is($r->{stdout}, '0', 'no sftp_host: nothing uploaded');
+is($r->{warnings}[0][0], 'FF013', 'SQLSTATE FF013 (not configured)') or diag $r->{stderr};
+like($r->{warnings}[0][1], qr/flexfactor\.sftp_host is not set/, 'naming the setting');
+set_conf('flexfactor.sftp_host', '127.0.0.1');
+make_due(batch_of('N'));
+is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'configured again: uploaded');
+check_delivered('after FF013', 'N', 2);
+
+# ------------------------------------------------------------------
+# 5. kill -9 of the exporting backend in the middle of an upload
+# ------------------------------------------------------------------
+# Through the relay, which stops forwarding once 100 kB of the ~450 kB file
+# went out: the upload is surely under way and surely not finished.
+set_conf('flexfactor.sftp_port', $relay->port);
+enqueue('C', 1000);
+$relay->freeze_after(100_000);
+my ($out, $err, $scan) = ('', '');
+my $h = IPC::Run::start(
+	[ $node->installed_command('psql'), '-XAtq', '-d', $node->connstr('ffdb'),
+	  '-c', 'SELECT flexfactor.ff_export_batch()' ],
+	'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(120));
+ok($relay->wait_frozen(60), 'the upload is under way and held mid-file');
+my $parts = parts();
+is(scalar @$parts, 1, 'a .part file is in inbound') or diag explain $sim->inbound_files;
+is_deeply(finals(), [], 'and no complete file');
+my $pid = sq("SELECT pid FROM pg_stat_activity WHERE datname = 'ffdb' AND query LIKE '%ff_export_batch%'
+               AND pid <> pg_backend_pid()");
+like($pid, qr/^\d+$/, 'the exporting backend');
+my $offset = -s $node->logfile;
+kill 'KILL', $pid;
+$relay->pass;
+$h->finish;
+wait_recovered($offset);
+ok(ff_log_contains($node, qr/server process \(PID $pid\) was terminated by signal 9/, $offset),
+	'PostgreSQL restarted after the kill -9');
+is(sq("SELECT count(*) FROM flexfactor.declines WHERE order_id LIKE 'C-%' AND state = 'pending'"),
+	'1000', 'the export was rolled back: the 1,000 declines are pending again');
+is(sq("SELECT count(*) FROM flexfactor.batches b WHERE '$parts->[0]' LIKE b.file_name || '%'"),
+	'0', 'and the batch of the half-written file does not exist');
+is_deeply(finals(), [], 'no complete file in inbound');
+is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'the next export uploads them');
+unlink "$inbound/$parts->[0]";    # the orphan .part of the lost batch (ignored by FlexFactor)
+check_delivered('after kill -9 mid-upload', 'C', 1000);
+
+# ------------------------------------------------------------------
+# 5b. pg_cancel_backend() during a stuck upload (design: "always
+# cancellable ... within a second"), after a first file of the same call
+# was complete
+# ------------------------------------------------------------------
+# 4,000 declines: two files of ~0.8 MB; the relay holds the connection
+# 1.1 MB in, i.e. inside the second file.
+enqueue('X', 4000);
+$relay->freeze_after(1_100_000);
+($out, $err) = ('', '');
+$h = IPC::Run::start(
+	[ $node->installed_command('psql'), '-XAtq', '-d', $node->connstr('ffdb'),
+	  '-c', '\set VERBOSITY verbose', '-c', 'SELECT flexfactor.ff_export_batch()' ],
+	'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(120));
+ok($relay->wait_frozen(60), 'an export held inside its second file');
+is(scalar @{ finals() }, 1, 'its first file is complete in inbound') or diag explain $sim->inbound_files;
+$pid = sq("SELECT pid FROM pg_stat_activity WHERE datname = 'ffdb' AND query LIKE '%ff_export_batch%'
+            AND pid <> pg_backend_pid()");
+my $t0 = Time::HiRes::time();
+sq("SELECT pg_cancel_backend($pid)");
+my $ended = wait_until(sub {
+		sq("SELECT count(*) FROM pg_stat_activity WHERE pid = $pid AND state = 'active'") eq '0' }, 60);
+my $elapsed = Time::HiRes::time() - $t0;
+ok($ended && $elapsed < 2, sprintf('pg_cancel_backend() ends the stuck export within 2 s (took %.1f s)', $elapsed));
+$h->finish;
+like($err, qr/57014/, 'the client is told the statement was canceled (57014)') or diag $err;
+note "after the cancel the client saw: $out / $err";
+$relay->pass;
+unlink "$inbound/$_" for @{ parts() };
+$scan = $sim->scan;
+note 'FlexFactor processed ' . join(', ', map { "$_->{file} ($_->{status}, $_->{accepted} accepted)" } @$scan);
+my $xb = batch_of('X');
+note "after the cancel the X declines are in batch(es) '$xb'";
+for my $b (split /,/, $xb) { make_due($b) if $b =~ /^\d+$/ }
+my $xn = sq('SELECT flexfactor.ff_export_batch()');
+note "the next export uploaded $xn file(s)";
+$sim->scan;
+is(sq("SELECT count(*) FROM flexfactor.declines d JOIN flexfactor.batches b ON b.id = d.batch_id
+        WHERE d.order_id LIKE 'X-%' AND b.state = 'uploaded'"), '4000',
+	'after the cancel and another export, the 4,000 X declines are in uploaded batches');
+my @x_keys = split /\n/, sq("SELECT idempotency_key FROM flexfactor.declines WHERE order_id LIKE 'X-%'");
+$sim->check_keys_once('cancel mid-upload', \@x_keys);
+unlink "$inbound/$_" for @{ $sim->inbound_files };
+
+# ------------------------------------------------------------------
+# 6. kill -9 after the upload, before the caller's transaction commits
+# ------------------------------------------------------------------
+# ff_export_batch() works in the caller's transaction; here the file is
+# renamed into place and the transaction then dies with the server.
+enqueue('R', 20);
+($out, $err) = ('', '');
+$h = IPC::Run::start(
+	[ $node->installed_command('psql'), '-XAtq', '-d', $node->connstr('ffdb'),
+	  '-c', 'BEGIN', '-c', 'SELECT flexfactor.ff_export_batch()', '-c', 'SELECT pg_sleep(120)', '-c', 'COMMIT' ],
+	'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(180));
+ok(wait_until(sub {
+			@{ finals() } == 1 && sq("SELECT count(*) FROM pg_stat_activity WHERE datname = 'ffdb'
+			                          AND wait_event = 'PgSleep'") eq '1' }, 60),
+	'the file is in inbound and the exporting transaction is still open');
+my $first_file = finals()->[0];
+$scan = $sim->scan;
+is($scan->[0]{accepted}, 20, 'FlexFactor processed it: 20 lines accepted');
+$pid = sq("SELECT pid FROM pg_stat_activity WHERE datname = 'ffdb' AND wait_event = 'PgSleep'");
+$offset = -s $node->logfile;
+kill 'KILL', $pid;
+$h->finish;
+wait_recovered($offset);
+my $pending = sq("SELECT count(*) FROM flexfactor.declines WHERE order_id LIKE 'R-%' AND state = 'pending'");
+note "after the crash, $pending of the 20 declines are pending again";
+my $n = sq('SELECT flexfactor.ff_export_batch()');
+note "the next export uploaded $n file(s): " . join(' ', @{ finals() });
+my @r_keys = split /\n/, sq("SELECT idempotency_key FROM flexfactor.declines WHERE order_id LIKE 'R-%'");
+$sim->scan;
+my $batches = $sim->batches;
+my @r_files = grep { my $b = $_; grep { ($_->{orderId} // '') =~ /^R-/ } @{ $b->{lines} } } @$batches;
+is(scalar @r_files, 1, 'FlexFactor received the declines R-* in one file only (nothing doubled)')
+  or diag explain [ map { { file => $_->{file}, status => $_->{status}, lines => $_->{lineCount} } } @r_files ];
+$sim->check_keys_once('crash after upload, before commit', \@r_keys);
+is(sq("SELECT count(*) FROM flexfactor.declines d JOIN flexfactor.batches b ON b.id = d.batch_id
+        WHERE d.order_id LIKE 'R-%' AND b.state = 'uploaded'"), '20',
+	'each R-* decline is in an uploaded batch');
+
+# ------------------------------------------------------------------
+# 7. After all this
+# ------------------------------------------------------------------
+is(sq("SELECT count(*) FROM (SELECT decline_id FROM flexfactor.batch_lines WHERE decline_id IS NOT NULL
+         GROUP BY decline_id HAVING count(*) > 1) d"), '0', 'no decline is in two batch lines');
+is(sq("SELECT count(*) FROM flexfactor.declines WHERE state <> 'batched'"), '0', 'no decline left behind');
+is(sq("SELECT count(*) FROM flexfactor.batches WHERE state <> 'uploaded'"), '0', 'every batch uploaded');
+is(scalar @{ $sim->idempotency->{acceptedMoreThanOnce} }, 0, 'the simulator accepted no key twice');
+
+$node->stop;
+$relay->stop;
+$sim->stop;
+$sshd->stop;
+done_testing();
