@@ -31,6 +31,12 @@
 #define ERRCODE_FF_SFTP_AUTH			MAKE_SQLSTATE('F','F','0','3','2')
 #define ERRCODE_FF_SFTP_IO				MAKE_SQLSTATE('F','F','0','3','3')
 
+/* webhook deliveries */
+#define ERRCODE_FF_WEBHOOK_SIGNATURE	MAKE_SQLSTATE('F','F','0','4','0')
+#define ERRCODE_FF_WEBHOOK_STALE		MAKE_SQLSTATE('F','F','0','4','1')
+#define ERRCODE_FF_WEBHOOK_REPLAYED		MAKE_SQLSTATE('F','F','0','4','2')
+#define ERRCODE_FF_WEBHOOK_MALFORMED	MAKE_SQLSTATE('F','F','0','4','3')
+
 /* refused locally, before any request (raised from the SQL functions) */
 #define ERRCODE_FF_INVALID_ORDER_STATE	MAKE_SQLSTATE('F','F','0','2','0')
 #define ERRCODE_FF_REFUND_EXCEEDS		MAKE_SQLSTATE('F','F','0','2','1')

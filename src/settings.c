@@ -64,6 +64,9 @@ char	   *ff_webhook_key = NULL;
 char	   *ff_webhook_key_previous = NULL;
 int			ff_webhook_max_skew = 300;
 
+char	   *ff_on_order_status = NULL;
+char	   *ff_sftp_processed_dir = NULL;
+
 #define SECRET_FLAGS	(GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL)
 #define PATH_FLAGS		GUC_SUPERUSER_ONLY
 #define MASKED_VALUE	"********"
@@ -391,6 +394,17 @@ ff_define_settings(void)
 							"Largest accepted difference between x-fc-date and the server clock.",
 							NULL, &ff_webhook_max_skew, 300, 0, 86400,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
+	/* ---- results ---- */
+	DefineCustomStringVariable("flexfactor.on_order_status",
+							   "Function called with each order whose status changes (empty = none).",
+							   "It must take one argument of type flexfactor.orders.",
+							   &ff_on_order_status, "",
+							   PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.sftp_processed_dir",
+							   "Remote folder applied result files are moved to (empty = delete them).",
+							   NULL, &ff_sftp_processed_dir, "",
+							   PGC_SIGHUP, PATH_FLAGS, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("flexfactor");
 }

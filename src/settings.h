@@ -57,6 +57,10 @@ extern char *ff_webhook_key;
 extern char *ff_webhook_key_previous;
 extern int	ff_webhook_max_skew;
 
+/* results */
+extern char *ff_on_order_status;
+extern char *ff_sftp_processed_dir;
+
 extern void ff_define_settings(void);
 
 #endif							/* FLEXFACTOR_SETTINGS_H */

@@ -1,0 +1,13 @@
+/*
+ * webhook.h
+ *		Receiving a webhook delivery: verify, store, apply.
+ */
+#ifndef FLEXFACTOR_WEBHOOK_H
+#define FLEXFACTOR_WEBHOOK_H
+
+#include "webhook_verify.h"
+
+extern char *ff_webhook_receive(const FFWebhookHeaders *headers, const char *body,
+								size_t body_len, const char *received_via);
+
+#endif							/* FLEXFACTOR_WEBHOOK_H */
