@@ -14,18 +14,19 @@
  * uploaded.  A retried upload therefore writes the same bytes under the same
  * name, replacing any earlier copy.
  *
- * The worker fixes batches in one transaction and uploads each batch in its
- * own, so a crash between an upload and its commit leaves the batch "ready"
- * and it is uploaded again, identically.  ff_export_batch() (SQL, for pg_cron
- * or by hand) does the same inside the caller's transaction, each upload in a
- * subtransaction.  A failed upload records attempts, the error and the next
- * attempt time (exponential backoff) on the batch; the others wait for the
- * next pass.
+ * Only the worker exports: it fixes batches in one transaction and uploads
+ * each batch in its own, so a crash between an upload and its commit leaves
+ * the batch "ready" and it is uploaded again, identically.  ff_export_batch()
+ * (SQL, for pg_cron or by hand) asks the worker for a pass and waits for its
+ * result, so no caller's transaction can undo an upload.  A failed upload
+ * records attempts, the error and the next attempt time (exponential
+ * backoff) on the batch; the others wait for the next pass.
  */
 #include "postgres.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "common/cryptohash.h"
 #include "common/sha2.h"
 #include "executor/spi.h"
@@ -38,6 +39,7 @@
 #include "utils/snapmgr.h"
 
 #include "batch.h"
+#include "shmem.h"
 #include "errors.h"
 #include "settings.h"
 #include "sftp.h"
@@ -222,76 +224,6 @@ describe_error(ErrorData *edata)
 		: pstrdup(edata->message);
 }
 
-/* ----------------------------------------------------- ff_export_batch() */
-
-PG_FUNCTION_INFO_V1(ff_export_batch);
-
-/*
- * ff_export_batch() returns integer: fixes pending declines into batches and
- * uploads every due batch now; returns the number uploaded.  A failed upload
- * is recorded on its batch and reported as a WARNING.
- */
-Datum
-ff_export_batch(PG_FUNCTION_ARGS)
-{
-	MemoryContext cxt;
-	ResourceOwner owner = CurrentResourceOwner;
-	List	   *batches;
-	ListCell   *lc;
-	FFSftp	   *volatile conn = NULL;
-	volatile int uploaded = 0;
-
-	SPI_connect();
-	cxt = CurrentMemoryContext;
-	create_batches();
-	batches = ready_batches(cxt, true);
-
-	foreach(lc, batches)
-	{
-		ReadyBatch *b = (ReadyBatch *) lfirst(lc);
-		volatile bool failed = false;
-
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(cxt);
-		PG_TRY();
-		{
-			if (conn == NULL)
-				conn = ff_sftp_connect();
-			upload_batch(conn, b);
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-			uploaded++;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-			record_failure(b, describe_error(edata));
-			ereport(WARNING,
-					(errcode(edata->sqlerrcode),
-					 errmsg("batch %lld (%s) was not uploaded: %s", (long long) b->id,
-							b->file_name, edata->message),
-					 edata->detail ? errdetail("%s", edata->detail) : 0,
-					 edata->hint ? errhint("%s", edata->hint) : 0));
-			failed = true;
-		}
-		PG_END_TRY();
-		if (failed)
-			break;
-	}
-	if (conn != NULL)
-		ff_sftp_disconnect(conn);
-	SPI_finish();
-	PG_RETURN_INT32(uploaded);
-}
-
 /* ------------------------------------------------------------ the worker */
 
 static void
@@ -312,29 +244,79 @@ commit_xact(void)
 	CommitTransactionCommand();
 }
 
+/* Catch the current error: log it, keep it in *result, abort the transaction. */
+static void
+take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+
+	if (failed_batch != NULL)
+	{
+		begin_xact("flexfactor: recording a failed upload");
+		record_failure(failed_batch, describe_error(edata));
+		commit_xact();
+	}
+	ff_status_error(describe_error(edata));
+	ereport(WARNING,
+			(errcode(edata->sqlerrcode),
+			 failed_batch ?
+			 errmsg("flexfactor worker could not upload batch %lld (%s): %s",
+					(long long) failed_batch->id, failed_batch->file_name, edata->message) :
+			 errmsg("flexfactor worker could not fix batches: %s", edata->message),
+			 edata->detail ? errdetail("%s", edata->detail) : 0,
+			 edata->hint ? errhint("%s", edata->hint) : 0));
+
+	if (result->sqlerrcode == 0)
+	{
+		result->sqlerrcode = edata->sqlerrcode;
+		if (failed_batch)
+			snprintf(result->message, FF_ERROR_LEN, "batch %lld (%s) was not uploaded: %s",
+					 (long long) failed_batch->id, failed_batch->file_name, edata->message);
+		else
+			strlcpy(result->message, edata->message, FF_ERROR_LEN);
+		strlcpy(result->detail, edata->detail ? edata->detail : "", FF_ERROR_LEN);
+		strlcpy(result->hint, edata->hint ? edata->hint : "", FF_ERROR_LEN);
+	}
+}
+
 /*
- * The worker's export: fix batches (one transaction), then upload each due
- * batch in a transaction of its own.  The first failed upload is recorded
- * and ends the pass.  Returns the number of batches uploaded.
+ * One export pass of the worker: fix pending declines into batches (one
+ * transaction), then upload each due batch in a transaction of its own.  The
+ * first failure is recorded on its batch, kept in *result, and ends the
+ * pass; the pass itself never raises an error.
  */
-int
-ff_export_pass_in_worker(void)
+static void
+export_pass(FFExportResult *result)
 {
 	MemoryContext pass_cxt = CurrentMemoryContext;
-	List	   *batches;
+	List	   *volatile batches = NIL;
 	ListCell   *lc;
 	FFSftp	   *volatile conn = NULL;
-	volatile int uploaded = 0;
 
-	begin_xact("flexfactor: fixing batches");
-	create_batches();
-	batches = ready_batches(pass_cxt, false);
-	commit_xact();
+	memset(result, 0, sizeof(FFExportResult));
+	PG_TRY();
+	{
+		begin_xact("flexfactor: fixing batches");
+		create_batches();
+		batches = ready_batches(pass_cxt, false);
+		commit_xact();
+	}
+	PG_CATCH();
+	{
+		take_failure(pass_cxt, result, NULL);
+		return;
+	}
+	PG_END_TRY();
 
 	foreach(lc, batches)
 	{
 		ReadyBatch *b = (ReadyBatch *) lfirst(lc);
-		ErrorData  *volatile edata = NULL;
+		volatile bool failed = false;
 
 		ff_status_set("uploading batches");
 		PG_TRY();
@@ -349,35 +331,137 @@ ff_export_pass_in_worker(void)
 			}
 			upload_batch(conn, b);
 			commit_xact();
-			uploaded++;
+			result->uploaded++;
 		}
 		PG_CATCH();
 		{
-			MemoryContextSwitchTo(pass_cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			AbortCurrentTransaction();
+			take_failure(pass_cxt, result, b);
+			failed = true;
 		}
 		PG_END_TRY();
-
-		if (edata != NULL)
-		{
-			char	   *message = describe_error(edata);
-
-			begin_xact("flexfactor: recording a failed upload");
-			record_failure(b, message);
-			commit_xact();
-			ff_status_error(message);
-			ereport(WARNING,
-					(errcode(edata->sqlerrcode),
-					 errmsg("flexfactor worker could not upload batch %lld (%s): %s",
-							(long long) b->id, b->file_name, edata->message),
-					 edata->detail ? errdetail("%s", edata->detail) : 0,
-					 edata->hint ? errhint("%s", edata->hint) : 0));
+		if (failed)
 			break;
-		}
 	}
 	if (conn != NULL)
 		ff_sftp_disconnect(conn);
-	return uploaded;
+}
+
+/*
+ * Called by the worker every pass: exports when SFTP is configured, and
+ * always when ff_export_batch() asked for it, publishing the result to the
+ * callers waiting for it.
+ */
+void
+ff_export_if_due(void)
+{
+	FFExportResult result;
+	uint64		ticket;
+	bool		requested;
+
+	static TimestampTz last_scheduled = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		scheduled;
+
+	LWLockAcquire(ff_shared->lock, LW_SHARED);
+	ticket = ff_shared->export_requested;
+	requested = ticket > ff_shared->export_completed;
+	LWLockRelease(ff_shared->lock);
+
+	/* on its own only every batch_interval seconds (0: only when asked) */
+	scheduled = ff_sftp_host[0] != '\0' && ff_batch_interval > 0 &&
+		TimestampDifferenceExceeds(last_scheduled, now, ff_batch_interval * 1000 - 100);
+	if (!requested && !scheduled)
+		return;
+	if (scheduled)
+		last_scheduled = now;
+
+	export_pass(&result);
+
+	if (requested)
+	{
+		LWLockAcquire(ff_shared->lock, LW_EXCLUSIVE);
+		ff_shared->export_result = result;
+		ff_shared->export_completed = ticket;
+		if (ff_shared->export_requested > ticket)
+			SetLatch(MyLatch);	/* asked again meanwhile: another pass at once */
+		LWLockRelease(ff_shared->lock);
+		ConditionVariableBroadcast(&ff_shared->export_done);
+	}
+}
+
+/* ----------------------------------------------------- ff_export_batch() */
+
+#define EXPORT_WAIT_TICK_MS		1000
+#define WORKER_ABSENT_LIMIT_MS	30000
+
+PG_FUNCTION_INFO_V1(ff_export_batch);
+
+/*
+ * ff_export_batch() returns integer: asks the worker for an export pass now
+ * and waits for it; returns the number of batch files uploaded.  The worker
+ * fixes and uploads in transactions of its own, so the caller's transaction
+ * can neither undo an upload nor make one twice; declines the caller has not
+ * committed yet are not seen.  The pass's first failure is re-raised here as
+ * a WARNING with its SQLSTATE.  Waiting is interruptible; a cancelled caller
+ * leaves the worker to finish (or retry) the same files.
+ */
+Datum
+ff_export_batch(PG_FUNCTION_ARGS)
+{
+	FFShared   *sh = ff_shared_or_error();
+	FFWorkerSlot *worker = &sh->slots[FF_ROLE_WORKER];
+	FFExportResult result;
+	uint64		ticket;
+	pid_t		pid;
+	char	   *dbname;
+	long		absent_ms = 0;
+
+	dbname = get_database_name(MyDatabaseId);
+	if (dbname == NULL || strcmp(dbname, ff_database) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_NOT_CONFIGURED),
+				 errmsg("the flexfactor worker does not serve this database"),
+				 errdetail("Exports run in the worker, which serves flexfactor.database = \"%s\".", ff_database),
+				 errhint("Set flexfactor.database to this database and restart PostgreSQL.")));
+
+	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
+	ticket = ++sh->export_requested;
+	LWLockRelease(sh->lock);
+	ff_status_wake(FF_ROLE_WORKER);
+
+	ConditionVariablePrepareToSleep(&sh->export_done);
+	for (;;)
+	{
+		bool		done;
+
+		LWLockAcquire(sh->lock, LW_SHARED);
+		done = sh->export_completed >= ticket;
+		if (done)
+			result = sh->export_result;
+		pid = worker->pid;
+		LWLockRelease(sh->lock);
+		if (done)
+			break;
+
+		/* the worker may be starting, or restarting after a crash */
+		absent_ms = (pid == 0) ? absent_ms + EXPORT_WAIT_TICK_MS : 0;
+		if (absent_ms > WORKER_ABSENT_LIMIT_MS)
+		{
+			ConditionVariableCancelSleep();
+			ereport(ERROR,
+					(errcode(ERRCODE_FF_NOT_CONFIGURED),
+					 errmsg("the flexfactor worker stopped before the export finished"),
+					 errhint("Pending batches are uploaded when the worker runs again; see ff_worker_status().")));
+		}
+		(void) ConditionVariableTimedSleep(&sh->export_done, EXPORT_WAIT_TICK_MS, PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+
+	if (result.sqlerrcode != 0)
+		ereport(WARNING,
+				(errcode(result.sqlerrcode),
+				 errmsg("%s", result.message),
+				 result.detail[0] ? errdetail("%s", result.detail) : 0,
+				 result.hint[0] ? errhint("%s", result.hint) : 0));
+	PG_RETURN_INT32(result.uploaded);
 }

@@ -5,6 +5,6 @@
 #ifndef FLEXFACTOR_BATCH_H
 #define FLEXFACTOR_BATCH_H
 
-extern int	ff_export_pass_in_worker(void);
+extern void ff_export_if_due(void);
 
 #endif							/* FLEXFACTOR_BATCH_H */

@@ -14,7 +14,11 @@
  *
  * The connection lives outside PostgreSQL's allocator, so it is closed by a
  * reset callback of the memory context it was made in: an error anywhere
- * releases it.  Blocking calls are bounded by flexfactor.sftp_timeout_ms.
+ * releases it.  libssh2 runs non-blocking: every call is repeated while it
+ * would block, waiting on the socket at most 100 ms at a time and checking
+ * for interrupts in between, so pg_cancel_backend(), statement_timeout and
+ * shutdown stop a transfer promptly; flexfactor.sftp_timeout_ms bounds how
+ * long one call may go without progress.
  */
 #include "postgres.h"
 
@@ -28,6 +32,9 @@
 #include <libssh2_sftp.h>
 
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
 
@@ -41,6 +48,7 @@
 struct FFSftp
 {
 	int			sock;
+	TimestampTz deadline;		/* of the libssh2 call in progress */
 	LIBSSH2_SESSION *session;
 	LIBSSH2_SFTP *sftp;
 	MemoryContextCallback cleanup;
@@ -73,6 +81,9 @@ close_connection(void *arg)
 		libssh2_sftp_shutdown(conn->sftp);
 	if (conn->session)
 	{
+		/* a short, blocking goodbye: this runs during cleanup, maybe after an error */
+		libssh2_session_set_blocking(conn->session, 1);
+		libssh2_session_set_timeout(conn->session, 1000);
 		libssh2_session_disconnect(conn->session, "flexfactor done");
 		libssh2_session_free(conn->session);
 	}
@@ -88,6 +99,57 @@ ff_sftp_disconnect(FFSftp *conn)
 {
 	close_connection(conn);
 }
+
+static void
+start_call(FFSftp *conn)
+{
+	conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ff_sftp_timeout_ms);
+}
+
+/*
+ * A libssh2 call would block: wait until the socket is ready in the
+ * direction libssh2 needs, at most 100 ms at a time, checking for interrupts
+ * and the call's deadline.
+ */
+static void
+wait_socket(FFSftp *conn, const char *what)
+{
+	int			dirs = libssh2_session_block_directions(conn->session);
+	struct pollfd pfd = {conn->sock, 0, 0};
+
+	if (dirs & LIBSSH2_SESSION_BLOCK_INBOUND)
+		pfd.events |= POLLIN;
+	if (dirs & LIBSSH2_SESSION_BLOCK_OUTBOUND)
+		pfd.events |= POLLOUT;
+	if (pfd.events == 0)
+		pfd.events = POLLIN;
+
+	pgstat_report_wait_start(PG_WAIT_EXTENSION);
+	(void) poll(&pfd, 1, CONNECT_POLL_MS);
+	pgstat_report_wait_end();
+	CHECK_FOR_INTERRUPTS();
+	if (GetCurrentTimestamp() > conn->deadline)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_CONNECTION),
+				 errmsg("SFTP %s timed out", what),
+				 errdetail("No progress within flexfactor.sftp_timeout_ms = %d ms on %s port %d.",
+						   ff_sftp_timeout_ms, ff_sftp_host, ff_sftp_port),
+				 errhint("The upload is retried with backoff; check the SFTP server and the network.")));
+}
+
+/* repeat an int-returning libssh2 call while it would block */
+#define SSH_CALL(conn, what, call) \
+	({ int rc_; start_call(conn); \
+	   while ((rc_ = (call)) == LIBSSH2_ERROR_EAGAIN) wait_socket(conn, what); \
+	   rc_; })
+
+/* repeat a pointer-returning libssh2 call while it would block */
+#define SSH_OPEN(conn, what, call) \
+	({ __typeof__(call) p_; start_call(conn); \
+	   while ((p_ = (call)) == NULL && \
+			  libssh2_session_last_errno((conn)->session) == LIBSSH2_ERROR_EAGAIN) \
+		   wait_socket(conn, what); \
+	   p_; })
 
 static void
 require_setting(const char *value, const char *name)
@@ -277,10 +339,9 @@ ff_sftp_connect(void)
 	conn->session = libssh2_session_init();
 	if (conn->session == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("could not create an SSH session")));
-	libssh2_session_set_blocking(conn->session, 1);
-	libssh2_session_set_timeout(conn->session, ff_sftp_timeout_ms);
+	libssh2_session_set_blocking(conn->session, 0);
 
-	if (libssh2_session_handshake(conn->session, conn->sock) != 0)
+	if (SSH_CALL(conn, "handshake", libssh2_session_handshake(conn->session, conn->sock)) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
 				 errmsg("SSH handshake with %s port %d failed", ff_sftp_host, ff_sftp_port),
@@ -289,10 +350,11 @@ ff_sftp_connect(void)
 
 	verify_host_key(conn);
 
-	if (libssh2_userauth_publickey_fromfile_ex(conn->session, ff_sftp_user, strlen(ff_sftp_user),
-											   ff_sftp_public_key_file[0] ? ff_sftp_public_key_file : NULL,
-											   ff_sftp_private_key_file,
-											   ff_sftp_passphrase[0] ? ff_sftp_passphrase : NULL) != 0)
+	if (SSH_CALL(conn, "authentication",
+				 libssh2_userauth_publickey_fromfile_ex(conn->session, ff_sftp_user, strlen(ff_sftp_user),
+														ff_sftp_public_key_file[0] ? ff_sftp_public_key_file : NULL,
+														ff_sftp_private_key_file,
+														ff_sftp_passphrase[0] ? ff_sftp_passphrase : NULL)) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_AUTH),
 				 errmsg("SFTP authentication failed for user \"%s\"", ff_sftp_user),
@@ -300,7 +362,7 @@ ff_sftp_connect(void)
 				 errhint("Check flexfactor.sftp_user, sftp_private_key_file (readable by the server account) "
 						 "and sftp_passphrase, and that FlexFactor has the matching public key.")));
 
-	conn->sftp = libssh2_sftp_init(conn->session);
+	conn->sftp = SSH_OPEN(conn, "subsystem start", libssh2_sftp_init(conn->session));
 	if (conn->sftp == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
@@ -331,9 +393,10 @@ ff_sftp_begin_upload(FFSftp *conn, const char *dir, const char *name)
 	up->conn = conn;
 	up->final_path = psprintf("%s/%s", dir, name);
 	up->part_path = psprintf("%s.part", up->final_path);
-	up->handle = libssh2_sftp_open_ex(conn->sftp, up->part_path, strlen(up->part_path),
-									  LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC,
-									  0640, LIBSSH2_SFTP_OPENFILE);
+	up->handle = SSH_OPEN(conn, "open",
+						  libssh2_sftp_open_ex(conn->sftp, up->part_path, strlen(up->part_path),
+											   LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC,
+											   0640, LIBSSH2_SFTP_OPENFILE));
 	if (up->handle == NULL)
 		raise_io_error(conn, "create", up->part_path);
 	initStringInfo(&up->buffer);
@@ -348,13 +411,15 @@ flush_buffer(FFSftpUpload *up)
 
 	while (done < (size_t) up->buffer.len)
 	{
-		ssize_t		n = libssh2_sftp_write(up->handle, up->buffer.data + done,
-										   up->buffer.len - done);
+		ssize_t		n;
 
+		start_call(up->conn);
+		while ((n = libssh2_sftp_write(up->handle, up->buffer.data + done,
+									   up->buffer.len - done)) == LIBSSH2_ERROR_EAGAIN)
+			wait_socket(up->conn, "write");
 		if (n < 0)
 			raise_io_error(up->conn, "write", up->part_path);
 		done += n;
-		CHECK_FOR_INTERRUPTS();
 	}
 	resetStringInfo(&up->buffer);
 }
@@ -376,16 +441,19 @@ ff_sftp_finish_upload(FFSftpUpload *up)
 		LIBSSH2_SFTP_RENAME_NATIVE;
 
 	flush_buffer(up);
-	if (libssh2_sftp_close_handle(up->handle) != 0)
+	if (SSH_CALL(up->conn, "close", libssh2_sftp_close_handle(up->handle)) != 0)
 		raise_io_error(up->conn, "close", up->part_path);
 	up->handle = NULL;
 
-	if (libssh2_sftp_rename_ex(sftp, up->part_path, strlen(up->part_path),
-							   up->final_path, strlen(up->final_path), flags) == 0)
+	if (SSH_CALL(up->conn, "rename",
+				 libssh2_sftp_rename_ex(sftp, up->part_path, strlen(up->part_path),
+										up->final_path, strlen(up->final_path), flags)) == 0)
 		return;
 	/* SFTP v3 servers (OpenSSH) refuse to rename over an existing file */
-	libssh2_sftp_unlink_ex(sftp, up->final_path, strlen(up->final_path));
-	if (libssh2_sftp_rename_ex(sftp, up->part_path, strlen(up->part_path),
-							   up->final_path, strlen(up->final_path), flags) != 0)
+	(void) SSH_CALL(up->conn, "remove",
+					libssh2_sftp_unlink_ex(sftp, up->final_path, strlen(up->final_path)));
+	if (SSH_CALL(up->conn, "rename",
+				 libssh2_sftp_rename_ex(sftp, up->part_path, strlen(up->part_path),
+										up->final_path, strlen(up->final_path), flags)) != 0)
 		raise_io_error(up->conn, "rename to", up->final_path);
 }

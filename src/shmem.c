@@ -4,7 +4,7 @@
  *
  * Owns the FFShared struct's life cycle and its LWLock.  What the fields
  * mean belongs to the files that use them (worker_status.c, dbguard.c,
- * token.c).
+ * token.c, batch.c).
  */
 #include "postgres.h"
 
@@ -46,6 +46,7 @@ ff_shmem_startup(void)
 		ff_shared->lock = &(GetNamedLWLockTranche(FF_LWLOCK_TRANCHE))->lock;
 		ff_shared->release_dboid = InvalidOid;
 		ConditionVariableInit(&ff_shared->token.fetched);
+		ConditionVariableInit(&ff_shared->export_done);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

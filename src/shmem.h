@@ -55,6 +55,16 @@ typedef struct FFTokenCache
 	ConditionVariable fetched;	/* broadcast when a fetch ends */
 } FFTokenCache;
 
+/* What one export pass achieved; see batch.c. */
+typedef struct FFExportResult
+{
+	int32		uploaded;		/* batch files uploaded */
+	int32		sqlerrcode;		/* of the first failure, 0 if none */
+	char		message[FF_ERROR_LEN];
+	char		detail[FF_ERROR_LEN];
+	char		hint[FF_ERROR_LEN];
+} FFExportResult;
+
 typedef struct FFShared
 {
 	LWLock	   *lock;
@@ -69,6 +79,16 @@ typedef struct FFShared
 	TimestampTz release_until;
 
 	FFTokenCache token;
+
+	/*
+	 * ff_export_batch() asks the worker for an export pass by taking a ticket
+	 * (export_requested); the worker serves every ticket taken before its pass
+	 * started, publishes the pass's result and broadcasts export_done.
+	 */
+	uint64		export_requested;
+	uint64		export_completed;
+	FFExportResult export_result;
+	ConditionVariable export_done;
 } FFShared;
 
 extern FFShared *ff_shared;

@@ -307,8 +307,7 @@ run_pass(void)
 	reported_missing_extension = false;
 
 	ff_transmit_pass(&next_due_ms);
-	if (ff_sftp_host[0] != '\0')
-		ff_export_pass_in_worker();
+	ff_export_if_due();
 
 	ff_status_set("idle");
 	ff_status_pass_done();

@@ -7,9 +7,10 @@
 # trigger exports only committed declined recurring rows; two concurrent
 # exports never put a decline in two batches.
 #
-# No worker runs in the test database (flexfactor.database is 'postgres'), so
-# every upload here is made by ff_export_batch().  Failures (host key, keys,
-# server down, crashes) are in 021_batch_faults.pl.
+# The worker serves the test database with batch_interval = 0, so every
+# upload here happens because ff_export_batch() asked the worker for a pass
+# and waited for it.  Failures (host key, keys, server down, crashes) are in
+# 021_batch_faults.pl.
 use strict;
 use warnings;
 use Digest::SHA ();
@@ -32,11 +33,13 @@ my $sim = FFSim->start(name => 'ffsim_020', mid => $mid, sftp_root => "$tmp/sftp
 my $inbound = $sim->inbound_dir;
 
 my $node = ff_node('export020',
-	$sim->node_settings('flexfactor.database' => 'postgres'),    # no worker in ffdb
+	# the worker serves ffdb but exports only when ff_export_batch() asks
+	$sim->node_settings('flexfactor.database' => 'ffdb', 'flexfactor.batch_interval' => '0'),
 	$sshd->node_settings(inbound => $inbound, outbound => $sim->outbound_dir));
 $node->start;
 $node->safe_psql('postgres', "CREATE DATABASE ffdb ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
 $node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
+ff_wait_for_worker($node, 'ffdb');
 
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }

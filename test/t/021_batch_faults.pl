@@ -2,13 +2,15 @@
 # key (FF032), a changed or unpinned host key (FF031, nothing sent), the
 # SFTP server down (FF030, backoff doubling from batch_retry_base up to 900
 # s, the error in batch_status and queue_status, delivery once it is back),
-# SFTP not configured (FF013), and kill -9 of the exporting backend (a
-# PostgreSQL crash-restart) in the middle of an upload and after an upload
-# but before its transaction committed.  After each: every decline in
+# SFTP not configured (FF013), and kill -9 of the backend waiting in
+# ff_export_batch() (a PostgreSQL crash-restart, which also kills the worker)
+# in the middle of an upload and after an upload but before the caller's
+# transaction committed.  After each: every decline in
 # exactly one uploaded batch, and the simulator received each idempotency
 # key exactly once.
 #
-# No worker runs in the test database; the worker's side is 022.
+# The worker serves the test database with batch_interval = 0: exports run
+# when ff_export_batch() asks for them (the worker's own schedule is 022).
 use strict;
 use warnings;
 use IPC::Run ();
@@ -31,7 +33,8 @@ my $inbound = $sim->inbound_dir;
 my $known_hosts = $sshd->write_known_hosts("$tmp/known_hosts", ports => [ $sshd->port, $relay->port ]);
 
 my $node = ff_node('faults021',
-	$sim->node_settings('flexfactor.database' => 'postgres'),    # no worker in ffdb
+	# the worker serves ffdb but exports only when ff_export_batch() asks
+	$sim->node_settings('flexfactor.database' => 'ffdb', 'flexfactor.batch_interval' => '0'),
 	$sshd->node_settings(inbound => $inbound, outbound => $sim->outbound_dir,
 		known_hosts => $known_hosts),
 	'flexfactor.sftp_timeout_ms' => '5000',
@@ -39,6 +42,7 @@ my $node = ff_node('faults021',
 $node->start;
 $node->safe_psql('postgres', "CREATE DATABASE ffdb ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
 $node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
+ff_wait_for_worker($node, 'ffdb');
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
 
@@ -263,13 +267,16 @@ $h->finish;
 wait_recovered($offset);
 ok(ff_log_contains($node, qr/server process \(PID $pid\) was terminated by signal 9/, $offset),
 	'PostgreSQL restarted after the kill -9');
-is(sq("SELECT count(*) FROM flexfactor.declines WHERE order_id LIKE 'C-%' AND state = 'pending'"),
-	'1000', 'the export was rolled back: the 1,000 declines are pending again');
-is(sq("SELECT count(*) FROM flexfactor.batches b WHERE '$parts->[0]' LIKE b.file_name || '%'"),
-	'0', 'and the batch of the half-written file does not exist');
+# the batch was fixed and committed before its upload began, so it survives
+# the crash and is uploaded again under the same name, with the same bytes
+is(sq("SELECT count(*) FROM flexfactor.declines WHERE order_id LIKE 'C-%' AND state = 'batched'"),
+	'1000', 'the 1,000 declines stay in the batch fixed before the upload');
+is(sq("SELECT state FROM flexfactor.batches b WHERE '$parts->[0]' = b.file_name || '.part'"),
+	'ready', 'the batch named like the half-written file waits to be uploaded again');
 is_deeply(finals(), [], 'no complete file in inbound');
-is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'the next export uploads them');
-unlink "$inbound/$parts->[0]";    # the orphan .part of the lost batch (ignored by FlexFactor)
+is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'the next export uploads it');
+is_deeply(parts(), [], 'the retry wrote the same name: no orphan .part left');
+is_deeply(finals(), [ substr($parts->[0], 0, -5) ], 'the complete file has the name of the interrupted one');
 check_delivered('after kill -9 mid-upload', 'C', 1000);
 
 # ------------------------------------------------------------------
@@ -319,8 +326,10 @@ unlink "$inbound/$_" for @{ $sim->inbound_files };
 # ------------------------------------------------------------------
 # 6. kill -9 after the upload, before the caller's transaction commits
 # ------------------------------------------------------------------
-# ff_export_batch() works in the caller's transaction; here the file is
-# renamed into place and the transaction then dies with the server.
+# ff_export_batch() returns once the worker committed its pass, so the
+# caller's transaction holds nothing of the export: here the file is renamed
+# into place, the caller's transaction then dies with the server, and nothing
+# is sent again.
 enqueue('R', 20);
 ($out, $err) = ('', '');
 $h = IPC::Run::start(
