@@ -864,9 +864,11 @@ SELECT b.id, b.kind, b.file_name, b.state, b.line_count, b.byte_count, b.sha256,
 COMMENT ON VIEW flexfactor.batch_status IS
     'Each batch file: state, size, SHA-256, attempts, last error, answered and rejected lines';
 
--- Fixes pending declines into batches and uploads every due batch now (for
--- pg_cron or by hand); returns the number uploaded.  Failures are recorded on
--- the batch and reported as WARNINGs.
+-- Exports now (for pg_cron or by hand): asks the worker for an export pass
+-- (fix pending declines into batches, upload every due batch, each in its own
+-- transaction) and waits for it; returns the number of files uploaded.  The
+-- pass's first failure is recorded on its batch and re-raised as a WARNING.
+-- Declines the caller has not committed yet are left for a later pass.
 CREATE FUNCTION flexfactor.ff_export_batch()
 RETURNS integer AS 'MODULE_PATHNAME', 'ff_export_batch' LANGUAGE C VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
