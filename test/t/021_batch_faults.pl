@@ -203,7 +203,8 @@ is(sq("SELECT last_error LIKE 'could not connect to SFTP server%', next_attempt_
 	'queue_status: the ready batches show the last error and the next attempt');
 $r = run_sql("BEGIN; SELECT flexfactor.ff_export_batch(); $probe; COMMIT;");
 is($r->{stdout}, "0\n1|1", 'called again at once: the batch is not due, no attempt');
-is_deeply($r->{warnings}, [], 'and no warning');
+is(scalar(grep { $_->[1] =~ /batch $db\b/ } @{ $r->{warnings} }), 0, 'and no warning about the batch')
+  or diag $r->{stderr};
 Time::HiRes::sleep(1.1);
 $r = run_sql("BEGIN; SELECT flexfactor.ff_export_batch(); $probe; COMMIT;");
 is($r->{stdout}, "0\n2|2", 'after 1 s: attempt 2, next in 2 s');
@@ -310,15 +311,17 @@ $relay->pass;
 unlink "$inbound/$_" for @{ parts() };
 $scan = $sim->scan;
 note 'FlexFactor processed ' . join(', ', map { "$_->{file} ($_->{status}, $_->{accepted} accepted)" } @$scan);
-my $xb = batch_of('X');
-note "after the cancel the X declines are in batch(es) '$xb'";
-for my $b (split /,/, $xb) { make_due($b) if $b =~ /^\d+$/ }
-my $xn = sq('SELECT flexfactor.ff_export_batch()');
-note "the next export uploaded $xn file(s)";
+note "after the cancel the X declines are in batch(es) '" . batch_of('X') . "'";
+# the worker finishes or retries the same files: ask again (the failed one
+# made due) until everything is delivered
+my $x_delivered = "SELECT count(*) FROM flexfactor.declines d JOIN flexfactor.batches b ON b.id = d.batch_id
+                    WHERE d.order_id LIKE 'X-%' AND b.state IN ('uploaded', 'answered')";
+ok(wait_until(sub {
+			sq("UPDATE flexfactor.batches SET next_attempt_at = now() WHERE state = 'ready'");
+			sq('SELECT flexfactor.ff_export_batch()');
+			sq($x_delivered) eq '4000' }, 60),
+	'after the cancel, further exports deliver the 4,000 X declines');
 $sim->scan;
-is(sq("SELECT count(*) FROM flexfactor.declines d JOIN flexfactor.batches b ON b.id = d.batch_id
-        WHERE d.order_id LIKE 'X-%' AND b.state = 'uploaded'"), '4000',
-	'after the cancel and another export, the 4,000 X declines are in uploaded batches');
 my @x_keys = split /\n/, sq("SELECT idempotency_key FROM flexfactor.declines WHERE order_id LIKE 'X-%'");
 $sim->check_keys_once('cancel mid-upload', \@x_keys);
 unlink "$inbound/$_" for @{ $sim->inbound_files };
@@ -360,7 +363,7 @@ is(scalar @r_files, 1, 'FlexFactor received the declines R-* in one file only (n
   or diag explain [ map { { file => $_->{file}, status => $_->{status}, lines => $_->{lineCount} } } @r_files ];
 $sim->check_keys_once('crash after upload, before commit', \@r_keys);
 is(sq("SELECT count(*) FROM flexfactor.declines d JOIN flexfactor.batches b ON b.id = d.batch_id
-        WHERE d.order_id LIKE 'R-%' AND b.state = 'uploaded'"), '20',
+        WHERE d.order_id LIKE 'R-%' AND b.state IN ('uploaded', 'answered')"), '20',
 	'each R-* decline is in an uploaded batch');
 
 # ------------------------------------------------------------------
@@ -369,7 +372,8 @@ is(sq("SELECT count(*) FROM flexfactor.declines d JOIN flexfactor.batches b ON b
 is(sq("SELECT count(*) FROM (SELECT decline_id FROM flexfactor.batch_lines WHERE decline_id IS NOT NULL
          GROUP BY decline_id HAVING count(*) > 1) d"), '0', 'no decline is in two batch lines');
 is(sq("SELECT count(*) FROM flexfactor.declines WHERE state <> 'batched'"), '0', 'no decline left behind');
-is(sq("SELECT count(*) FROM flexfactor.batches WHERE state <> 'uploaded'"), '0', 'every batch uploaded');
+is(sq("SELECT count(*) FROM flexfactor.batches WHERE state NOT IN ('uploaded', 'answered')"), '0',
+	'every batch uploaded');
 is(scalar @{ $sim->idempotency->{acceptedMoreThanOnce} }, 0, 'the simulator accepted no key twice');
 
 $node->stop;
