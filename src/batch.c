@@ -1,7 +1,7 @@
 /*
  * batch.c
  *		Exports queued declines to FlexFactor as SFTP batch files, exactly
- *		once.
+ *		once, and reads FlexFactor's result files back.
  *
  * Evaluate batches carry queued declines; with flexfactor.transmit_via =
  * 'sftp', transmit batches carry the queued /transmit copies the same way.
@@ -21,6 +21,11 @@
  * result, so no caller's transaction can undo an upload.  A failed upload
  * records attempts, the error and the next attempt time (exponential
  * backoff) on the batch; the others wait for the next pass.
+ *
+ * After the uploads, the same connection lists the outbound folder: each
+ * result or error file is applied once (the SQL side records it in
+ * flexfactor.result_files) and then moved to flexfactor.sftp_processed_dir
+ * or deleted.
  */
 #include "postgres.h"
 
@@ -31,6 +36,7 @@
 #include "common/sha2.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
@@ -246,7 +252,8 @@ commit_xact(void)
 
 /* Catch the current error: log it, keep it in *result, abort the transaction. */
 static void
-take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch)
+take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch,
+			 const char *activity)
 {
 	ErrorData  *edata;
 
@@ -267,7 +274,7 @@ take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch
 			 failed_batch ?
 			 errmsg("flexfactor worker could not upload batch %lld (%s): %s",
 					(long long) failed_batch->id, failed_batch->file_name, edata->message) :
-			 errmsg("flexfactor worker could not fix batches: %s", edata->message),
+			 errmsg("flexfactor worker could not %s: %s", activity, edata->message),
 			 edata->detail ? errdetail("%s", edata->detail) : 0,
 			 edata->hint ? errhint("%s", edata->hint) : 0));
 
@@ -278,17 +285,118 @@ take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch
 			snprintf(result->message, FF_ERROR_LEN, "batch %lld (%s) was not uploaded: %s",
 					 (long long) failed_batch->id, failed_batch->file_name, edata->message);
 		else
-			strlcpy(result->message, edata->message, FF_ERROR_LEN);
+			snprintf(result->message, FF_ERROR_LEN, "could not %s: %s", activity, edata->message);
 		strlcpy(result->detail, edata->detail ? edata->detail : "", FF_ERROR_LEN);
 		strlcpy(result->hint, edata->hint ? edata->hint : "", FF_ERROR_LEN);
 	}
 }
 
+#define MAX_RESULT_FILE_BYTES	(64 * 1024 * 1024)
+
+static bool
+has_suffix(const char *name, const char *suffix)
+{
+	size_t		n = strlen(name);
+	size_t		m = strlen(suffix);
+
+	return n > m && strcmp(name + n - m, suffix) == 0;
+}
+
+static int
+compare_names(const ListCell *a, const ListCell *b)
+{
+	return strcmp((const char *) lfirst(a), (const char *) lfirst(b));
+}
+
 /*
- * One export pass of the worker: fix pending declines into batches (one
- * transaction), then upload each due batch in a transaction of its own.  The
- * first failure is recorded on its batch, kept in *result, and ends the
- * pass; the pass itself never raises an error.
+ * Apply one result or error file from the outbound folder, once (the SQL
+ * side records it), then move it to flexfactor.sftp_processed_dir or delete
+ * it.  A crash between the commit and the removal only means the next pass
+ * finds the file "already applied" and removes it then.
+ */
+static void
+ingest_file(FFSftp *conn, const char *name)
+{
+	char	   *path = psprintf("%s/%s", ff_sftp_outbound_dir, name);
+	size_t		len;
+	char	   *content = ff_sftp_read(conn, path, MAX_RESULT_FILE_BYTES, &len);
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+
+	if (strlen(content) != len || !pg_verifymbstr(content, len, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_MALFORMED_RESPONSE),
+				 errmsg("result file \"%s\" is not valid UTF-8 text", name),
+				 errhint("Nothing was applied; ask FlexFactor about the file.")));
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(content);
+
+	begin_xact("flexfactor: applying a result file");
+	if (SPI_execute_with_args(has_suffix(name, ".error.json") ?
+							  "SELECT flexfactor._apply_error_file($1, $2)" :
+							  "SELECT flexfactor._apply_result_file($1, $2)",
+							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not apply result file \"%s\"", name);
+	commit_xact();
+
+	if (ff_sftp_processed_dir[0] != '\0')
+		ff_sftp_move(conn, path, ff_sftp_processed_dir, name);
+	else
+		ff_sftp_remove(conn, path);
+}
+
+/* Read FlexFactor's answers: every result and error file in the outbound folder. */
+static void
+ingest_results(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result)
+{
+	List	   *volatile names = NIL;
+	ListCell   *lc;
+
+	PG_TRY();
+	{
+		names = ff_sftp_list(conn, ff_sftp_outbound_dir);
+	}
+	PG_CATCH();
+	{
+		take_failure(pass_cxt, result, NULL, "list the outbound folder");
+		return;
+	}
+	PG_END_TRY();
+	list_sort(names, compare_names);
+
+	foreach(lc, names)
+	{
+		const char *name = (const char *) lfirst(lc);
+		volatile bool stop = false;
+
+		if (!has_suffix(name, ".result.jsonl") && !has_suffix(name, ".error.json"))
+			continue;
+		ff_status_set("reading result files");
+		PG_TRY();
+		{
+			ingest_file(conn, name);
+		}
+		PG_CATCH();
+		{
+			char	   *activity = psprintf("apply result file \"%s\"", name);
+
+			take_failure(pass_cxt, result, NULL, activity);
+			/* a transport failure ends the pass; a bad file is skipped */
+			stop = (result->sqlerrcode == ERRCODE_FF_SFTP_CONNECTION ||
+					result->sqlerrcode == ERRCODE_FF_SFTP_IO);
+		}
+		PG_END_TRY();
+		if (stop)
+			break;
+	}
+}
+
+/*
+ * One SFTP pass of the worker: fix pending declines into batches (one
+ * transaction), upload each due batch in a transaction of its own, then read
+ * FlexFactor's result files over the same connection.  A failed upload is
+ * recorded on its batch and ends the uploads; the first failure is kept in
+ * *result; the pass itself never raises an error.
  */
 static void
 export_pass(FFExportResult *result)
@@ -308,7 +416,7 @@ export_pass(FFExportResult *result)
 	}
 	PG_CATCH();
 	{
-		take_failure(pass_cxt, result, NULL);
+		take_failure(pass_cxt, result, NULL, "fix batches");
 		return;
 	}
 	PG_END_TRY();
@@ -335,12 +443,34 @@ export_pass(FFExportResult *result)
 		}
 		PG_CATCH();
 		{
-			take_failure(pass_cxt, result, b);
+			take_failure(pass_cxt, result, b, "upload a batch");
 			failed = true;
 		}
 		PG_END_TRY();
 		if (failed)
 			break;
+	}
+
+	/* then FlexFactor's answers, over the same connection */
+	if (result->sqlerrcode == 0 && ff_sftp_host[0] != '\0')
+	{
+		PG_TRY();
+		{
+			if (conn == NULL)
+			{
+				MemoryContext old = MemoryContextSwitchTo(pass_cxt);
+
+				conn = ff_sftp_connect();
+				MemoryContextSwitchTo(old);
+			}
+		}
+		PG_CATCH();
+		{
+			take_failure(pass_cxt, result, NULL, "connect to read result files");
+		}
+		PG_END_TRY();
+		if (conn != NULL)
+			ingest_results(conn, pass_cxt, result);
 	}
 	if (conn != NULL)
 		ff_sftp_disconnect(conn);

@@ -5,6 +5,8 @@
 #ifndef FLEXFACTOR_SFTP_H
 #define FLEXFACTOR_SFTP_H
 
+#include "nodes/pg_list.h"
+
 typedef struct FFSftp FFSftp;
 typedef struct FFSftpUpload FFSftpUpload;
 
@@ -14,5 +16,10 @@ extern void ff_sftp_disconnect(FFSftp *conn);
 extern FFSftpUpload *ff_sftp_begin_upload(FFSftp *conn, const char *dir, const char *name);
 extern void ff_sftp_write(FFSftpUpload *upload, const char *data, size_t len);
 extern void ff_sftp_finish_upload(FFSftpUpload *upload);
+
+extern List *ff_sftp_list(FFSftp *conn, const char *dir);
+extern char *ff_sftp_read(FFSftp *conn, const char *path, size_t max_bytes, size_t *len);
+extern void ff_sftp_move(FFSftp *conn, const char *from, const char *to_dir, const char *name);
+extern void ff_sftp_remove(FFSftp *conn, const char *path);
 
 #endif							/* FLEXFACTOR_SFTP_H */
