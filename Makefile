@@ -18,7 +18,8 @@ OBJS = \
 	src/sftp.o \
 	src/batch.o \
 	src/webhook_verify.o \
-	src/webhook.o
+	src/webhook.o \
+	src/listener.o
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 
@@ -35,7 +36,7 @@ PROVE_TESTS = test/t/*.pl
 PG_CPPFLAGS = -I$(srcdir)/src -DFLEXFACTOR_VERSION=\"$(EXTVERSION)\"
 PG_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter \
 	-Wno-missing-field-initializers -Wno-sign-compare
-SHLIB_LINK = -lcurl -lssh2 -lssl -lcrypto
+SHLIB_LINK = -lcurl -lssh2 -lssl -lcrypto -lmicrohttpd
 
 EXTRA_CLEAN = $(DATA_built) tmp_check_regress results regression.diffs \
 	regression.out tmp_check

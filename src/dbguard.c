@@ -81,14 +81,22 @@ set_release(Oid dboid, int duration_ms)
 	LWLockRelease(ff_shared->lock);
 }
 
+/* Wait (briefly) until no worker is connected to the database any more. */
 static void
 wait_for_worker_exit(void)
 {
 	for (int waited = 0; waited < WAIT_FOR_EXIT_MS; waited += 10)
 	{
-		if (ff_status_pid(FF_ROLE_WORKER) == 0)
+		bool		connected = false;
+
+		for (int role = FF_ROLE_WORKER; role < FF_NUM_ROLES; role++)
+			if (ff_status_pid(role) != 0)
+			{
+				connected = true;
+				ff_status_wake(role);
+			}
+		if (!connected)
 			return;
-		ff_status_wake(FF_ROLE_WORKER);
 		CHECK_FOR_INTERRUPTS();
 		pg_usleep(10 * 1000L);
 	}

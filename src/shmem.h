@@ -18,6 +18,7 @@ typedef enum FFWorkerRole
 {
 	FF_ROLE_LAUNCHER = 0,
 	FF_ROLE_WORKER,
+	FF_ROLE_LISTENER,
 	FF_NUM_ROLES
 } FFWorkerRole;
 

@@ -5,10 +5,11 @@
  *
  * The launcher is a static background worker connected to no database, so it
  * can wait calmly while flexfactor.database does not exist: it looks the
- * database up in the shared catalog and starts the worker (a dynamic
- * background worker) once it is there, and again whenever the worker exits,
- * with a growing delay if it keeps failing.  Both start only once recovery
- * has finished, so nothing runs on a standby.
+ * database up in the shared catalog and starts the worker and, when
+ * flexfactor.webhook_listen_address is set, the webhook listener (listener.c),
+ * both dynamic background workers, once it is there, and again whenever one
+ * exits, with a growing delay if it keeps failing.  All start only once
+ * recovery has finished, so nothing runs on a standby.
  *
  * The worker connects to the database, waits while the extension is not
  * installed, and then runs one pass per wake-up: on its interval, or when a
@@ -139,13 +140,36 @@ lookup_database(const char *name)
 	return dboid;
 }
 
+/* A dynamic worker the launcher keeps running in the database. */
+typedef struct Supervised
+{
+	FFWorkerRole role;
+	const char *function;
+	const char *name;
+	BackgroundWorkerHandle *handle;
+	TimestampTz launched_at;
+	TimestampTz next_launch_at;
+	long		relaunch_delay_ms;
+} Supervised;
+
+static Supervised supervised[] = {
+	{FF_ROLE_WORKER, "ff_worker_main", "flexfactor worker"},
+	{FF_ROLE_LISTENER, "ff_listener_main", "flexfactor webhook listener"},
+};
+
+static bool
+wanted(const Supervised *s)
+{
+	return s->role != FF_ROLE_LISTENER || ff_webhook_listen_address[0] != '\0';
+}
+
 static BackgroundWorkerHandle *
-launch_worker(Oid dboid)
+launch(Supervised *s, Oid dboid)
 {
 	BackgroundWorker bgw;
 	BackgroundWorkerHandle *handle;
 
-	fill_worker_entry(&bgw, "ff_worker_main", "flexfactor worker");
+	fill_worker_entry(&bgw, s->function, s->name);
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
 	bgw.bgw_notify_pid = MyProcPid;
 	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
@@ -154,35 +178,66 @@ launch_worker(Oid dboid)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("flexfactor launcher could not start the worker"),
+				 errmsg("flexfactor launcher could not start the %s", s->name),
 				 errdetail("No background worker slot is free."),
 				 errhint("Raise max_worker_processes and restart PostgreSQL.")));
 		ff_status_error("no free background worker slot (raise max_worker_processes)");
 		return NULL;
 	}
-	ff_status_count_launch(FF_ROLE_WORKER);
+	ff_status_count_launch(s->role);
 	return handle;
 }
 
 static bool
-worker_alive(BackgroundWorkerHandle *handle)
+alive(const Supervised *s)
 {
 	pid_t		pid;
 
-	if (ff_status_pid(FF_ROLE_WORKER) != 0)
+	if (ff_status_pid(s->role) != 0)
 		return true;
-	return handle != NULL && GetBackgroundWorkerPid(handle, &pid) != BGWH_STOPPED;
+	return s->handle != NULL && GetBackgroundWorkerPid(s->handle, &pid) != BGWH_STOPPED;
+}
+
+/*
+ * Start what should run and does not, each with a growing delay if it keeps
+ * stopping; returns how long the launcher may sleep.
+ */
+static long
+supervise(Oid dboid, TimestampTz now)
+{
+	long		timeout_ms = LAUNCHER_TICK_MS;
+
+	for (int i = 0; i < lengthof(supervised); i++)
+	{
+		Supervised *s = &supervised[i];
+
+		if (s->relaunch_delay_ms == 0)
+			s->relaunch_delay_ms = RELAUNCH_MIN_MS;
+		if (alive(s))
+		{
+			if (TimestampDifferenceExceeds(s->launched_at, now, WORKER_STABLE_MS))
+				s->relaunch_delay_ms = RELAUNCH_MIN_MS;
+		}
+		else if (!wanted(s))
+			continue;
+		else if (now < s->next_launch_at)
+			timeout_ms = Min(timeout_ms, Max(1, (long) ((s->next_launch_at - now) / 1000)));
+		else
+		{
+			s->handle = launch(s, dboid);
+			s->launched_at = now;
+			s->next_launch_at = TimestampTzPlusMilliseconds(now, s->relaunch_delay_ms);
+			s->relaunch_delay_ms = Min(s->relaunch_delay_ms * 2, RELAUNCH_MAX_MS);
+		}
+	}
+	return timeout_ms;
 }
 
 void
 ff_launcher_main(Datum main_arg)
 {
-	BackgroundWorkerHandle *handle = NULL;
 	MemoryContext loop_cxt;
 	bool		reported_missing_db = false;
-	TimestampTz launched_at = 0;
-	TimestampTz next_launch_at = 0;
-	long		relaunch_delay_ms = RELAUNCH_MIN_MS;
 
 	setup_signals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
@@ -200,22 +255,15 @@ ff_launcher_main(Datum main_arg)
 	for (;;)
 	{
 		long		timeout_ms = LAUNCHER_TICK_MS;
-		TimestampTz now;
 		Oid			dboid;
 
 		CHECK_FOR_INTERRUPTS();
 		reload_settings_if_asked();
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
-		now = GetCurrentTimestamp();
 
-		if (worker_alive(handle))
-		{
-			ff_status_set("supervising worker");
-			if (TimestampDifferenceExceeds(launched_at, now, WORKER_STABLE_MS))
-				relaunch_delay_ms = RELAUNCH_MIN_MS;
-		}
-		else if (!OidIsValid(dboid = lookup_database(ff_database)))
+		dboid = lookup_database(ff_database);
+		if (!OidIsValid(dboid))
 		{
 			ff_status_set("waiting for database");
 			if (!reported_missing_db)
@@ -229,19 +277,11 @@ ff_launcher_main(Datum main_arg)
 			ff_status_set("database released");
 			timeout_ms = RELEASED_TICK_MS;
 		}
-		else if (now < next_launch_at)
-		{
-			ff_status_set("waiting to restart worker");
-			timeout_ms = Max(1, (long) ((next_launch_at - now) / 1000));
-		}
 		else
 		{
 			reported_missing_db = false;
-			handle = launch_worker(dboid);
-			launched_at = now;
-			next_launch_at = TimestampTzPlusMilliseconds(now, relaunch_delay_ms);
-			relaunch_delay_ms = Min(relaunch_delay_ms * 2, RELAUNCH_MAX_MS);
-			ff_status_set("supervising worker");
+			timeout_ms = supervise(dboid, GetCurrentTimestamp());
+			ff_status_set("supervising workers");
 		}
 
 		MemoryContextSwitchTo(TopMemoryContext);

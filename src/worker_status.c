@@ -26,6 +26,7 @@
 static const char *const role_names[FF_NUM_ROLES] = {
 	[FF_ROLE_LAUNCHER] = "launcher",
 	[FF_ROLE_WORKER] = "worker",
+	[FF_ROLE_LISTENER] = "listener",
 };
 
 static FFWorkerSlot *my_slot = NULL;

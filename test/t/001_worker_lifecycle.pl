@@ -51,7 +51,7 @@ my $status = $node->safe_psql('ffdb',
 is($status, "$pid|ffdb|idle", 'ff_worker_status shows the running worker');
 is($node->safe_psql('ffdb',
 		"SELECT state FROM flexfactor.ff_worker_status() WHERE role = 'launcher'"),
-	'supervising worker', 'ff_worker_status shows the launcher');
+	'supervising workers', 'ff_worker_status shows the launcher');
 
 # --- SIGHUP: the worker re-reads the configuration
 my $reloads = $node->safe_psql('ffdb',

@@ -1,0 +1,432 @@
+/*
+ * listener.c
+ *		Receives FlexFactor's webhook deliveries over HTTP, in a background
+ *		worker, with libmicrohttpd.
+ *
+ * libmicrohttpd runs without threads of its own: the worker waits on its
+ * latch and on the daemon's epoll descriptor, then lets the daemon work
+ * (MHD_run), so every request handler, and every PostgreSQL call, runs in the
+ * worker's one thread.  A delivery is verified on its raw bytes, stored and
+ * applied in a transaction (webhook.c), and answered 200 only after that
+ * transaction committed.  Refusals: 401 for authenticity (signature, date,
+ * replayed nonce), 400 for a malformed body, 404 for another path, 405 for
+ * another method, 413 for a body over the limit, 503 when the database
+ * cannot take the event (FlexFactor then retries).  4xx refusals are recorded
+ * in flexfactor.webhook_rejections (reason and address, never headers).
+ *
+ * Connections are bounded in number (overall and per address), in memory,
+ * and in idle time, so slow or flooding clients cannot exhaust the worker.
+ * The listener leaves its database when it must be dropped, and exits after
+ * a SIGHUP that changes its address, port or path (the launcher starts it
+ * again with the new ones).
+ */
+#include "postgres.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/wait_event.h"
+
+#include "dbguard.h"
+#include "errors.h"
+#include "listener.h"
+#include "settings.h"
+#include "webhook.h"
+#include "worker_status.h"
+
+#define MAX_BODY_BYTES			(64 * 1024)
+#define CONNECTION_TIMEOUT_S	10
+#define MAX_CONNECTIONS			256
+#define MAX_PER_ADDRESS			64
+#define CONNECTION_MEMORY		(32 * 1024)
+#define IDLE_TICK_MS			1000
+#define REJECTION_RETENTION		"7 days"
+
+typedef struct Delivery
+{
+	MemoryContext cxt;
+	StringInfoData body;
+	bool		too_large;
+} Delivery;
+
+static struct MHD_Daemon *daemon_handle = NULL;
+static MemoryContext requests_cxt = NULL;
+
+/* what the listener was started with; a SIGHUP that changes them restarts it */
+static char *started_address;
+static int	started_port;
+static char *started_path;
+
+static enum MHD_Result
+respond(struct MHD_Connection *c, unsigned int status, const char *text)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *) text,
+															  MHD_RESPMEM_MUST_COPY);
+	enum MHD_Result ok;
+
+	if (r == NULL)
+		return MHD_NO;
+	MHD_add_response_header(r, "Content-Type", "text/plain; charset=utf-8");
+	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+		MHD_add_response_header(r, "Allow", "POST");
+	ok = MHD_queue_response(c, status, r);
+	MHD_destroy_response(r);
+	return ok;
+}
+
+static char *
+client_address(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *info =
+		MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	char		buf[INET6_ADDRSTRLEN] = "unknown";
+
+	if (info && info->client_addr)
+	{
+		if (info->client_addr->sa_family == AF_INET)
+			inet_ntop(AF_INET, &((struct sockaddr_in *) info->client_addr)->sin_addr, buf, sizeof(buf));
+		else if (info->client_addr->sa_family == AF_INET6)
+			inet_ntop(AF_INET6, &((struct sockaddr_in6 *) info->client_addr)->sin6_addr, buf, sizeof(buf));
+	}
+	return pstrdup(buf);
+}
+
+/* Record a refused delivery: reason and address only, in a transaction of its own. */
+static void
+record_rejection(const char *address, unsigned int status, const char *reason)
+{
+	Oid			types[3] = {TEXTOID, INT4OID, TEXTOID};
+	Datum		values[3] = {CStringGetTextDatum(address), Int32GetDatum((int32) status),
+	CStringGetTextDatum(reason)};
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		SPI_execute_with_args("INSERT INTO flexfactor.webhook_rejections (remote_addr, http_status, reason)"
+							  " VALUES ($1, $2, $3)", 3, types, values, NULL, false, 0);
+		SPI_execute("DELETE FROM flexfactor.webhook_rejections"
+					" WHERE received_at < now() - interval '" REJECTION_RETENTION "'", false, 0);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+}
+
+static unsigned int
+status_for(int sqlerrcode)
+{
+	switch (sqlerrcode)
+	{
+		case ERRCODE_FF_WEBHOOK_SIGNATURE:
+		case ERRCODE_FF_WEBHOOK_STALE:
+		case ERRCODE_FF_WEBHOOK_REPLAYED:
+			return MHD_HTTP_UNAUTHORIZED;
+		case ERRCODE_FF_WEBHOOK_MALFORMED:
+			return MHD_HTTP_BAD_REQUEST;
+		default:
+			return MHD_HTTP_SERVICE_UNAVAILABLE;	/* ours to fix; FlexFactor retries */
+	}
+}
+
+/* Verify, store and apply one delivery; returns the HTTP status to answer. */
+static unsigned int
+take_delivery(struct MHD_Connection *c, Delivery *d, const char **text)
+{
+	FFWebhookHeaders h;
+	volatile unsigned int status = MHD_HTTP_OK;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	h.nonce = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-nonce");
+	h.date = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-date");
+	h.host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+	h.content_sha512 = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-content-sha512");
+	h.authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-authorization");
+	h.signature = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-signature");
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, "flexfactor: storing a webhook delivery");
+		*text = MemoryContextStrdup(cxt, ff_webhook_receive(&h, d->body.data, d->body.len,
+															"listener"));
+		PopActiveSnapshot();
+		CommitTransactionCommand();		/* durable before acknowledged */
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		status = status_for(edata->sqlerrcode);
+		*text = status == MHD_HTTP_UNAUTHORIZED ? "unauthorized" :
+			status == MHD_HTTP_BAD_REQUEST ? "bad request" : "try again later";
+		ereport(status >= 500 ? WARNING : LOG,
+				(errmsg("flexfactor webhook listener refused a delivery with HTTP %u: %s",
+						status, edata->message),
+				 edata->detail ? errdetail("%s", edata->detail) : 0));
+		if (status < 500)
+			record_rejection(client_address(c), status,
+							 edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
+							 : edata->message);
+	}
+	PG_END_TRY();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	ff_status_pass_done();
+	return status;
+}
+
+static enum MHD_Result
+handle_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+			   const char *version, const char *upload_data, size_t *upload_data_size,
+			   void **con_cls)
+{
+	Delivery   *d = *con_cls;
+
+	if (d == NULL)
+	{
+		/* headers only: route, and refuse early what will never be accepted */
+		const char *length = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+														 MHD_HTTP_HEADER_CONTENT_LENGTH);
+		MemoryContext cxt;
+
+		if (strcmp(url, started_path) != 0)
+		{
+			record_rejection(client_address(c), MHD_HTTP_NOT_FOUND, "unknown path");
+			return respond(c, MHD_HTTP_NOT_FOUND, "not found");
+		}
+		if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+		{
+			record_rejection(client_address(c), MHD_HTTP_METHOD_NOT_ALLOWED,
+							 psprintf("method %.16s", method));
+			return respond(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+		}
+		if (length != NULL && strtoull(length, NULL, 10) > MAX_BODY_BYTES)
+		{
+			record_rejection(client_address(c), MHD_HTTP_CONTENT_TOO_LARGE, "body over 64 kB");
+			return respond(c, MHD_HTTP_CONTENT_TOO_LARGE, "too large");
+		}
+		cxt = AllocSetContextCreate(requests_cxt, "flexfactor webhook delivery",
+									ALLOCSET_SMALL_SIZES);
+		d = MemoryContextAllocZero(cxt, sizeof(Delivery));
+		d->cxt = cxt;
+		d->body.data = NULL;
+		*con_cls = d;
+		return MHD_YES;
+	}
+
+	if (*upload_data_size > 0)
+	{
+		/* more body */
+		if (d->body.data == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(d->cxt);
+
+			initStringInfo(&d->body);
+			MemoryContextSwitchTo(old);
+		}
+		if (d->too_large || d->body.len + *upload_data_size > MAX_BODY_BYTES)
+			d->too_large = true;
+		else
+		{
+			MemoryContext old = MemoryContextSwitchTo(d->cxt);
+
+			appendBinaryStringInfo(&d->body, upload_data, *upload_data_size);
+			MemoryContextSwitchTo(old);
+		}
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+
+	/* the whole body is here */
+	if (d->too_large)
+	{
+		record_rejection(client_address(c), MHD_HTTP_CONTENT_TOO_LARGE, "body over 64 kB");
+		return respond(c, MHD_HTTP_CONTENT_TOO_LARGE, "too large");
+	}
+	if (d->body.data == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(d->cxt);
+
+		initStringInfo(&d->body);
+		MemoryContextSwitchTo(old);
+	}
+	{
+		const char *text = NULL;
+		MemoryContext old = MemoryContextSwitchTo(d->cxt);
+		unsigned int status = take_delivery(c, d, &text);
+
+		MemoryContextSwitchTo(old);
+		return respond(c, status, text);
+	}
+}
+
+static void
+request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+				  enum MHD_RequestTerminationCode toe)
+{
+	Delivery   *d = *con_cls;
+
+	if (d != NULL)
+		MemoryContextDelete(d->cxt);
+	*con_cls = NULL;
+}
+
+static void
+log_from_daemon(void *cls, const char *fmt, va_list ap)
+{
+	char		buf[512];
+
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	ereport(DEBUG1, (errmsg_internal("flexfactor webhook listener: %s", buf)));
+}
+
+static void
+stop_daemon(int code, Datum arg)
+{
+	if (daemon_handle != NULL)
+		MHD_stop_daemon(daemon_handle);
+	daemon_handle = NULL;
+}
+
+static void
+start_daemon(void)
+{
+	struct sockaddr_storage addr = {0};
+	struct sockaddr_in *in4 = (struct sockaddr_in *) &addr;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &addr;
+	unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+
+	if (inet_pton(AF_INET, started_address, &in4->sin_addr) == 1)
+	{
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons(started_port);
+	}
+	else if (inet_pton(AF_INET6, started_address, &in6->sin6_addr) == 1)
+	{
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons(started_port);
+		flags |= MHD_USE_IPv6;
+	}
+
+	daemon_handle = MHD_start_daemon(flags, (uint16_t) started_port, NULL, NULL,
+									 handle_request, NULL,
+									 MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
+									 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) CONNECTION_TIMEOUT_S,
+									 MHD_OPTION_CONNECTION_LIMIT, (unsigned int) MAX_CONNECTIONS,
+									 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int) MAX_PER_ADDRESS,
+									 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) CONNECTION_MEMORY,
+									 MHD_OPTION_NOTIFY_COMPLETED, request_completed, NULL,
+									 MHD_OPTION_EXTERNAL_LOGGER, log_from_daemon, NULL,
+									 MHD_OPTION_END);
+	if (daemon_handle == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_NOT_CONFIGURED),
+				 errmsg("flexfactor webhook listener could not listen on %s port %d",
+						started_address, started_port),
+				 errhint("Check flexfactor.webhook_listen_address and webhook_port; another process may hold the port.")));
+	on_proc_exit(stop_daemon, (Datum) 0);
+}
+
+static bool
+settings_changed(void)
+{
+	return strcmp(started_address, ff_webhook_listen_address) != 0 ||
+		started_port != ff_webhook_port ||
+		strcmp(started_path, ff_webhook_path) != 0;
+}
+
+void
+ff_listener_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	int			epoll_fd;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	if (!ff_status_claim(FF_ROLE_LISTENER, dboid))
+	{
+		ereport(LOG, (errmsg("flexfactor webhook listener is already running; this copy exits")));
+		proc_exit(0);
+	}
+	pgstat_report_appname("flexfactor webhook listener");
+	requests_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor webhook requests",
+										 ALLOCSET_DEFAULT_SIZES);
+	started_address = pstrdup(ff_webhook_listen_address);
+	started_port = ff_webhook_port;
+	started_path = pstrdup(ff_webhook_path);
+	if (started_address[0] == '\0')
+		proc_exit(0);
+
+	start_daemon();
+	epoll_fd = MHD_get_daemon_info(daemon_handle, MHD_DAEMON_INFO_EPOLL_FD)->epoll_fd;
+	ereport(LOG,
+			(errmsg("flexfactor webhook listener accepting deliveries on %s port %d at %s",
+					started_address, started_port, started_path)));
+	ff_status_set("listening");
+
+	for (;;)
+	{
+		MHD_UNSIGNED_LONG_LONG mhd_timeout;
+		long		timeout_ms = IDLE_TICK_MS;
+		int			rc;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			ff_status_config_reloaded();
+			if (settings_changed())
+			{
+				ereport(LOG, (errmsg("flexfactor webhook listener restarts for its new address, port or path")));
+				proc_exit(0);
+			}
+		}
+		if (ff_database_released(MyDatabaseId))
+		{
+			ereport(LOG, (errmsg("flexfactor webhook listener is leaving its database so that it can be dropped, renamed or copied")));
+			proc_exit(0);
+		}
+
+		if (MHD_get_timeout(daemon_handle, &mhd_timeout) == MHD_YES)
+			timeout_ms = Min(timeout_ms, (long) mhd_timeout);
+		rc = WaitLatchOrSocket(MyLatch,
+							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							   epoll_fd, timeout_ms, PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		MHD_run(daemon_handle);
+	}
+}
