@@ -16,9 +16,11 @@
  *
  * Connections are bounded in number (overall and per address), in memory,
  * and in idle time, so slow or flooding clients cannot exhaust the worker.
- * The listener leaves its database when it must be dropped, and exits after
- * a SIGHUP that changes its address, port or path (the launcher starts it
- * again with the new ones).
+ * With flexfactor.webhook_tls_cert_file and webhook_tls_key_file it serves
+ * HTTPS (libmicrohttpd's GnuTLS); otherwise plain HTTP, meant for 127.0.0.1
+ * behind a TLS reverse proxy.  The listener leaves its database when it must
+ * be dropped, and exits after a SIGHUP that changes its address, port, path
+ * or certificate (the launcher starts it again with the new ones).
  */
 #include "postgres.h"
 
@@ -31,6 +33,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/fd.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
@@ -70,6 +73,8 @@ static MemoryContext requests_cxt = NULL;
 static char *started_address;
 static int	started_port;
 static char *started_path;
+static char *started_cert_file;
+static char *started_key_file;
 
 static enum MHD_Result
 respond(struct MHD_Connection *c, unsigned int status, const char *text)
@@ -317,6 +322,27 @@ stop_daemon(int code, Datum arg)
 	daemon_handle = NULL;
 }
 
+/* A PEM file's text, read at start-up (the daemon keeps its own copy). */
+static char *
+read_pem(const char *path, const char *setting)
+{
+	FILE	   *f = AllocateFile(path, "r");
+	StringInfoData text;
+	char		buf[4096];
+	size_t		n;
+
+	if (f == NULL)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open %s \"%s\": %m", setting, path),
+				 errhint("The file must be readable by the PostgreSQL server account.")));
+	initStringInfo(&text);
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+		appendBinaryStringInfo(&text, buf, n);
+	FreeFile(f);
+	return text.data;
+}
+
 static void
 start_daemon(void)
 {
@@ -337,7 +363,37 @@ start_daemon(void)
 		flags |= MHD_USE_IPv6;
 	}
 
-	daemon_handle = MHD_start_daemon(flags, (uint16_t) started_port, NULL, NULL,
+	if ((started_cert_file[0] != '\0') != (started_key_file[0] != '\0'))
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_NOT_CONFIGURED),
+				 errmsg("flexfactor webhook listener needs both a TLS certificate and its key"),
+				 errhint("Set both flexfactor.webhook_tls_cert_file and webhook_tls_key_file, or neither.")));
+	if (started_cert_file[0] != '\0')
+	{
+		char	   *cert = read_pem(started_cert_file, "flexfactor.webhook_tls_cert_file");
+		char	   *key = read_pem(started_key_file, "flexfactor.webhook_tls_key_file");
+
+		if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("this libmicrohttpd has no TLS support"),
+					 errhint("Serve plain HTTP on 127.0.0.1 behind a TLS reverse proxy instead.")));
+		daemon_handle = MHD_start_daemon(flags | MHD_USE_TLS, (uint16_t) started_port, NULL, NULL,
+										 handle_request, NULL,
+										 MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
+										 MHD_OPTION_HTTPS_MEM_CERT, cert,
+										 MHD_OPTION_HTTPS_MEM_KEY, key,
+										 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) CONNECTION_TIMEOUT_S,
+										 MHD_OPTION_CONNECTION_LIMIT, (unsigned int) MAX_CONNECTIONS,
+										 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int) MAX_PER_ADDRESS,
+										 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) CONNECTION_MEMORY,
+										 MHD_OPTION_NOTIFY_COMPLETED, request_completed, NULL,
+										 MHD_OPTION_EXTERNAL_LOGGER, log_from_daemon, NULL,
+										 MHD_OPTION_END);
+		explicit_bzero(key, strlen(key));
+	}
+	else
+		daemon_handle = MHD_start_daemon(flags, (uint16_t) started_port, NULL, NULL,
 									 handle_request, NULL,
 									 MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
 									 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) CONNECTION_TIMEOUT_S,
@@ -361,7 +417,9 @@ settings_changed(void)
 {
 	return strcmp(started_address, ff_webhook_listen_address) != 0 ||
 		started_port != ff_webhook_port ||
-		strcmp(started_path, ff_webhook_path) != 0;
+		strcmp(started_path, ff_webhook_path) != 0 ||
+		strcmp(started_cert_file, ff_webhook_tls_cert_file) != 0 ||
+		strcmp(started_key_file, ff_webhook_tls_key_file) != 0;
 }
 
 void
@@ -386,14 +444,17 @@ ff_listener_main(Datum main_arg)
 	started_address = pstrdup(ff_webhook_listen_address);
 	started_port = ff_webhook_port;
 	started_path = pstrdup(ff_webhook_path);
+	started_cert_file = pstrdup(ff_webhook_tls_cert_file);
+	started_key_file = pstrdup(ff_webhook_tls_key_file);
 	if (started_address[0] == '\0')
 		proc_exit(0);
 
 	start_daemon();
 	epoll_fd = MHD_get_daemon_info(daemon_handle, MHD_DAEMON_INFO_EPOLL_FD)->epoll_fd;
 	ereport(LOG,
-			(errmsg("flexfactor webhook listener accepting deliveries on %s port %d at %s",
-					started_address, started_port, started_path)));
+			(errmsg("flexfactor webhook listener accepting deliveries on %s port %d at %s (%s)",
+					started_address, started_port, started_path,
+					started_cert_file[0] ? "HTTPS" : "plain HTTP")));
 	ff_status_set("listening");
 
 	for (;;)

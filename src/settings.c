@@ -63,6 +63,8 @@ char	   *ff_webhook_path = NULL;
 char	   *ff_webhook_key = NULL;
 char	   *ff_webhook_key_previous = NULL;
 int			ff_webhook_max_skew = 300;
+char	   *ff_webhook_tls_cert_file = NULL;
+char	   *ff_webhook_tls_key_file = NULL;
 
 char	   *ff_on_order_status = NULL;
 char	   *ff_sftp_processed_dir = NULL;
@@ -394,6 +396,15 @@ ff_define_settings(void)
 							"Largest accepted difference between x-fc-date and the server clock.",
 							NULL, &ff_webhook_max_skew, 300, 0, 86400,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
+	DefineCustomStringVariable("flexfactor.webhook_tls_cert_file",
+							   "PEM certificate (chain) the webhook listener serves HTTPS with (empty = plain HTTP).",
+							   NULL, &ff_webhook_tls_cert_file, "",
+							   PGC_SIGHUP, PATH_FLAGS, check_absolute_path, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.webhook_tls_key_file",
+							   "PEM private key of webhook_tls_cert_file.",
+							   NULL, &ff_webhook_tls_key_file, "",
+							   PGC_SIGHUP, PATH_FLAGS, check_absolute_path, NULL, NULL);
 
 	/* ---- results ---- */
 	DefineCustomStringVariable("flexfactor.on_order_status",

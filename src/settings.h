@@ -56,6 +56,8 @@ extern char *ff_webhook_path;
 extern char *ff_webhook_key;
 extern char *ff_webhook_key_previous;
 extern int	ff_webhook_max_skew;
+extern char *ff_webhook_tls_cert_file;
+extern char *ff_webhook_tls_key_file;
 
 /* results */
 extern char *ff_on_order_status;
