@@ -1,28 +1,49 @@
 #!/usr/bin/env bash
-# demo/run.sh: README's first command.  Installs what is missing, builds and
-# installs flexfactor, starts a throwaway PostgreSQL cluster that preloads it,
-# creates the extension and shows the background workers at work.
+# demo/run.sh: README's first command -- the whole MIT rescue flow, locally.
 #
-#   sudo bash demo/run.sh           # run, report, stop everything
-#   sudo bash demo/run.sh --keep    # leave the cluster running to explore
+#   sudo bash demo/run.sh            # 10,000 subscriptions; report; stop everything
+#   sudo bash demo/run.sh --quick    # 1,000 subscriptions (what CI runs)
+#   sudo bash demo/run.sh --keep     # leave it all running to explore with psql
 #
-# Everything lives under $FF_DEMO_DIR (default /tmp/flexfactor-demo) and is
-# removed at the start of the next run, so running it twice works.
+# It installs what is missing (Debian packages), builds and installs
+# flexfactor, and starts, all on loopback under $FF_DEMO_DIR (default
+# /tmp/flexfactor-demo): the real OpenSSH server (test/sshd/ffsshd), the
+# FlexFactor simulator (test/ffsim) and a throwaway PostgreSQL cluster that
+# preloads flexfactor.  Then a billing run declines ~8 % of the charges; the
+# trigger queues them, the worker uploads the batches over SFTP, the
+# simulator answers with result files and, as its clock moves on, signed
+# webhooks that the listener stores; the callback marks rescued invoices paid.
+# Running it again starts from scratch.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 demo_dir=${FF_DEMO_DIR:-/tmp/flexfactor-demo}
 keep=0
-[ "${1:-}" = "--keep" ] && keep=1
-
+subscriptions=10000
+for arg in "$@"; do
+	case "$arg" in
+		--keep) keep=1 ;;
+		--quick) subscriptions=1000 ;;
+		*) echo "usage: $0 [--quick] [--keep]" >&2; exit 2 ;;
+	esac
+done
 if [ "$(id -u)" != 0 ]; then
 	echo "demo: run as root (sudo bash demo/run.sh): it installs packages and the extension" >&2
 	exit 2
 fi
 
+MID=9f8e7d6c-5b4a-4c3d-8e2f-1a0b9c8d7e6f
+KEY='XRmKBxG5uvt1qWzqvp+T6CAbTo0MB89GTxXZD5cHA56RP7Mj4NbnHQOR1Y8uorUU9YQz8ujaVRUdm9vTSkPZSw=='
+pgbin=/usr/lib/postgresql/15/bin
 step() { printf '\n== %s\n' "$*"; }
 as_pg() { runuser -u postgres -- "$@"; }
-pgbin=/usr/lib/postgresql/15/bin
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+stop_all() {
+	[ -f "$demo_dir/data/postmaster.pid" ] && as_pg "$pgbin/pg_ctl" -D "$demo_dir/data" -m fast -w stop >/dev/null 2>&1 || true
+	[ -f "$demo_dir/sim.pid" ] && kill "$(cat "$demo_dir/sim.pid")" 2>/dev/null || true
+	[ -d "$demo_dir/sshd" ] && as_pg "$repo/test/sshd/ffsshd" stop "$demo_dir/sshd" >/dev/null 2>&1 || true
+}
 
 step "installing dependencies (Debian packages)"
 "$repo/tools/install-deps.sh"
@@ -32,54 +53,135 @@ make -C "$repo" -s >/dev/null
 make -C "$repo" -s install >/dev/null
 echo "installed flexfactor $(make -C "$repo" -s print-version)"
 
-step "starting a throwaway PostgreSQL cluster in $demo_dir"
-if [ -f "$demo_dir/data/postmaster.pid" ]; then
-	as_pg "$pgbin/pg_ctl" -D "$demo_dir/data" -m immediate stop >/dev/null 2>&1 || true
-fi
+step "starting OpenSSH, the FlexFactor simulator and PostgreSQL in $demo_dir"
+stop_all
 rm -rf "$demo_dir"
 mkdir -p "$demo_dir"
 chown postgres: "$demo_dir"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+trap '[ $keep -eq 1 ] || { step "stopping everything"; stop_all; echo "stopped; logs are in $demo_dir"; }' EXIT
+
+as_pg "$repo/test/sshd/ffsshd" start "$demo_dir/sshd" >/dev/null
+# shellcheck disable=SC1091
+. "$demo_dir/sshd/env"
+echo "OpenSSH (SFTP) on 127.0.0.1:$FFSSHD_PORT"
+
+webhook_port=$(free_port)
+as_pg python3 "$repo/test/ffsim/ffsim.py" --port 0 --port-file "$demo_dir/sim.port" \
+	--sftp-root "$demo_dir/sftp" --mid "$MID" --scan-interval 0.5 --mit-mode managed \
+	--webhook-url "http://127.0.0.1:$webhook_port/flexfactor/webhook" --webhook-key "$KEY" \
+	>"$demo_dir/sim.log" 2>&1 &
+echo $! >"$demo_dir/sim.pid"
+for _ in $(seq 1 100); do [ -s "$demo_dir/sim.port" ] && break; sleep 0.1; done
+sim_port=$(cat "$demo_dir/sim.port")
+sim="http://127.0.0.1:$sim_port"
+echo "FlexFactor simulator on $sim"
+
+pg_port=$(free_port)
 as_pg "$pgbin/initdb" -D "$demo_dir/data" -A trust -U postgres >/dev/null
 cat >>"$demo_dir/data/postgresql.conf" <<CONF
-port = $port
+port = $pg_port
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$demo_dir'
 shared_preload_libraries = 'flexfactor'
 flexfactor.database = 'billing'
 flexfactor.batch_interval = 1
+flexfactor.api_url = '$sim/v1/'
+flexfactor.app_key = 'test-app-key'
+flexfactor.app_secret = 'test-app-secret'
+flexfactor.mid = '$MID'
+flexfactor.sftp_host = '127.0.0.1'
+flexfactor.sftp_port = $FFSSHD_PORT
+flexfactor.sftp_user = '$FFSSHD_USER'
+flexfactor.sftp_private_key_file = '$FFSSHD_CLIENT_KEY'
+flexfactor.sftp_known_hosts_file = '$FFSSHD_KNOWN_HOSTS'
+flexfactor.sftp_inbound_dir = '$demo_dir/sftp/$MID/inbound'
+flexfactor.sftp_outbound_dir = '$demo_dir/sftp/$MID/outbound'
+flexfactor.sftp_processed_dir = '$demo_dir/sftp/$MID/outbound/done'
+flexfactor.webhook_listen_address = '127.0.0.1'
+flexfactor.webhook_port = $webhook_port
+flexfactor.webhook_key = '$KEY'
+flexfactor.on_order_status = 'billing.on_flexfactor'
 CONF
 as_pg "$pgbin/pg_ctl" -D "$demo_dir/data" -l "$demo_dir/postgresql.log" -w start >/dev/null
-psql_demo() { as_pg psql -X -h "$demo_dir" -p "$port" -U postgres "$@"; }
+psql_demo() { as_pg psql -X -q -h "$demo_dir" -p "$pg_port" -U postgres "$@"; }
+value() { psql_demo -d billing -At -c "$1"; }
+echo "PostgreSQL on 127.0.0.1:$pg_port"
 
-cleanup() {
-	if [ $keep -eq 0 ]; then
-		step "stopping the demo cluster"
-		as_pg "$pgbin/pg_ctl" -D "$demo_dir/data" -m fast -w stop >/dev/null || true
-		echo "stopped; its files are in $demo_dir"
-	fi
-}
-trap cleanup EXIT
-
-step "creating the billing database and the extension"
-psql_demo -d postgres -qc "CREATE DATABASE billing"
-psql_demo -d billing -qc "CREATE EXTENSION flexfactor"
-
-step "waiting for the flexfactor worker"
+psql_demo -d postgres -c "CREATE DATABASE billing"
+psql_demo -d billing -c "CREATE EXTENSION flexfactor; CREATE EXTENSION pgcrypto"
 for _ in $(seq 1 60); do
-	state=$(psql_demo -d billing -Atc "SELECT state FROM flexfactor.ff_worker_status() WHERE role = 'worker'")
-	[ "$state" = "idle" ] && break
+	[ "$(value "SELECT count(*) FROM flexfactor.ff_worker_status() WHERE pid IS NOT NULL")" = 3 ] && break
 	sleep 0.5
 done
-psql_demo -d billing -c "SELECT role, pid, database, state, passes, last_error FROM flexfactor.ff_worker_status()"
-psql_demo -d billing -c "SELECT backend_type, datname, application_name FROM pg_stat_activity WHERE backend_type LIKE 'flexfactor%'"
-[ "$state" = "idle" ] || { echo "demo: the worker did not become idle" >&2; exit 1; }
+psql_demo -d billing -c "SELECT role, pid, state FROM flexfactor.ff_worker_status()"
 
-step "done"
-echo "flexfactor is loaded and its worker runs in database 'billing'."
+# wait (bounded) until a query returns 't', printing its progress line
+wait_for() {
+	local what=$1 done_sql=$2 progress_sql=$3 limit=${4:-300}
+	for _ in $(seq 1 "$limit"); do
+		printf '\r   %s: %s   ' "$what" "$(value "$progress_sql")"
+		[ "$(value "$done_sql")" = t ] && { echo; return 0; }
+		sleep 1
+	done
+	echo; echo "demo: timed out waiting for: $what" >&2; exit 1
+}
+
+step "billing run: $subscriptions subscriptions charged, ~8 % declined by the card processor"
+psql_demo -d billing -v subscriptions="$subscriptions" -v decline_pct=8 -f "$repo/demo/billing.sql"
+psql_demo -d billing -c "SELECT status, decline_code, count(*) FROM billing.payments GROUP BY 1, 2 ORDER BY 1, 2"
+declines=$(value "SELECT count(*) FROM flexfactor.declines")
+echo "the trigger queued $declines declined recurring charges for FlexFactor"
+
+step "the worker exports them as SFTP batch files"
+wait_for "batches uploaded" \
+	"SELECT count(*) FILTER (WHERE state = 'pending') = 0 AND count(*) > 0 FROM flexfactor.declines" \
+	"SELECT count(*) FILTER (WHERE state = 'batched') || ' of $declines declines in ' || (SELECT count(*) FROM flexfactor.batches) || ' files' FROM flexfactor.declines"
+psql_demo -d billing -c "SELECT id, file_name, line_count, byte_count, state FROM flexfactor.batch_status ORDER BY id"
+
+step "FlexFactor answers with result files; the worker reads them"
+wait_for "orders from result files" \
+	"SELECT count(*) = $declines FROM flexfactor.orders" \
+	"SELECT count(*) || ' of $declines orders' FROM flexfactor.orders"
+psql_demo -d billing -c "SELECT status, count(*) FROM flexfactor.orders GROUP BY 1 ORDER BY 1"
+
+step "a minute later FlexFactor has rescued most of them (signed webhooks to the listener)"
+curl -s -X POST -d '{"seconds": 61}' "$sim/_admin/clock/advance" >/dev/null
+wait_for "webhooks stored" \
+	"SELECT count(*) = 0 FROM flexfactor.orders o WHERE status = 'SUBMITTED' AND o.amount_cents % 100 <> 14" \
+	"SELECT count(*) || ' webhook events' FROM flexfactor.webhook_events" 60
+
+step "two weeks later the rescue window closes for the rest"
+curl -s -X POST -d '{"seconds": 1296000}' "$sim/_admin/clock/advance" >/dev/null
+wait_for "orders decided" \
+	"SELECT count(*) = 0 FROM flexfactor.orders WHERE flexfactor.ff_status_rank(status) < 10" \
+	"SELECT count(*) FILTER (WHERE flexfactor.ff_status_rank(status) >= 10) || ' of $declines orders decided' FROM flexfactor.orders" 60
+
+step "report"
+psql_demo -d billing <<'SQL'
+\pset footer off
+SELECT (SELECT count(*) FROM billing.payments) AS charges,
+       (SELECT count(*) FROM billing.payments WHERE status = 'declined') AS declined,
+       (SELECT count(*) FROM flexfactor.batches) AS batch_files,
+       (SELECT sum(line_count) FROM flexfactor.batches) AS lines_sent,
+       (SELECT count(*) FROM flexfactor.webhook_events) AS webhooks;
+SELECT submitted, approved, expired, cancelled, recovery_rate_pct AS "recovery %",
+       to_char(recovered_cents / 100.0, 'FM$999,999,990.00') AS recovered
+  FROM flexfactor.recovery_stats;
+SELECT state AS invoice_state, count(*) AS invoices,
+       to_char(sum(amount_cents) / 100.0, 'FM$999,999,990.00') AS amount
+  FROM billing.invoices GROUP BY 1 ORDER BY 1;
+SELECT o.order_id, o.status, to_char(o.amount_cents / 100.0, 'FM$990.00') AS amount,
+       o.order_session_key, i.state AS invoice
+  FROM flexfactor.orders o JOIN billing.invoices i ON i.invoice_no = o.order_id
+ ORDER BY o.order_id LIMIT 6;
+SQL
+
+echo "flexfactor ran the whole flow: declines out by SFTP, results and webhooks back, invoices updated."
 if [ $keep -eq 1 ]; then
-	echo "Explore it:  sudo -u postgres psql -h $demo_dir -p $port -d billing"
-	echo "Stop it:     sudo -u postgres $pgbin/pg_ctl -D $demo_dir/data stop"
+	echo "Explore it:  sudo -u postgres psql -h $demo_dir -p $pg_port -d billing"
+	echo "             e.g. SELECT * FROM flexfactor.queue_status; SELECT * FROM flexfactor.order_outcomes LIMIT 10;"
+	echo "Stop it:     sudo -u postgres $pgbin/pg_ctl -D $demo_dir/data stop; kill \$(cat $demo_dir/sim.pid);"
+	echo "             sudo -u postgres $repo/test/sshd/ffsshd stop $demo_dir/sshd"
 else
-	echo "Re-run with --keep to leave the cluster running and explore it with psql."
+	echo "Re-run with --keep to leave everything running and explore it with psql."
 fi
