@@ -5,8 +5,9 @@
 # PostgreSQL requires), it runs on a copy of the tree:
 #   pg_regress suites (make installcheck), TAP suites (make prove_installcheck),
 #   and the FlexFactor simulator's own tests.
-# It prints regression.diffs and server logs of failed suites, and ends with
-# one line "N passed, N failed".
+# Then it runs the demo (demo/run.sh --quick) as one more check.  It prints
+# regression.diffs and server logs of failed suites, and ends with one line
+# "N passed, N failed".
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -96,6 +97,15 @@ if [ -x "$work/test/ffsim/run_tests.sh" ]; then
 	tail -n 60 "$work/ffsim.log"
 	count_unittest "$work/ffsim.log"
 	[ $rc -ne 0 ] && suite_failed=1
+fi
+
+echo "== the demo (README's main job), short mode"
+if bash "$repo/demo/run.sh" --quick >"$work/demo.log" 2>&1; then
+	sed -n '/== report/,/== stopping/p' "$work/demo.log"
+	passed=$((passed + 1))
+else
+	tail -n 60 "$work/demo.log"
+	failed=$((failed + 1))
 fi
 
 if [ $suite_failed -ne 0 ] && [ $failed -eq 0 ]; then
