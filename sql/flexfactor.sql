@@ -615,6 +615,48 @@ BEGIN
     RETURN queued;
 END $$;
 
+-- Batch files are named after, and carry, the merchant id.
+CREATE FUNCTION flexfactor._batch_mid()
+RETURNS text LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF nullif(current_setting('flexfactor.mid'), '') IS NULL THEN
+        RAISE EXCEPTION 'flexfactor.mid is not set'
+            USING ERRCODE = 'FF013',
+                  HINT = 'Batch files are named after, and carry, the merchant id; set flexfactor.mid.';
+    END IF;
+    RETURN current_setting('flexfactor.mid');
+END $$;
+
+-- A new batch row, named <kind>_<mid>_<UTC stamp>_<id>.jsonl; its lines follow.
+CREATE FUNCTION flexfactor._new_batch(kind text, mid text, line_count integer)
+RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    batch bigint := nextval(pg_get_serial_sequence('flexfactor.batches', 'id'));
+BEGIN
+    INSERT INTO flexfactor.batches (id, kind, file_name, line_count)
+    OVERRIDING SYSTEM VALUE
+    VALUES (batch, kind,
+            format('%s_%s_%s_%s.jsonl', kind, mid,
+                   to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"'), batch),
+            line_count);
+    RETURN batch;
+END $$;
+
+-- Fixes a batch's bytes: its size and SHA-256 over the lines, each ended by \n.
+CREATE FUNCTION flexfactor._seal_batch(batch bigint)
+RETURNS bigint LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    UPDATE flexfactor.batches b
+       SET byte_count = octet_length(f.bytes), sha256 = encode(sha256(f.bytes), 'hex')
+      FROM (SELECT convert_to(string_agg(line || E'\n', '' ORDER BY sequence_number), 'UTF8') AS bytes
+              FROM flexfactor.batch_lines WHERE batch_id = batch) AS f
+     WHERE b.id = batch
+    RETURNING b.id;
+END;
+
 -- Fixes up to max_rows pending declines into one evaluate batch: file name,
 -- line bytes (with sequenceNumber, mid and idempotencyKey), size and SHA-256
 -- are decided here, once, so every later upload writes the same file.
@@ -623,16 +665,10 @@ CREATE FUNCTION flexfactor._create_evaluate_batch(max_rows integer)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    mid    text := nullif(current_setting('flexfactor.mid'), '');
+    mid    text := flexfactor._batch_mid();
     ids    bigint[];
     batch  bigint;
 BEGIN
-    IF mid IS NULL THEN
-        RAISE EXCEPTION 'flexfactor.mid is not set'
-            USING ERRCODE = 'FF013',
-                  HINT = 'Batch files are named after, and carry, the merchant id; set flexfactor.mid.';
-    END IF;
-
     -- two exporters never take the same row
     SELECT array_agg(id ORDER BY id) INTO ids
       FROM (SELECT id FROM flexfactor.declines
@@ -644,33 +680,18 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    batch := nextval(pg_get_serial_sequence('flexfactor.batches', 'id'));
-    INSERT INTO flexfactor.batches (id, kind, file_name, line_count)
-    OVERRIDING SYSTEM VALUE
-    VALUES (batch, 'evaluate',
-            format('evaluate_%s_%s_%s.jsonl', mid,
-                   to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"'), batch),
-            cardinality(ids));
-
+    batch := flexfactor._new_batch('evaluate', mid, cardinality(ids));
     INSERT INTO flexfactor.batch_lines (batch_id, sequence_number, decline_id, line)
     SELECT batch, u.seq, d.id,
            (d.payload || jsonb_build_object('sequenceNumber', u.seq, 'mid', mid,
                                             'idempotencyKey', d.idempotency_key))::text
       FROM unnest(ids) WITH ORDINALITY AS u(id, seq)
       JOIN flexfactor.declines d ON d.id = u.id;
-
     UPDATE flexfactor.declines
        SET state = 'batched', batch_id = batch, batched_at = now()
      WHERE id = ANY (ids);
-
-    UPDATE flexfactor.batches b
-       SET byte_count = octet_length(f.bytes), sha256 = encode(sha256(f.bytes), 'hex')
-      FROM (SELECT convert_to(string_agg(line || E'\n', '' ORDER BY sequence_number), 'UTF8') AS bytes
-              FROM flexfactor.batch_lines WHERE batch_id = batch) AS f
-     WHERE b.id = batch;
-    RETURN batch;
+    RETURN flexfactor._seal_batch(batch);
 END $$;
-
 
 -- The transmit counterpart (flexfactor.transmit_via = 'sftp'): fixes pending
 -- /transmit copies into one transmit_ batch; each line carries the same
@@ -679,15 +700,10 @@ CREATE FUNCTION flexfactor._create_transmit_batch(max_rows integer)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    mid    text := nullif(current_setting('flexfactor.mid'), '');
+    mid    text := flexfactor._batch_mid();
     ids    bigint[];
     batch  bigint;
 BEGIN
-    IF mid IS NULL THEN
-        RAISE EXCEPTION 'flexfactor.mid is not set'
-            USING ERRCODE = 'FF013',
-                  HINT = 'Batch files are named after, and carry, the merchant id; set flexfactor.mid.';
-    END IF;
     SELECT array_agg(id ORDER BY id) INTO ids
       FROM (SELECT id FROM flexfactor.transmit_queue
              WHERE state = 'pending'
@@ -698,14 +714,7 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    batch := nextval(pg_get_serial_sequence('flexfactor.batches', 'id'));
-    INSERT INTO flexfactor.batches (id, kind, file_name, line_count)
-    OVERRIDING SYSTEM VALUE
-    VALUES (batch, 'transmit',
-            format('transmit_%s_%s_%s.jsonl', mid,
-                   to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"'), batch),
-            cardinality(ids));
-
+    batch := flexfactor._new_batch('transmit', mid, cardinality(ids));
     INSERT INTO flexfactor.batch_lines (batch_id, sequence_number, transmit_queue_id, line)
     SELECT batch, u.seq, t.id,
            (t.payload || jsonb_build_object(
@@ -714,15 +723,8 @@ BEGIN
                                            md5('flexfactor-transmit:' || mid || ':' || t.id)::uuid::text)))::text
       FROM unnest(ids) WITH ORDINALITY AS u(id, seq)
       JOIN flexfactor.transmit_queue t ON t.id = u.id;
-
     UPDATE flexfactor.transmit_queue SET state = 'batched', batch_id = batch WHERE id = ANY (ids);
-
-    UPDATE flexfactor.batches b
-       SET byte_count = octet_length(f.bytes), sha256 = encode(sha256(f.bytes), 'hex')
-      FROM (SELECT convert_to(string_agg(line || E'\n', '' ORDER BY sequence_number), 'UTF8') AS bytes
-              FROM flexfactor.batch_lines WHERE batch_id = batch) AS f
-     WHERE b.id = batch;
-    RETURN batch;
+    RETURN flexfactor._seal_batch(batch);
 END $$;
 
 -- Trigger helper for any billing table: queues a row as a declined recurring

@@ -61,20 +61,25 @@ ff_json_get(JsonbContainer *container, const char *key, JsonbValue *out)
 	return NULL;
 }
 
+/* A scalar JSON value as text (strings unquoted), or NULL for others. */
+char *
+ff_json_scalar_text(const JsonbValue *v)
+{
+	if (v->type == jbvString)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (v->type == jbvNumeric)
+		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+	if (v->type == jbvBool)
+		return pstrdup(v->val.boolean ? "true" : "false");
+	return NULL;
+}
+
 char *
 ff_json_get_text(JsonbContainer *container, const char *key)
 {
 	JsonbValue	v;
 
-	if (ff_json_get(container, key, &v) == NULL)
-		return NULL;
-	if (v.type == jbvString)
-		return pnstrdup(v.val.string.val, v.val.string.len);
-	if (v.type == jbvNumeric)
-		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v.val.numeric)));
-	if (v.type == jbvBool)
-		return pstrdup(v.val.boolean ? "true" : "false");
-	return NULL;
+	return ff_json_get(container, key, &v) ? ff_json_scalar_text(&v) : NULL;
 }
 
 bool

@@ -30,6 +30,7 @@
 
 /* ------------------------------------------------------------- body checks */
 
+/* exact key: the body is checked as it will be sent, like the SQL side does */
 static char *
 scalar_text(JsonbContainer *container, const char *key)
 {
@@ -37,13 +38,7 @@ scalar_text(JsonbContainer *container, const char *key)
 
 	if (getKeyJsonValueFromContainer(container, key, strlen(key), &v) == NULL)
 		return NULL;
-	if (v.type == jbvString)
-		return pnstrdup(v.val.string.val, v.val.string.len);
-	if (v.type == jbvNumeric)
-		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v.val.numeric)));
-	if (v.type == jbvBool)
-		return pstrdup(v.val.boolean ? "true" : "false");
-	return NULL;
+	return ff_json_scalar_text(&v);
 }
 
 static JsonbContainer *

@@ -350,6 +350,19 @@ start_daemon(void)
 	struct sockaddr_in *in4 = (struct sockaddr_in *) &addr;
 	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &addr;
 	unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	struct MHD_OptionItem options[] = {
+		{MHD_OPTION_SOCK_ADDR, 0, &addr},
+		{MHD_OPTION_CONNECTION_TIMEOUT, CONNECTION_TIMEOUT_S, NULL},
+		{MHD_OPTION_CONNECTION_LIMIT, MAX_CONNECTIONS, NULL},
+		{MHD_OPTION_PER_IP_CONNECTION_LIMIT, MAX_PER_ADDRESS, NULL},
+		{MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONNECTION_MEMORY, NULL},
+		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) request_completed, NULL},
+		{MHD_OPTION_EXTERNAL_LOGGER, (intptr_t) log_from_daemon, NULL},
+		{MHD_OPTION_END, 0, NULL},	/* or the certificate, with TLS */
+		{MHD_OPTION_END, 0, NULL},	/* or its key */
+		{MHD_OPTION_END, 0, NULL}
+	};
+	char	   *key = NULL;
 
 	if (inet_pton(AF_INET, started_address, &in4->sin_addr) == 1)
 	{
@@ -363,6 +376,7 @@ start_daemon(void)
 		flags |= MHD_USE_IPv6;
 	}
 
+
 	if ((started_cert_file[0] != '\0') != (started_key_file[0] != '\0'))
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_NOT_CONFIGURED),
@@ -370,39 +384,22 @@ start_daemon(void)
 				 errhint("Set both flexfactor.webhook_tls_cert_file and webhook_tls_key_file, or neither.")));
 	if (started_cert_file[0] != '\0')
 	{
-		char	   *cert = read_pem(started_cert_file, "flexfactor.webhook_tls_cert_file");
-		char	   *key = read_pem(started_key_file, "flexfactor.webhook_tls_key_file");
-
 		if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("this libmicrohttpd has no TLS support"),
 					 errhint("Serve plain HTTP on 127.0.0.1 behind a TLS reverse proxy instead.")));
-		daemon_handle = MHD_start_daemon(flags | MHD_USE_TLS, (uint16_t) started_port, NULL, NULL,
-										 handle_request, NULL,
-										 MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
-										 MHD_OPTION_HTTPS_MEM_CERT, cert,
-										 MHD_OPTION_HTTPS_MEM_KEY, key,
-										 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) CONNECTION_TIMEOUT_S,
-										 MHD_OPTION_CONNECTION_LIMIT, (unsigned int) MAX_CONNECTIONS,
-										 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int) MAX_PER_ADDRESS,
-										 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) CONNECTION_MEMORY,
-										 MHD_OPTION_NOTIFY_COMPLETED, request_completed, NULL,
-										 MHD_OPTION_EXTERNAL_LOGGER, log_from_daemon, NULL,
-										 MHD_OPTION_END);
-		explicit_bzero(key, strlen(key));
+		key = read_pem(started_key_file, "flexfactor.webhook_tls_key_file");
+		options[7] = (struct MHD_OptionItem) {MHD_OPTION_HTTPS_MEM_CERT, 0,
+			read_pem(started_cert_file, "flexfactor.webhook_tls_cert_file")};
+		options[8] = (struct MHD_OptionItem) {MHD_OPTION_HTTPS_MEM_KEY, 0, key};
+		flags |= MHD_USE_TLS;
 	}
-	else
-		daemon_handle = MHD_start_daemon(flags, (uint16_t) started_port, NULL, NULL,
+	daemon_handle = MHD_start_daemon(flags, (uint16_t) started_port, NULL, NULL,
 									 handle_request, NULL,
-									 MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
-									 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) CONNECTION_TIMEOUT_S,
-									 MHD_OPTION_CONNECTION_LIMIT, (unsigned int) MAX_CONNECTIONS,
-									 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int) MAX_PER_ADDRESS,
-									 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) CONNECTION_MEMORY,
-									 MHD_OPTION_NOTIFY_COMPLETED, request_completed, NULL,
-									 MHD_OPTION_EXTERNAL_LOGGER, log_from_daemon, NULL,
-									 MHD_OPTION_END);
+									 MHD_OPTION_ARRAY, options, MHD_OPTION_END);
+	if (key != NULL)
+		explicit_bzero(key, strlen(key));
 	if (daemon_handle == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_NOT_CONFIGURED),
