@@ -263,9 +263,11 @@ my $pid = sq("SELECT pid FROM pg_stat_activity WHERE datname = 'ffdb' AND query 
 like($pid, qr/^\d+$/, 'the exporting backend');
 my $offset = -s $node->logfile;
 kill 'KILL', $pid;
-$relay->pass;
 $h->finish;
+# release the held connection only once the crash has taken the worker, so
+# that it cannot record the cut as a failed attempt first
 wait_recovered($offset);
+$relay->pass;
 ok(ff_log_contains($node, qr/server process \(PID $pid\) was terminated by signal 9/, $offset),
 	'PostgreSQL restarted after the kill -9');
 # the batch was fixed and committed before its upload began, so it survives

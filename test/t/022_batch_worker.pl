@@ -178,9 +178,10 @@ is("$state3|$att3", 'ready|0', 'the batch is fixed (committed) and not yet uploa
 $wpid = ff_worker_pid($node, 'ffdb');
 $offset = -s $node->logfile;
 kill 'KILL', $wpid;
+$node->wait_for_log(qr/\(PID $wpid\) was terminated by signal 9/, $offset);
+pass('the worker was killed');
 $relay->pass;
 my $new = ff_wait_for_worker($node, 'ffdb', $wpid);
-ok(ff_log_contains($node, qr/\(PID $wpid\) was terminated by signal 9/, $offset), 'the worker was killed');
 ok(wait_uploaded('W3', 1000), 'the new worker uploads the batch');
 is_deeply($sim->inbound_files, [$name3], 'under the same name, and the .part is gone');
 is(sq("SELECT count(*) FROM flexfactor.batches WHERE id > $b3"), '0', 'no other batch was made');
@@ -242,8 +243,9 @@ my $bpid = $bystander->query_safe('SELECT pg_backend_pid()');
 $offset = -s $node->logfile;
 kill 'KILL', $bpid;
 eval { $bystander->quit };
-$relay->pass;
+# release the held connection only once the crash has taken the worker
 $node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
+$relay->pass;
 ok(ff_log_contains($node, qr/server process \(PID $bpid\) was terminated by signal 9/, $offset),
 	'a backend was killed: PostgreSQL restarted every process');
 $new = ff_wait_for_worker($node, 'ffdb', $wpid);
