@@ -5,8 +5,9 @@
 # delivered once it is back); kill -9 of the worker in the middle of an
 # upload and after the rename but before its commit; a PostgreSQL
 # crash-restart (kill -9 of another backend) during an upload; a connection
-# cut mid-file.  After each: every decline in exactly one uploaded batch,
-# and the simulator received each idempotency key exactly once.
+# cut mid-file; a fast shutdown during an upload.  After each: every decline
+# in exactly one uploaded batch, and the simulator received each idempotency
+# key exactly once.
 use strict;
 use warnings;
 use Digest::SHA ();
@@ -275,7 +276,24 @@ is(scalar @{ parts() }, 0, 'the retry replaced the .part');
 check_delivered('connection cut mid-file', 'W6', 1000);
 
 # ------------------------------------------------------------------
-# 7. After all this
+# 7. A fast shutdown while an upload is held does not wait for it
+# ------------------------------------------------------------------
+$relay->freeze_after(100_000);
+enqueue('W7', 1000);
+ok($relay->wait_frozen(60), 'the worker is uploading, held mid-file');
+my $t0 = Time::HiRes::time();
+$node->stop('fast');
+my $took = Time::HiRes::time() - $t0;
+ok($took < 5, sprintf('pg_ctl stop -m fast returns promptly (%.1f s; sftp_timeout_ms is 10 s)', $took));
+$relay->pass;
+$node->start;
+ff_wait_for_worker($node, 'ffdb');
+ok(wait_uploaded('W7', 1000), 'after the restart the batch is uploaded');
+is(scalar @{ parts() }, 0, 'no .part left');
+check_delivered('fast shutdown mid-upload', 'W7', 1000);
+
+# ------------------------------------------------------------------
+# 8. After all this
 # ------------------------------------------------------------------
 is(sq("SELECT count(*) FROM (SELECT decline_id FROM flexfactor.batch_lines WHERE decline_id IS NOT NULL
          GROUP BY decline_id HAVING count(*) > 1) d"), '0', 'no decline is in two batch lines');
