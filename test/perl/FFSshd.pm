@@ -267,6 +267,7 @@ package FFSshd::Relay;
 use strict;
 use warnings;
 use Carp;
+use File::Path ();
 use File::Temp ();
 use IO::Select;
 use IO::Socket::INET;
@@ -279,7 +280,8 @@ sub start
 {
 	my ($class, %o) = @_;
 	croak 'target_port is required' unless $o{target_port};
-	my $dir = File::Temp::tempdir('ffrelay-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+	# removed by stop() once the relay process is gone (it writes there)
+	my $dir = File::Temp::tempdir('ffrelay-XXXXXX', TMPDIR => 1, CLEANUP => 0);
 	my $listen = IO::Socket::INET->new(
 		LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 64,
 		ReuseAddr => 1, Proto => 'tcp') or croak "relay listen: $!";
@@ -378,13 +380,19 @@ sub stop
 	my $pid = delete $self->{pid} or return;
 	kill 'TERM', $pid;
 	my $deadline = Time::HiRes::time() + 5;
-	while (Time::HiRes::time() < $deadline)
+	my $gone = 0;
+	while (!$gone && Time::HiRes::time() < $deadline)
 	{
-		return if waitpid($pid, POSIX::WNOHANG()) != 0;
-		Time::HiRes::sleep(0.02);
+		$gone = waitpid($pid, POSIX::WNOHANG()) != 0;
+		Time::HiRes::sleep(0.02) unless $gone;
 	}
-	kill 'KILL', $pid;
-	waitpid($pid, 0);
+	if (!$gone)
+	{
+		kill 'KILL', $pid;
+		waitpid($pid, 0);
+	}
+	File::Path::remove_tree($self->{dir}) if $self->{dir};
+	return;
 }
 
 sub DESTROY
