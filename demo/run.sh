@@ -41,7 +41,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 stop_all() {
 	[ -f "$demo_dir/data/postmaster.pid" ] && as_pg "$pgbin/pg_ctl" -D "$demo_dir/data" -m fast -w stop >/dev/null 2>&1 || true
-	[ -f "$demo_dir/sim.pid" ] && kill "$(cat "$demo_dir/sim.pid")" 2>/dev/null || true
+	if [ -f "$demo_dir/sim.pid" ]; then
+		local pid
+		pid=$(cat "$demo_dir/sim.pid")
+		kill "$pid" 2>/dev/null || true
+		for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	fi
 	[ -d "$demo_dir/sshd" ] && as_pg "$repo/test/sshd/ffsshd" stop "$demo_dir/sshd" >/dev/null 2>&1 || true
 }
 
@@ -66,11 +71,12 @@ as_pg "$repo/test/sshd/ffsshd" start "$demo_dir/sshd" >/dev/null
 echo "OpenSSH (SFTP) on 127.0.0.1:$FFSSHD_PORT"
 
 webhook_port=$(free_port)
-as_pg python3 "$repo/test/ffsim/ffsim.py" --port 0 --port-file "$demo_dir/sim.port" \
+# exec: the pid file names the simulator itself, not a shell or runuser above it
+as_pg sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$demo_dir/sim.pid" \
+	python3 "$repo/test/ffsim/ffsim.py" --port 0 --port-file "$demo_dir/sim.port" \
 	--sftp-root "$demo_dir/sftp" --mid "$MID" --scan-interval 0.5 --mit-mode managed \
 	--webhook-url "http://127.0.0.1:$webhook_port/flexfactor/webhook" --webhook-key "$KEY" \
 	>"$demo_dir/sim.log" 2>&1 &
-echo $! >"$demo_dir/sim.pid"
 for _ in $(seq 1 100); do [ -s "$demo_dir/sim.port" ] && break; sleep 0.1; done
 sim_port=$(cat "$demo_dir/sim.port")
 sim="http://127.0.0.1:$sim_port"
