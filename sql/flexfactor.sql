@@ -660,8 +660,11 @@ END;
 -- Fixes up to max_rows pending declines into one evaluate batch: file name,
 -- line bytes (with sequenceNumber, mid and idempotencyKey), size and SHA-256
 -- are decided here, once, so every later upload writes the same file.
--- Returns the batch id, or NULL when nothing is pending.
-CREATE FUNCTION flexfactor._create_evaluate_batch(max_rows integer)
+-- Returns the batch id, or NULL when nothing is pending.  A caller fixing
+-- several batches in one transaction passes the last id it claimed, so the
+-- claim skips the index entries of rows it already batched (else each batch
+-- would re-walk them all, quadratically).
+CREATE FUNCTION flexfactor._create_evaluate_batch(max_rows integer, after_id bigint DEFAULT 0)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -672,7 +675,7 @@ BEGIN
     -- two exporters never take the same row
     SELECT array_agg(id ORDER BY id) INTO ids
       FROM (SELECT id FROM flexfactor.declines
-             WHERE state = 'pending'
+             WHERE state = 'pending' AND id > after_id
              ORDER BY id
              LIMIT max_rows
                FOR UPDATE SKIP LOCKED) AS claimed;
@@ -696,7 +699,7 @@ END $$;
 -- The transmit counterpart (flexfactor.transmit_via = 'sftp'): fixes pending
 -- /transmit copies into one transmit_ batch; each line carries the same
 -- idempotencyKey the API path would send for that row.
-CREATE FUNCTION flexfactor._create_transmit_batch(max_rows integer)
+CREATE FUNCTION flexfactor._create_transmit_batch(max_rows integer, after_id bigint DEFAULT 0)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -706,7 +709,7 @@ DECLARE
 BEGIN
     SELECT array_agg(id ORDER BY id) INTO ids
       FROM (SELECT id FROM flexfactor.transmit_queue
-             WHERE state = 'pending'
+             WHERE state = 'pending' AND id > after_id
              ORDER BY id
              LIMIT max_rows
                FOR UPDATE SKIP LOCKED) AS claimed;

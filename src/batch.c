@@ -61,34 +61,52 @@ typedef struct ReadyBatch
 	int32		attempts;
 } ReadyBatch;
 
-/* Fix pending declines into batches of at most batch_max_rows; returns how many. */
+/*
+ * Fix one batch of the given kind after the last row claimed in this pass;
+ * returns false when nothing was pending.
+ */
+static bool
+create_one_batch(const char *kind, int64 *after_id)
+{
+	Oid			types[2] = {INT4OID, INT8OID};
+	Datum		values[2] = {Int32GetDatum(ff_batch_max_rows), Int64GetDatum(*after_id)};
+	char	   *create_sql = psprintf("SELECT flexfactor._create_%s_batch($1, $2)", kind);
+	char	   *last_sql = psprintf("SELECT max(%s) FROM flexfactor.batch_lines WHERE batch_id = $1",
+									strcmp(kind, "evaluate") == 0 ? "decline_id" : "transmit_queue_id");
+	Datum		batch;
+	bool		isnull;
+
+	if (SPI_execute_with_args(create_sql, 2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not create a %s batch", kind);
+	batch = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	SPI_freetuptable(SPI_tuptable);
+	if (isnull)
+		return false;
+
+	types[0] = INT8OID;
+	if (SPI_execute_with_args(last_sql, 1, types, &batch, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read a batch");
+	*after_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return true;
+}
+
+/* Fix pending declines (and transmits, when they go by SFTP) into batches. */
 static int
 create_batches(void)
 {
-	Oid			types[1] = {INT4OID};
-	Datum		values[1] = {Int32GetDatum(ff_batch_max_rows)};
+	int64		after_decline = 0;
+	int64		after_transmit = 0;
+	bool		declines_left = true;
+	bool		transmits_left = (ff_transmit_via == FF_TRANSMIT_VIA_SFTP);
 	int			created = 0;
 
-	for (;;)
+	while (declines_left || transmits_left)
 	{
-		bool		isnull;
-
-		bool		transmit_isnull = true;
-
-		if (SPI_execute_with_args("SELECT flexfactor._create_evaluate_batch($1)",
-								  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not create a batch");
-		(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (ff_transmit_via == FF_TRANSMIT_VIA_SFTP)
-		{
-			if (SPI_execute_with_args("SELECT flexfactor._create_transmit_batch($1)",
-									  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "could not create a transmit batch");
-			(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &transmit_isnull);
-		}
-		if (isnull && transmit_isnull)
-			break;
-		created++;
+		if (declines_left && (declines_left = create_one_batch("evaluate", &after_decline)))
+			created++;
+		if (transmits_left && (transmits_left = create_one_batch("transmit", &after_transmit)))
+			created++;
 		CHECK_FOR_INTERRUPTS();
 	}
 	return created;

@@ -371,18 +371,34 @@ ff_sftp_connect(void)
 	return conn;
 }
 
+/*
+ * An SFTP operation failed.  Messages name the file, never its remote folder
+ * (a hidden setting), and tell a lost connection (FF030) from a refusal by
+ * the server (FF033, with its SFTP status).
+ */
 static void
-raise_io_error(FFSftp *conn, const char *action, const char *path)
+raise_io_error(FFSftp *conn, const char *action, const char *path, const char *folder_setting)
 {
 	unsigned long code = conn->sftp ? libssh2_sftp_last_error(conn->sftp) : 0;
+	const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
 
+	if (libssh2_session_last_errno(conn->session) != LIBSSH2_ERROR_SFTP_PROTOCOL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_CONNECTION),
+				 errmsg("SFTP connection to %s lost while trying to %s \"%s\"", ff_sftp_host, action, name),
+				 errdetail("%s", session_error(conn->session)),
+				 errhint("The transfer is retried with backoff; check the SFTP server and the network.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_FF_SFTP_IO),
-			 errmsg("could not %s \"%s\" on the SFTP server", action, path),
-			 errdetail("SFTP status %lu; %s", code, session_error(conn->session)),
-			 errhint(code == LIBSSH2_FX_NO_SUCH_FILE ? "Check flexfactor.sftp_inbound_dir." :
-					 code == LIBSSH2_FX_PERMISSION_DENIED ? "The SFTP user may not write there." :
-					 "The server may be out of space; the upload is retried with backoff.")));
+			 errmsg("could not %s \"%s\" on the SFTP server", action, name),
+			 errdetail("SFTP status %lu (%s).", code,
+					   code == LIBSSH2_FX_NO_SUCH_FILE ? "no such file or folder" :
+					   code == LIBSSH2_FX_PERMISSION_DENIED ? "permission denied" :
+					   code == LIBSSH2_FX_FAILURE ? "failure" : "see the SFTP specification"),
+			 errhint(code == LIBSSH2_FX_NO_SUCH_FILE ? "Check %s." :
+					 code == LIBSSH2_FX_PERMISSION_DENIED ? "The SFTP user may not use %s." :
+					 "The server may be out of space, or refuse the operation in %s; it is retried with backoff.",
+					 folder_setting)));
 }
 
 FFSftpUpload *
@@ -398,7 +414,7 @@ ff_sftp_begin_upload(FFSftp *conn, const char *dir, const char *name)
 											   LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC,
 											   0640, LIBSSH2_SFTP_OPENFILE));
 	if (up->handle == NULL)
-		raise_io_error(conn, "create", up->part_path);
+		raise_io_error(conn, "create", up->part_path, "flexfactor.sftp_inbound_dir");
 	initStringInfo(&up->buffer);
 	enlargeStringInfo(&up->buffer, UPLOAD_BUFFER_SIZE);
 	return up;
@@ -418,7 +434,7 @@ flush_buffer(FFSftpUpload *up)
 									   up->buffer.len - done)) == LIBSSH2_ERROR_EAGAIN)
 			wait_socket(up->conn, "write");
 		if (n < 0)
-			raise_io_error(up->conn, "write", up->part_path);
+			raise_io_error(up->conn, "write", up->part_path, "flexfactor.sftp_inbound_dir");
 		done += n;
 	}
 	resetStringInfo(&up->buffer);
@@ -442,7 +458,7 @@ ff_sftp_finish_upload(FFSftpUpload *up)
 
 	flush_buffer(up);
 	if (SSH_CALL(up->conn, "close", libssh2_sftp_close_handle(up->handle)) != 0)
-		raise_io_error(up->conn, "close", up->part_path);
+		raise_io_error(up->conn, "close", up->part_path, "flexfactor.sftp_inbound_dir");
 	up->handle = NULL;
 
 	if (SSH_CALL(up->conn, "rename",
@@ -455,7 +471,7 @@ ff_sftp_finish_upload(FFSftpUpload *up)
 	if (SSH_CALL(up->conn, "rename",
 				 libssh2_sftp_rename_ex(sftp, up->part_path, strlen(up->part_path),
 										up->final_path, strlen(up->final_path), flags)) != 0)
-		raise_io_error(up->conn, "rename to", up->final_path);
+		raise_io_error(up->conn, "rename to", up->final_path, "flexfactor.sftp_inbound_dir");
 }
 
 /* Names of the regular files in a remote folder (palloc'd, unsorted). */
@@ -471,7 +487,7 @@ ff_sftp_list(FFSftp *conn, const char *dir)
 	h = SSH_OPEN(conn, "open folder",
 				 libssh2_sftp_open_ex(conn->sftp, dir, strlen(dir), 0, 0, LIBSSH2_SFTP_OPENDIR));
 	if (h == NULL)
-		raise_io_error(conn, "list", dir);
+		raise_io_error(conn, "list", dir, "flexfactor.sftp_outbound_dir");
 	for (;;)
 	{
 		n = SSH_CALL(conn, "list folder",
@@ -484,7 +500,7 @@ ff_sftp_list(FFSftp *conn, const char *dir)
 	}
 	(void) SSH_CALL(conn, "close folder", libssh2_sftp_close_handle(h));
 	if (n < 0)
-		raise_io_error(conn, "list", dir);
+		raise_io_error(conn, "list", dir, "flexfactor.sftp_outbound_dir");
 	return names;
 }
 
@@ -501,7 +517,7 @@ ff_sftp_read(FFSftp *conn, const char *path, size_t max_bytes, size_t *len)
 				 libssh2_sftp_open_ex(conn->sftp, path, strlen(path), LIBSSH2_FXF_READ, 0,
 									  LIBSSH2_SFTP_OPENFILE));
 	if (h == NULL)
-		raise_io_error(conn, "open", path);
+		raise_io_error(conn, "open", path, "flexfactor.sftp_outbound_dir");
 	initStringInfo(&data);
 	for (;;)
 	{
@@ -515,14 +531,15 @@ ff_sftp_read(FFSftp *conn, const char *path, size_t max_bytes, size_t *len)
 			(void) SSH_CALL(conn, "close", libssh2_sftp_close_handle(h));
 			ereport(ERROR,
 					(errcode(ERRCODE_FF_SFTP_IO),
-					 errmsg("remote file \"%s\" is larger than %zu bytes", path, max_bytes),
+					 errmsg("remote file \"%s\" is larger than %zu bytes",
+							strrchr(path, '/') ? strrchr(path, '/') + 1 : path, max_bytes),
 					 errhint("Result files answer at most 2,000 lines; ask FlexFactor about this one.")));
 		}
 		appendBinaryStringInfo(&data, buf, n);
 	}
 	(void) SSH_CALL(conn, "close", libssh2_sftp_close_handle(h));
 	if (n < 0)
-		raise_io_error(conn, "read", path);
+		raise_io_error(conn, "read", path, "flexfactor.sftp_outbound_dir");
 	*len = data.len;
 	return data.data;
 }
@@ -532,7 +549,7 @@ ff_sftp_remove(FFSftp *conn, const char *path)
 {
 	if (SSH_CALL(conn, "remove", libssh2_sftp_unlink_ex(conn->sftp, path, strlen(path))) != 0 &&
 		libssh2_sftp_last_error(conn->sftp) != LIBSSH2_FX_NO_SUCH_FILE)
-		raise_io_error(conn, "remove", path);
+		raise_io_error(conn, "remove", path, "flexfactor.sftp_outbound_dir");
 }
 
 /* Move a remote file into to_dir (created if missing), replacing a namesake. */
@@ -551,5 +568,5 @@ ff_sftp_move(FFSftp *conn, const char *from, const char *to_dir, const char *nam
 	ff_sftp_remove(conn, to);
 	if (SSH_CALL(conn, "rename", libssh2_sftp_rename_ex(conn->sftp, from, strlen(from),
 														 to, strlen(to), flags)) != 0)
-		raise_io_error(conn, "move", from);
+		raise_io_error(conn, "move", from, "flexfactor.sftp_processed_dir");
 }
