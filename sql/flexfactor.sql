@@ -256,8 +256,8 @@ LANGUAGE C STRICT IMMUTABLE;
 
 -- Order states only move forward: PENDING < SUBMITTED < PROCESSING/CHALLENGE
 -- < CAPTUREREQUIRED < a final state (APPROVED, DECLINED, EXPIRED, CANCELLED,
--- REJECTED); APPROVED may still become REFUNDED.  Unknown states rank NULL
--- and never replace a known one.
+-- REJECTED); APPROVED, or a pending order, may still become REFUNDED.
+-- Unknown states rank NULL and never replace a known one.
 CREATE FUNCTION flexfactor.ff_status_rank(status text)
 RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE status
@@ -279,8 +279,11 @@ CREATE FUNCTION flexfactor.ff_next_status(current text, incoming text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE
     WHEN incoming IS NULL OR incoming = current THEN current
+    -- a refund proves the rescue: it also lands on an order still pending
+    -- (its order.refunded overtook its order.completed)
     WHEN incoming = 'REFUNDED' THEN
-        CASE WHEN current = 'APPROVED' THEN 'REFUNDED' ELSE current END
+        CASE WHEN current = 'APPROVED' OR flexfactor.ff_status_rank(current) < 10
+             THEN 'REFUNDED' ELSE current END
     WHEN flexfactor.ff_status_rank(current) >= 10 THEN current
     WHEN flexfactor.ff_status_rank(incoming) > flexfactor.ff_status_rank(current) THEN incoming
     ELSE current
@@ -978,6 +981,29 @@ CREATE TRIGGER orders_10_status_changed
     AFTER UPDATE OF status ON flexfactor.orders
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION flexfactor._orders_status_changed();
+
+-- Applies events that wait for an order which exists by now.  The order's
+-- trigger applies them when it inserts the order, but cannot see an event
+-- stored by a transaction that was not committed yet; the worker sweeps
+-- those up every pass.
+CREATE FUNCTION flexfactor._apply_waiting_events(max_events integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    waiting bigint;
+    n integer := 0;
+BEGIN
+    FOR waiting IN SELECT w.id FROM flexfactor.webhook_events w
+                    WHERE w.apply_state = 'waiting_order'
+                      AND EXISTS (SELECT 1 FROM flexfactor.orders o
+                                   WHERE o.order_session_key = w.order_session_key)
+                    ORDER BY w.id LIMIT max_events
+                      FOR UPDATE OF w SKIP LOCKED LOOP
+        PERFORM flexfactor._apply_webhook_event(waiting);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
 
 -- Retries failed callbacks that are due (the worker calls this every pass).
 CREATE FUNCTION flexfactor._retry_callbacks(max_events integer DEFAULT 100)

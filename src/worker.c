@@ -15,7 +15,9 @@
  * installed, and then runs one pass per wake-up: on its interval, or when a
  * backend sets its latch.  Each pass runs in a memory context that is reset
  * every loop; an error in a pass is logged, recorded in the status slot, and
- * the loop goes on.  A pass drains the /transmit queue (transmit.c).
+ * the loop goes on.  A pass drains the /transmit queue (transmit.c), runs
+ * the SFTP pass when due or asked (batch.c), applies webhook events whose
+ * order appeared late, and retries failed billing callbacks.
  *
  * Not here: the per-pass work itself, status reporting (worker_status.c),
  * and the DROP DATABASE handshake (dbguard.c).
@@ -29,6 +31,7 @@
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -51,7 +54,7 @@
 #define LAUNCHER_TICK_MS		1000
 #define RELEASED_TICK_MS		500
 #define EXTENSION_WAIT_MS		10000
-#define IDLE_TICK_MS			60000
+#define HOUSEKEEPING_TICK_MS	5000
 #define RELAUNCH_MIN_MS			1000
 #define RELAUNCH_MAX_MS			60000
 #define WORKER_STABLE_MS		60000
@@ -322,6 +325,26 @@ extension_installed(void)
 }
 
 /*
+ * Webhook events whose order appeared after them (in a transaction they could
+ * not see), and billing callbacks that failed and are due again.
+ */
+static void
+apply_late_results(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "flexfactor: applying late events and retrying callbacks");
+	if (SPI_execute("SELECT flexfactor._apply_waiting_events(), flexfactor._retry_callbacks()",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not apply late events");
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
  * One unit of the worker's work.  Returns how long to sleep before the next
  * pass, in milliseconds.
  */
@@ -348,10 +371,14 @@ run_pass(void)
 
 	ff_transmit_pass(&next_due_ms);
 	ff_export_if_due();
+	apply_late_results();
 
 	ff_status_set("idle");
 	ff_status_pass_done();
-	timeout_ms = ff_batch_interval > 0 ? ff_batch_interval * 1000L : IDLE_TICK_MS;
+	/* exports keep their own schedule (batch.c); the rest runs every few seconds */
+	timeout_ms = HOUSEKEEPING_TICK_MS;
+	if (ff_batch_interval > 0)
+		timeout_ms = Min(timeout_ms, ff_batch_interval * 1000L);
 	if (next_due_ms >= 0)
 		timeout_ms = Max(1, Min(timeout_ms, next_due_ms));
 	return timeout_ms;
