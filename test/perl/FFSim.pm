@@ -663,6 +663,376 @@ sub sql_error
 	return \%e;
 }
 
+=pod
+
+---- Webhook deliveries (the 03x suites).  The simulator signs its own
+deliveries; these helpers let a test sign, send and inspect deliveries by
+hand, byte for byte (a Host of its choosing, half a request, a wrong method).
+
+$FFSim::WEBHOOK_TEST_KEY: the public subscriber key of flexfactor-api.md
+section 7.4 (the simulator's default --webhook-key).
+
+FFSim::http_date($epoch): RFC 1123 date ("Mon, 20 Mar 2023 17:16:40 GMT").
+
+FFSim::webhook_nonce(): 32 new random hex digits.
+
+FFSim::webhook_headers($key_b64, $nonce, $date, $host, $body): the x-fc-*
+headers of a delivery as a list of (name => value) pairs, in the order
+nonce, date, content-sha512, authorization, signature.
+
+FFSim::http_request(%o): one HTTP/1.1 request over a new TCP connection,
+"Connection: close", bounded by timeout (default 15 s).  Options: port,
+address (default 127.0.0.1), local_address (bind the client side, e.g.
+127.0.0.2), method (POST), path, host (default "address:port"; undef
+value = no Host header), headers (array ref of pairs), body, chunked (send
+the body chunked instead of with Content-Length), raw (the exact bytes to
+send instead).  Returns {status, reason, headers => {lower-case name =>
+value}, body, raw, error, elapsed}; status undef when no answer came.
+
+FFSim::post_webhook(%o): a signed delivery.  Options of http_request plus
+key (base64; default the test key), sign_key (sign with another key),
+body (bytes), nonce, date (text) or age (seconds before now), sign_host
+(the Host the signature covers; default the Host sent), sign_body (the
+body the signatures cover; default the body sent), drop (array ref of
+x-fc-* header names to leave out), extra_headers (more pairs).  Returns
+the http_request answer plus {nonce, date, sent_headers => [pairs]}.
+
+FFSim::webhook_body(%fields): a compact PascalCase body in the simulator's
+key order (Event, TimeStamp, EventData, ExternalOrderId, OrderId,
+ConfirmationId, IsTestMode, IsResent); a field given as undef is left out.
+
+$sim->webhooks(%query): GET /_admin/webhooks ({count, attempts, events,
+pendingDeliveries, mode}); query orderId, event.
+
+$sim->webhook_mode(%mode): POST /_admin/webhooks/mode (missing keys off).
+
+$sim->resend_webhook($order_id[, $event]): POST /_admin/webhooks/resend;
+returns the attempt.
+
+$sim->chargeback($order_id, $cents, $reason): POST
+/_admin/orders/{id}/chargeback; returns the event.
+
+$sim->wait_for_webhooks($cond, $timeout): poll /_admin/webhooks every 50 ms
+until $cond->($webhooks) is true; returns that answer, or undef after
+$timeout seconds (default 20).
+
+FFSim::attempt_nonce($attempt): the x-fc-nonce the attempt carried.
+
+=cut
+
+our $WEBHOOK_TEST_KEY =
+  'XRmKBxG5uvt1qWzqvp+T6CAbTo0MB89GTxXZD5cHA56RP7Mj4NbnHQOR1Y8uorUU9YQz8ujaVRUdm9vTSkPZSw==';
+
+my @HTTP_DAYS = qw(Sun Mon Tue Wed Thu Fri Sat);
+my @HTTP_MONTHS = qw(Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec);
+
+sub http_date
+{
+	my ($epoch) = @_;
+	my @t = gmtime(int($epoch // time));
+	return sprintf('%s, %02d %s %04d %02d:%02d:%02d GMT',
+		$HTTP_DAYS[ $t[6] ], $t[3], $HTTP_MONTHS[ $t[4] ], $t[5] + 1900, $t[2], $t[1], $t[0]);
+}
+
+my $nonce_counter = 0;
+
+sub webhook_nonce
+{
+	require Digest::SHA;
+	return substr(Digest::SHA::sha256_hex(join ':', $$, Time::HiRes::time(), rand(), ++$nonce_counter),
+		0, 32);
+}
+
+sub webhook_headers
+{
+	my ($key_b64, $nonce, $date, $host, $body) = @_;
+	require Digest::SHA;
+	require MIME::Base64;
+	my $key = MIME::Base64::decode_base64($key_b64);
+	my $hash = MIME::Base64::encode_base64(Digest::SHA::sha512($body), '');
+	my $auth = MIME::Base64::encode_base64(
+		Digest::SHA::hmac_sha512("POST\n$nonce;$date;$host;$hash", $key), '');
+	my $sig = MIME::Base64::encode_base64(Digest::SHA::hmac_sha512($body, $key), '');
+	return (
+		'x-fc-nonce' => $nonce,
+		'x-fc-date' => $date,
+		'x-fc-content-sha512' => $hash,
+		'x-fc-authorization' =>
+		  "HMAC-SHA512 SignedHeaders=x-fc-nonce;x-fc-date;host;x-fc-content-sha512&Signature=$auth",
+		'x-fc-signature' => $sig);
+}
+
+sub webhook_body
+{
+	my (%f) = @_;
+	my @order = qw(Event TimeStamp EventData ExternalOrderId OrderId ConfirmationId IsTestMode IsResent);
+	my %defaults = (TimeStamp => '2026-01-01T00:00:00Z', EventData => undef,
+		ConfirmationId => 'C0FFEE01', IsTestMode => JSON::PP::true, IsResent => JSON::PP::false);
+	my @parts;
+	for my $k (@order)
+	{
+		my $v = exists $f{$k} ? $f{$k} : $defaults{$k};
+		next if exists $f{$k} && !defined $f{$k};
+		push @parts, $JSON->encode($k) . ':' . $JSON->encode($v);
+	}
+	return '{' . join(',', @parts) . '}';
+}
+
+sub http_request
+{
+	my (%o) = @_;
+	require IO::Socket::INET;
+	require IO::Select;
+	my $address = $o{address} // '127.0.0.1';
+	my $timeout = $o{timeout} // 15;
+	my $t0 = Time::HiRes::time();
+	my %res = (status => undef, headers => {}, body => '', raw => '');
+	my $sock = IO::Socket::INET->new(PeerAddr => $address, PeerPort => $o{port}, Proto => 'tcp',
+		Timeout => $timeout, ($o{local_address} ? (LocalAddr => $o{local_address}) : ()));
+	if (!$sock)
+	{
+		$res{error} = "connect: $!";
+		$res{elapsed} = Time::HiRes::time() - $t0;
+		return \%res;
+	}
+	my $req = $o{raw};
+	if (!defined $req)
+	{
+		my $body = $o{body} // '';
+		my $host = exists $o{host} ? $o{host} : "$address:$o{port}";
+		$req = ($o{method} // 'POST') . ' ' . ($o{path} // '/') . " HTTP/1.1\r\n";
+		$req .= "Host: $host\r\n" if defined $host;
+		my @h = @{ $o{headers} // [] };
+		while (my ($k, $v) = splice(@h, 0, 2)) { $req .= "$k: $v\r\n"; }
+		if ($o{chunked})
+		{
+			$req .= "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+			for (my $i = 0; $i < length $body; $i += 4096)
+			{
+				my $piece = substr($body, $i, 4096);
+				$req .= sprintf("%x\r\n%s\r\n", length $piece, $piece);
+			}
+			$req .= "0\r\n\r\n";
+		}
+		else
+		{
+			$req .= 'Content-Length: ' . length($body) . "\r\nConnection: close\r\n\r\n" . $body;
+		}
+	}
+	# write what the server takes (it may answer early and close), then read
+	local $SIG{PIPE} = 'IGNORE';
+	my $sel = IO::Select->new($sock);
+	my $deadline = $t0 + $timeout;
+	my $off = 0;
+	while ($off < length $req)
+	{
+		last unless $sel->can_write(Time::HiRes::time() < $deadline ? $deadline - Time::HiRes::time() : 0);
+		my $n = syswrite($sock, $req, 65536, $off);
+		last unless defined $n && $n > 0;
+		$off += $n;
+		# an early answer (413, 404 ...) ends the upload
+		last if $sel->can_read(0) && $off < length $req;
+	}
+	my $raw = '';
+	while (Time::HiRes::time() < $deadline)
+	{
+		last unless $sel->can_read($deadline - Time::HiRes::time());
+		my $n = sysread($sock, my $buf, 65536);
+		last unless $n;    # EOF or error (a reset after an early answer)
+		$raw .= $buf;
+		if ($raw =~ /\r\n\r\n/ && $raw =~ /^content-length:\s*(\d+)\r$/mi)
+		{
+			my $len = $1;
+			my $hdr_end = index($raw, "\r\n\r\n") + 4;
+			last if length($raw) >= $hdr_end + $len;
+		}
+	}
+	close $sock;
+	$res{raw} = $raw;
+	$res{elapsed} = Time::HiRes::time() - $t0;
+	if ($raw =~ m{^HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?\r\n(.*?)\r\n\r\n(.*)\z}s)
+	{
+		@res{qw(status reason body)} = ($1, $2 // '', $4);
+		for my $line (split /\r\n/, $3)
+		{
+			my ($k, $v) = $line =~ /^([^:]+):\s*(.*)$/ or next;
+			$res{headers}{ lc $k } = $v;
+		}
+	}
+	else
+	{
+		$res{error} //= $raw eq '' ? 'no answer' : 'unparsable answer';
+	}
+	return \%res;
+}
+
+sub post_webhook
+{
+	my (%o) = @_;
+	my $address = $o{address} // '127.0.0.1';
+	my $host = exists $o{host} ? $o{host} : "$address:$o{port}";
+	my $body = $o{body} // '';
+	my $nonce = $o{nonce} // webhook_nonce();
+	my $date = $o{date} // http_date(time - ($o{age} // 0));
+	my @h = webhook_headers($o{sign_key} // $o{key} // $WEBHOOK_TEST_KEY, $nonce, $date,
+		exists $o{sign_host} ? $o{sign_host} : $host // '',
+		exists $o{sign_body} ? $o{sign_body} : $body);
+	my %drop = map { (lc $_ => 1) } @{ $o{drop} // [] };
+	my @sent;
+	while (my ($k, $v) = splice(@h, 0, 2)) { push @sent, $k, $v unless $drop{$k}; }
+	push @sent, @{ $o{extra_headers} // [] };
+	my %req = %o;
+	delete @req{qw(key sign_key nonce date age sign_host sign_body drop extra_headers)};
+	my $res = http_request(%req, host => $host, headers => \@sent, body => $body,
+		path => $o{path} // '/flexfactor/webhook');
+	@$res{qw(nonce date sent_headers)} = ($nonce, $date, \@sent);
+	return $res;
+}
+
+sub webhooks
+{
+	my ($self, %q) = @_;
+	return $self->admin('GET', '/_admin/webhooks', \%q);
+}
+
+sub webhook_mode
+{
+	my ($self, %mode) = @_;
+	return $self->admin('POST', '/_admin/webhooks/mode', \%mode);
+}
+
+sub resend_webhook
+{
+	my ($self, $order_id, $event) = @_;
+	return $self->admin('POST', '/_admin/webhooks/resend',
+		{ orderId => $order_id, (defined $event ? (event => $event) : ()) })->{attempt};
+}
+
+sub chargeback
+{
+	my ($self, $order_id, $cents, $reason) = @_;
+	return $self->admin('POST', "/_admin/orders/$order_id/chargeback",
+		{ amount => $cents // 1000, reasonCode => $reason // '10.4' })->{event};
+}
+
+sub wait_for_webhooks
+{
+	my ($self, $cond, $timeout) = @_;
+	my $deadline = Time::HiRes::time() + ($timeout // 20);
+	while (1)
+	{
+		my $w = $self->webhooks;
+		return $w if $cond->($w);
+		return undef if Time::HiRes::time() > $deadline;
+		Time::HiRes::sleep(0.05);
+	}
+}
+
+sub attempt_nonce
+{
+	my ($attempt) = @_;
+	my $h = $attempt->{headers} // {};
+	my ($k) = grep { lc $_ eq 'x-fc-nonce' } keys %$h;
+	return defined $k ? $h->{$k} : undef;
+}
+
+=pod
+
+$sim->advance_in_background($seconds): POST /_admin/clock/advance from a
+child process (its own HTTP connection), so the test can act while the
+simulator's deliveries are under way; returns the child's pid.
+FFSim::wait_child($pid, $timeout): wait (bounded, default 60 s) for such a
+child; returns its exit status, or undef on timeout (the child is killed).
+
+=cut
+
+sub advance_in_background
+{
+	my ($self, $seconds) = @_;
+	my $url = $self->base_url . '/_admin/clock/advance';
+	my $pid = fork();
+	croak "fork failed: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		my $res = HTTP::Tiny->new(timeout => 120)->request('POST', $url,
+			{ headers => { 'Content-Type' => 'application/json' },
+			  content => $JSON->encode({ seconds => $seconds }) });
+		# no END blocks of the test in the child
+		POSIX::_exit($res->{success} ? 0 : 1);
+	}
+	return $pid;
+}
+
+sub wait_child
+{
+	my ($pid, $timeout) = @_;
+	my $deadline = Time::HiRes::time() + ($timeout // 60);
+	while (Time::HiRes::time() < $deadline)
+	{
+		return $? if waitpid($pid, POSIX::WNOHANG()) == $pid;
+		Time::HiRes::sleep(0.05);
+	}
+	kill 'KILL', $pid;
+	waitpid($pid, 0);
+	return undef;
+}
+
+=pod
+
+---- The node's webhook listener ($node: a PostgreSQL::Test::Cluster).
+
+FFSim::listener_pid($node): pid(s) of the running 'flexfactor webhook
+listener' backends, comma-separated, or ''.
+
+FFSim::wait_for_listener($node, $port, $old_pid): wait (bounded) until one
+listener runs, other than $old_pid if given, and port $port on 127.0.0.1
+accepts connections; returns its pid.  Dies on timeout.
+
+FFSim::reload_listener($node, $db, @sql): run each statement (ALTER SYSTEM
+...) in postgres, reload, and wait (bounded) until the listener re-read its
+configuration (ff_worker_status().config_reloads grew, in database $db).
+
+=cut
+
+sub listener_pid
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT coalesce(string_agg(pid::text, ','), '') FROM pg_stat_activity
+		  WHERE backend_type = 'flexfactor webhook listener'");
+}
+
+sub wait_for_listener
+{
+	my ($node, $port, $old) = @_;
+	require IO::Socket::INET;
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'flexfactor webhook listener'"
+		  . ($old ? " AND pid <> $old" : ''))
+	  or croak 'timed out waiting for the webhook listener';
+	my $deadline = Time::HiRes::time() + 30;
+	while (Time::HiRes::time() < $deadline)
+	{
+		my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
+			Timeout => 2);
+		if ($s) { close $s; return listener_pid($node); }
+		Time::HiRes::sleep(0.05);
+	}
+	croak "the webhook listener does not accept connections on port $port";
+}
+
+sub reload_listener
+{
+	my ($node, $db, @sql) = @_;
+	my $q = "SELECT config_reloads FROM flexfactor.ff_worker_status() WHERE role = 'listener'";
+	my $reloads = $node->safe_psql($db, $q);
+	$node->safe_psql('postgres', $_) for @sql;
+	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+	$node->poll_query_until($db, "SELECT ($q) > $reloads")
+	  or croak "the webhook listener did not reload after: @sql";
+	return;
+}
+
 sub DESTROY
 {
 	my ($self) = @_;
