@@ -57,9 +57,14 @@ $(OBJS): $(wildcard $(srcdir)/src/*.h)
 $(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql $(EXTENSION).control
 	cp $< $@
 
-.PHONY: print-version
+.PHONY: print-version check-version
 print-version:
 	@echo $(EXTVERSION)
+
+# META.json repeats the version for PGXN; this keeps it equal to the control file's.
+check-version:
+	@grep -q '"version": "$(EXTVERSION)"' META.json || \
+		{ echo "META.json does not carry version $(EXTVERSION) of flexfactor.control" >&2; exit 1; }
 
 # `make installcheck` runs pg_regress and then the TAP suites; this runs the
 # TAP suites alone (PROVE_TESTS=test/t/001_worker_lifecycle.pl for one).

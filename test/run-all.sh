@@ -21,6 +21,7 @@ fi
 echo "== build (warnings are errors) and install"
 make -C "$repo" -s clean >/dev/null
 make -C "$repo" -s COPT='-Werror' || exit 1
+make -C "$repo" -s check-version || exit 1
 make -C "$repo" -s install >/dev/null || exit 1
 
 work=$(mktemp -d /tmp/flexfactor-test.XXXXXX)
