@@ -45,6 +45,7 @@
 #include "utils/snapmgr.h"
 
 #include "batch.h"
+#include "worker.h"
 #include "shmem.h"
 #include "errors.h"
 #include "settings.h"
@@ -250,24 +251,6 @@ describe_error(ErrorData *edata)
 
 /* ------------------------------------------------------------ the worker */
 
-static void
-begin_xact(const char *activity)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-static void
-commit_xact(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-}
-
 /* Catch the current error: log it, keep it in *result, abort the transaction. */
 static void
 take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch,
@@ -282,9 +265,9 @@ take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch
 
 	if (failed_batch != NULL)
 	{
-		begin_xact("flexfactor: recording a failed upload");
+		ff_work_begin("flexfactor: recording a failed upload");
 		record_failure(failed_batch, describe_error(edata));
-		commit_xact();
+		ff_work_commit();
 	}
 	ff_status_error(describe_error(edata));
 	ereport(WARNING,
@@ -349,13 +332,13 @@ ingest_file(FFSftp *conn, const char *name)
 	values[0] = CStringGetTextDatum(name);
 	values[1] = CStringGetTextDatum(content);
 
-	begin_xact("flexfactor: applying a result file");
+	ff_work_begin("flexfactor: applying a result file");
 	if (SPI_execute_with_args(has_suffix(name, ".error.json") ?
 							  "SELECT flexfactor._apply_error_file($1, $2)" :
 							  "SELECT flexfactor._apply_result_file($1, $2)",
 							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not apply result file \"%s\"", name);
-	commit_xact();
+	ff_work_commit();
 
 	if (ff_sftp_processed_dir[0] != '\0')
 		ff_sftp_move(conn, path, ff_sftp_processed_dir, name);
@@ -427,10 +410,10 @@ export_pass(FFExportResult *result)
 	memset(result, 0, sizeof(FFExportResult));
 	PG_TRY();
 	{
-		begin_xact("flexfactor: fixing batches");
+		ff_work_begin("flexfactor: fixing batches");
 		create_batches();
 		batches = ready_batches(pass_cxt, false);
-		commit_xact();
+		ff_work_commit();
 	}
 	PG_CATCH();
 	{
@@ -447,7 +430,7 @@ export_pass(FFExportResult *result)
 		ff_status_set("uploading batches");
 		PG_TRY();
 		{
-			begin_xact("flexfactor: uploading a batch");
+			ff_work_begin("flexfactor: uploading a batch");
 			if (conn == NULL)
 			{
 				MemoryContext old = MemoryContextSwitchTo(pass_cxt);
@@ -456,7 +439,7 @@ export_pass(FFExportResult *result)
 				MemoryContextSwitchTo(old);
 			}
 			upload_batch(conn, b);
-			commit_xact();
+			ff_work_commit();
 			result->uploaded++;
 		}
 		PG_CATCH();

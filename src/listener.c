@@ -49,6 +49,7 @@
 #include "listener.h"
 #include "settings.h"
 #include "webhook.h"
+#include "worker.h"
 #include "worker_status.h"
 
 #define MAX_BODY_BYTES			(64 * 1024)
@@ -120,17 +121,12 @@ record_rejection(const char *address, unsigned int status, const char *reason)
 
 	PG_TRY();
 	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
+		ff_work_begin("flexfactor: recording a refused delivery");
 		SPI_execute_with_args("INSERT INTO flexfactor.webhook_rejections (remote_addr, http_status, reason)"
 							  " VALUES ($1, $2, $3)", 3, types, values, NULL, false, 0);
 		SPI_execute("DELETE FROM flexfactor.webhook_rejections"
 					" WHERE received_at < now() - interval '" REJECTION_RETENTION "'", false, 0);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		ff_work_commit();
 	}
 	PG_CATCH();
 	{

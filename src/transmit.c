@@ -34,6 +34,7 @@
 #include "settings.h"
 #include "token.h"
 #include "transmit.h"
+#include "worker.h"
 #include "worker_status.h"
 
 #define TRANSMIT_BATCH		1000
@@ -259,11 +260,7 @@ transmit_batch(void)
 	TransmitRow *rows;
 	int			n;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "flexfactor: sending queued transmits");
+	ff_work_begin("flexfactor: sending queued transmits");
 
 	if (SPI_execute_with_args(
 							  "SELECT id, attempts,"
@@ -298,9 +295,7 @@ transmit_batch(void)
 		record_outcomes(rows, n);
 	}
 
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	ff_work_commit();
 	return n;
 }
 
@@ -314,11 +309,7 @@ tidy_and_find_next_due(void)
 	bool		isnull;
 	Datum		d;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-
+	ff_work_begin("flexfactor: tidying the transmit queue");
 	SPI_execute_with_args("DELETE FROM flexfactor.transmit_queue"
 						  " WHERE state = 'delivered'"
 						  "   AND delivered_at < now() - make_interval(secs => $1)",
@@ -329,9 +320,7 @@ tidy_and_find_next_due(void)
 	if (!isnull)
 		next_due_ms = Max(0, DatumGetInt64(d));
 
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	ff_work_commit();
 	return next_due_ms;
 }
 

@@ -325,23 +325,40 @@ extension_installed(void)
 }
 
 /*
+ * One unit of a background process's work in a transaction of its own, with
+ * SPI connected and a snapshot pushed; the activity shows in pg_stat_activity.
+ * Used by every background process (worker, listener).
+ */
+void
+ff_work_begin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+void
+ff_work_commit(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
  * Webhook events whose order appeared after them (in a transaction they could
  * not see), and billing callbacks that failed and are due again.
  */
 static void
 apply_late_results(void)
 {
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "flexfactor: applying late events and retrying callbacks");
+	ff_work_begin("flexfactor: applying late events and retrying callbacks");
 	if (SPI_execute("SELECT flexfactor._apply_waiting_events(), flexfactor._retry_callbacks()",
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not apply late events");
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	ff_work_commit();
 }
 
 /*
