@@ -67,6 +67,7 @@ ff_check_evaluate_body(Jsonb *payload, const char *caller)
 {
 	JsonbContainer *tx;
 	JsonbValue	amount;
+	char	   *amount_text;
 	char	   *currency;
 
 	if (!JB_ROOT_IS_OBJECT(payload))
@@ -86,20 +87,17 @@ ff_check_evaluate_body(Jsonb *payload, const char *caller)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s() payload has no transaction.id", caller),
 				 errdetail("FlexFactor requires \"transaction\": {\"id\": ..., \"amount\": ..., \"currency\": ...}.")));
+	amount_text = scalar_text(tx, "amount");
 	if (getKeyJsonValueFromContainer(tx, "amount", 6, &amount) == NULL ||
 		amount.type != jbvNumeric ||
-		strspn(scalar_text(tx, "amount"), "0123456789") != strlen(scalar_text(tx, "amount")) ||
-		strspn(scalar_text(tx, "amount"), "0") == strlen(scalar_text(tx, "amount")))
-	{
-		char	   *shown = scalar_text(tx, "amount");
-
+		strspn(amount_text, "0123456789") != strlen(amount_text) ||
+		strspn(amount_text, "0") == strlen(amount_text))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s() payload has an invalid transaction.amount", caller),
 				 errdetail("transaction.amount is %s; it must be a positive whole number of cents.",
-						   shown ? shown : "missing"),
+						   amount_text ? amount_text : "missing"),
 				 errhint("Send $19.99 as 1999.")));
-	}
 	currency = scalar_text(tx, "currency");
 	if (currency == NULL || strlen(currency) != 3 ||
 		!isalpha((unsigned char) currency[0]) || !isalpha((unsigned char) currency[1]) ||
@@ -254,6 +252,7 @@ ff_evaluate(PG_FUNCTION_ARGS)
 	char		key[UUID_TEXT_LEN + 1];
 	char	   *body;
 	char	   *is_mit;
+	char	   *expiry;
 	Jsonb	   *answer;
 	char	   *session_key;
 	char	   *status;
@@ -316,10 +315,9 @@ ff_evaluate(PG_FUNCTION_ARGS)
 															   ObjectIdGetDatum(InvalidOid),
 															   Int32GetDatum(-1)));
 	record_values[5] = CStringGetTextDatum(scalar_text(tx, "currency"));
-	record_values[6] = (Datum) 0;
-	if (scalar_text(&payload->root, "expiryDateUtc") != NULL)
-		record_values[6] = CStringGetTextDatum(scalar_text(&payload->root, "expiryDateUtc"));
-	else
+	expiry = scalar_text(&payload->root, "expiryDateUtc");
+	record_values[6] = expiry ? CStringGetTextDatum(expiry) : (Datum) 0;
+	if (expiry == NULL)
 		record_nulls[6] = 'n';
 	if (SPI_execute_plan(saved_plan(&record_plan,
 									"INSERT INTO flexfactor.orders AS o"
