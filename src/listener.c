@@ -7,8 +7,22 @@
  * latch and on the daemon's epoll descriptor, then lets the daemon work
  * (MHD_run), so every request handler, and every PostgreSQL call, runs in the
  * worker's one thread.  A delivery is verified on its raw bytes, stored and
- * applied in a transaction (webhook.c), and answered 200 only after that
- * transaction committed.  Refusals: 401 for authenticity (signature, date,
+ * applied (webhook.c), and answered 200 only after its transaction committed.
+ *
+ * Group commit: a delivery whose body is complete is not taken at once; its
+ * connection is suspended and the delivery waits until MHD_run returns.  All
+ * that waited by then (at most GROUP_MAX) are taken in one transaction, each
+ * in a subtransaction of its own, so that one delivery's error (a replayed
+ * nonce, a malformed body, a failed application) rolls back only that
+ * delivery, and one commit (one WAL flush) makes the group durable.  Only
+ * then are the connections resumed and answered: 200 for the stored ones,
+ * each refusal with its own status; if the commit fails, every delivery of
+ * the group is answered 503 and nothing of it is kept.  Nothing waits for a
+ * group to fill: a delivery on an idle listener is a group of one, taken in
+ * the turn of the loop that received it, and under load the deliveries that
+ * arrived while a group was being committed form the next one.
+ *
+ * Refusals: 401 for authenticity (signature, date,
  * replayed nonce), 400 for a malformed body, 404 for another path, 405 for
  * another method, 413 for a body over the limit, 503 when the database
  * cannot take the event (FlexFactor then retries).  4xx refusals are recorded
@@ -59,16 +73,25 @@
 #define CONNECTION_MEMORY		(32 * 1024)
 #define IDLE_TICK_MS			1000
 #define REJECTION_RETENTION		"7 days"
+#define GROUP_MAX				64	/* deliveries per transaction */
 
 typedef struct Delivery
 {
 	MemoryContext cxt;
 	StringInfoData body;
 	bool		too_large;
+	struct MHD_Connection *connection;	/* while it waits for its group */
+	unsigned int status;		/* the answer, once its group is done */
+	const char *text;
 } Delivery;
 
 static struct MHD_Daemon *daemon_handle = NULL;
 static MemoryContext requests_cxt = NULL;
+static MemoryContext group_cxt = NULL;
+
+/* complete deliveries, their connections suspended, in arrival order */
+static Delivery *waiting[MAX_CONNECTIONS];
+static int	n_waiting = 0;
 
 /* what the listener was started with; a SIGHUP that changes them restarts it */
 static char *started_address;
@@ -111,21 +134,30 @@ client_address(struct MHD_Connection *c)
 	return pstrdup(buf);
 }
 
-/* Record a refused delivery: reason and address only, in a transaction of its own. */
+/* Insert a refused delivery's row (reason and address only), through SPI. */
 static void
-record_rejection(const char *address, unsigned int status, const char *reason)
+insert_rejection(const char *address, unsigned int status, const char *reason)
 {
 	Oid			types[3] = {TEXTOID, INT4OID, TEXTOID};
 	Datum		values[3] = {CStringGetTextDatum(address), Int32GetDatum((int32) status),
 	CStringGetTextDatum(reason)};
 
+	if (SPI_execute_with_args("INSERT INTO flexfactor.webhook_rejections (remote_addr, http_status, reason)"
+							  " VALUES ($1, $2, $3)", 3, types, values, NULL, false, 0) != SPI_OK_INSERT ||
+		SPI_execute("DELETE FROM flexfactor.webhook_rejections"
+					" WHERE received_at < now() - interval '" REJECTION_RETENTION "'",
+					false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not record a refused webhook delivery");
+}
+
+/* Record a delivery refused before its body was read, in a transaction of its own. */
+static void
+record_rejection(const char *address, unsigned int status, const char *reason)
+{
 	PG_TRY();
 	{
 		ff_work_begin("flexfactor: recording a refused delivery");
-		SPI_execute_with_args("INSERT INTO flexfactor.webhook_rejections (remote_addr, http_status, reason)"
-							  " VALUES ($1, $2, $3)", 3, types, values, NULL, false, 0);
-		SPI_execute("DELETE FROM flexfactor.webhook_rejections"
-					" WHERE received_at < now() - interval '" REJECTION_RETENTION "'", false, 0);
+		insert_rejection(address, status, reason);
 		ff_work_commit();
 	}
 	PG_CATCH();
@@ -153,13 +185,52 @@ status_for(int sqlerrcode)
 	}
 }
 
-/* Verify, store and apply one delivery; returns the HTTP status to answer. */
-static unsigned int
-take_delivery(struct MHD_Connection *c, Delivery *d, const char **text)
+static const char *
+status_text(unsigned int status)
 {
+	return status == MHD_HTTP_UNAUTHORIZED ? "unauthorized" :
+		status == MHD_HTTP_BAD_REQUEST ? "bad request" : "try again later";
+}
+
+/*
+ * Run fn(arg) in a subtransaction of the group's transaction, as PL/pgSQL
+ * runs a block with an EXCEPTION clause.  Returns NULL when it succeeded, or
+ * its error, copied into cxt, when it failed and was rolled back alone.
+ */
+static ErrorData *
+in_subtransaction(void (*fn) (void *), void *arg, MemoryContext cxt)
+{
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return edata;
+}
+
+/* Verify, store and apply one delivery (in its subtransaction). */
+static void
+receive_one(void *arg)
+{
+	Delivery   *d = arg;
+	struct MHD_Connection *c = d->connection;
 	FFWebhookHeaders h;
-	volatile unsigned int status = MHD_HTTP_OK;
-	MemoryContext cxt = CurrentMemoryContext;
+	char	   *outcome;
 
 	h.nonce = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-nonce");
 	h.date = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-date");
@@ -168,14 +239,72 @@ take_delivery(struct MHD_Connection *c, Delivery *d, const char **text)
 	h.authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-authorization");
 	h.signature = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-signature");
 
+	outcome = ff_webhook_receive(&h, d->body.data, d->body.len, "listener");
+	d->text = MemoryContextStrdup(d->cxt, outcome);
+	d->status = MHD_HTTP_OK;
+}
+
+typedef struct Rejection
+{
+	const char *address;
+	unsigned int status;
+	const char *reason;
+} Rejection;
+
+static void
+reject_one(void *arg)
+{
+	Rejection  *r = arg;
+
+	SPI_connect();
+	insert_rejection(r->address, r->status, r->reason);
+	SPI_finish();
+}
+
+/* One delivery of a group: its answer is set, its rows (if any) are in the group's transaction. */
+static void
+take_delivery(Delivery *d, MemoryContext cxt)
+{
+	ErrorData  *edata = in_subtransaction(receive_one, d, cxt);
+	Rejection	r;
+
+	if (edata == NULL)
+		return;
+	d->status = status_for(edata->sqlerrcode);
+	d->text = status_text(d->status);
+	ereport(d->status >= 500 ? WARNING : LOG,
+			(errmsg("flexfactor webhook listener refused a delivery with HTTP %u: %s",
+					d->status, edata->message),
+			 edata->detail ? errdetail("%s", edata->detail) : 0));
+	if (d->status >= 500)
+		return;
+	r.address = client_address(d->connection);
+	r.status = d->status;
+	r.reason = edata->detail ? psprintf("%s: %s", edata->message, edata->detail) : edata->message;
+	edata = in_subtransaction(reject_one, &r, cxt);
+	if (edata != NULL)
+		ereport(WARNING,
+				(errmsg("flexfactor webhook listener could not record a refused delivery: %s",
+						edata->message)));
+}
+
+/*
+ * Take a group of deliveries in one transaction and set each one's answer:
+ * its own when the transaction committed, 503 for all when it did not.
+ */
+static void
+take_group(Delivery **group, int n)
+{
+	MemoryContext cxt = group_cxt;
+
 	PG_TRY();
 	{
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "flexfactor: storing a webhook delivery");
-		*text = MemoryContextStrdup(cxt, ff_webhook_receive(&h, d->body.data, d->body.len,
-															"listener"));
+		pgstat_report_activity(STATE_RUNNING, "flexfactor: storing webhook deliveries");
+		for (int i = 0; i < n; i++)
+			take_delivery(group[i], cxt);
 		PopActiveSnapshot();
 		CommitTransactionCommand();		/* durable before acknowledged */
 	}
@@ -187,22 +316,47 @@ take_delivery(struct MHD_Connection *c, Delivery *d, const char **text)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		status = status_for(edata->sqlerrcode);
-		*text = status == MHD_HTTP_UNAUTHORIZED ? "unauthorized" :
-			status == MHD_HTTP_BAD_REQUEST ? "bad request" : "try again later";
-		ereport(status >= 500 ? WARNING : LOG,
-				(errmsg("flexfactor webhook listener refused a delivery with HTTP %u: %s",
-						status, edata->message),
-				 edata->detail ? errdetail("%s", edata->detail) : 0));
-		if (status < 500)
-			record_rejection(client_address(c), status,
-							 edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
-							 : edata->message);
+		ereport(WARNING,
+				(errmsg("flexfactor webhook listener could not commit %d deliveries: %s", n, edata->message),
+				 edata->detail ? errdetail("%s", edata->detail) : 0,
+				 errhint("Each is answered HTTP 503; FlexFactor delivers them again.")));
+		for (int i = 0; i < n; i++)
+		{
+			group[i]->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+			group[i]->text = status_text(MHD_HTTP_SERVICE_UNAVAILABLE);
+		}
 	}
 	PG_END_TRY();
+	MemoryContextSwitchTo(TopMemoryContext);
+	MemoryContextReset(cxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	ff_status_pass_done();
-	return status;
+}
+
+/*
+ * Take every waiting delivery, GROUP_MAX to a transaction, and resume the
+ * connections: the request handler then answers each with its status.
+ */
+static void
+take_waiting(void)
+{
+	int			done = 0;
+
+	while (done < n_waiting)
+	{
+		int			n = Min(GROUP_MAX, n_waiting - done);
+
+		take_group(&waiting[done], n);
+		for (int i = done; i < done + n; i++)
+		{
+			struct MHD_Connection *c = waiting[i]->connection;
+
+			waiting[i]->connection = NULL;
+			MHD_resume_connection(c);
+		}
+		done += n;
+	}
+	n_waiting = 0;
 }
 
 static enum MHD_Result
@@ -267,7 +421,9 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 		return MHD_YES;
 	}
 
-	/* the whole body is here */
+	/* the whole body is here, or its group is done and it was resumed */
+	if (d->status != 0)
+		return respond(c, d->status, d->text);
 	if (d->too_large)
 	{
 		record_rejection(client_address(c), MHD_HTTP_CONTENT_TOO_LARGE, "body over 64 kB");
@@ -280,14 +436,13 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 		initStringInfo(&d->body);
 		MemoryContextSwitchTo(old);
 	}
-	{
-		const char *text = NULL;
-		MemoryContext old = MemoryContextSwitchTo(d->cxt);
-		unsigned int status = take_delivery(c, d, &text);
-
-		MemoryContextSwitchTo(old);
-		return respond(c, status, text);
-	}
+	if (n_waiting >= MAX_CONNECTIONS)	/* cannot happen: one per connection */
+		return respond(c, MHD_HTTP_SERVICE_UNAVAILABLE, status_text(MHD_HTTP_SERVICE_UNAVAILABLE));
+	/* wait for the group: answered once its transaction committed */
+	d->connection = c;
+	waiting[n_waiting++] = d;
+	MHD_suspend_connection(c);
+	return MHD_YES;
 }
 
 static void
@@ -313,6 +468,15 @@ log_from_daemon(void *cls, const char *fmt, va_list ap)
 static void
 stop_daemon(int code, Datum arg)
 {
+	/*
+	 * Deliveries still waiting for their group (the worker exits in the
+	 * middle of one) are closed unanswered: nothing of theirs was committed.
+	 * libmicrohttpd must not be stopped with suspended connections.
+	 */
+	for (int i = 0; i < n_waiting; i++)
+		if (waiting[i]->connection != NULL)
+			MHD_resume_connection(waiting[i]->connection);
+	n_waiting = 0;
 	if (daemon_handle != NULL)
 		MHD_stop_daemon(daemon_handle);
 	daemon_handle = NULL;
@@ -345,7 +509,7 @@ start_daemon(void)
 	struct sockaddr_storage addr = {0};
 	struct sockaddr_in *in4 = (struct sockaddr_in *) &addr;
 	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &addr;
-	unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	struct MHD_OptionItem options[] = {
 		{MHD_OPTION_SOCK_ADDR, 0, &addr},
 		{MHD_OPTION_CONNECTION_TIMEOUT, CONNECTION_TIMEOUT_S, NULL},
@@ -434,6 +598,8 @@ ff_listener_main(Datum main_arg)
 	pgstat_report_appname("flexfactor webhook listener");
 	requests_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor webhook requests",
 										 ALLOCSET_DEFAULT_SIZES);
+	group_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor webhook group",
+									  ALLOCSET_DEFAULT_SIZES);
 	started_address = pstrdup(ff_webhook_listen_address);
 	started_port = ff_webhook_port;
 	started_path = pstrdup(ff_webhook_path);
@@ -474,13 +640,21 @@ ff_listener_main(Datum main_arg)
 			proc_exit(0);
 		}
 
-		if (MHD_get_timeout(daemon_handle, &mhd_timeout) == MHD_YES)
+		/* deliveries that completed while the last group was answered: no waiting */
+		if (n_waiting > 0)
+			timeout_ms = 0;
+		else if (MHD_get_timeout(daemon_handle, &mhd_timeout) == MHD_YES)
 			timeout_ms = Min(timeout_ms, (long) mhd_timeout);
 		rc = WaitLatchOrSocket(MyLatch,
 							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							   epoll_fd, timeout_ms, PG_WAIT_EXTENSION);
 		if (rc & WL_LATCH_SET)
 			ResetLatch(MyLatch);
-		MHD_run(daemon_handle);
+		MHD_run(daemon_handle);		/* receives; complete deliveries wait */
+		if (n_waiting > 0)
+		{
+			take_waiting();
+			MHD_run(daemon_handle); /* answers them */
+		}
 	}
 }
