@@ -10,7 +10,7 @@ SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd',
 SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd', 'tok-1', 'tx-2')) AS next_attempt;
 SELECT order_id, transaction_id, state,
        idempotency_key = flexfactor.ff_attempt_key('evaluate', current_setting('flexfactor.mid'), order_id, transaction_id) AS key_is_the_api_key
-  FROM flexfactor.declines ORDER BY id;
+  FROM flexfactor.decline_status ORDER BY id;
 
 -- refusals, naming what is wrong; nothing queued
 SELECT flexfactor.ff_enqueue_decline('{"transaction":{"id":"t","amount":100,"currency":"USD"}}');
@@ -75,7 +75,7 @@ INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurri
 DROP TRIGGER payments_bad_arg ON billing.payments;
 SELECT count(*) AS payments_table_still_there FROM billing.payments;
 
--- fixing batches: at most max_rows lines each, numbered 1..N, bytes and SHA-256 fixed
+-- fixing batches: at most max_rows lines each, numbered 1..N, in queue order
 INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
 SELECT 'N-' || i, 'tx', gen_random_uuid(), flexfactor.ff_decline('N-' || i, 1500, 'USD', 'tok', 'tx')
   FROM generate_series(1, 4500) i;
@@ -84,20 +84,44 @@ SELECT flexfactor._create_evaluate_batch(2000) IS NOT NULL AS b1,
        flexfactor._create_evaluate_batch(2000) IS NOT NULL AS b3,
        flexfactor._create_evaluate_batch(2000) IS NULL AS nothing_left;
 SELECT b.line_count, b.state, b.file_name ~ '^evaluate_00000000-0000-4000-8000-000000000001_\d{8}T\d{6}Z_\d+\.jsonl$' AS name_ok,
-       min(l.sequence_number) AS first_seq, max(l.sequence_number) AS last_seq,
-       b.sha256 = encode(sha256(convert_to(string_agg(l.line || E'\n', '' ORDER BY l.sequence_number), 'UTF8')), 'hex') AS sha_matches,
-       b.byte_count = octet_length(convert_to(string_agg(l.line || E'\n', '' ORDER BY l.sequence_number), 'UTF8')) AS size_matches,
+       count(*) AS lines, min(l.sequence_number) AS first_seq, max(l.sequence_number) AS last_seq,
+       b.sha256 IS NULL AS sha_at_first_upload,
        bool_and((l.line::jsonb->>'sequenceNumber')::int = l.sequence_number) AS line_numbers_ok,
        bool_and(l.line::jsonb->>'mid' = current_setting('flexfactor.mid')) AS mid_ok,
-       bool_and(l.line::jsonb->>'idempotencyKey' = d.idempotency_key::text) AS keys_ok
+       bool_and(l.line::jsonb->>'idempotencyKey' = d.idempotency_key::text) AS keys_ok,
+       bool_and(l.line::jsonb - '{sequenceNumber,mid,idempotencyKey}'::text[] = d.payload) AS payload_ok,
+       bool_and(s.batch_id = b.id AND s.state = 'batched') AS status_ok,
+       array_agg(d.id ORDER BY l.sequence_number) = array_agg(d.id ORDER BY d.enqueue_xid, d.id) AS queue_order_ok
   FROM flexfactor.batches b
-  JOIN flexfactor.batch_lines l ON l.batch_id = b.id
+ CROSS JOIN LATERAL flexfactor.batch_file_lines(b.id) l
   JOIN flexfactor.declines d ON d.id = l.decline_id
+  JOIN flexfactor.decline_status s ON s.id = d.id
  GROUP BY b.id ORDER BY b.id;
+-- the same bytes every time: the lines are derived from rows that never change
+CREATE TEMP TABLE first_bytes AS
+SELECT b.id, sha256(convert_to(string_agg(l.line || E'\n', '' ORDER BY l.sequence_number), 'UTF8')) AS sha
+  FROM flexfactor.batches b CROSS JOIN LATERAL flexfactor.batch_file_lines(b.id) l GROUP BY b.id;
+UPDATE flexfactor.declines SET payload = payload || '{"x": 1}' WHERE order_id = 'N-7';
+DELETE FROM flexfactor.declines WHERE order_id = 'N-7';
+SELECT count(*) AS same_bytes FROM first_bytes f
+  JOIN (SELECT b.id, sha256(convert_to(string_agg(l.line || E'\n', '' ORDER BY l.sequence_number), 'UTF8')) AS sha
+          FROM flexfactor.batches b CROSS JOIN LATERAL flexfactor.batch_file_lines(b.id) l GROUP BY b.id) g
+    ON g.id = f.id AND g.sha = f.sha;
 -- every queued decline is in exactly one batch line
 SELECT count(*) AS declines, count(l.decline_id) AS in_a_batch, count(DISTINCT l.decline_id) AS distinct_in_batches
-  FROM flexfactor.declines d LEFT JOIN flexfactor.batch_lines l ON l.decline_id = d.id;
+  FROM flexfactor.declines d
+  LEFT JOIN (SELECT f.* FROM flexfactor.batches b CROSS JOIN LATERAL flexfactor.batch_file_lines(b.id) f) l
+    ON l.decline_id = d.id;
 SELECT queue, state, rows FROM flexfactor.queue_status ORDER BY queue, state;
+
+-- a decline waits for its transaction to commit, and so does every decline
+-- queued after that transaction began: it could still commit a row in front
+BEGIN;
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('L-1', 1500, 'USD', 'tok', 'tx')) > 0 AS queued;
+SELECT flexfactor._create_evaluate_batch(2000) IS NULL AS waits_for_commit;
+COMMIT;
+SELECT flexfactor._create_evaluate_batch(2000) IS NOT NULL AS batched_after_commit;
+SELECT order_id, state FROM flexfactor.decline_status WHERE order_id LIKE 'L-%' ORDER BY id;
 
 -- transmit copies can leave in transmit_ batches (flexfactor.transmit_via = 'sftp')
 SELECT flexfactor.ff_transmit(flexfactor.ff_payment('P-' || i, 2500, 'USD', 'ptx-' || i)) > 0 AS queued
@@ -109,9 +133,9 @@ SELECT b.kind, b.line_count, b.file_name ~ '^transmit_00000000-0000-4000-8000-00
        bool_and(l.line::jsonb->>'idempotencyKey'
                 = md5('flexfactor-transmit:' || current_setting('flexfactor.mid') || ':' || t.id)::uuid::text) AS same_key_as_api_path,
        bool_and(t.state = 'batched' AND t.batch_id = b.id) AS rows_batched,
-       b.sha256 = encode(sha256(convert_to(string_agg(l.line || E'\n', '' ORDER BY l.sequence_number), 'UTF8')), 'hex') AS sha_matches
+       string_agg(l.sequence_number::text, ',' ORDER BY l.sequence_number) AS sequence_numbers
   FROM flexfactor.batches b
-  JOIN flexfactor.batch_lines l ON l.batch_id = b.id
+ CROSS JOIN LATERAL flexfactor.batch_file_lines(b.id) l
   JOIN flexfactor.transmit_queue t ON t.id = l.transmit_queue_id
  WHERE b.kind = 'transmit'
  GROUP BY b.id ORDER BY b.id;

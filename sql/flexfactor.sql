@@ -84,8 +84,10 @@ CREATE UNIQUE INDEX refunds_transaction_idx ON flexfactor.refunds (transaction_i
 
 /* --------------------------------------------------------------- batches */
 
--- One SFTP batch file.  Its name and bytes are fixed when it is created, so
--- a retried upload writes the same file.
+-- One SFTP batch file.  Its name and its rows are fixed when it is created;
+-- its bytes are derived from those rows (flexfactor.batch_file_lines), which
+-- never change, so a retried upload writes the same file.  The first upload
+-- records the size and SHA-256, and every later one must match them.
 CREATE TABLE flexfactor.batches (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     kind             text NOT NULL,
@@ -100,7 +102,15 @@ CREATE TABLE flexfactor.batches (
     created_at       timestamptz NOT NULL DEFAULT now(),
     uploaded_at      timestamptz,
     result_at        timestamptz,
+    mid              text NOT NULL,           -- carried by every line
+    -- an evaluate batch's declines: queue positions first..last, inclusive
+    first_xid        xid8,
+    first_id         bigint,
+    last_xid         xid8,
+    last_id          bigint,
+    requeued_as      bigint REFERENCES flexfactor.batches (id),
     CONSTRAINT batches_file_name_key UNIQUE (file_name),
+    CONSTRAINT batches_range_check CHECK ((kind = 'evaluate') = (num_nonnulls(first_xid, first_id, last_xid, last_id) = 4)),
     CONSTRAINT batches_kind_check CHECK (kind IN ('evaluate', 'transmit')),
     CONSTRAINT batches_line_count_check CHECK (line_count BETWEEN 1 AND 2000),
     CONSTRAINT batches_sha256_check CHECK (sha256 IS NULL OR sha256 ~ '^[0-9a-f]{64}$'),
@@ -113,30 +123,33 @@ CREATE TABLE flexfactor.batches (
 );
 CREATE INDEX batches_upload_queue_idx ON flexfactor.batches (next_attempt_at)
     WHERE state = 'ready';
+CREATE INDEX batches_queue_position_idx ON flexfactor.batches (last_xid, last_id)
+    WHERE kind = 'evaluate';
 
 /* ---------------------------------------------------------------- queues */
 
--- Declined merchant-initiated charges waiting to leave in an evaluate batch.
+-- Declined merchant-initiated charges queued for evaluate batches.
+--
+-- A row never changes once queued (only set_aside_reason may be set later),
+-- and a batch is a range of rows in queue order (enqueue_xid, id): fixing a
+-- batch writes one batches row and nothing per decline, and the batch file's
+-- lines are derived from its rows the same way at every upload
+-- (flexfactor.batch_file_lines).  enqueue_xid is the inserting transaction's
+-- id, so a range is only closed below the oldest transaction still running:
+-- no decline can later commit inside it.
 CREATE TABLE flexfactor.declines (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     order_id          text NOT NULL,
     transaction_id    text NOT NULL,          -- the processor's id of this charge attempt
     idempotency_key   uuid NOT NULL,
     payload           jsonb NOT NULL,         -- the /evaluate body; never a raw card number
-    state             text NOT NULL DEFAULT 'pending',
-    batch_id          bigint REFERENCES flexfactor.batches (id),
-    set_aside_reason  text,
+    enqueue_xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    set_aside_reason  text,                   -- why FlexFactor refused it
     enqueued_at       timestamptz NOT NULL DEFAULT now(),
-    batched_at        timestamptz,
     CONSTRAINT declines_attempt_key UNIQUE (order_id, transaction_id),
-    CONSTRAINT declines_idempotency_key_key UNIQUE (idempotency_key),
-    CONSTRAINT declines_state_check CHECK (state IN ('pending', 'batched', 'set_aside')),
-    CONSTRAINT declines_batch_check CHECK ((state = 'batched') <= (batch_id IS NOT NULL)
-                                           AND (state = 'pending') <= (batch_id IS NULL)),
-    CONSTRAINT declines_set_aside_check CHECK ((state = 'set_aside') = (set_aside_reason IS NOT NULL))
+    CONSTRAINT declines_idempotency_key_key UNIQUE (idempotency_key)
 );
-CREATE INDEX declines_pending_idx ON flexfactor.declines (id) WHERE state = 'pending';
-CREATE INDEX declines_batch_idx ON flexfactor.declines (batch_id) WHERE batch_id IS NOT NULL;
+CREATE INDEX declines_queue_order_idx ON flexfactor.declines (enqueue_xid, id);
 
 -- Copies of processed payments for /transmit, sent by the worker after commit.
 CREATE TABLE flexfactor.transmit_queue (
@@ -162,14 +175,14 @@ CREATE INDEX transmit_queue_delivered_idx ON flexfactor.transmit_queue (delivere
 
 /* ----------------------------------------------------------- batch lines */
 
--- One line of a batch file, in file order; the exact bytes that are uploaded,
--- and what FlexFactor's result file said about it.
+-- What FlexFactor's result file said about each line of a batch file (the
+-- line itself is flexfactor.batch_file_lines(batch_id)); one row per line,
+-- written when the result file is applied.
 CREATE TABLE flexfactor.batch_lines (
     batch_id           bigint NOT NULL REFERENCES flexfactor.batches (id) ON DELETE CASCADE,
     sequence_number    integer NOT NULL,
     decline_id         bigint REFERENCES flexfactor.declines (id),
     transmit_queue_id  bigint REFERENCES flexfactor.transmit_queue (id),
-    line               text NOT NULL,
     order_session_key  uuid,
     status             text,
     errors             jsonb,
@@ -631,77 +644,78 @@ BEGIN
     RETURN current_setting('flexfactor.mid');
 END $$;
 
--- A new batch row, named <kind>_<mid>_<UTC stamp>_<id>.jsonl; its lines follow.
-CREATE FUNCTION flexfactor._new_batch(kind text, mid text, line_count integer)
+-- A new batch row, named <kind>_<mid>_<UTC stamp>_<id>.jsonl; an evaluate
+-- batch also gets its range of declines.
+CREATE FUNCTION flexfactor._new_batch(kind text, mid text, line_count integer,
+                                      first_xid xid8 DEFAULT NULL, first_id bigint DEFAULT NULL,
+                                      last_xid xid8 DEFAULT NULL, last_id bigint DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     batch bigint := nextval(pg_get_serial_sequence('flexfactor.batches', 'id'));
 BEGIN
-    INSERT INTO flexfactor.batches (id, kind, file_name, line_count)
+    INSERT INTO flexfactor.batches (id, kind, mid, file_name, line_count, first_xid, first_id, last_xid, last_id)
     OVERRIDING SYSTEM VALUE
-    VALUES (batch, kind,
+    VALUES (batch, kind, mid,
             format('%s_%s_%s_%s.jsonl', kind, mid,
                    to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"'), batch),
-            line_count);
+            line_count, first_xid, first_id, last_xid, last_id);
     RETURN batch;
 END $$;
 
--- Fixes a batch's bytes: its size and SHA-256 over the lines, each ended by \n.
-CREATE FUNCTION flexfactor._seal_batch(batch bigint)
-RETURNS bigint LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-    UPDATE flexfactor.batches b
-       SET byte_count = octet_length(f.bytes), sha256 = encode(sha256(f.bytes), 'hex')
-      FROM (SELECT convert_to(string_agg(line || E'\n', '' ORDER BY sequence_number), 'UTF8') AS bytes
-              FROM flexfactor.batch_lines WHERE batch_id = batch) AS f
-     WHERE b.id = batch
-    RETURNING b.id;
-END;
-
--- Fixes up to max_rows pending declines into one evaluate batch: file name,
--- line bytes (with sequenceNumber, mid and idempotencyKey), size and SHA-256
--- are decided here, once, so every later upload writes the same file.
--- Returns the batch id, or NULL when nothing is pending.  A caller fixing
--- several batches in one transaction passes the last id it claimed, so the
--- claim skips the index entries of rows it already batched (else each batch
--- would re-walk them all, quadratically).
-CREATE FUNCTION flexfactor._create_evaluate_batch(max_rows integer, after_id bigint DEFAULT 0)
+-- Fixes the next (up to) max_rows queued declines, in queue order, into one
+-- evaluate batch: its file name and its range of rows are decided here, once.
+-- Only declines of transactions older than every running one are taken, so
+-- no decline can ever commit inside a closed range; one exporter at a time
+-- (a second one finds the lock taken and takes nothing).  Returns the batch
+-- id, or NULL when nothing is ready.
+CREATE FUNCTION flexfactor._create_evaluate_batch(max_rows integer)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    mid    text := flexfactor._batch_mid();
-    ids    bigint[];
-    batch  bigint;
+    mid       text := flexfactor._batch_mid();
+    done_xid  xid8;
+    done_id   bigint;
+    horizon   xid8;
+    n         integer;
+    f_xid     xid8;
+    f_id      bigint;
+    l_xid     xid8;
+    l_id      bigint;
 BEGIN
-    -- two exporters never take the same row
-    SELECT array_agg(id ORDER BY id) INTO ids
-      FROM (SELECT id FROM flexfactor.declines
-             WHERE state = 'pending' AND id > after_id
-             ORDER BY id
-             LIMIT max_rows
-               FOR UPDATE SKIP LOCKED) AS claimed;
-    IF ids IS NULL THEN
+    IF NOT pg_try_advisory_xact_lock(hashtext('flexfactor.declines')::bigint) THEN
+        RETURN NULL;
+    END IF;
+    -- a fresh snapshot after the lock: batches fixed by an exporter that just committed
+    SELECT b.last_xid, b.last_id INTO done_xid, done_id
+      FROM flexfactor.batches b WHERE b.kind = 'evaluate'
+     ORDER BY b.last_xid DESC, b.last_id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        done_xid := '0'::xid8;
+        done_id := 0;
+    END IF;
+    horizon := pg_snapshot_xmin(pg_current_snapshot());
+
+    WITH next AS MATERIALIZED (
+        SELECT d.enqueue_xid, d.id FROM flexfactor.declines d
+         WHERE (d.enqueue_xid, d.id) > (done_xid, done_id) AND d.enqueue_xid < horizon
+         ORDER BY d.enqueue_xid, d.id
+         LIMIT max_rows)
+    SELECT (SELECT count(*) FROM next), f.enqueue_xid, f.id, l.enqueue_xid, l.id
+      INTO n, f_xid, f_id, l_xid, l_id
+      FROM (SELECT * FROM next ORDER BY enqueue_xid, id LIMIT 1) f,
+           (SELECT * FROM next ORDER BY enqueue_xid DESC, id DESC LIMIT 1) l;
+    IF NOT FOUND THEN
         RETURN NULL;
     END IF;
 
-    batch := flexfactor._new_batch('evaluate', mid, cardinality(ids));
-    INSERT INTO flexfactor.batch_lines (batch_id, sequence_number, decline_id, line)
-    SELECT batch, u.seq, d.id,
-           (d.payload || jsonb_build_object('sequenceNumber', u.seq, 'mid', mid,
-                                            'idempotencyKey', d.idempotency_key))::text
-      FROM unnest(ids) WITH ORDINALITY AS u(id, seq)
-      JOIN flexfactor.declines d ON d.id = u.id;
-    UPDATE flexfactor.declines
-       SET state = 'batched', batch_id = batch, batched_at = now()
-     WHERE id = ANY (ids);
-    RETURN flexfactor._seal_batch(batch);
+    RETURN flexfactor._new_batch('evaluate', mid, n, f_xid, f_id, l_xid, l_id);
 END $$;
 
 -- The transmit counterpart (flexfactor.transmit_via = 'sftp'): fixes pending
--- /transmit copies into one transmit_ batch; each line carries the same
--- idempotencyKey the API path would send for that row.
+-- /transmit copies into one transmit_ batch (each row records its batch).
+-- A caller fixing several batches in one transaction passes the last id it
+-- claimed, so the claim skips the index entries of rows it already batched.
 CREATE FUNCTION flexfactor._create_transmit_batch(max_rows integer, after_id bigint DEFAULT 0)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
@@ -710,6 +724,7 @@ DECLARE
     ids    bigint[];
     batch  bigint;
 BEGIN
+    -- two exporters never take the same row
     SELECT array_agg(id ORDER BY id) INTO ids
       FROM (SELECT id FROM flexfactor.transmit_queue
              WHERE state = 'pending' AND id > after_id
@@ -721,17 +736,75 @@ BEGIN
     END IF;
 
     batch := flexfactor._new_batch('transmit', mid, cardinality(ids));
-    INSERT INTO flexfactor.batch_lines (batch_id, sequence_number, transmit_queue_id, line)
-    SELECT batch, u.seq, t.id,
-           (t.payload || jsonb_build_object(
-                'sequenceNumber', u.seq, 'mid', mid,
-                'idempotencyKey', coalesce(t.payload->>'idempotencyKey',
-                                           md5('flexfactor-transmit:' || mid || ':' || t.id)::uuid::text)))::text
-      FROM unnest(ids) WITH ORDINALITY AS u(id, seq)
-      JOIN flexfactor.transmit_queue t ON t.id = u.id;
     UPDATE flexfactor.transmit_queue SET state = 'batched', batch_id = batch WHERE id = ANY (ids);
-    RETURN flexfactor._seal_batch(batch);
+    RETURN batch;
 END $$;
+
+-- The lines of a batch file, in file order: each row's payload plus its
+-- sequenceNumber, the merchant id and its idempotencyKey (a transmit row
+-- carries the key the API path would send for it).  Derived from rows that
+-- never change, so every call gives the same bytes.
+CREATE FUNCTION flexfactor.batch_file_lines(batch_id bigint)
+RETURNS TABLE (sequence_number integer, decline_id bigint, transmit_queue_id bigint, line text)
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.n::integer, d.id, NULL::bigint,
+           (d.payload || jsonb_build_object('sequenceNumber', d.n, 'mid', b.mid,
+                                            'idempotencyKey', d.idempotency_key))::text
+      FROM flexfactor.batches b
+     CROSS JOIN LATERAL (
+           SELECT q.id, q.payload, q.idempotency_key,
+                  row_number() OVER (ORDER BY q.enqueue_xid, q.id) AS n
+             FROM flexfactor.declines q
+            WHERE (q.enqueue_xid, q.id) >= (b.first_xid, b.first_id)
+              AND (q.enqueue_xid, q.id) <= (b.last_xid, b.last_id)) d
+     WHERE b.id = $1 AND b.kind = 'evaluate'
+    UNION ALL
+    SELECT t.n::integer, NULL::bigint, t.id,
+           (t.payload || jsonb_build_object(
+                'sequenceNumber', t.n, 'mid', b.mid,
+                'idempotencyKey', coalesce(t.payload->>'idempotencyKey',
+                                           md5('flexfactor-transmit:' || b.mid || ':' || t.id)::uuid::text)))::text
+      FROM flexfactor.batches b
+     CROSS JOIN LATERAL (
+           SELECT q.id, q.payload, row_number() OVER (ORDER BY q.id) AS n
+             FROM flexfactor.transmit_queue q WHERE q.batch_id = b.id) t
+     WHERE b.id = $1 AND b.kind = 'transmit'
+     ORDER BY 1
+$$;
+COMMENT ON FUNCTION flexfactor.batch_file_lines(bigint) IS
+    'The exact lines of a batch file, in order, each without its trailing newline';
+
+-- Queued declines cannot be changed, and cannot be removed while their batch
+-- file may still be uploaded or answered: the file's bytes and its
+-- sequence numbers come from them.
+CREATE FUNCTION flexfactor._declines_frozen()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF (NEW.id, NEW.order_id, NEW.transaction_id, NEW.idempotency_key, NEW.payload, NEW.enqueue_xid)
+           IS DISTINCT FROM
+           (OLD.id, OLD.order_id, OLD.transaction_id, OLD.idempotency_key, OLD.payload, OLD.enqueue_xid) THEN
+            RAISE EXCEPTION 'a queued decline cannot be changed'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = format('Decline %s (order %s) is a line of a batch file, as it was queued.', OLD.id, OLD.order_id),
+                      HINT = 'Queue a new attempt with its own transaction.id instead.';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF EXISTS (SELECT 1 FROM flexfactor.batches b
+                WHERE b.kind = 'evaluate' AND b.state IN ('ready', 'uploaded')
+                  AND (OLD.enqueue_xid, OLD.id) BETWEEN (b.first_xid, b.first_id) AND (b.last_xid, b.last_id)) THEN
+        RAISE EXCEPTION 'decline % is in a batch file not answered yet', OLD.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Order %s is a line of a batch that is still to be uploaded or answered.', OLD.order_id),
+                  HINT = 'Wait for the result file (see flexfactor.batch_status).';
+    END IF;
+    RETURN OLD;
+END $$;
+CREATE TRIGGER declines_frozen BEFORE UPDATE OR DELETE ON flexfactor.declines
+    FOR EACH ROW EXECUTE FUNCTION flexfactor._declines_frozen();
 
 -- Trigger helper for any billing table: queues a row as a declined recurring
 -- charge.  Arguments are "field=column" pairs naming the table's columns
@@ -844,9 +917,16 @@ END $$;
 
 CREATE VIEW flexfactor.queue_status AS
 SELECT q.queue, q.state, q.rows, q.oldest, now() - q.oldest AS oldest_age, q.last_error, q.next_attempt_at
-  FROM (SELECT 'declines'::text AS queue, state, count(*) AS rows, min(enqueued_at) AS oldest,
-               max(set_aside_reason) AS last_error, NULL::timestamptz AS next_attempt_at
-          FROM flexfactor.declines GROUP BY state
+  FROM (SELECT 'declines'::text AS queue, d.state, count(*) AS rows, min(d.enqueued_at) AS oldest,
+               max(d.set_aside_reason) AS last_error, NULL::timestamptz AS next_attempt_at
+          FROM (SELECT CASE WHEN q.set_aside_reason IS NOT NULL THEN 'set_aside'
+                            WHEN c.last_id IS NULL OR (q.enqueue_xid, q.id) > (c.last_xid, c.last_id) THEN 'pending'
+                            ELSE 'batched' END AS state,
+                       q.enqueued_at, q.set_aside_reason
+                  FROM flexfactor.declines q
+                  LEFT JOIN (SELECT b.last_xid, b.last_id FROM flexfactor.batches b WHERE b.kind = 'evaluate'
+                              ORDER BY b.last_xid DESC, b.last_id DESC LIMIT 1) c ON true) d
+         GROUP BY d.state
         UNION ALL
         SELECT 'batches', state, count(*), min(created_at),
                (array_agg(last_error ORDER BY id DESC) FILTER (WHERE last_error IS NOT NULL))[1],
@@ -859,6 +939,25 @@ SELECT q.queue, q.state, q.rows, q.oldest, now() - q.oldest AS oldest_age, q.las
           FROM flexfactor.transmit_queue GROUP BY state) AS q;
 COMMENT ON VIEW flexfactor.queue_status IS
     'Rows per queue and state, the oldest one, the last error and the next attempt';
+
+-- Each queued decline with its state: pending (not in a batch yet), batched
+-- (with its batch: the newest one over its row, after a requeue) or set_aside.
+CREATE VIEW flexfactor.decline_status AS
+SELECT d.id, d.order_id, d.transaction_id, d.idempotency_key, d.payload,
+       CASE WHEN d.set_aside_reason IS NOT NULL THEN 'set_aside'
+            WHEN b.id IS NULL THEN 'pending'
+            ELSE 'batched' END AS state,
+       b.id AS batch_id, d.set_aside_reason, d.enqueued_at, b.created_at AS batched_at
+  FROM flexfactor.declines d
+  LEFT JOIN LATERAL (
+       SELECT b.id, b.created_at FROM flexfactor.batches b
+        WHERE b.kind = 'evaluate'
+          AND (b.last_xid, b.last_id) >= (d.enqueue_xid, d.id)
+          AND (b.first_xid, b.first_id) <= (d.enqueue_xid, d.id)
+        ORDER BY b.last_xid, b.last_id, b.id DESC
+        LIMIT 1) b ON true;
+COMMENT ON VIEW flexfactor.decline_status IS
+    'Each queued decline: pending, batched (with its batch) or set_aside (with the reason)';
 
 CREATE VIEW flexfactor.batch_status AS
 SELECT b.id, b.kind, b.file_name, b.state, b.line_count, b.byte_count, b.sha256, b.attempts,
@@ -1199,11 +1298,12 @@ BEGIN
 
     -- a result line must answer the order on the same line of the batch
     PERFORM 1 FROM unnest(lines) AS j
-      LEFT JOIN flexfactor.batch_lines bl
-             ON bl.batch_id = b.id AND bl.sequence_number = (j->>'sequenceNumber')::integer
-     WHERE bl.batch_id IS NULL
-        OR (j ? 'orderId' AND j->>'orderId' IS DISTINCT FROM bl.line::jsonb->>'orderId');
-    IF FOUND OR coalesce(cardinality(lines), 0) <> b.line_count THEN
+      LEFT JOIN flexfactor.batch_file_lines(b.id) f
+             ON f.sequence_number = (j->>'sequenceNumber')::integer
+     WHERE f.sequence_number IS NULL
+        OR (j ? 'orderId' AND j->>'orderId' IS DISTINCT FROM f.line::jsonb->>'orderId');
+    IF FOUND OR coalesce(cardinality(lines), 0) <> b.line_count
+       OR (SELECT count(DISTINCT j->>'sequenceNumber') FROM unnest(lines) AS j) <> b.line_count THEN
         RAISE EXCEPTION 'result file % does not match batch %', result_name, b.id
             USING ERRCODE = 'FF009',
                   DETAIL = format('The batch has %s lines; the file has %s, or a line''s sequenceNumber/orderId differs from the batch line it answers.',
@@ -1211,13 +1311,14 @@ BEGIN
                   HINT = 'Nothing was applied; ask FlexFactor about the file.';
     END IF;
 
-    UPDATE flexfactor.batch_lines bl
-       SET order_session_key = CASE WHEN j->>'orderSessionKey' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
-                                    THEN (j->>'orderSessionKey')::uuid END,
-           status = upper(j->>'status'),
-           errors = j->'errors'
+    INSERT INTO flexfactor.batch_lines AS bl
+           (batch_id, sequence_number, decline_id, transmit_queue_id, order_session_key, status, errors)
+    SELECT b.id, f.sequence_number, f.decline_id, f.transmit_queue_id,
+           CASE WHEN j->>'orderSessionKey' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
+                THEN (j->>'orderSessionKey')::uuid END,
+           upper(j->>'status'), j->'errors'
       FROM unnest(lines) AS j
-     WHERE bl.batch_id = b.id AND bl.sequence_number = (j->>'sequenceNumber')::integer;
+      JOIN flexfactor.batch_file_lines(b.id) f ON f.sequence_number = (j->>'sequenceNumber')::integer;
 
     IF b.kind = 'evaluate' THEN
         INSERT INTO flexfactor.orders AS o
@@ -1236,8 +1337,7 @@ BEGIN
                source = 'batch',
                status = flexfactor.ff_next_status(o.status, EXCLUDED.status);
         UPDATE flexfactor.declines d
-           SET state = 'set_aside',
-               set_aside_reason = format('FlexFactor rejected line %s of %s: %s', bl.sequence_number,
+           SET set_aside_reason = format('FlexFactor rejected line %s of %s: %s', bl.sequence_number,
                                          b.file_name, coalesce(bl.errors::text, 'no reason given'))
           FROM flexfactor.batch_lines bl
          WHERE bl.batch_id = b.id AND bl.decline_id = d.id AND bl.status = 'REJECTED';
@@ -1283,9 +1383,8 @@ BEGIN
     UPDATE flexfactor.batches SET state = 'rejected', result_at = now(),
            last_error = 'rejected whole by FlexFactor: ' || reason
      WHERE id = b.id;
-    UPDATE flexfactor.declines SET state = 'set_aside',
-           set_aside_reason = format('batch file %s rejected whole: %s', b.file_name, reason)
-     WHERE batch_id = b.id AND state = 'batched';
+    UPDATE flexfactor.declines SET set_aside_reason = format('batch file %s rejected whole: %s', b.file_name, reason)
+     WHERE id IN (SELECT f.decline_id FROM flexfactor.batch_file_lines(b.id) f);
     UPDATE flexfactor.transmit_queue SET state = 'set_aside',
            last_error = format('batch file %s rejected whole: %s', b.file_name, reason)
      WHERE batch_id = b.id AND state IN ('batched', 'delivered');
@@ -1294,27 +1393,41 @@ BEGIN
     RETURN format('batch %s rejected: %s', b.id, reason);
 END $$;
 
--- Queues the set-aside declines of a batch FlexFactor rejected whole again,
--- once the cause is fixed; they leave in a new batch.  Returns how many.
+-- Queues the rows of a batch FlexFactor rejected whole again, once the cause
+-- is fixed: they leave in a new batch (for declines, a new file over the same
+-- range of rows).  Returns how many rows.
 CREATE FUNCTION flexfactor.ff_requeue_batch(batch_id bigint)
 RETURNS integer LANGUAGE plpgsql VOLATILE STRICT
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    b        flexfactor.batches;
+    again    bigint;
     requeued integer;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM flexfactor.batches b WHERE b.id = $1 AND b.state = 'rejected') THEN
-        RAISE EXCEPTION 'batch % was not rejected by FlexFactor', $1
+    SELECT * INTO b FROM flexfactor.batches WHERE id = $1 FOR UPDATE;
+    IF NOT FOUND OR b.state <> 'rejected' OR b.requeued_as IS NOT NULL THEN
+        RAISE EXCEPTION 'batch % was not rejected by FlexFactor, or is queued again already', $1
             USING ERRCODE = 'FF020',
-                  HINT = 'Only the rows of a batch in state ''rejected'' can be queued again.';
+                  HINT = 'Only the rows of a batch in state ''rejected'' can be queued again, once.';
     END IF;
-    DELETE FROM flexfactor.batch_lines l WHERE l.batch_id = $1;
-    UPDATE flexfactor.declines d
-       SET state = 'pending', batch_id = NULL, batched_at = NULL, set_aside_reason = NULL
-     WHERE d.batch_id = $1 AND d.state = 'set_aside';
-    GET DIAGNOSTICS requeued = ROW_COUNT;
-    UPDATE flexfactor.transmit_queue t
-       SET state = 'pending', batch_id = NULL, last_error = NULL, delivered_at = NULL
-     WHERE t.batch_id = $1 AND t.state = 'set_aside';
+    IF b.kind = 'evaluate' THEN
+        UPDATE flexfactor.declines d SET set_aside_reason = NULL
+         WHERE d.id IN (SELECT f.decline_id FROM flexfactor.batch_file_lines(b.id) f);
+        GET DIAGNOSTICS requeued = ROW_COUNT;
+        IF requeued = 0 THEN
+            RAISE EXCEPTION 'batch % has no rows left to queue again', $1
+                USING ERRCODE = 'FF020',
+                      DETAIL = 'Its declines were deleted from flexfactor.declines.';
+        END IF;
+        again := flexfactor._new_batch('evaluate', b.mid, requeued,
+                                       b.first_xid, b.first_id, b.last_xid, b.last_id);
+    ELSE
+        UPDATE flexfactor.transmit_queue t
+           SET state = 'pending', batch_id = NULL, last_error = NULL, delivered_at = NULL
+         WHERE t.batch_id = $1 AND t.state = 'set_aside';
+        GET DIAGNOSTICS requeued = ROW_COUNT;
+    END IF;
+    UPDATE flexfactor.batches SET requeued_as = again WHERE id = b.id;
     RETURN requeued;
 END $$;
 

@@ -135,7 +135,7 @@ SELECT flexfactor.ff_ingest_webhook(pg_temp.signed(b, 'n-13'), b || ' ')
 SELECT count(*) AS stored_events FROM flexfactor.webhook_events;
 
 -- result files: applied once, orders created, rejected lines set aside
-DELETE FROM flexfactor.declines WHERE state = 'pending';    -- left by earlier suites
+DELETE FROM flexfactor.declines WHERE id IN (SELECT id FROM flexfactor.decline_status WHERE state = 'pending');    -- left by earlier suites
 INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
 SELECT 'R-' || i, 'tx', gen_random_uuid(), flexfactor.ff_decline('R-' || i, 1500 + i, 'USD', 'tok', 'tx')
   FROM generate_series(1, 3) i;
@@ -151,7 +151,7 @@ SELECT string_agg(json_build_object(
            'errors', CASE WHEN l.line::jsonb->>'orderId' = 'R-3'
                           THEN '[{"item1":"card not whitelisted","item2":"400","item3":"400","item4":true}]'::json
                           ELSE '[]'::json END)::text || E'\n', '' ORDER BY l.sequence_number) AS result_body
-  FROM flexfactor.batch_lines l WHERE l.batch_id = :batch \gset
+  FROM flexfactor.batch_file_lines(:batch) l \gset
 -- a file that does not line up with the batch is refused whole
 \set VERBOSITY sqlstate
 SELECT flexfactor._apply_result_file(:'result_file', replace(:'result_body', '"R-1"', '"R-9"'));
@@ -162,7 +162,7 @@ SELECT flexfactor._apply_result_file(:'result_file', :'result_body');
 SELECT flexfactor._apply_result_file(:'result_file', 'whatever') AS again;
 SELECT order_id, source, status, order_session_key, amount_cents FROM flexfactor.orders WHERE order_id LIKE 'R-%' ORDER BY 1;
 SELECT order_id, state, regexp_replace(set_aside_reason, '_\d{8}T\d{6}Z_', '_<stamp>_') AS set_aside_reason
-  FROM flexfactor.declines WHERE order_id LIKE 'R-%' ORDER BY 1;
+  FROM flexfactor.decline_status WHERE order_id LIKE 'R-%' ORDER BY 1;
 SELECT state FROM flexfactor.batches WHERE id = :batch;
 
 -- an error file: the batch is rejected whole, its rows set aside; requeue brings them back
@@ -174,9 +174,14 @@ SELECT regexp_replace(file_name, '\.jsonl$', '.error.json') AS error_file FROM f
 SELECT flexfactor._apply_error_file(:'error_file', '{"error": "more than 2000 lines", "lineCount": 2437}');
 SELECT state, last_error FROM flexfactor.batches WHERE id = :xbatch;
 SELECT order_id, state, regexp_replace(set_aside_reason, '_\d{8}T\d{6}Z_', '_<stamp>_') AS set_aside_reason
-  FROM flexfactor.declines WHERE order_id LIKE 'X-%' ORDER BY 1;
+  FROM flexfactor.decline_status WHERE order_id LIKE 'X-%' ORDER BY 1;
 SELECT flexfactor.ff_requeue_batch(:xbatch) AS requeued;
-SELECT order_id, state FROM flexfactor.declines WHERE order_id LIKE 'X-%' ORDER BY 1;
+SELECT order_id, state, batch_id > :xbatch AS in_a_new_batch FROM flexfactor.decline_status WHERE order_id LIKE 'X-%' ORDER BY 1;
+SELECT b.line_count, b.state, b.file_name <> x.file_name AS new_file,
+       (SELECT string_agg(l.line, E'\n' ORDER BY l.sequence_number) FROM flexfactor.batch_file_lines(b.id) l)
+     = (SELECT string_agg(l.line, E'\n' ORDER BY l.sequence_number) FROM flexfactor.batch_file_lines(x.id) l) AS same_lines
+  FROM flexfactor.batches x JOIN flexfactor.batches b ON b.id = x.requeued_as WHERE x.id = :xbatch;
+SELECT flexfactor.ff_requeue_batch(:xbatch) AS twice;
 SELECT flexfactor.ff_requeue_batch(:batch);
 
 -- recovery statistics

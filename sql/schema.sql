@@ -31,17 +31,23 @@ INSERT INTO flexfactor.orders (order_id, idempotency_key, source, amount_cents, 
 VALUES ('INV-2', gen_random_uuid(), 'sftp', 100, 'USD');
 SELECT order_id, status, source, amount_cents FROM flexfactor.orders;
 
--- queues: a decline is pending, batched (with its batch) or set aside (with a reason)
+-- queues: one decline per attempt; a queued decline never changes (it is a
+-- line of a batch file as queued), only a set-aside reason can be added
 INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
 VALUES ('INV-1', 'tx-1', gen_random_uuid(), '{}');
 INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
 VALUES ('INV-1', 'tx-1', gen_random_uuid(), '{}');
-UPDATE flexfactor.declines SET state = 'batched';
-UPDATE flexfactor.declines SET state = 'set_aside';
-UPDATE flexfactor.declines SET state = 'lost';
-INSERT INTO flexfactor.batches (kind, file_name, line_count) VALUES ('evaluate', 'evaluate_x.jsonl', 2001);
-INSERT INTO flexfactor.batches (kind, file_name, line_count) VALUES ('report', 'report_x.jsonl', 1);
-INSERT INTO flexfactor.batches (kind, file_name, line_count, sha256) VALUES ('evaluate', 'evaluate_x.jsonl', 1, 'abc');
+UPDATE flexfactor.declines SET payload = '{"orderId": "INV-9"}';
+UPDATE flexfactor.declines SET order_id = 'INV-9';
+UPDATE flexfactor.declines SET set_aside_reason = 'set aside by hand';
+SELECT order_id, state, batch_id, set_aside_reason FROM flexfactor.decline_status;
+UPDATE flexfactor.declines SET set_aside_reason = NULL;
+SELECT order_id, state, batch_id FROM flexfactor.decline_status;
+INSERT INTO flexfactor.batches (kind, mid, file_name, line_count, first_xid, first_id, last_xid, last_id)
+VALUES ('evaluate', 'm', 'evaluate_x.jsonl', 2001, '1', 1, '1', 1);
+INSERT INTO flexfactor.batches (kind, mid, file_name, line_count) VALUES ('report', 'm', 'report_x.jsonl', 1);
+INSERT INTO flexfactor.batches (kind, mid, file_name, line_count) VALUES ('evaluate', 'm', 'evaluate_x.jsonl', 1);
+INSERT INTO flexfactor.batches (kind, mid, file_name, line_count, sha256) VALUES ('transmit', 'm', 'transmit_x.jsonl', 1, 'abc');
 INSERT INTO flexfactor.transmit_queue (payload, state) VALUES ('{}', 'delivered');
 INSERT INTO flexfactor.webhook_events (event, body, received_via) VALUES ('order.completed', '{}', 'carrier-pigeon');
 INSERT INTO flexfactor.webhook_rejections (http_status, reason) VALUES (200, 'fine');

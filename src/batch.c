@@ -6,13 +6,15 @@
  * Evaluate batches carry queued declines; with flexfactor.transmit_via =
  * 'sftp', transmit batches carry the queued /transmit copies the same way.
  *
- * A batch is fixed in the database before anything is sent: its rows are
- * claimed (FOR UPDATE SKIP LOCKED), numbered, and its file name, bytes and
- * SHA-256 stored (_create_evaluate_batch() in SQL).  Uploading streams the
- * stored lines through a cursor (memory does not grow with the batch), checks
- * the SHA-256 before the file is renamed into place, and marks the batch
- * uploaded.  A retried upload therefore writes the same bytes under the same
- * name, replacing any earlier copy.
+ * A batch is fixed in the database before anything is sent: its file name
+ * and its rows (for declines, a range in queue order; for transmit copies,
+ * the rows it claimed) are decided once, by _create_evaluate_batch() and
+ * _create_transmit_batch() in SQL.  Uploading streams the lines derived from
+ * those rows (flexfactor.batch_file_lines) through a cursor, so memory does
+ * not grow with the batch; the first upload records the size and SHA-256 and
+ * every later one must match them before the file is renamed into place.  A
+ * retried upload therefore writes the same bytes under the same name,
+ * replacing any earlier copy.
  *
  * Only the worker exports: it fixes batches in one transaction and uploads
  * each batch in its own, so a crash between an upload and its commit leaves
@@ -58,34 +60,40 @@ typedef struct ReadyBatch
 {
 	int64		id;
 	char	   *file_name;
-	char	   *sha256;
+	char	   *sha256;			/* NULL until the first upload */
 	int32		attempts;
+	int32		line_count;
 } ReadyBatch;
 
 /*
- * Fix one batch of the given kind after the last row claimed in this pass;
- * returns false when nothing was pending.
+ * Fix one batch of the given kind; returns false when nothing was ready.
+ * Transmit batches claim rows one by one: *after_id is the last row claimed
+ * in this pass, so each claim starts where the previous one ended.
  */
 static bool
 create_one_batch(const char *kind, int64 *after_id)
 {
+	bool		evaluate = strcmp(kind, "evaluate") == 0;
 	Oid			types[2] = {INT4OID, INT8OID};
 	Datum		values[2] = {Int32GetDatum(ff_batch_max_rows), Int64GetDatum(*after_id)};
-	char	   *create_sql = psprintf("SELECT flexfactor._create_%s_batch($1, $2)", kind);
-	char	   *last_sql = psprintf("SELECT max(%s) FROM flexfactor.batch_lines WHERE batch_id = $1",
-									strcmp(kind, "evaluate") == 0 ? "decline_id" : "transmit_queue_id");
 	Datum		batch;
 	bool		isnull;
 
-	if (SPI_execute_with_args(create_sql, 2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+	if (SPI_execute_with_args(evaluate ?
+							  "SELECT flexfactor._create_evaluate_batch($1)" :
+							  "SELECT flexfactor._create_transmit_batch($1, $2)",
+							  evaluate ? 1 : 2, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not create a %s batch", kind);
 	batch = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	SPI_freetuptable(SPI_tuptable);
 	if (isnull)
 		return false;
+	if (evaluate)
+		return true;
 
 	types[0] = INT8OID;
-	if (SPI_execute_with_args(last_sql, 1, types, &batch, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_with_args("SELECT max(id) FROM flexfactor.transmit_queue WHERE batch_id = $1",
+							  1, types, &batch, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read a batch");
 	*after_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_freetuptable(SPI_tuptable);
@@ -120,10 +128,10 @@ ready_batches(MemoryContext cxt, bool lock)
 	List	   *result = NIL;
 
 	if (SPI_execute(lock ?
-					"SELECT id, file_name, sha256, attempts FROM flexfactor.batches"
+					"SELECT id, file_name, sha256, attempts, line_count FROM flexfactor.batches"
 					" WHERE state = 'ready' AND next_attempt_at <= now()"
 					" ORDER BY id FOR UPDATE SKIP LOCKED" :
-					"SELECT id, file_name, sha256, attempts FROM flexfactor.batches"
+					"SELECT id, file_name, sha256, attempts, line_count FROM flexfactor.batches"
 					" WHERE state = 'ready' AND next_attempt_at <= now() ORDER BY id",
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list batches to upload");
@@ -140,6 +148,7 @@ ready_batches(MemoryContext cxt, bool lock)
 		b->file_name = SPI_getvalue(tup, desc, 2);
 		b->sha256 = SPI_getvalue(tup, desc, 3);
 		b->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		b->line_count = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 		result = lappend(result, b);
 		MemoryContextSwitchTo(old);
 	}
@@ -159,26 +168,30 @@ hex_digest(const uint8 *digest, char *hex)
 	hex[2 * PG_SHA256_DIGEST_LENGTH] = '\0';
 }
 
-/* Stream the batch's stored lines to "<name>.part", verify, rename, mark. */
+/*
+ * Stream the batch's lines to "<name>.part", check them against what the
+ * batch recorded (line count; size and SHA-256 after the first upload),
+ * rename the file into place and mark the batch uploaded.
+ */
 static void
 upload_batch(FFSftp *conn, ReadyBatch *b)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(b->id)};
+	Oid			types[3] = {INT8OID, TEXTOID, INT8OID};
+	Datum		values[3] = {Int64GetDatum(b->id)};
 	pg_cryptohash_ctx *hash = pg_cryptohash_create(PG_SHA256);
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	char		hex[PG_SHA256_DIGEST_STRING_LENGTH];
+	int64		lines = 0;
+	int64		bytes = 0;
 	FFSftpUpload *up;
 	Portal		cursor;
 
 	if (hash == NULL || pg_cryptohash_init(hash) < 0)
 		elog(ERROR, "could not start a SHA-256 computation");
 	up = ff_sftp_begin_upload(conn, ff_sftp_inbound_dir, b->file_name);
-	/* not read-only: it must see lines fixed earlier in this transaction */
 	cursor = SPI_cursor_open_with_args(NULL,
-									   "SELECT line FROM flexfactor.batch_lines"
-									   " WHERE batch_id = $1 ORDER BY sequence_number",
-									   1, types, values, NULL, false, 0);
+									   "SELECT line FROM flexfactor.batch_file_lines($1)",
+									   1, types, values, NULL, true, 0);
 	for (;;)
 	{
 		SPI_cursor_fetch(cursor, true, LINES_PER_FETCH);
@@ -194,6 +207,8 @@ upload_batch(FFSftp *conn, ReadyBatch *b)
 			if (pg_cryptohash_update(hash, (uint8 *) line, len) < 0 ||
 				pg_cryptohash_update(hash, (uint8 *) "\n", 1) < 0)
 				elog(ERROR, "could not compute SHA-256");
+			lines++;
+			bytes += len + 1;
 			pfree(line);
 		}
 		SPI_freetuptable(SPI_tuptable);
@@ -203,22 +218,26 @@ upload_batch(FFSftp *conn, ReadyBatch *b)
 		elog(ERROR, "could not compute SHA-256");
 	pg_cryptohash_free(hash);
 	hex_digest(digest, hex);
-	if (b->sha256 == NULL || strcmp(hex, b->sha256) != 0)
+	if (lines != b->line_count || (b->sha256 != NULL && strcmp(hex, b->sha256) != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("batch %lld does not match the SHA-256 recorded when it was created",
+				 errmsg("batch %lld no longer has the lines it was created with",
 						(long long) b->id),
-				 errdetail("Recorded %s, streamed %s; the file was not renamed into place.",
-						   b->sha256 ? b->sha256 : "nothing", hex),
-				 errhint("Someone changed flexfactor.batch_lines; restore the lines or set the batch aside.")));
+				 errdetail("Recorded %d lines, SHA-256 %s; found %lld lines, SHA-256 %s. The file was not renamed into place.",
+						   b->line_count, b->sha256 ? b->sha256 : "(not uploaded yet)",
+						   (long long) lines, hex),
+				 errhint("Someone changed or removed its rows in flexfactor.declines or flexfactor.transmit_queue; restore them.")));
 
 	ff_sftp_finish_upload(up);
 
+	values[1] = CStringGetTextDatum(hex);
+	values[2] = Int64GetDatum(bytes);
 	if (SPI_execute_with_args("UPDATE flexfactor.batches"
 							  "   SET state = 'uploaded', uploaded_at = now(),"
-							  "       attempts = attempts + 1, last_error = NULL"
+							  "       attempts = attempts + 1, last_error = NULL,"
+							  "       sha256 = $2, byte_count = $3"
 							  " WHERE id = $1",
-							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE ||
+							  3, types, values, NULL, false, 0) != SPI_OK_UPDATE ||
 		SPI_execute_with_args("UPDATE flexfactor.transmit_queue"
 							  "   SET state = 'delivered', delivered_at = now(), attempts = attempts + 1"
 							  " WHERE batch_id = $1 AND state = 'batched'",

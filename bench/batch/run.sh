@@ -13,8 +13,9 @@
 #       statement and times ff_export_batch() in a fresh backend: fixing the
 #       batches (2,000 lines each) and uploading them; then, the batches
 #       reset to 'ready', the upload alone (best of R);
-#       baseline: COPY (SELECT line FROM flexfactor.batch_lines ...) TO
-#       '<file>' for the same batches (same bytes: SHA-256 checked) and
+#       baseline: COPY (SELECT line FROM flexfactor.batch_file_lines(id)) TO
+#       '<file>' for the same batches: the same JSON built from the same
+#       rows, the same bytes (SHA-256 checked); and
 #       OpenSSH's sftp uploading them (put as .part + rename, one
 #       connection) (best of R each); prints times and ratios;
 #   (2) peak memory of the ff_export_batch() backend, started fresh, for N
@@ -269,11 +270,11 @@ EOF
 check_uploaded() {
 	local n=$1 dir=$2 expect got
 	got=$(psql_ -d bench -c "SELECT count(*) FILTER (WHERE d.state = 'batched' AND b.state = 'uploaded')
-	        || ' ' || count(*) FROM flexfactor.declines d LEFT JOIN flexfactor.batches b ON b.id = d.batch_id")
+	        || ' ' || count(*) FROM flexfactor.decline_status d LEFT JOIN flexfactor.batches b ON b.id = d.batch_id")
 	[ "$got" = "$n $n" ] || fail "declines batched+uploaded / total: $got (expected $n $n)"
-	got=$(psql_ -d bench -c "SELECT count(*) FROM (SELECT decline_id FROM flexfactor.batch_lines
-	        GROUP BY decline_id HAVING count(*) > 1) x")
-	[ "$got" = 0 ] || fail "$got declines in more than one batch line"
+	got=$(psql_ -d bench -c "SELECT count(*) FROM (SELECT f.decline_id FROM flexfactor.batches b
+	        CROSS JOIN LATERAL flexfactor.batch_file_lines(b.id) f GROUP BY f.decline_id HAVING count(*) > 1) x")
+	[ "$got" = 0 ] || fail "$got declines are lines of more than one batch file"
 	expect=$(psql_ -d bench -c "SELECT sha256 || '  ' || file_name FROM flexfactor.batches ORDER BY file_name")
 	got=$(cd "$dir" && find . -maxdepth 1 -type f -name '*.jsonl' -printf '%f\n' | sort | xargs -r sha256sum)
 	[ "$expect" = "$got" ] || fail "files in $dir differ from flexfactor.batches (names or SHA-256)"
@@ -306,7 +307,7 @@ upload_secs=$(echo "${up[*]}" | min_of)
 check_uploaded "$rows" "$inbound"
 
 # baseline: COPY of the same lines to one file per batch, then sftp
-psql_ -d bench -c "SELECT format('COPY (SELECT line FROM flexfactor.batch_lines WHERE batch_id = %s ORDER BY sequence_number) TO %L;',
+psql_ -d bench -c "SELECT format('COPY (SELECT line FROM flexfactor.batch_file_lines(%s)) TO %L;',
                                  id, '$work/copy/' || file_name)
                      FROM flexfactor.batches ORDER BY id" >"$work/copy.sql"
 {
@@ -370,7 +371,7 @@ worker_measure() {	# $1 rows -> w_secs, w_hwm, w_anon
 	for _ in $(seq 6000); do
 		[ "$(psql_ -d bench -c "SELECT count(*) FROM flexfactor.batches WHERE state = 'uploaded'
 		        HAVING count(*) = (SELECT count(*) FROM flexfactor.batches)
-		           AND NOT EXISTS (SELECT FROM flexfactor.declines WHERE state = 'pending')")" != '' ] && break
+		           AND NOT EXISTS (SELECT FROM flexfactor.queue_status WHERE queue = 'declines' AND state = 'pending')")" != '' ] && break
 		sleep 0.1
 	done
 	w_secs=$(elapsed "$t0")

@@ -431,7 +431,7 @@ sub check_lines_match_declines
 	for my $row (split /\n/, $node->safe_psql($db,
 			"SELECT id, batch_id, idempotency_key,
 			        flexfactor.ff_attempt_key('evaluate', '$mid', order_id, transaction_id), payload::text
-			   FROM flexfactor.declines WHERE $where ORDER BY id"))
+			   FROM flexfactor.decline_status WHERE $where ORDER BY id"))
 	{
 		my ($id, $batch, $key, $api_key, $payload) = split /\|/, $row, 5;
 		$decl{$key} = { id => $id, batch => $batch, api_key => $api_key,

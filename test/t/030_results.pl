@@ -86,7 +86,7 @@ is(sq("SELECT count(*) FROM flexfactor.orders WHERE order_session_key IS NOT NUL
 	'each with its orderSessionKey');
 my $a1_key = sq("SELECT order_session_key FROM flexfactor.orders WHERE order_id = 'A-1'");
 ok(scalar(grep { ($_->{id} // '') eq $a1_key } @$sim_orders), "A-1's key is FlexFactor's id of that order");
-like(sq("SELECT state || ': ' || set_aside_reason FROM flexfactor.declines WHERE order_id = 'A-5'"),
+like(sq("SELECT state || ': ' || set_aside_reason FROM flexfactor.decline_status WHERE order_id = 'A-5'"),
 	qr/^set_aside: FlexFactor rejected line \d of evaluate_.*amount/i,
 	'the rejected line set its decline aside with the reason');
 is(sq("SELECT state FROM flexfactor.batches"), 'answered', 'the batch is answered');
@@ -115,7 +115,7 @@ my $rejected = sq("SELECT id FROM flexfactor.batches WHERE state = 'rejected'");
 like($rejected, qr/^\d+$/, 'the batch is marked rejected');
 like(sq("SELECT last_error FROM flexfactor.batches WHERE id = $rejected"), qr/^rejected whole by FlexFactor: /,
 	'with FlexFactor\'s reason');
-is(sq("SELECT string_agg(state, ',') FROM flexfactor.declines WHERE order_id LIKE 'B-%'"), 'set_aside,set_aside',
+is(sq("SELECT string_agg(state, ',') FROM flexfactor.decline_status WHERE order_id LIKE 'B-%'"), 'set_aside,set_aside',
 	'its declines are set aside');
 is(sq("SELECT flexfactor.ff_requeue_batch($rejected)"), '2', 'ff_requeue_batch() queues them again');
 is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'and they leave in a new file');
