@@ -4,6 +4,7 @@
 #   sudo bash demo/run.sh            # 10,000 subscriptions; report; stop everything
 #   sudo bash demo/run.sh --quick    # 1,000 subscriptions (what CI runs)
 #   sudo bash demo/run.sh --keep     # leave it all running to explore with psql
+#   sudo bash demo/run.sh --stop     # stop what --keep left running
 #
 # It installs what is missing (Debian packages), builds and installs
 # flexfactor, and starts, all on loopback under $FF_DEMO_DIR (default
@@ -14,17 +15,23 @@
 # simulator answers with result files and, as its clock moves on, signed
 # webhooks that the listener stores; the callback marks rescued invoices paid.
 # Running it again starts from scratch.
+#
+# Besides printing it, the report is written to $FF_DEMO_DIR/report.json, and
+# $FF_DEMO_DIR/demo.env says where the cluster and the simulator listen;
+# test/check_demo_report.py checks the one against the other (run-all.sh).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 demo_dir=${FF_DEMO_DIR:-/tmp/flexfactor-demo}
 keep=0
+stop_only=0
 subscriptions=10000
 for arg in "$@"; do
 	case "$arg" in
 		--keep) keep=1 ;;
 		--quick) subscriptions=1000 ;;
-		*) echo "usage: $0 [--quick] [--keep]" >&2; exit 2 ;;
+		--stop) stop_only=1 ;;
+		*) echo "usage: $0 [--quick] [--keep] | --stop" >&2; exit 2 ;;
 	esac
 done
 if [ "$(id -u)" != 0 ]; then
@@ -49,6 +56,12 @@ stop_all() {
 	fi
 	[ -d "$demo_dir/sshd" ] && as_pg "$repo/test/sshd/ffsshd" stop "$demo_dir/sshd" >/dev/null 2>&1 || true
 }
+
+if [ $stop_only -eq 1 ]; then
+	stop_all
+	echo "stopped what ran in $demo_dir"
+	exit 0
+fi
 
 step "installing dependencies (Debian packages)"
 "$repo/tools/install-deps.sh"
@@ -106,12 +119,18 @@ flexfactor.sftp_processed_dir = '$demo_dir/sftp/$MID/outbound/done'
 flexfactor.webhook_listen_address = '127.0.0.1'
 flexfactor.webhook_port = $webhook_port
 flexfactor.webhook_key = '$KEY'
-flexfactor.on_order_status = 'billing.on_flexfactor'
 CONF
 as_pg "$pgbin/pg_ctl" -D "$demo_dir/data" -l "$demo_dir/postgresql.log" -w start >/dev/null
 psql_demo() { as_pg psql -X -q -h "$demo_dir" -p "$pg_port" -U postgres "$@"; }
 value() { psql_demo -d billing -At -c "$1"; }
 echo "PostgreSQL on 127.0.0.1:$pg_port"
+cat >"$demo_dir/demo.env" <<ENV
+FF_DEMO_PGHOST=$demo_dir
+FF_DEMO_PGPORT=$pg_port
+FF_DEMO_SIM=$sim
+FF_DEMO_MID=$MID
+FF_DEMO_SUBSCRIPTIONS=$subscriptions
+ENV
 
 psql_demo -d postgres -c "CREATE DATABASE billing"
 psql_demo -d billing -c "CREATE EXTENSION flexfactor; CREATE EXTENSION pgcrypto"
@@ -133,15 +152,22 @@ wait_for() {
 }
 
 step "billing run: $subscriptions subscriptions charged, ~8 % declined by the card processor"
-psql_demo -d billing -v subscriptions="$subscriptions" -v decline_pct=8 -f "$repo/demo/billing.sql"
+# the billing schema, trigger and callback of the example integration
+# (examples/; its pg_cron job is left out: here the worker exports every second)
+psql_demo -d billing -v ON_ERROR_STOP=1 -c 'SET client_min_messages = warning' \
+	-f "$repo/examples/01_billing_schema.sql" \
+	-f "$repo/examples/02_flexfactor.sql" >/dev/null
+psql_demo -d billing -v ON_ERROR_STOP=1 -v subscriptions="$subscriptions" -v decline_pct=8 \
+	-f "$repo/demo/billing.sql"
 psql_demo -d billing -c "SELECT status, decline_code, count(*) FROM billing.payments GROUP BY 1, 2 ORDER BY 1, 2"
 declines=$(value "SELECT count(*) FROM flexfactor.declines")
 echo "the trigger queued $declines declined recurring charges for FlexFactor"
 
 step "the worker exports them as SFTP batch files"
+uploaded="FROM flexfactor.batches WHERE kind = 'evaluate' AND state IN ('uploaded', 'answered')"
 wait_for "batches uploaded" \
-	"SELECT count(*) FILTER (WHERE state = 'pending') = 0 AND count(*) > 0 FROM flexfactor.declines" \
-	"SELECT count(*) FILTER (WHERE state = 'batched') || ' of $declines declines in ' || (SELECT count(*) FROM flexfactor.batches) || ' files' FROM flexfactor.declines"
+	"SELECT coalesce(sum(line_count), 0) = $declines $uploaded" \
+	"SELECT coalesce(sum(line_count), 0) || ' of $declines declines in ' || count(*) || ' files' $uploaded"
 psql_demo -d billing -c "SELECT id, file_name, line_count, byte_count, state FROM flexfactor.batch_status ORDER BY id"
 
 step "FlexFactor answers with result files; the worker reads them"
@@ -163,22 +189,36 @@ wait_for "orders decided" \
 	"SELECT count(*) FILTER (WHERE flexfactor.ff_status_rank(status) >= 10) || ' of $declines orders decided' FROM flexfactor.orders" 60
 
 step "report"
-psql_demo -d billing <<'SQL'
+# the figures once, as JSON (report.json), and printed from that same JSON
+report=$(value "
+SELECT json_build_object(
+         'charges', (SELECT count(*) FROM billing.payments WHERE status <> 'recovered'),
+         'declined', (SELECT count(*) FROM billing.payments WHERE status = 'declined'),
+         'batch_files', (SELECT count(*) FROM flexfactor.batches WHERE kind = 'evaluate'),
+         'lines_sent', (SELECT coalesce(sum(line_count), 0) FROM flexfactor.batches WHERE kind = 'evaluate'),
+         'webhooks', (SELECT count(*) FROM flexfactor.webhook_events),
+         'submitted', sum(submitted), 'approved', sum(approved), 'expired', sum(expired),
+         'cancelled', sum(cancelled),
+         'recovery_pct', round(100.0 * sum(approved) / nullif(sum(submitted) - sum(pending), 0), 1),
+         'recovered_cents', sum(recovered_cents),
+         'recovered', to_char(sum(recovered_cents) / 100.0, 'FM\$999,999,990.00'))
+  FROM flexfactor.recovery_stats")
+printf '%s\n' "$report" >"$demo_dir/report.json"
+psql_demo -d billing -v report="$report" <<'SQL'
 \pset footer off
-SELECT (SELECT count(*) FROM billing.payments) AS charges,
-       (SELECT count(*) FROM billing.payments WHERE status = 'declined') AS declined,
-       (SELECT count(*) FROM flexfactor.batches) AS batch_files,
-       (SELECT sum(line_count) FROM flexfactor.batches) AS lines_sent,
-       (SELECT count(*) FROM flexfactor.webhook_events) AS webhooks;
-SELECT submitted, approved, expired, cancelled, recovery_rate_pct AS "recovery %",
-       to_char(recovered_cents / 100.0, 'FM$999,999,990.00') AS recovered
-  FROM flexfactor.recovery_stats;
-SELECT state AS invoice_state, count(*) AS invoices,
+SELECT charges, declined, batch_files, lines_sent, webhooks
+  FROM json_to_record(:'report') AS r(charges bigint, declined bigint, batch_files bigint,
+                                      lines_sent bigint, webhooks bigint);
+SELECT submitted, approved, expired, cancelled, recovery_pct AS "recovery %", recovered
+  FROM json_to_record(:'report') AS r(submitted bigint, approved bigint, expired bigint,
+                                      cancelled bigint, recovery_pct numeric, recovered text);
+SELECT status AS invoice_status, count(*) AS invoices,
        to_char(sum(amount_cents) / 100.0, 'FM$999,999,990.00') AS amount
   FROM billing.invoices GROUP BY 1 ORDER BY 1;
 SELECT o.order_id, o.status, to_char(o.amount_cents / 100.0, 'FM$990.00') AS amount,
-       o.order_session_key, i.state AS invoice
+       o.order_session_key, i.status AS invoice, s.status AS subscription
   FROM flexfactor.orders o JOIN billing.invoices i ON i.invoice_no = o.order_id
+  JOIN billing.subscriptions s ON s.id = i.subscription_id
  ORDER BY o.order_id LIMIT 6;
 SQL
 
@@ -186,8 +226,7 @@ echo "flexfactor ran the whole flow: declines out by SFTP, results and webhooks 
 if [ $keep -eq 1 ]; then
 	echo "Explore it:  sudo -u postgres psql -h $demo_dir -p $pg_port -d billing"
 	echo "             e.g. SELECT * FROM flexfactor.queue_status; SELECT * FROM flexfactor.order_outcomes LIMIT 10;"
-	echo "Stop it:     sudo -u postgres $pgbin/pg_ctl -D $demo_dir/data stop; kill \$(cat $demo_dir/sim.pid);"
-	echo "             sudo -u postgres $repo/test/sshd/ffsshd stop $demo_dir/sshd"
+	echo "Stop it:     sudo${FF_DEMO_DIR:+ FF_DEMO_DIR=$demo_dir} bash $repo/demo/run.sh --stop"
 else
 	echo "Re-run with --keep to leave everything running and explore it with psql."
 fi

@@ -7,6 +7,7 @@ set -euo pipefail
 packages=(
 	build-essential
 	postgresql-15 postgresql-server-dev-15 postgresql-contrib
+	postgresql-15-cron
 	libcurl4-openssl-dev libssh2-1-dev libssl-dev libmicrohttpd-dev
 	openssh-server openssh-client
 	libipc-run-perl
