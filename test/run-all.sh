@@ -5,7 +5,8 @@
 # PostgreSQL requires), it runs on a copy of the tree:
 #   pg_regress suites (make installcheck), TAP suites (make prove_installcheck),
 #   and the FlexFactor simulator's own tests.
-# Then it runs the demo (demo/run.sh --quick) as one more check.  It prints
+# Then it runs the demo (demo/run.sh --quick) as one more check, and checks
+# its report's figures (test/check_demo_report.py), one check each.  It prints
 # regression.diffs and server logs of failed suites, and ends with one line
 # "N passed, N failed".
 set -uo pipefail
@@ -100,14 +101,27 @@ if [ -x "$work/test/ffsim/run_tests.sh" ]; then
 	[ $rc -ne 0 ] && suite_failed=1
 fi
 
-echo "== the demo (README's main job), short mode"
-if bash "$repo/demo/run.sh" --quick >"$work/demo.log" 2>&1; then
-	sed -n '/== report/,/== stopping/p' "$work/demo.log"
+echo "== the demo (README's main job), short mode, and its report checked"
+# kept running (in the test tree) so that its figures can be checked against
+# the database and the simulator's records, then stopped
+demo_dir="$work/demo"
+if FF_DEMO_DIR="$demo_dir" bash "$repo/demo/run.sh" --quick --keep >"$work/demo.log" 2>&1; then
+	sed -n '/== report/,/^flexfactor ran/p' "$work/demo.log"
 	passed=$((passed + 1))
+	python3 "$repo/test/check_demo_report.py" "$demo_dir" >"$work/demo-check.log" 2>&1
+	grep -E '^(not ok|demo report:)|Error|Traceback' "$work/demo-check.log" || true
+	if n=$(grep -oP '^demo report: \K[0-9]+(?= passed)' "$work/demo-check.log"); then
+		passed=$((passed + n))
+		failed=$((failed + $(grep -oP '^demo report: [0-9]+ passed, \K[0-9]+' "$work/demo-check.log")))
+	else
+		tail -n 30 "$work/demo-check.log"
+		failed=$((failed + 1))
+	fi
 else
 	tail -n 60 "$work/demo.log"
 	failed=$((failed + 1))
 fi
+FF_DEMO_DIR="$demo_dir" bash "$repo/demo/run.sh" --stop >/dev/null 2>&1
 
 if [ $suite_failed -ne 0 ] && [ $failed -eq 0 ]; then
 	failed=1		# a suite failed in a way its summary did not count
