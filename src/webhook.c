@@ -27,6 +27,9 @@
 #include "webhook.h"
 #include "webhook_verify.h"
 
+/* SELECT flexfactor._record_webhook_event(...), kept for the life of the process */
+static SPIPlanPtr record_plan = NULL;
+
 static void
 raise_verdict(FFWebhookVerdict verdict, const char *reason)
 {
@@ -128,8 +131,18 @@ ff_webhook_receive(const FFWebhookHeaders *headers, const char *body, size_t bod
 
 	caller_cxt = CurrentMemoryContext;
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT flexfactor._record_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-							  10, types, values, nulls, false, 1) != SPI_OK_SELECT)
+	if (record_plan == NULL)
+	{
+		/* planned once per process; the plan cache replans it after DDL */
+		SPIPlanPtr	plan = SPI_prepare("SELECT flexfactor._record_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+									   10, types);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not prepare the webhook event's storage: %s",
+				 SPI_result_code_string(SPI_result));
+		record_plan = plan;
+	}
+	if (SPI_execute_plan(record_plan, values, nulls, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not record the webhook event");
 	result = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	result = MemoryContextStrdup(caller_cxt, result ? result : "ignored");
