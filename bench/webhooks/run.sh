@@ -15,7 +15,8 @@
 # precomputed by gen.py; wrk (Debian's) with deliver.lua posts each exactly
 # once over C keep-alive connections (default 4) in T threads (default 2).
 # Reported: events/s committed (rows in webhook_events / wall time from
-# wrk's start until every delivery was answered), the 2xx answers wrk
+# wrk's start until every delivery was answered), the listener's commits
+# (one per group of deliveries, counted by received_at), the 2xx answers wrk
 # counted against those rows (must be equal: nothing lost, nothing extra),
 # latency, and the ratio to pgbench's single-row INSERT rate (pgbench -n
 # -f insert.sql: one INSERT of a similar row into a plain table, same client
@@ -47,7 +48,7 @@ while [ $# -gt 0 ]; do
 		--threads) threads=$2; shift ;;
 		--no-build) build=0 ;;
 		--keep) keep=1 ;;
-		-h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+		-h|--help) sed -n '2,29p' "$0"; exit 0 ;;
 		*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -209,6 +210,9 @@ applied=$(psql_ -d bench -c "SELECT count(*) FROM flexfactor.webhook_events WHER
 approved=$(psql_ -d bench -c "SELECT count(*) FROM flexfactor.orders WHERE status = 'APPROVED'")
 db_span=$(psql_ -d bench -c "SELECT round(extract(epoch FROM max(received_at) - min(received_at))::numeric, 3)
                               FROM flexfactor.webhook_events")
+# the listener commits a group of deliveries per transaction; now() (received_at) is one per transaction
+groups=$(psql_ -d bench -c "SELECT count(DISTINCT received_at) FROM flexfactor.webhook_events
+                            WHERE received_via = 'listener'")
 rejections=$(psql_ -d bench -c "SELECT string_agg(http_status || ' x' || n, ', ') FROM
                                 (SELECT http_status, count(*) n FROM flexfactor.webhook_rejections GROUP BY 1) r")
 rate=$(per_sec "$rows" "$elapsed")
@@ -273,6 +277,7 @@ workload                    $events deliveries (order.completed, $orders orders)
 wall time                   ${elapsed} s (wrk start -> last answer); events' received_at span ${db_span} s
 deliveries sent / answered  $sent / $(( ok + bad ))   (2xx $ok, other $bad, socket errors ${socket_errors:-0})
 rows in webhook_events      $rows   (applied $applied, orders APPROVED $approved)
+commits (groups)            $groups   (mean $(ratio "$rows" "$groups") deliveries per commit)
 2xx answers == rows         $([ "$rows" = "$ok" ] && echo "yes: none lost, none extra" || echo "NO")
 fillers (405, no event)     ${fillers:-0}   (rejections: ${rejections:-none})
 latency per delivery        p50 $(awk -v u="$p50" 'BEGIN { printf "%.2f", u / 1000 }') ms, p99 $(awk -v u="$p99" 'BEGIN { printf "%.2f", u / 1000 }') ms, max $(awk -v u="$pmax" 'BEGIN { printf "%.2f", u / 1000 }') ms
