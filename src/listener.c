@@ -317,7 +317,8 @@ take_group(Delivery **group, int n)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		ereport(WARNING,
-				(errmsg("flexfactor webhook listener could not commit %d deliveries: %s", n, edata->message),
+				(errcode(edata->sqlerrcode),
+				 errmsg("flexfactor webhook listener could not commit %d deliveries: %s", n, edata->message),
 				 edata->detail ? errdetail("%s", edata->detail) : 0,
 				 errhint("Each is answered HTTP 503; FlexFactor delivers them again.")));
 		for (int i = 0; i < n; i++)
