@@ -140,6 +140,23 @@ SELECT b.kind, b.line_count, b.file_name ~ '^transmit_00000000-0000-4000-8000-00
  WHERE b.kind = 'transmit'
  GROUP BY b.id ORDER BY b.id;
 
+-- the three fields a batch line adds are never taken from the payload:
+-- ff_enqueue_decline() keeps the given key in its column and drops them,
+-- a direct insert that carries them is refused
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('K-1', 1500, 'USD', 'tok', 'tx')
+       || '{"mid": "another", "sequenceNumber": 7, "idempotencyKey": "8f2b6c1e-4d7a-4c1e-9a53-2f0d6e1b7c90"}') > 0 AS queued;
+SELECT payload ?| '{mid,sequenceNumber,idempotencyKey}' AS payload_has_them, idempotency_key
+  FROM flexfactor.declines WHERE order_id = 'K-1';
+SELECT flexfactor._create_evaluate_batch(10) AS kbatch \gset
+SELECT (regexp_count(l.line, '"mid"'), regexp_count(l.line, '"sequenceNumber"'), regexp_count(l.line, '"idempotencyKey"')) AS each_once,
+       l.line::jsonb->>'mid' = current_setting('flexfactor.mid') AS batch_mid,
+       l.line::jsonb->>'idempotencyKey' AS key
+  FROM flexfactor.batch_file_lines(:kbatch) l;
+\set VERBOSITY terse
+INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
+VALUES ('K-2', 'tx', gen_random_uuid(), '{"orderId": "K-2", "mid": "x"}');
+\set VERBOSITY default
+
 -- without a MID no batch can be named
 RESET flexfactor.mid;
 INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)

@@ -147,7 +147,10 @@ CREATE TABLE flexfactor.declines (
     set_aside_reason  text,                   -- why FlexFactor refused it
     enqueued_at       timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT declines_attempt_key UNIQUE (order_id, transaction_id),
-    CONSTRAINT declines_idempotency_key_key UNIQUE (idempotency_key)
+    CONSTRAINT declines_idempotency_key_key UNIQUE (idempotency_key),
+    -- the batch line adds these three, from the batch and the row
+    CONSTRAINT declines_payload_check CHECK (jsonb_typeof(payload) = 'object'
+                                             AND NOT payload ?| '{idempotencyKey,mid,sequenceNumber}')
 );
 CREATE INDEX declines_queue_order_idx ON flexfactor.declines (enqueue_xid, id);
 
@@ -621,7 +624,7 @@ BEGIN
             coalesce((payload->>'idempotencyKey')::uuid,
                      flexfactor.ff_attempt_key('evaluate', mid, payload->>'orderId',
                                                payload #>> '{transaction,id}')),
-            payload || jsonb_build_object('isMIT', true))
+            (payload - '{idempotencyKey,mid,sequenceNumber}'::text[]) || jsonb_build_object('isMIT', true))
     ON CONFLICT (order_id, transaction_id) DO NOTHING
     RETURNING id INTO queued;
     IF queued IS NULL THEN
@@ -746,11 +749,15 @@ END $$;
 -- never change, so every call gives the same bytes.
 CREATE FUNCTION flexfactor.batch_file_lines(batch_id bigint)
 RETURNS TABLE (sequence_number integer, decline_id bigint, transmit_queue_id bigint, line text)
-LANGUAGE sql STABLE STRICT
-SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE
+-- a standard SQL body: names and operators are bound here, whatever the
+-- caller's search_path, and the planner inlines it into the calling query
+BEGIN ATOMIC
+    -- the payload's own text, then the three fields (it has none of them)
     SELECT d.n::integer, d.id, NULL::bigint,
-           (d.payload || jsonb_build_object('sequenceNumber', d.n, 'mid', b.mid,
-                                            'idempotencyKey', d.idempotency_key))::text
+           CASE WHEN d.payload = '{}' THEN '{' ELSE left(d.payload::text, -1) || ', ' END
+           || '"sequenceNumber": ' || d.n || ', "mid": ' || to_json(b.mid)::text
+           || ', "idempotencyKey": "' || d.idempotency_key::text || '"}'
       FROM flexfactor.batches b
      CROSS JOIN LATERAL (
            SELECT q.id, q.payload, q.idempotency_key,
@@ -758,7 +765,7 @@ SET search_path = pg_catalog, pg_temp AS $$
              FROM flexfactor.declines q
             WHERE (q.enqueue_xid, q.id) >= (b.first_xid, b.first_id)
               AND (q.enqueue_xid, q.id) <= (b.last_xid, b.last_id)) d
-     WHERE b.id = $1 AND b.kind = 'evaluate'
+     WHERE b.id = batch_file_lines.batch_id AND b.kind = 'evaluate'
     UNION ALL
     SELECT t.n::integer, NULL::bigint, t.id,
            (t.payload || jsonb_build_object(
@@ -769,9 +776,9 @@ SET search_path = pg_catalog, pg_temp AS $$
      CROSS JOIN LATERAL (
            SELECT q.id, q.payload, row_number() OVER (ORDER BY q.id) AS n
              FROM flexfactor.transmit_queue q WHERE q.batch_id = b.id) t
-     WHERE b.id = $1 AND b.kind = 'transmit'
-     ORDER BY 1
-$$;
+     WHERE b.id = batch_file_lines.batch_id AND b.kind = 'transmit'
+     ORDER BY 1;
+END;
 COMMENT ON FUNCTION flexfactor.batch_file_lines(bigint) IS
     'The exact lines of a batch file, in order, each without its trailing newline';
 

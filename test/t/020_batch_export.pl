@@ -249,8 +249,22 @@ is(sq("SELECT count(*) FROM flexfactor.decline_status WHERE order_id LIKE 'CC-B-
 my $t1 = Time::HiRes::time();
 is(sq('SELECT flexfactor.ff_export_batch()'), '0', 'session B meanwhile: nothing to export');
 ok(Time::HiRes::time() - $t1 < 10, 'and it did not wait for session A');
+# a decline committed while A's transaction is open waits for A to end: A
+# could still commit a decline in front of it, inside the batch's range
+sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+      'HELD-' || i, " . cents_sql('i') . ", 'USD', 'tok-held-' || i, 'tx-' || i)))
+    FROM generate_series(1, 10) i");
+is(sq('SELECT flexfactor.ff_export_batch()'), '0', 'ten declines committed after A began: not exported while A is open');
+is(sq("SELECT string_agg(DISTINCT state, ',') FROM flexfactor.decline_status WHERE order_id LIKE 'HELD-%'"),
+	'pending', 'they are pending');
+is(sq("SELECT rows FROM flexfactor.queue_status WHERE queue = 'declines' AND state = 'pending'"), '10',
+	'queue_status shows them pending');
 $bg->query_safe('ROLLBACK');
 $bg->quit;
+is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'A ended: the ten leave in one file');
+is(sq("SELECT count(*) FROM flexfactor.decline_status d JOIN flexfactor.batches b ON b.id = d.batch_id
+         WHERE d.order_id LIKE 'HELD-%' AND b.state = 'uploaded' AND b.line_count = 10"), '10',
+	'all ten in that uploaded batch, and nothing else in it');
 is(sq("SELECT count(*) FROM flexfactor.batches b WHERE state IN ('uploaded', 'answered')
          AND EXISTS (SELECT FROM flexfactor.decline_status d WHERE d.batch_id = b.id AND d.order_id LIKE 'CC-A-%')"),
 	'2', "A's ROLLBACK did not undo the uploads: both batches stay uploaded");
@@ -295,14 +309,14 @@ is(sq("SELECT count(*) FROM flexfactor.batches WHERE state IN ('uploaded', 'answ
           AND id IN (SELECT batch_id FROM flexfactor.decline_status WHERE order_id LIKE 'CC-R-%')"),
 	'12', 'twelve uploaded batches hold them');
 $names = $sim->inbound_files;
-is(scalar @$names, 15, 'inbound: 2 + 1 + 12 files, no .part') or diag explain $names;
+is(scalar @$names, 16, 'inbound: 2 + 1 + 1 + 12 files, no .part') or diag explain $names;
 $files = check_inbound_files('concurrent', $names);
 is(sq("SELECT count(*) FROM (SELECT f.decline_id FROM flexfactor.batches b
          CROSS JOIN LATERAL flexfactor.batch_file_lines(b.id) f
          WHERE b.requeued_as IS NULL GROUP BY f.decline_id HAVING count(*) > 1) d"),
 	'0', 'no decline is a line of two batch files');
-my $cc_keys = check_lines_match_declines('concurrent', $files, "order_id LIKE 'CC-%'");
-is(scalar @$cc_keys, 8800, 'all 8,800 concurrent-test declines are in a file');
+my $cc_keys = check_lines_match_declines('concurrent', $files, "order_id LIKE 'CC-%' OR order_id LIKE 'HELD-%'");
+is(scalar @$cc_keys, 8810, 'all 8,800 concurrent-test declines and the 10 held ones are in a file');
 check_accepted('concurrent', $files, $cc_keys);
 
 # ------------------------------------------------------------------
@@ -312,8 +326,8 @@ is(sq("SELECT count(*) FROM flexfactor.batch_status
          WHERE state NOT IN ('uploaded', 'answered') OR attempts <> 1 OR last_error IS NOT NULL"),
 	'0', 'batch_status: every batch delivered at the first attempt, no error');
 is(sq("SELECT state || ':' || rows FROM flexfactor.queue_status WHERE queue = 'declines' ORDER BY state"),
-	'batched:' . (3 + 5000 + 2 + 8800), 'queue_status: every decline batched, none pending');
-is(sq("SELECT sum(line_count) FROM flexfactor.batches"), 3 + 5000 + 2 + 8800,
+	'batched:' . (3 + 5000 + 2 + 10 + 8800), 'queue_status: every decline batched, none pending');
+is(sq("SELECT sum(line_count) FROM flexfactor.batches"), 3 + 5000 + 2 + 10 + 8800,
 	'line counts add up to the declines');
 
 $node->stop;
