@@ -760,11 +760,17 @@ BEGIN ATOMIC
            || ', "idempotencyKey": "' || d.idempotency_key::text || '"}'
       FROM flexfactor.batches b
      CROSS JOIN LATERAL (
-           SELECT q.id, q.payload, q.idempotency_key,
-                  row_number() OVER (ORDER BY q.enqueue_xid, q.id) AS n
-             FROM flexfactor.declines q
-            WHERE (q.enqueue_xid, q.id) >= (b.first_xid, b.first_id)
-              AND (q.enqueue_xid, q.id) <= (b.last_xid, b.last_id)) d
+           -- walk the queue index from the first row: a btree stops a row
+           -- comparison's scan on its leading column only, so the upper
+           -- bound alone would read on to the end of that transaction's rows
+           SELECT r.id, r.payload, r.idempotency_key,
+                  row_number() OVER (ORDER BY r.enqueue_xid, r.id) AS n
+             FROM (SELECT q.id, q.payload, q.idempotency_key, q.enqueue_xid
+                     FROM flexfactor.declines q
+                    WHERE (q.enqueue_xid, q.id) >= (b.first_xid, b.first_id)
+                      AND (q.enqueue_xid, q.id) <= (b.last_xid, b.last_id)
+                    ORDER BY q.enqueue_xid, q.id
+                    LIMIT b.line_count) r) d
      WHERE b.id = batch_file_lines.batch_id AND b.kind = 'evaluate'
     UNION ALL
     SELECT t.n::integer, NULL::bigint, t.id,
