@@ -16,7 +16,11 @@
 #   (b)  N ff_transmit() rows committed in one transaction: time from commit
 #        until all are delivered, rows/s; no row lost or doubled (queue
 #        states, attempts, and nginx's access log);
-#   (c)  (a) again with a small N, quick enough for CI.
+#   (c)  (a) again with a small N, quick enough for CI;
+#   (d)  the order writes ff_evaluate makes, without HTTP: on
+#        flexfactor.orders (with its triggers), and the bare INSERT + UPDATE
+#        on a table with the same keys and nothing else, the floor of
+#        "record the order before sending, store the answer after".
 # --quick runs only (c) and (b) with 2,000 rows.
 # Exits non-zero when a correctness check fails (never because a target is
 # missed: targets are reported).  Everything is stopped and removed on exit
@@ -232,6 +236,50 @@ EOF
 	sed -n 2p <<<"$out"
 }
 
+# the order writes alone, N per statement, no HTTP: $1 = N, $2 = 'orders'
+# (the two statements ff_evaluate runs, on flexfactor.orders with its
+# triggers: order_events row, NOTIFY, waiting-event check) or 'bare' (the
+# same INSERT and UPDATE on a table with the same keys and nothing else:
+# the least that "record before sending, store the answer after" costs)
+measure_writes() {
+	local n=$1 table=$2 prefix out
+	prefix="W$(date +%s%N)-"
+	out=$(psql_ -d bench <<EOF
+SELECT clock_timestamp() AS t0 \gset
+DO \$\$
+DECLARE
+    r bigint;
+    answer jsonb := '{"orderSessionKey": "e97b1ff1-4449-46da-bc6c-a76d23f16353", "status": "SUBMITTED",
+                      "success": true, "result": {"decision": "SUBMITTED"}, "errors": []}';
+BEGIN
+    FOR i IN 1..$n LOOP
+        IF '$table' = 'orders' THEN
+            INSERT INTO flexfactor.orders AS o (order_id, transaction_id, idempotency_key, source, is_mit,
+                                                amount_cents, currency, expiry_date_utc)
+            VALUES ('$prefix' || i, 'tx', gen_random_uuid(), 'api', true, 1999, upper('usd'), NULL)
+            ON CONFLICT (order_id) DO UPDATE SET transaction_id = EXCLUDED.transaction_id
+            RETURNING id INTO r;
+            UPDATE flexfactor.orders SET order_session_key = coalesce(gen_random_uuid(), order_session_key),
+                   status = flexfactor.ff_next_status(status, upper('SUBMITTED')), last_response = answer
+             WHERE id = r;
+        ELSE
+            INSERT INTO bench_bare_orders AS o (order_id, transaction_id, idempotency_key, amount_cents, currency)
+            VALUES ('$prefix' || i, 'tx', gen_random_uuid(), 1999, 'USD')
+            ON CONFLICT (order_id) DO UPDATE SET transaction_id = EXCLUDED.transaction_id
+            RETURNING id INTO r;
+            UPDATE bench_bare_orders SET order_session_key = gen_random_uuid(), status = 'SUBMITTED',
+                   last_response = answer
+             WHERE id = r;
+        END IF;
+    END LOOP;
+END
+\$\$;
+SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz);
+EOF
+	) || { fail "order writes ($table)"; echo 0; return; }
+	sed -n 1p <<<"$out"
+}
+
 measure_plain() {
 	local n=$1 out
 	out=$(as_pg "$work/plain_client" "${base}evaluate" "$n" "$work/body.json" "$token") \
@@ -256,6 +304,17 @@ compare() {
 	cmp_plain=$(echo "${p[*]}" | min_of)
 }
 
+# the floor of the bookkeeping, best of $reps each
+floor() {
+	local n=$1 w=() b=() i
+	for i in $(seq "$reps"); do
+		w+=("$(measure_writes "$n" orders)")
+		b+=("$(measure_writes "$n" bare)")
+	done
+	floor_orders=$(echo "${w[*]}" | min_of)
+	floor_bare=$(echo "${b[*]}" | min_of)
+}
+
 echo "== warm-up (token, connections, caches)"
 token_before=$(access_count 'POST /v1/oauth2/token 200')
 measure_evaluate 200 >/dev/null
@@ -266,6 +325,13 @@ if [ $quick = 0 ]; then
 	echo "== (a) ff_evaluate vs plain libcurl, N=$calls, best of $reps"
 	compare "$calls"
 	a_eval=$cmp_eval a_api=$cmp_api a_plain=$cmp_plain
+	echo "== (d) the order writes alone, N=$calls, best of $reps"
+	psql_ -d bench -c "CREATE TABLE bench_bare_orders (
+	        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, order_id text NOT NULL UNIQUE,
+	        order_session_key uuid UNIQUE, transaction_id text, idempotency_key uuid NOT NULL,
+	        amount_cents bigint NOT NULL, currency text NOT NULL, status text NOT NULL DEFAULT 'PENDING',
+	        last_response jsonb)" || fail "bench_bare_orders"
+	floor "$calls"
 fi
 
 echo "== (c) ff_evaluate vs plain libcurl, N=$small_calls, best of $reps"
@@ -338,6 +404,11 @@ if [ $quick = 0 ]; then
 	printf '     plain libcurl client     %8s us/call\n' "$ap"
 	printf '     ratio ff_evaluate/plain  %8sx          target <= 1.15x: %s\n' "$ar" "$(verdict "$ar" 1.15 le)"
 	printf '     ratio _api_call/plain    %8sx\n' "$(ratio "$a_api" "$a_plain")"
+	printf '(d)  the order writes alone, no HTTP, N=%d, best of %d\n' "$calls" "$reps"
+	printf '     on flexfactor.orders     %8s us/call   (%sx the plain request)\n' \
+		"$(us_per_call "$floor_orders" "$calls")" "$(ratio "$floor_orders" "$a_plain")"
+	printf '     bare INSERT + UPDATE     %8s us/call   (%sx the plain request; the 1.15x target leaves 0.15x)\n' \
+		"$(us_per_call "$floor_bare" "$calls")" "$(ratio "$floor_bare" "$a_plain")"
 fi
 printf '(b)  %d ff_transmit rows in one transaction\n' "$rows"
 printf '     enqueue (one statement)  %8.3f s\n' "$b_enqueue"
