@@ -12,8 +12,8 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-our @EXPORT = qw(ff_node ff_worker_pid ff_wait_for_worker ff_log_contains
-  ff_log_since);
+our @EXPORT = qw(ff_node ff_start_serving ff_worker_pid ff_wait_for_worker
+  ff_log_contains ff_log_since);
 
 # A new, not yet started node that preloads flexfactor.  %conf is written
 # to postgresql.conf as "key = 'value'".
@@ -27,6 +27,17 @@ sub ff_node
 	$extra .= "$_ = '$conf{$_}'\n" for sort keys %conf;
 	$node->append_conf('postgresql.conf', $extra);
 	return $node;
+}
+
+# Start $node, create database $dbname (with $create_options, if given) and
+# the extension in it, and wait for the worker to serve it; returns its pid.
+sub ff_start_serving
+{
+	my ($node, $dbname, $create_options) = @_;
+	$node->start;
+	$node->safe_psql('postgres', "CREATE DATABASE $dbname" . ($create_options ? " $create_options" : ''));
+	$node->safe_psql($dbname, 'CREATE EXTENSION flexfactor');
+	return ff_wait_for_worker($node, $dbname);
 }
 
 # pid of the running flexfactor worker connected to $dbname, or '' if none.

@@ -35,10 +35,7 @@ my $node = ff_node('api', $sim->node_settings(
 		'flexfactor.database' => 'ffdb',
 		'flexfactor.site_id' => $site,
 		'flexfactor.http_timeout_ms' => '10000'));
-$node->start;
-$node->safe_psql('postgres', 'CREATE DATABASE ffdb');
-$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
-ff_wait_for_worker($node, 'ffdb');
+ff_start_serving($node, 'ffdb');
 
 my $all_stderr = '';    # every error text the client saw, checked for secrets
 

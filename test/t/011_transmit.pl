@@ -27,10 +27,7 @@ my $node = ff_node('transmit', $sim->node_settings(
 		'flexfactor.http_timeout_ms' => '3000',
 		'flexfactor.transmit_retry_base_ms' => '50',
 		'flexfactor.transmit_max_attempts' => '20'));
-$node->start;
-$node->safe_psql('postgres', 'CREATE DATABASE ffdb');
-$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
-ff_wait_for_worker($node, 'ffdb');
+ff_start_serving($node, 'ffdb');
 
 sub sq
 {

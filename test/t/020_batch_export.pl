@@ -36,10 +36,7 @@ my $node = ff_node('export020',
 	# the worker serves ffdb but exports only when ff_export_batch() asks
 	$sim->node_settings('flexfactor.database' => 'ffdb', 'flexfactor.batch_interval' => '0'),
 	$sshd->node_settings(inbound => $inbound, outbound => $sim->outbound_dir));
-$node->start;
-$node->safe_psql('postgres', "CREATE DATABASE ffdb ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
-$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
-ff_wait_for_worker($node, 'ffdb');
+ff_start_serving($node, 'ffdb', "ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
 
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }

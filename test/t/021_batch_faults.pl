@@ -39,10 +39,7 @@ my $node = ff_node('faults021',
 		known_hosts => $known_hosts),
 	'flexfactor.sftp_timeout_ms' => '5000',
 	'flexfactor.batch_retry_base' => '1');
-$node->start;
-$node->safe_psql('postgres', "CREATE DATABASE ffdb ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
-$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
-ff_wait_for_worker($node, 'ffdb');
+ff_start_serving($node, 'ffdb', "ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
 

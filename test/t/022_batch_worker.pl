@@ -34,10 +34,7 @@ my $node = ff_node('worker022',
 		known_hosts => $known_hosts),
 	'flexfactor.batch_retry_base' => '1',
 	'log_error_verbosity' => 'verbose');    # SQLSTATEs in the server log
-$node->start;
-$node->safe_psql('postgres', "CREATE DATABASE ffdb ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
-$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
-my $wpid = ff_wait_for_worker($node, 'ffdb');
+my $wpid = ff_start_serving($node, 'ffdb', "ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
 

@@ -25,10 +25,7 @@ my $node = ff_node('transmit023',
 	$sshd->node_settings(inbound => $sim->inbound_dir, outbound => $sim->outbound_dir),
 	'flexfactor.transmit_via' => 'sftp',
 	'flexfactor.batch_max_rows' => '2');
-$node->start;
-$node->safe_psql('postgres', 'CREATE DATABASE ffdb');
-$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
-ff_wait_for_worker($node, 'ffdb');
+ff_start_serving($node, 'ffdb');
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
 

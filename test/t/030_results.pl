@@ -28,10 +28,7 @@ my $node = ff_node('results030',
 	$sshd->node_settings(inbound => $sim->inbound_dir, outbound => $sim->outbound_dir),
 	'flexfactor.sftp_processed_dir' => $processed,
 	'flexfactor.on_order_status' => 'billing.on_flexfactor');
-$node->start;
-$node->safe_psql('postgres', 'CREATE DATABASE ffdb');
-$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
-ff_wait_for_worker($node, 'ffdb');
+ff_start_serving($node, 'ffdb');
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
 

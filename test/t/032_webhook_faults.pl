@@ -32,10 +32,7 @@ my $node = ff_node('webhooks032',
 	'flexfactor.webhook_port' => $wport,
 	'flexfactor.webhook_key' => $key,
 	'flexfactor.on_order_status' => 'billing.on_flexfactor');
-$node->start;
-$node->safe_psql('postgres', 'CREATE DATABASE ffdb');
-$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
-ff_wait_for_worker($node, 'ffdb');
+ff_start_serving($node, 'ffdb');
 my $lpid = FFSim::wait_for_listener($node, $wport);
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }

@@ -36,10 +36,7 @@ my $node = ff_node('webhooks033',
 	'flexfactor.webhook_listen_address' => '127.0.0.1',
 	'flexfactor.webhook_port' => $wport,
 	'flexfactor.webhook_key' => $key);
-$node->start;
-$node->safe_psql('postgres', 'CREATE DATABASE ffdb');
-$node->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
-ff_wait_for_worker($node, 'ffdb');
+ff_start_serving($node, 'ffdb');
 FFSim::wait_for_listener($node, $wport);
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
