@@ -52,58 +52,23 @@ while [ $# -gt 0 ]; do
 	shift
 done
 [ $quick = 1 ] && [ "$rows" = 20000 ] && rows=2000
-for v in "$calls" "$small_calls" "$rows" "$reps"; do
-	case "$v" in ''|*[!0-9]*|0) echo "run.sh: counts must be positive integers" >&2; exit 2 ;; esac
-done
-
-if [ "$(id -u)" != 0 ]; then
-	echo "run.sh: run as root (sudo bash bench/api/run.sh): PostgreSQL and nginx run as postgres" >&2
-	exit 2
-fi
-
-"$repo/tools/install-deps.sh" || exit 1
-if [ $build = 1 ]; then
-	echo "== build and install flexfactor"
-	make -C "$repo" -s >/dev/null || exit 1
-	make -C "$repo" -s install >/dev/null || exit 1
-fi
-
-pgbin=$(pg_config --bindir)
-if [ ! -f "$(pg_config --pkglibdir)/flexfactor.so" ]; then
-	echo "run.sh: flexfactor is not installed (run without --no-build)" >&2
-	exit 1
-fi
-
-work=$(mktemp -d /tmp/ffbench.XXXXXX)
-chmod 0755 "$work"
-failed=0
+require_counts "$calls" "$small_calls" "$rows" "$reps"
+. "$repo/bench/lib.sh"
+bench_prepare bench/api/run.sh
+bench_workdir ffbench
 nginx_pid_file="$work/nginx/nginx.pid"
-
-as_pg() { runuser -u postgres -- "$@"; }
 
 cleanup() {
 	if [ -s "$nginx_pid_file" ]; then
 		kill -QUIT "$(cat "$nginx_pid_file")" 2>/dev/null
 		for _ in $(seq 50); do [ -e "$nginx_pid_file" ] || break; sleep 0.1; done
 	fi
-	if [ -f "$work/pgdata/postmaster.pid" ]; then
-		as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -m fast -w -t 30 stop >/dev/null 2>&1
-	fi
-	if [ $keep = 1 ] || [ $failed != 0 ]; then
-		echo "work directory kept: $work (nginx/, pg.log)"
-	else
-		rm -rf "$work"
-	fi
+	bench_stop_pg
+	bench_remove_workdir "nginx/, pg.log"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# measurements run in $(...) subshells, so a failure is also left as a file
-fail() { echo "FAILED: $*" >&2; touch "$work/failed"; failed=1; }
 
 # ------------------------------------------------------------------ nginx
 mid=00000000-0000-4000-8000-0000000be4c1
@@ -188,7 +153,6 @@ flexfactor.batch_interval = 1
 EOF
 as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -l "$work/pg.log" -w -t 60 start >/dev/null \
 	|| { fail "PostgreSQL did not start (see $work/pg.log)"; exit 1; }
-psql_() { as_pg "$pgbin/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$work" -p "$pg_port" "$@"; }
 psql_ -d postgres -c 'CREATE DATABASE bench' || { fail "CREATE DATABASE"; exit 1; }
 psql_ -d bench -c 'CREATE EXTENSION flexfactor' || { fail "CREATE EXTENSION"; exit 1; }
 echo "== PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') on port $pg_port, flexfactor $(psql_ -d bench -c 'SELECT flexfactor.ff_version()')"
@@ -287,9 +251,7 @@ measure_plain() {
 	sed -n 's/.*elapsed_s=\([0-9.]*\).*/\1/p' <<<"$out"
 }
 
-min_of() { tr ' ' '\n' | grep -v '^$' | sort -g | head -1; }
 us_per_call() { awk -v s="$1" -v n="$2" 'BEGIN { printf "%.1f", s * 1e6 / n }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 # compare N: best of $reps for ff_evaluate, _api_call and the plain client, interleaved
 compare() {

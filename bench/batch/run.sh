@@ -51,61 +51,23 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-for v in "$rows" "$big_rows" "$reps"; do
-	case "$v" in ''|*[!0-9]*|0) echo "run.sh: counts must be positive integers" >&2; exit 2 ;; esac
-done
-
-if [ "$(id -u)" != 0 ]; then
-	echo "run.sh: run as root (sudo bash bench/batch/run.sh): PostgreSQL and sshd run as postgres" >&2
-	exit 2
-fi
-
-"$repo/tools/install-deps.sh" || exit 1
-if [ $build = 1 ]; then
-	echo "== build and install flexfactor"
-	make -C "$repo" -s >/dev/null || exit 1
-	make -C "$repo" -s install >/dev/null || exit 1
-fi
-
-pgbin=$(pg_config --bindir)
-if [ ! -f "$(pg_config --pkglibdir)/flexfactor.so" ]; then
-	echo "run.sh: flexfactor is not installed (run without --no-build)" >&2
-	exit 1
-fi
-
-work=$(mktemp -d /tmp/ffbatchbench.XXXXXX)
-chmod 0755 "$work"
-chown postgres: "$work"
-failed=0
+require_counts "$rows" "$big_rows" "$reps"
+. "$repo/bench/lib.sh"
+bench_prepare bench/batch/run.sh
+bench_workdir ffbatchbench
 sampler_pid=
-
-as_pg() { runuser -u postgres -- "$@"; }
 
 cleanup() {
 	[ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null
-	if [ -f "$work/pgdata/postmaster.pid" ]; then
-		as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -m fast -w -t 60 stop >/dev/null 2>&1
-	fi
+	bench_stop_pg
 	if [ -f "$work/sshd/sshd.pid" ]; then
 		as_pg bash "$repo/test/sshd/ffsshd" stop "$work/sshd" >/dev/null 2>&1
 	fi
-	if [ $keep = 1 ] || [ $failed != 0 ]; then
-		echo "work directory kept: $work (pg.log, sshd/sshd.log)"
-	else
-		rm -rf "$work"
-	fi
+	bench_remove_workdir "pg.log, sshd/sshd.log"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-fail() { echo "FAILED: $*" >&2; touch "$work/failed"; failed=1; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-min_of() { tr ' ' '\n' | grep -v '^$' | sort -g | head -1; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 # ------------------------------------------------------------------ sshd
@@ -157,7 +119,6 @@ pg_restart() {
 	pg_start
 }
 pg_start
-psql_() { as_pg "$pgbin/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$work" -p "$pg_port" "$@"; }
 psql_ -d postgres -c 'CREATE DATABASE bench' || { fail "CREATE DATABASE"; exit 1; }
 psql_ -d bench -c 'CREATE EXTENSION flexfactor' || { fail "CREATE EXTENSION"; exit 1; }
 echo "== PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') on a Unix socket in $work, flexfactor $(psql_ -d bench -c 'SELECT flexfactor.ff_version()')"

@@ -54,59 +54,25 @@ while [ $# -gt 0 ]; do
 	shift
 done
 orders=${orders:-$((2 * events))}
-for v in "$events" "$orders" "$connections" "$threads"; do
-	case "$v" in ''|*[!0-9]*|0) echo "run.sh: counts must be positive integers" >&2; exit 2 ;; esac
-done
+require_counts "$events" "$orders" "$connections" "$threads"
 [ "$orders" -ge $((2 * events)) ] || { echo "run.sh: --orders must be >= 2 x --events (one event per order, HTTP and SQL)" >&2; exit 2; }
 [ "$connections" -ge "$threads" ] || { echo "run.sh: --connections must be >= --threads" >&2; exit 2; }
 
-if [ "$(id -u)" != 0 ]; then
-	echo "run.sh: run as root (sudo bash bench/webhooks/run.sh): PostgreSQL runs as postgres" >&2
-	exit 2
-fi
-
-"$repo/tools/install-deps.sh" || exit 1
-if [ $build = 1 ]; then
-	echo "== build and install flexfactor"
-	make -C "$repo" -s >/dev/null || exit 1
-	make -C "$repo" -s install >/dev/null || exit 1
-fi
-
-pgbin=$(pg_config --bindir)
-if [ ! -f "$(pg_config --pkglibdir)/flexfactor.so" ]; then
-	echo "run.sh: flexfactor is not installed (run without --no-build)" >&2
-	exit 1
-fi
+. "$repo/bench/lib.sh"
+bench_prepare bench/webhooks/run.sh
 command -v wrk >/dev/null || { echo "run.sh: wrk is not installed" >&2; exit 1; }
 
-work=$(mktemp -d /tmp/ffwebhookbench.XXXXXX)
-chmod 0755 "$work"
-chown postgres: "$work"
-failed=0
+bench_workdir ffwebhookbench
 wrk_pid=
-
-as_pg() { runuser -u postgres -- "$@"; }
 
 cleanup() {
 	[ -n "$wrk_pid" ] && kill "$wrk_pid" 2>/dev/null
-	if [ -f "$work/pgdata/postmaster.pid" ]; then
-		as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -m fast -w -t 60 stop >/dev/null 2>&1
-	fi
-	if [ $keep = 1 ] || [ $failed != 0 ]; then
-		echo "work directory kept: $work (pg.log, wrk.out)"
-	else
-		rm -rf "$work"
-	fi
+	bench_stop_pg
+	bench_remove_workdir "pg.log, wrk.out"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-fail() { echo "FAILED: $*" >&2; failed=1; }
-now() { date +%s.%N; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 per_sec() { awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print 0 }'; }
 field() { sed -n "s/.*[ ]$1=\([0-9.]*\).*/\1/p" | head -1; }
 
@@ -137,7 +103,6 @@ flexfactor.webhook_max_skew = 3600
 EOF
 as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -l "$work/pg.log" -w -t 120 start >/dev/null \
 	|| { fail "PostgreSQL did not start (see $work/pg.log)"; exit 1; }
-psql_() { as_pg "$pgbin/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$work" -p "$pg_port" "$@"; }
 psql_ -d postgres -c 'CREATE DATABASE bench' || { fail "CREATE DATABASE"; exit 1; }
 psql_ -d bench -c 'CREATE EXTENSION flexfactor' || { fail "CREATE EXTENSION"; exit 1; }
 echo "== PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}'), synchronous_commit = $(psql_ -d bench -c 'SHOW synchronous_commit'), webhook listener on 127.0.0.1:$wport"

@@ -1,0 +1,76 @@
+# bench/lib.sh -- what the benchmarks share: the root check, dependencies and
+# build, a work directory the postgres account can write, running commands as
+# postgres, free loopback ports, failures, timing and ratios.
+#
+# Sourced by bench/*/run.sh once they have parsed their options; they set
+# $repo, $build (1: build and install first) and $keep (1: keep the work
+# directory).  Sets $pgbin (bench_prepare), $work and $failed (bench_workdir).
+
+as_pg() { runuser -u postgres -- "$@"; }
+
+# every argument a positive integer, or exit 2
+require_counts() {
+	local v
+	for v in "$@"; do
+		case "$v" in ''|*[!0-9]*|0) echo "run.sh: counts must be positive integers" >&2; exit 2 ;; esac
+	done
+}
+
+# root; Debian packages; make && make install unless --no-build; the
+# extension installed; sets pgbin.  $1: the command, for the message.
+bench_prepare() {
+	if [ "$(id -u)" != 0 ]; then
+		echo "run.sh: run as root (sudo bash $1): PostgreSQL and the servers run as postgres" >&2
+		exit 2
+	fi
+	"$repo/tools/install-deps.sh" || exit 1
+	if [ "$build" = 1 ]; then
+		echo "== build and install flexfactor"
+		make -C "$repo" -s >/dev/null || exit 1
+		make -C "$repo" -s install >/dev/null || exit 1
+	fi
+	pgbin=$(pg_config --bindir)
+	if [ ! -f "$(pg_config --pkglibdir)/flexfactor.so" ]; then
+		echo "run.sh: flexfactor is not installed (run without --no-build)" >&2
+		exit 1
+	fi
+}
+
+# a fresh /tmp/<prefix>.XXXXXX owned by postgres; sets work and failed=0
+bench_workdir() {
+	work=$(mktemp -d "/tmp/$1.XXXXXX")
+	chmod 0755 "$work"
+	chown postgres: "$work"
+	failed=0
+}
+
+# for the cleanup trap: stop the cluster in $work/pgdata if it runs, then
+# keep the work directory (--keep, or after a failure) or remove it.
+# $1: what the directory holds, for the message.
+bench_stop_pg() {
+	if [ -f "$work/pgdata/postmaster.pid" ]; then
+		as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -m fast -w -t 60 stop >/dev/null 2>&1
+	fi
+}
+bench_remove_workdir() {
+	if [ "$keep" = 1 ] || [ "$failed" != 0 ]; then
+		echo "work directory kept: $work ($1)"
+	else
+		rm -rf "$work"
+	fi
+}
+
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# measurements run in $(...) subshells, so a failure is also left as a file
+fail() { echo "FAILED: $*" >&2; [ -n "${work:-}" ] && touch "$work/failed"; failed=1; }
+
+# psql as postgres on the cluster's socket in $work, port $pg_port
+psql_() { as_pg "$pgbin/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$work" -p "$pg_port" "$@"; }
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+min_of() { tr ' ' '\n' | grep -v '^$' | sort -g | head -1; }
