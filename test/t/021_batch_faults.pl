@@ -225,6 +225,32 @@ is(sq("SELECT count(*) FROM flexfactor.queue_status WHERE queue = 'batches' AND 
 check_delivered('after FF030', 'D', 5);
 
 # ------------------------------------------------------------------
+# 3b. The server's disk is full: FF033, backoff, visible, delivered after
+# ------------------------------------------------------------------
+# The batch is fixed first (as the worker would), and its "<name>.part" on
+# the server is made a link to /dev/full, where every write fails with
+# ENOSPC, as on a full disk.
+enqueue('F', 300);
+my $bf = sq("SELECT flexfactor._create_evaluate_batch(2000)");
+my $name_f = sq("SELECT file_name FROM flexfactor.batches WHERE id = $bf");
+symlink('/dev/full', "$inbound/$name_f.part") or die "symlink: $!";
+$r = run_sql("SELECT flexfactor.ff_export_batch()");
+is($r->{stdout}, '0', 'disk full: nothing uploaded');
+is($r->{warnings}[0][0], 'FF033', 'SQLSTATE FF033 (the server refused the write)') or diag $r->{stderr};
+like($r->{warnings}[0][1], qr/could not write "\Q$name_f\E\.part" on the SFTP server/,
+	'the message names the file');
+is(sq("SELECT state, attempts, last_error LIKE 'could not write %SFTP status 4 (failure)%', next_attempt_at > now()
+         FROM flexfactor.batch_status WHERE id = $bf"), 'ready|1|t|t',
+	'batch_status: ready, 1 attempt, the SFTP failure, the next attempt');
+is_deeply(finals(), [], 'no file renamed into place');
+unlink("$inbound/$name_f.part") or die "unlink: $!";    # space again
+make_due($bf);
+is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'space again: the retry uploads it');
+is(sq("SELECT state, attempts, last_error IS NULL FROM flexfactor.batch_status WHERE id = $bf"), 'uploaded|2|t',
+	'batch_status: uploaded at the second attempt, error cleared');
+check_delivered('after a full disk', 'F', 300);
+
+# ------------------------------------------------------------------
 # 4. SFTP not configured: FF013
 # ------------------------------------------------------------------
 enqueue('N', 2);

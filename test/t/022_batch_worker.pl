@@ -276,6 +276,31 @@ is(scalar @{ parts() }, 0, 'the retry replaced the .part');
 check_delivered('connection cut mid-file', 'W6', 1000);
 
 # ------------------------------------------------------------------
+# 6b. The server stops answering mid-file: the upload times out
+# ------------------------------------------------------------------
+reload_and_wait("ALTER SYSTEM SET flexfactor.sftp_timeout_ms = 2000");
+$relay->freeze_after(100_000);
+$offset = -s $node->logfile;
+enqueue('W6T', 1000);
+ok($relay->wait_frozen(60), 'the worker is uploading, held mid-file');
+ok($node->poll_query_until('ffdb',
+		"SELECT attempts >= 1 FROM flexfactor.batch_status
+		  WHERE id IN (SELECT batch_id FROM flexfactor.decline_status WHERE order_id = 'W6T-1')"),
+	'the held upload gives up after sftp_timeout_ms');
+my $b6t = batch_of('W6T');
+like(sq("SELECT state || ': ' || last_error FROM flexfactor.batch_status WHERE id = $b6t"),
+	qr/^ready: SFTP \w+ timed out: No progress within flexfactor.sftp_timeout_ms = 2000 ms/,
+	'batch_status: still ready, the timeout as its last error');
+ok(ff_log_contains($node, qr/WARNING:  FF030: flexfactor worker could not upload batch $b6t/, $offset),
+	'the WARNING carries FF030');
+is_deeply(finals(), [], 'no complete file');
+$relay->pass;
+ok(wait_uploaded('W6T', 1000), 'once the server answers again, a retry delivers it');
+is(scalar @{ parts() }, 0, 'the retry replaced the .part');
+check_delivered('timeout mid-file', 'W6T', 1000);
+reload_and_wait("ALTER SYSTEM RESET flexfactor.sftp_timeout_ms");
+
+# ------------------------------------------------------------------
 # 7. A fast shutdown while an upload is held does not wait for it
 # ------------------------------------------------------------------
 $relay->freeze_after(100_000);
