@@ -353,7 +353,37 @@ batch_expected_status, inbound empty, each key accepted once and seen once.
 A delivered batch is 'uploaded' or, once its result file was applied,
 'answered'.
 
+FFSim::enqueue_declines($node, $db, $prefix, $n): queues declines
+"$prefix-1" .. "$prefix-$n" with ff_enqueue_decline() in one statement,
+amounts per batch_cents_sql; returns how many.
+
+$sim->check_delivered($node, $db, $what, $prefix, $n): the complete files in
+inbound (not *.part) are exactly those of the $n declines "$prefix-*":
+check_batch_files, check_lines_match_declines, then check_accepted.
+Returns the files.
+
 =cut
+
+sub enqueue_declines
+{
+	my ($node, $db, $prefix, $n) = @_;
+	return $node->safe_psql($db, "SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+	             '$prefix-' || i, " . batch_cents_sql('i') . ", 'USD', 'tok-' || i, 'tx-' || i,
+	             expiry => now() + interval '14 days')))
+	           FROM generate_series(1, $n) i");
+}
+
+sub check_delivered
+{
+	my ($self, $node, $db, $what, $prefix, $n) = @_;
+	require Test::More;
+	my $finals = [ grep { !/\.part$/ } @{ $self->inbound_files } ];
+	my $files = $self->check_batch_files($node, $db, $what, $finals);
+	my $keys = $self->check_lines_match_declines($node, $db, $what, $files, "order_id LIKE '$prefix-%'");
+	Test::More::is(scalar @$keys, $n, "$what: the $n declines are in the files");
+	$self->check_accepted($what, $files, $keys);
+	return $files;
+}
 
 sub batch_expected_status
 {

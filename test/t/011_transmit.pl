@@ -64,19 +64,7 @@ sub sim_transmits
 		  @{ $sim->transmits } ];
 }
 
-# Poll $cond (a code ref) every 50 ms for at most $secs seconds.
-sub wait_for
-{
-	my ($cond, $secs) = @_;
-	my $until = Time::HiRes::time() + ($secs // 60);
-	while (Time::HiRes::time() < $until)
-	{
-		my $v = $cond->();
-		return $v if $v;
-		Time::HiRes::sleep(0.05);
-	}
-	return $cond->();
-}
+sub wait_for { ff_wait_until(@_) }
 
 sub wait_state
 {
@@ -88,15 +76,7 @@ sub wait_state
 
 sub order_where { "payload->>'orderId' = '$_[0]'" }
 
-sub reload_and_wait
-{
-	my ($sql) = @_;
-	my $reloads = sq("SELECT config_reloads FROM flexfactor.ff_worker_status() WHERE role = 'worker'");
-	sq("$sql; SELECT pg_reload_conf()");
-	$node->poll_query_until('ffdb',
-		"SELECT config_reloads > $reloads FROM flexfactor.ff_worker_status() WHERE role = 'worker'")
-	  or die 'worker did not reload its configuration';
-}
+sub reload_and_wait { ff_reload_and_wait($node, 'ffdb', $_[0]) }
 
 # ------------------------------------------------------------------
 # 1. Nothing for a rolled-back or an open transaction; sent after COMMIT

@@ -41,15 +41,7 @@ ff_start_serving($node, 'ffdb', "ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0")
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
 
-# psql with verbose errors; returns {ret, stdout, stderr, warnings => [[state, msg]]}
-sub run_sql
-{
-	my ($sql) = @_;
-	my ($ret, $out, $err) = $node->psql('ffdb', "\\set VERBOSITY verbose\n$sql");
-	my @w;
-	push @w, [ $1, $2 ] while ($err // '') =~ /^(?:psql:\S+ )?WARNING:\s+([0-9A-Z]{5}): (.*)$/mg;
-	return { ret => $ret, stdout => $out, stderr => $err // '', warnings => \@w };
-}
+sub run_sql { ff_run_sql($node, 'ffdb', $_[0]) }
 
 sub slurp_bytes { FFSim::_slurp_bytes(@_) }
 sub cents_sql { FFSim::batch_cents_sql(@_) }
@@ -57,13 +49,7 @@ sub check_inbound_files { $sim->check_batch_files($node, 'ffdb', @_) }
 sub check_lines_match_declines { $sim->check_lines_match_declines($node, 'ffdb', @_) }
 sub check_accepted { $sim->check_accepted(@_) }
 
-sub set_conf
-{
-	my ($name, $value) = @_;
-	sq("ALTER SYSTEM SET $name = '$value'; SELECT pg_reload_conf()");
-	$node->poll_query_until('ffdb', "SELECT current_setting('$name') = '$value'")
-	  or die "$name did not become $value";
-}
+sub set_conf { ff_set_conf($node, 'ffdb', @_) }
 
 # ------------------------------------------------------------------
 # 1. A few declines: the file, byte for byte and field by field

@@ -43,39 +43,13 @@ ff_start_serving($node, 'ffdb', "ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0")
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
 
-# psql with verbose messages; {ret, stdout, stderr, warnings => [[sqlstate, message]]}
-sub run_sql
-{
-	my ($sql) = @_;
-	my ($ret, $out, $err) = $node->psql('ffdb', "\\set VERBOSITY verbose\n$sql");
-	my @w;
-	push @w, [ $1, $2 ] while ($err // '') =~ /^(?:psql:\S+ )?WARNING:\s+([0-9A-Z]{5}): (.*)$/mg;
-	return { ret => $ret, stdout => $out, stderr => $err // '', warnings => \@w };
-}
+sub run_sql { ff_run_sql($node, 'ffdb', $_[0]) }
 
-sub set_conf
-{
-	my ($name, $value) = @_;
-	sq("ALTER SYSTEM SET $name = '$value'; SELECT pg_reload_conf()");
-	$node->poll_query_until('ffdb', "SELECT current_setting('$name') = '$value'")
-	  or die "$name did not become $value";
-}
+sub set_conf { ff_set_conf($node, 'ffdb', @_) }
 
-sub enqueue
-{
-	my ($prefix, $n) = @_;
-	return sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
-	             '$prefix-' || i, " . FFSim::batch_cents_sql('i') . ", 'USD', 'tok-' || i, 'tx-' || i,
-	             expiry => now() + interval '14 days')))
-	           FROM generate_series(1, $n) i");
-}
+sub enqueue { FFSim::enqueue_declines($node, 'ffdb', @_) }
 
-sub batch_of
-{
-	my ($prefix) = @_;
-	return sq("SELECT string_agg(DISTINCT batch_id::text, ',') FROM flexfactor.decline_status
-	            WHERE order_id LIKE '$prefix-%'");
-}
+sub batch_of { ff_batch_of($node, 'ffdb', $_[0]) }
 
 sub finals { [ grep { !/\.part$/ } @{ $sim->inbound_files } ] }
 sub parts { [ grep { /\.part$/ } @{ $sim->inbound_files } ] }
@@ -83,30 +57,9 @@ sub parts { [ grep { /\.part$/ } @{ $sim->inbound_files } ] }
 # make a waiting batch due now, as if its backoff delay had passed
 sub make_due { sq("UPDATE flexfactor.batches SET next_attempt_at = now() WHERE id = $_[0]") }
 
-# the files now in inbound are exactly those of the declines $prefix-*,
-# each checked, then accepted by the simulator with every key once
-sub check_delivered
-{
-	my ($what, $prefix, $n) = @_;
-	my $files = $sim->check_batch_files($node, 'ffdb', $what, finals());
-	my $keys = $sim->check_lines_match_declines($node, 'ffdb', $what, $files, "order_id LIKE '$prefix-%'");
-	is(scalar @$keys, $n, "$what: the $n declines are in the files");
-	$sim->check_accepted($what, $files, $keys);
-	return $files;
-}
+sub check_delivered { $sim->check_delivered($node, 'ffdb', @_) }
 
-sub wait_until
-{
-	my ($cond, $secs) = @_;
-	my $until = Time::HiRes::time() + ($secs // 60);
-	while (Time::HiRes::time() < $until)
-	{
-		my $v = $cond->();
-		return $v if $v;
-		Time::HiRes::sleep(0.05);
-	}
-	return $cond->();
-}
+sub wait_until { ff_wait_until(@_) }
 
 # wait for the server to be back after a crash-restart
 sub wait_recovered

@@ -38,47 +38,16 @@ my $wpid = ff_start_serving($node, 'ffdb', "ENCODING 'UTF8' LOCALE 'C' TEMPLATE 
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
 
-sub reload_and_wait
-{
-	my ($sql) = @_;
-	my $reloads = sq("SELECT config_reloads FROM flexfactor.ff_worker_status() WHERE role = 'worker'");
-	sq("$sql; SELECT pg_reload_conf()");
-	$node->poll_query_until('ffdb',
-		"SELECT config_reloads > $reloads FROM flexfactor.ff_worker_status() WHERE role = 'worker'")
-	  or die 'worker did not reload its configuration';
-}
+sub reload_and_wait { ff_reload_and_wait($node, 'ffdb', $_[0]) }
 
-sub enqueue
-{
-	my ($prefix, $n) = @_;
-	return sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
-	             '$prefix-' || i, " . FFSim::batch_cents_sql('i') . ", 'USD', 'tok-' || i, 'tx-' || i,
-	             expiry => now() + interval '14 days')))
-	           FROM generate_series(1, $n) i");
-}
+sub enqueue { FFSim::enqueue_declines($node, 'ffdb', @_) }
 
-sub batch_of
-{
-	my ($prefix) = @_;
-	return sq("SELECT string_agg(DISTINCT batch_id::text, ',') FROM flexfactor.decline_status
-	            WHERE order_id LIKE '$prefix-%'");
-}
+sub batch_of { ff_batch_of($node, 'ffdb', $_[0]) }
 
 sub finals { [ grep { !/\.part$/ } @{ $sim->inbound_files } ] }
 sub parts { [ grep { /\.part$/ } @{ $sim->inbound_files } ] }
 
-sub wait_until
-{
-	my ($cond, $secs) = @_;
-	my $until = Time::HiRes::time() + ($secs // 60);
-	while (Time::HiRes::time() < $until)
-	{
-		my $v = $cond->();
-		return $v if $v;
-		Time::HiRes::sleep(0.05);
-	}
-	return $cond->();
-}
+sub wait_until { ff_wait_until(@_) }
 
 # wait until every decline $prefix-* is in an uploaded batch
 sub wait_uploaded
@@ -89,15 +58,7 @@ sub wait_uploaded
 		  WHERE d.order_id LIKE '$prefix-%' AND b.state IN ('uploaded', 'answered')");
 }
 
-sub check_delivered
-{
-	my ($what, $prefix, $n) = @_;
-	my $files = $sim->check_batch_files($node, 'ffdb', $what, finals());
-	my $keys = $sim->check_lines_match_declines($node, 'ffdb', $what, $files, "order_id LIKE '$prefix-%'");
-	is(scalar @$keys, $n, "$what: the $n declines are in the files");
-	$sim->check_accepted($what, $files, $keys);
-	return $files;
-}
+sub check_delivered { $sim->check_delivered($node, 'ffdb', @_) }
 
 # ------------------------------------------------------------------
 # 1. Queued declines leave by themselves
