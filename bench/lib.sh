@@ -67,6 +67,36 @@ free_port() {
 # measurements run in $(...) subshells, so a failure is also left as a file
 fail() { echo "FAILED: $*" >&2; [ -n "${work:-}" ] && touch "$work/failed"; failed=1; }
 
+# a throwaway cluster in $work/pgdata on a free port (sets pg_port), its
+# socket in $work, no TCP, preloading flexfactor for database "bench";
+# arguments are added to initdb's; the caller appends its own settings to
+# $work/pgdata/postgresql.conf, then calls bench_pg_start
+bench_pg_init() {
+	pg_port=$(free_port)
+	as_pg "$pgbin/initdb" -D "$work/pgdata" -U postgres -A trust -E UTF8 "$@" >"$work/initdb.log" 2>&1 \
+		|| { fail "initdb (see $work/initdb.log)"; exit 1; }
+	cat >>"$work/pgdata/postgresql.conf" <<CONF
+port = $pg_port
+listen_addresses = ''
+unix_socket_directories = '$work'
+shared_preload_libraries = 'flexfactor'
+flexfactor.database = 'bench'
+CONF
+}
+
+# start it (log in $work/pg.log)
+bench_pg_start() {
+	as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -l "$work/pg.log" -w -t 120 start >/dev/null \
+		|| { fail "PostgreSQL did not start (see $work/pg.log)"; exit 1; }
+}
+
+# start it, then database "bench" with the extension
+bench_pg_start_with_extension() {
+	bench_pg_start
+	psql_ -d postgres -c 'CREATE DATABASE bench' || { fail "CREATE DATABASE"; exit 1; }
+	psql_ -d bench -c 'CREATE EXTENSION flexfactor' || { fail "CREATE EXTENSION"; exit 1; }
+}
+
 # psql as postgres on the cluster's socket in $work, port $pg_port
 psql_() { as_pg "$pgbin/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$work" -p "$pg_port" "$@"; }
 

@@ -134,27 +134,17 @@ gcc -O2 -Wall -o "$work/plain_client" "$here/plain_client.c" -lcurl || { fail "p
 chown postgres: "$work/plain_client"
 
 # ------------------------------------------------------------------ PostgreSQL
-pg_port=$(free_port)
-as_pg "$pgbin/initdb" -D "$work/pgdata" -U postgres -A trust -E UTF8 --no-sync >"$work/initdb.log" 2>&1 \
-	|| { fail "initdb (see $work/initdb.log)"; exit 1; }
+bench_pg_init --no-sync
 cat >>"$work/pgdata/postgresql.conf" <<EOF
-port = $pg_port
-listen_addresses = ''
-unix_socket_directories = '$work'
 max_connections = 20
-shared_preload_libraries = 'flexfactor'
 flexfactor.api_url = '$base'
 flexfactor.app_key = 'bench-app-key'
 flexfactor.app_secret = 'bench-app-secret'
 flexfactor.mid = '$mid'
 flexfactor.tokenization_key = 'bench-tokenization-key'
-flexfactor.database = 'bench'
 flexfactor.batch_interval = 1
 EOF
-as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -l "$work/pg.log" -w -t 60 start >/dev/null \
-	|| { fail "PostgreSQL did not start (see $work/pg.log)"; exit 1; }
-psql_ -d postgres -c 'CREATE DATABASE bench' || { fail "CREATE DATABASE"; exit 1; }
-psql_ -d bench -c 'CREATE EXTENSION flexfactor' || { fail "CREATE EXTENSION"; exit 1; }
+bench_pg_start_with_extension
 echo "== PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') on port $pg_port, flexfactor $(psql_ -d bench -c 'SELECT flexfactor.ff_version()')"
 
 # the body ff_evaluate sends (ff_decline + mid + idempotencyKey), for the plain client

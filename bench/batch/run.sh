@@ -84,19 +84,12 @@ chown -R postgres: "$work/sftp" "$work/copy"
 echo "== OpenSSH $(ssh -V 2>&1 | awk '{print $1}') sshd on 127.0.0.1:$FFSSHD_PORT (internal-sftp)"
 
 # ------------------------------------------------------------------ PostgreSQL
-pg_port=$(free_port)
-as_pg "$pgbin/initdb" -D "$work/pgdata" -U postgres -A trust -E UTF8 --locale=C >"$work/initdb.log" 2>&1 \
-	|| { fail "initdb (see $work/initdb.log)"; exit 1; }
+bench_pg_init --locale=C
 cat >>"$work/pgdata/postgresql.conf" <<EOF
-port = $pg_port
-listen_addresses = ''
-unix_socket_directories = '$work'
 max_connections = 20
 shared_buffers = 128MB
 max_wal_size = 8GB
 checkpoint_timeout = 1h
-shared_preload_libraries = 'flexfactor'
-flexfactor.database = 'bench'
 flexfactor.mid = '$mid'
 # the worker passes once at start and then only when woken (reload)
 flexfactor.batch_interval = 86400
@@ -110,17 +103,11 @@ flexfactor.sftp_inbound_dir = '$inbound'
 flexfactor.sftp_outbound_dir = '$outbound'
 flexfactor.sftp_timeout_ms = 60000
 EOF
-pg_start() {
-	as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -l "$work/pg.log" -w -t 120 start >/dev/null \
-		|| { fail "PostgreSQL did not start (see $work/pg.log)"; exit 1; }
-}
 pg_restart() {
 	as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -m fast -w -t 120 stop >/dev/null || true
-	pg_start
+	bench_pg_start
 }
-pg_start
-psql_ -d postgres -c 'CREATE DATABASE bench' || { fail "CREATE DATABASE"; exit 1; }
-psql_ -d bench -c 'CREATE EXTENSION flexfactor' || { fail "CREATE EXTENSION"; exit 1; }
+bench_pg_start_with_extension
 echo "== PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') on a Unix socket in $work, flexfactor $(psql_ -d bench -c 'SELECT flexfactor.ff_version()')"
 
 worker_passes() {

@@ -79,21 +79,14 @@ field() { sed -n "s/.*[ ]$1=\([0-9.]*\).*/\1/p" | head -1; }
 # ------------------------------------------------------------------ PostgreSQL
 key='XRmKBxG5uvt1qWzqvp+T6CAbTo0MB89GTxXZD5cHA56RP7Mj4NbnHQOR1Y8uorUU9YQz8ujaVRUdm9vTSkPZSw=='
 path=/flexfactor/webhook
-pg_port=$(free_port)
 wport=$(free_port)
-as_pg "$pgbin/initdb" -D "$work/pgdata" -U postgres -A trust -E UTF8 --locale=C >"$work/initdb.log" 2>&1 \
-	|| { fail "initdb (see $work/initdb.log)"; exit 1; }
+bench_pg_init --locale=C
 cat >>"$work/pgdata/postgresql.conf" <<EOF
-port = $pg_port
-listen_addresses = ''
-unix_socket_directories = '$work'
 max_connections = 40
 shared_buffers = 256MB
 max_wal_size = 8GB
 checkpoint_timeout = 1h
 synchronous_commit = on
-shared_preload_libraries = 'flexfactor'
-flexfactor.database = 'bench'
 flexfactor.batch_interval = 86400
 flexfactor.webhook_listen_address = '127.0.0.1'
 flexfactor.webhook_port = $wport
@@ -101,10 +94,7 @@ flexfactor.webhook_path = '$path'
 flexfactor.webhook_key = '$key'
 flexfactor.webhook_max_skew = 3600
 EOF
-as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -l "$work/pg.log" -w -t 120 start >/dev/null \
-	|| { fail "PostgreSQL did not start (see $work/pg.log)"; exit 1; }
-psql_ -d postgres -c 'CREATE DATABASE bench' || { fail "CREATE DATABASE"; exit 1; }
-psql_ -d bench -c 'CREATE EXTENSION flexfactor' || { fail "CREATE EXTENSION"; exit 1; }
+bench_pg_start_with_extension
 echo "== PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}'), synchronous_commit = $(psql_ -d bench -c 'SHOW synchronous_commit'), webhook listener on 127.0.0.1:$wport"
 
 listening=0
