@@ -1289,6 +1289,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b      flexfactor.batches;
     lines  jsonb[];
+    stored bigint;
 BEGIN
     IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = result_name) THEN
         RETURN 'already applied';
@@ -1309,29 +1310,31 @@ BEGIN
             USING ERRCODE = 'FF009';
     END;
 
-    -- a result line must answer the order on the same line of the batch
-    PERFORM 1 FROM unnest(lines) AS j
-      LEFT JOIN flexfactor.batch_file_lines(b.id) f
-             ON f.sequence_number = (j->>'sequenceNumber')::integer
-     WHERE f.sequence_number IS NULL
-        OR (j ? 'orderId' AND j->>'orderId' IS DISTINCT FROM f.line::jsonb->>'orderId');
-    IF FOUND OR coalesce(cardinality(lines), 0) <> b.line_count
+    -- each result line answers the order on the same line of the batch: the
+    -- lines are stored where sequenceNumber and orderId agree, and the file
+    -- is refused whole (nothing stored) unless every line of the batch is
+    IF coalesce(cardinality(lines), 0) <> b.line_count
        OR (SELECT count(DISTINCT j->>'sequenceNumber') FROM unnest(lines) AS j) <> b.line_count THEN
+        stored := -1;
+    ELSE
+        INSERT INTO flexfactor.batch_lines AS bl
+               (batch_id, sequence_number, decline_id, transmit_queue_id, order_session_key, status, errors)
+        SELECT b.id, f.sequence_number, f.decline_id, f.transmit_queue_id,
+               CASE WHEN j->>'orderSessionKey' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
+                    THEN (j->>'orderSessionKey')::uuid END,
+               upper(j->>'status'), j->'errors'
+          FROM unnest(lines) AS j
+          JOIN flexfactor.batch_file_lines(b.id) f ON f.sequence_number = (j->>'sequenceNumber')::integer
+         WHERE NOT (j ? 'orderId' AND j->>'orderId' IS DISTINCT FROM f.line::jsonb->>'orderId');
+        GET DIAGNOSTICS stored = ROW_COUNT;
+    END IF;
+    IF stored <> b.line_count THEN
         RAISE EXCEPTION 'result file % does not match batch %', result_name, b.id
             USING ERRCODE = 'FF009',
                   DETAIL = format('The batch has %s lines; the file has %s, or a line''s sequenceNumber/orderId differs from the batch line it answers.',
                                   b.line_count, coalesce(cardinality(lines), 0)),
                   HINT = 'Nothing was applied; ask FlexFactor about the file.';
     END IF;
-
-    INSERT INTO flexfactor.batch_lines AS bl
-           (batch_id, sequence_number, decline_id, transmit_queue_id, order_session_key, status, errors)
-    SELECT b.id, f.sequence_number, f.decline_id, f.transmit_queue_id,
-           CASE WHEN j->>'orderSessionKey' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
-                THEN (j->>'orderSessionKey')::uuid END,
-           upper(j->>'status'), j->'errors'
-      FROM unnest(lines) AS j
-      JOIN flexfactor.batch_file_lines(b.id) f ON f.sequence_number = (j->>'sequenceNumber')::integer;
 
     IF b.kind = 'evaluate' THEN
         INSERT INTO flexfactor.orders AS o
