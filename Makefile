@@ -13,10 +13,12 @@ OBJS = \
 	src/http.o \
 	src/token.o \
 	src/api.o \
+	src/body_check.o \
 	src/evaluate.o \
 	src/transmit.o \
 	src/sftp.o \
 	src/batch.o \
+	src/decline_trigger.o \
 	src/webhook_verify.o \
 	src/webhook.o \
 	src/listener.o

@@ -358,26 +358,55 @@ BEGIN
     RETURN value::uuid;
 END $$;
 
--- Refuses an /evaluate body FlexFactor would reject for a missing order id,
--- transaction or amount, naming the field (C, shared with the batch queue).
-CREATE FUNCTION flexfactor._check_evaluate_body(payload jsonb, caller text)
-RETURNS void AS 'MODULE_PATHNAME', 'ff_check_evaluate_body_sql' LANGUAGE C IMMUTABLE STRICT;
+-- Refuses, before any request or queueing, a body the real FlexFactor would
+-- refuse (flexfactor-api.md 12a): one error naming every missing field.
+-- kind: 'evaluate' (ff_evaluate), 'batch' (an SFTP evaluate line: also a
+-- token and expiryDateUtc), 'transmit' (a /transmit copy).  C, see body_check.c.
+CREATE FUNCTION flexfactor._check_body(payload jsonb, kind text, caller text)
+RETURNS void AS 'MODULE_PATHNAME', 'ff_check_body_sql' LANGUAGE C STABLE STRICT;
 
--- An /evaluate body for a declined recurring (merchant-initiated) charge.
--- Pass declined_at (when the charge failed) so that rebuilding the body for a
--- retry gives the same bytes; without it the timestamp is left out.
+-- The /evaluate body of a declined merchant-initiated charge, complete by
+-- the real service's rules.  A result code the merchant does not have is
+-- sent as the placeholder 'NA' (as FlexFactor's own examples and the real
+-- clients do), never left out.  Everything else the service requires (the
+-- payer's email, the billing name and address, declined_at, a subscription
+-- id and interval for a recurring charge) has no placeholder: without it the
+-- body is refused with every missing field named.  Pass declined_at (when the
+-- charge failed), so that rebuilding the body for a retry gives the same bytes.
 CREATE FUNCTION flexfactor.ff_decline(
     order_id text,
     amount_cents bigint,
     currency text,
     card_token text,
     transaction_id text,
-    decline_code text DEFAULT '05',
+    decline_code text DEFAULT NULL,
     email text DEFAULT NULL,
     expiry timestamptz DEFAULT NULL,
     subscription_id text DEFAULT NULL,
     is_recurring boolean DEFAULT true,
-    declined_at timestamptz DEFAULT NULL)
+    declined_at timestamptz DEFAULT NULL,
+    response_code_source text DEFAULT NULL,
+    avs_result_code text DEFAULT NULL,
+    cvv_result_code text DEFAULT NULL,
+    cavv_result_code text DEFAULT NULL,
+    decline_message text DEFAULT NULL,
+    first_name text DEFAULT NULL,
+    last_name text DEFAULT NULL,
+    address_line1 text DEFAULT NULL,
+    address_line2 text DEFAULT NULL,
+    city text DEFAULT NULL,
+    state text DEFAULT NULL,
+    zip_code text DEFAULT NULL,
+    country_code text DEFAULT NULL,
+    country text DEFAULT NULL,
+    phone text DEFAULT NULL,
+    subscription_interval text DEFAULT NULL,
+    holder_name text DEFAULT NULL,
+    card_brand text DEFAULT NULL,
+    card_bin text DEFAULT NULL,
+    card_last4 text DEFAULT NULL,
+    expiration_month integer DEFAULT NULL,
+    expiration_year integer DEFAULT NULL)
 RETURNS jsonb LANGUAGE sql STABLE
 RETURN jsonb_strip_nulls(jsonb_build_object(
     'orderId', order_id,
@@ -389,16 +418,36 @@ RETURN jsonb_strip_nulls(jsonb_build_object(
         'id', transaction_id,
         'amount', amount_cents,
         'currency', upper(currency),
-        'responseCode', decline_code,
-        'responseStatus', 'DECLINED',
         'timestampUtc', to_char(declined_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'timezoneUtcOffset', 0,
+        'responseCode', coalesce(nullif(decline_code, ''), 'NA'),
+        'responseCodeSource', coalesce(nullif(response_code_source, ''), 'NA'),
+        'responseDescription', decline_message,
+        'responseStatus', 'DECLINED',
+        'avsResultCode', coalesce(nullif(avs_result_code, ''), 'NA'),
+        'cvvResultCode', coalesce(nullif(cvv_result_code, ''), 'NA'),
+        'cavvResultCode', coalesce(nullif(cavv_result_code, ''), 'NA'),
         'cardNotPresent', true),
-    'paymentMethod', jsonb_build_object('cardNumber', card_token, 'token', true),
-    'payer', CASE WHEN email IS NOT NULL THEN jsonb_build_object('email', email) END,
-    'subscription', CASE WHEN subscription_id IS NOT NULL THEN jsonb_build_object(
-        'subscriptionId', subscription_id, 'price', amount_cents, 'currency', upper(currency)) END));
+    'payer', jsonb_build_object('email', email, 'phone', phone),
+    'billingInformation', jsonb_build_object(
+        'firstName', first_name, 'lastName', last_name,
+        'addressLine1', address_line1, 'addressLine2', address_line2,
+        'city', city, 'state', state, 'zipCode', zip_code,
+        'countryCode', upper(country_code), 'country', coalesce(country, upper(country_code)),
+        'phone', phone),
+    'paymentMethod', jsonb_build_object(
+        'cardNumber', card_token, 'token', true, 'holderName', holder_name,
+        'cardBrand', upper(card_brand), 'cardBinNumber', card_bin, 'cardLast4Digits', card_last4,
+        'expirationMonth', expiration_month, 'expirationYear', expiration_year),
+    'subscription', CASE WHEN is_recurring THEN jsonb_build_object(
+        'subscriptionId', subscription_id, 'interval', subscription_interval,
+        'price', amount_cents, 'currency', upper(currency)) END));
 
--- A /transmit body: the copy of a processed (normally successful) payment.
+-- A /transmit body: the copy of a processed (normally successful) payment,
+-- complete by the real service's rules (flexfactor-api.md 4.2 and 12a): the
+-- payer, the five transaction codes ('NA' where unknown, as for ff_decline),
+-- isRecurring and the subscription for a merchant-initiated charge, and the
+-- card's details (never its number).
 CREATE FUNCTION flexfactor.ff_payment(
     order_id text,
     amount_cents bigint,
@@ -408,20 +457,60 @@ CREATE FUNCTION flexfactor.ff_payment(
     paid_at timestamptz DEFAULT NULL,
     card_bin text DEFAULT NULL,
     card_last4 text DEFAULT NULL,
-    is_mit boolean DEFAULT true)
+    is_mit boolean DEFAULT true,
+    is_recurring boolean DEFAULT true,
+    subscription_id text DEFAULT NULL,
+    subscription_interval text DEFAULT NULL,
+    response_code text DEFAULT NULL,
+    response_code_source text DEFAULT NULL,
+    avs_result_code text DEFAULT NULL,
+    cvv_result_code text DEFAULT NULL,
+    cavv_result_code text DEFAULT NULL,
+    phone text DEFAULT NULL,
+    holder_name text DEFAULT NULL,
+    card_type text DEFAULT NULL,
+    card_brand text DEFAULT NULL,
+    card_country text DEFAULT NULL,
+    expiration_month integer DEFAULT NULL,
+    expiration_year integer DEFAULT NULL,
+    first_name text DEFAULT NULL,
+    last_name text DEFAULT NULL,
+    address_line1 text DEFAULT NULL,
+    city text DEFAULT NULL,
+    state text DEFAULT NULL,
+    zip_code text DEFAULT NULL,
+    country_code text DEFAULT NULL)
 RETURNS jsonb LANGUAGE sql STABLE
 RETURN jsonb_strip_nulls(jsonb_build_object(
     'orderId', order_id,
     'isMIT', is_mit,
     'isDeclined', false,
+    'isRecurring', CASE WHEN is_mit THEN is_recurring END,
     'transaction', jsonb_build_object(
         'id', transaction_id,
         'amount', amount_cents,
         'currency', upper(currency),
+        'timestampUtc', to_char(paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'timezoneUtcOffset', 0,
+        'responseCode', coalesce(nullif(response_code, ''), 'NA'),
+        'responseCodeSource', coalesce(nullif(response_code_source, ''), 'NA'),
         'responseStatus', 'APPROVED',
-        'timestampUtc', to_char(paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
-    'paymentMethod', jsonb_build_object('cardBinNumber', card_bin, 'cardLast4Digits', card_last4),
-    'payer', CASE WHEN email IS NOT NULL THEN jsonb_build_object('email', email) END));
+        'avsResultCode', coalesce(nullif(avs_result_code, ''), 'NA'),
+        'cvvResultCode', coalesce(nullif(cvv_result_code, ''), 'NA'),
+        'cavvResultCode', coalesce(nullif(cavv_result_code, ''), 'NA')),
+    'payer', jsonb_build_object('email', email, 'phone', phone),
+    'billingInformation', CASE WHEN coalesce(first_name, last_name, address_line1, city, country_code) IS NOT NULL
+        THEN jsonb_build_object('firstName', first_name, 'lastName', last_name,
+                                'addressLine1', address_line1, 'city', city, 'state', state,
+                                'zipCode', zip_code, 'countryCode', upper(country_code),
+                                'country', upper(country_code)) END,
+    'paymentMethod', jsonb_build_object(
+        'holderName', holder_name, 'cardType', upper(card_type), 'cardBrand', upper(card_brand),
+        'cardCountry', upper(card_country), 'expirationMonth', expiration_month,
+        'expirationYear', expiration_year, 'cardBinNumber', card_bin, 'cardLast4Digits', card_last4),
+    'subscription', CASE WHEN is_mit THEN jsonb_build_object(
+        'subscriptionId', subscription_id, 'interval', subscription_interval,
+        'price', amount_cents, 'currency', upper(currency)) END));
 
 /* ------------------------------------------------------- the API from SQL */
 
@@ -575,6 +664,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Build the body with flexfactor.ff_payment(...).';
     END IF;
+    PERFORM flexfactor._check_body(payload, 'transmit', 'ff_transmit');
     IF coalesce(payload #>> '{paymentMethod,cardNumber}', '') ~ '^[0-9 -]{12,}$' THEN
         RAISE EXCEPTION 'ff_transmit() payload carries a card number'
             USING ERRCODE = 'invalid_parameter_value',
@@ -599,24 +689,12 @@ DECLARE
     mid    text := coalesce(payload->>'mid', nullif(current_setting('flexfactor.mid'), ''));
     queued bigint;
 BEGIN
-    PERFORM flexfactor._check_evaluate_body(payload, 'ff_enqueue_decline');
-    IF lower(coalesce(payload #>> '{paymentMethod,token}', 'false')) <> 'true'
-       OR coalesce(payload #>> '{paymentMethod,cardNumber}', '') = '' THEN
-        RAISE EXCEPTION 'ff_enqueue_decline() needs a tokenized card'
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'Batch lines must carry paymentMethod.cardNumber = a /tokenize token and paymentMethod.token = true; raw card numbers are never queued.',
-                  HINT = 'Tokenize the card first (ff_tokenize), or build the body with ff_decline().';
-    END IF;
+    PERFORM flexfactor._check_body(payload, 'batch', 'ff_enqueue_decline');
     IF lower(coalesce(payload->>'isMIT', 'true')) <> 'true' THEN
         RAISE EXCEPTION 'ff_enqueue_decline() takes merchant-initiated charges only'
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'The payload has isMIT = false; SFTP batches carry MIT declines.',
                   HINT = 'Send customer-initiated declines with ff_evaluate().';
-    END IF;
-    IF (payload #>> '{transaction,amount}')::numeric >= 100000000000 THEN
-        RAISE EXCEPTION 'ff_enqueue_decline() payload has an implausible transaction.amount'
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('transaction.amount is %s cents.', payload #>> '{transaction,amount}');
     END IF;
 
     INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
@@ -819,112 +897,142 @@ END $$;
 CREATE TRIGGER declines_frozen BEFORE UPDATE OR DELETE ON flexfactor.declines
     FOR EACH ROW EXECUTE FUNCTION flexfactor._declines_frozen();
 
+-- What a decline trigger's enrich function may add to the body it builds
+-- (flexfactor-api.md 4.3.2): the payer, the addresses, the gateway's result
+-- codes, the subscription's details and the card's description.  Never the
+-- order id, the transaction id, the amount, the currency or the card token,
+-- which come from the mapped columns.  Values it gives replace the 'NA'
+-- placeholders; NULLs are ignored.
+CREATE FUNCTION flexfactor._merge_decline_details(body jsonb, details jsonb)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    allowed constant jsonb := '{
+        "payer": null, "billingInformation": null, "shippingInformation": null,
+        "transaction": ["responseCode", "responseCodeSource", "responseDescription", "responseSubStatus",
+                        "processorName", "avsResultCode", "cvvResultCode", "cavvResultCode",
+                        "dynamicDescriptor"],
+        "subscription": ["subscriptionId", "interval", "paymentNumber", "totalPayments"],
+        "paymentMethod": ["holderName", "cardType", "cardBrand", "cardCountry", "cardIssuer", "cardLevel",
+                          "expirationMonth", "expirationYear", "cardBinNumber", "cardLast4Digits"],
+        "expiryDateUtc": null, "customerIp": null, "senseKey": null, "orderItems": null,
+        "additionalFields": null}';
+    k   text;
+    v   jsonb;
+    sub text;
+BEGIN
+    IF details IS NULL OR details = 'null' THEN
+        RETURN body;
+    END IF;
+    IF jsonb_typeof(details) <> 'object' THEN
+        RAISE EXCEPTION 'the decline trigger''s enrich function returned a JSON %, not an object', jsonb_typeof(details)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Return jsonb such as {"payer": {"email": ...}, "billingInformation": {...}}.';
+    END IF;
+    FOR k, v IN SELECT * FROM jsonb_each(jsonb_strip_nulls(details)) LOOP
+        IF NOT allowed ? k THEN
+            RAISE EXCEPTION 'the decline trigger''s enrich function returned "%", which it may not set', k
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'The order id, transaction id, amount, currency and card token come from the mapped columns.',
+                      HINT = format('It may return: %s.', (SELECT string_agg(key, ', ') FROM jsonb_object_keys(allowed) key));
+        END IF;
+        IF jsonb_typeof(allowed -> k) = 'array' THEN
+            IF jsonb_typeof(v) <> 'object' THEN
+                RAISE EXCEPTION 'the decline trigger''s enrich function returned a JSON % as "%", not an object', jsonb_typeof(v), k
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            FOR sub IN SELECT jsonb_object_keys(v) LOOP
+                IF NOT (allowed -> k) ? sub THEN
+                    RAISE EXCEPTION 'the decline trigger''s enrich function returned "%.%", which it may not set', k, sub
+                        USING ERRCODE = 'invalid_parameter_value',
+                              HINT = format('In "%s" it may return: %s.', k,
+                                            (SELECT string_agg(e, ', ') FROM jsonb_array_elements_text(allowed -> k) e));
+                END IF;
+            END LOOP;
+            body := jsonb_set(body, ARRAY[k], coalesce(body -> k, '{}') || v);
+        ELSIF jsonb_typeof(v) = 'object' AND jsonb_typeof(body -> k) = 'object' THEN
+            body := jsonb_set(body, ARRAY[k], (body -> k) || v);
+        ELSE
+            body := jsonb_set(body, ARRAY[k], v);
+        END IF;
+    END LOOP;
+    RETURN body;
+END $$;
+
+-- The one privileged step of the decline trigger (C, decline_trigger.c),
+-- which itself runs with the rights of whoever writes the billing row: the
+-- row's mapped values, already read and turned into text by the trigger, and
+-- what the DBA's enrich function returned, become an /evaluate body
+-- (ff_decline) that is checked and queued (ff_enqueue_decline).  Only data
+-- comes in; nothing of the caller's is run here.  Granted to nobody: the
+-- trigger calls it directly.
+CREATE FUNCTION flexfactor._queue_mapped_decline(f jsonb, details jsonb)
+RETURNS bigint LANGUAGE sql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN flexfactor.ff_enqueue_decline(flexfactor._merge_decline_details(
+    flexfactor.ff_decline(
+        order_id => f->>'order_id',
+        amount_cents => coalesce((f->>'amount')::bigint, round((f->>'amount_dollars')::numeric * 100)::bigint),
+        currency => f->>'currency',
+        card_token => f->>'token',
+        transaction_id => coalesce(f->>'transaction_id', f->>'order_id'),
+        decline_code => f->>'decline_code',
+        decline_message => f->>'decline_message',
+        response_code_source => f->>'response_code_source',
+        avs_result_code => f->>'avs_result_code',
+        cvv_result_code => f->>'cvv_result_code',
+        cavv_result_code => f->>'cavv_result_code',
+        email => f->>'email',
+        phone => f->>'phone',
+        first_name => f->>'first_name',
+        last_name => f->>'last_name',
+        address_line1 => f->>'address_line1',
+        address_line2 => f->>'address_line2',
+        city => f->>'city',
+        state => f->>'state',
+        zip_code => f->>'zip_code',
+        country_code => f->>'country_code',
+        country => f->>'country',
+        subscription_id => f->>'subscription_id',
+        subscription_interval => f->>'subscription_interval',
+        is_recurring => true,
+        expiry => coalesce((f->>'expiry')::timestamptz,
+                           now() + make_interval(days => (f->>'expiry_days')::integer)),
+        declined_at => coalesce((f->>'declined_at')::timestamptz, now()),
+        holder_name => f->>'holder_name',
+        card_brand => f->>'card_brand',
+        card_bin => f->>'card_bin',
+        card_last4 => f->>'card_last4',
+        expiration_month => (f->>'expiration_month')::integer,
+        expiration_year => (f->>'expiration_year')::integer)
+    || jsonb_strip_nulls(jsonb_build_object('senseKey', f->>'sense_key')),
+    details));
+
 -- Trigger helper for any billing table: queues a row as a declined recurring
--- charge.  Arguments are "field=column" pairs naming the table's columns
--- (values are read from to_jsonb(NEW), so no name is ever spliced into SQL):
+-- charge (C, decline_trigger.c).  It runs with the rights of the role that
+-- writes the row.  Arguments, parsed once per statement:
+--   field=column   a column of the row (read by attribute number)
+--   field='text'   a constant
 --   required: order_id, amount (cents) or amount_dollars, currency, token
---   optional: transaction_id (default: order_id), decline_code, email,
---             sense_key, expiry (timestamptz), subscription_id, declined_at
---   constants: expiry_days=N (rescue window when there is no expiry column)
+--   optional: transaction_id (default: order_id), decline_code,
+--             decline_message, response_code_source, avs_result_code,
+--             cvv_result_code, cavv_result_code, email, phone, first_name,
+--             last_name, address_line1, address_line2, city, state,
+--             zip_code, country_code, country, subscription_id,
+--             subscription_interval, expiry (timestamptz), declined_at
+--             (default: now()), holder_name, card_brand, card_bin,
+--             card_last4, expiration_month, expiration_year, sense_key
+--   expiry_days=N  the rescue window when there is no expiry column
+--   enrich=function  a function(<the table's row type>) returning jsonb with
+--             what lives in other tables (payer, billingInformation, the
+--             gateway's codes ...), called with the writer's rights
 --   conditions (all must hold; a WHEN clause on the trigger works too):
 --             declined_if=column:value   (the column's text equals value)
 --             recurring_if=column        (a boolean column is true)
--- It never touches the network: the worker exports the queue.
+-- A row that fails a condition costs two column reads.  It never touches
+-- the network: the worker exports the queue.
 CREATE FUNCTION flexfactor.ff_decline_trigger()
-RETURNS trigger LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    row_json  jsonb := to_jsonb(NEW);
-    map       jsonb := '{}';
-    arg       text;
-    field     text;
-    col       text;
-    amount    bigint;
-    expiry    timestamptz;
-
-    known constant text[] := ARRAY['order_id', 'amount', 'amount_dollars', 'currency', 'token',
-        'transaction_id', 'decline_code', 'email', 'sense_key', 'expiry', 'expiry_days',
-        'subscription_id', 'declined_at', 'declined_if', 'recurring_if'];
-BEGIN
-    IF TG_OP NOT IN ('INSERT', 'UPDATE') OR TG_LEVEL <> 'ROW' THEN
-        RAISE EXCEPTION 'flexfactor.ff_decline_trigger() must be an AFTER INSERT OR UPDATE ... FOR EACH ROW trigger'
-            USING ERRCODE = 'trigger_protocol_violated';
-    END IF;
-    FOREACH arg IN ARRAY coalesce(TG_ARGV, ARRAY[]::text[]) LOOP
-        field := split_part(arg, '=', 1);
-        col := substr(arg, length(field) + 2);
-        IF NOT field = ANY (known) OR position('=' IN arg) = 0 THEN
-            RAISE EXCEPTION 'invalid argument "%" of trigger % on %.%', arg, TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = format('Arguments are field=column pairs; fields: %s.', array_to_string(known, ', '));
-        END IF;
-        IF field NOT IN ('expiry_days', 'declined_if')
-           AND NOT row_json ? col THEN
-            RAISE EXCEPTION 'column "%" (mapped as %) does not exist in %.%', col, field, TG_TABLE_SCHEMA, TG_TABLE_NAME
-                USING ERRCODE = 'undefined_column',
-                      HINT = format('Fix the argument "%s" of trigger %s.', arg, TG_NAME);
-        END IF;
-        map := map || jsonb_build_object(field, col);
-    END LOOP;
-
-    -- conditions
-    IF map ? 'declined_if' THEN
-        col := split_part(map->>'declined_if', ':', 1);
-        IF NOT row_json ? col THEN
-            RAISE EXCEPTION 'column "%" (mapped as declined_if) does not exist in %.%', col, TG_TABLE_SCHEMA, TG_TABLE_NAME
-                USING ERRCODE = 'undefined_column';
-        END IF;
-        IF (row_json->>col) IS DISTINCT FROM substr(map->>'declined_if', length(col) + 2) THEN
-            RETURN NULL;
-        END IF;
-    END IF;
-    IF map ? 'recurring_if' AND lower(coalesce(row_json->>(map->>'recurring_if'), 'false')) <> 'true' THEN
-        RETURN NULL;
-    END IF;
-    -- an UPDATE that does not newly make the row a decline queues nothing
-    IF TG_OP = 'UPDATE' AND map ? 'declined_if'
-       AND to_jsonb(OLD)->>split_part(map->>'declined_if', ':', 1)
-           IS NOT DISTINCT FROM row_json->>split_part(map->>'declined_if', ':', 1) THEN
-        RETURN NULL;
-    END IF;
-
-    FOREACH field IN ARRAY ARRAY['order_id', 'currency', 'token'] LOOP
-        IF NOT map ? field THEN
-            RAISE EXCEPTION 'trigger % on %.% maps no column as %', TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME, field
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = format('Add an argument %s=<column>.', field);
-        END IF;
-    END LOOP;
-    IF map ? 'amount' THEN
-        amount := (row_json->>(map->>'amount'))::bigint;
-    ELSIF map ? 'amount_dollars' THEN
-        amount := round((row_json->>(map->>'amount_dollars'))::numeric * 100);
-    ELSE
-        RAISE EXCEPTION 'trigger % on %.% maps no column as amount or amount_dollars', TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF map ? 'expiry' THEN
-        expiry := (row_json->>(map->>'expiry'))::timestamptz;
-    ELSIF map ? 'expiry_days' THEN
-        expiry := now() + make_interval(days => (map->>'expiry_days')::integer);
-    END IF;
-
-    PERFORM flexfactor.ff_enqueue_decline(
-        flexfactor.ff_decline(
-            order_id => row_json->>(map->>'order_id'),
-            amount_cents => amount,
-            currency => row_json->>(map->>'currency'),
-            card_token => row_json->>(map->>'token'),
-            transaction_id => coalesce(row_json->>(map->>'transaction_id'), row_json->>(map->>'order_id')),
-            decline_code => coalesce(row_json->>(map->>'decline_code'), '05'),
-            email => row_json->>(map->>'email'),
-            expiry => expiry,
-            subscription_id => row_json->>(map->>'subscription_id'),
-            declined_at => (row_json->>(map->>'declined_at'))::timestamptz)
-        || CASE WHEN map ? 'sense_key' AND row_json->>(map->>'sense_key') IS NOT NULL
-                THEN jsonb_build_object('senseKey', row_json->>(map->>'sense_key')) ELSE '{}' END);
-    RETURN NULL;
-END $$;
+RETURNS trigger AS 'MODULE_PATHNAME', 'ff_decline_trigger' LANGUAGE C;
 
 /* ------------------------------------------------------- views for the DBA */
 

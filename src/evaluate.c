@@ -6,9 +6,9 @@
  * Written in C, with saved plans, because it is the call billing code makes
  * in loops: the order row is recorded (with its idempotency key) before the
  * request and updated with FlexFactor's answer after it, and nothing else is
- * done per call.  Also owns the checks of an /evaluate body (used by the
- * batch queue too) and the derivation of idempotency keys, which must match
- * the SQL function ff_attempt_key() byte for byte.
+ * done per call.  The body is checked by body_check.c first.  Also owns
+ * the derivation of idempotency keys, which must match the SQL function
+ * ff_attempt_key() byte for byte.
  */
 #include "postgres.h"
 
@@ -22,13 +22,14 @@
 #include "utils/jsonb.h"
 
 #include "api.h"
+#include "body_check.h"
 #include "errors.h"
 #include "evaluate.h"
 #include "settings.h"
 
 #define UUID_TEXT_LEN	36
 
-/* ------------------------------------------------------------- body checks */
+/* ---------------------------------------------------------- body fields */
 
 /* exact key: the body is checked as it will be sent, like the SQL side does */
 static char *
@@ -50,71 +51,6 @@ object_member(JsonbContainer *container, const char *key)
 		v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
 		return NULL;
 	return v.val.binary.data;
-}
-
-static bool
-is_empty(const char *s)
-{
-	return s == NULL || s[0] == '\0';
-}
-
-/*
- * Refuse a body FlexFactor would reject for a missing order id, transaction
- * or amount, naming the field.
- */
-void
-ff_check_evaluate_body(Jsonb *payload, const char *caller)
-{
-	JsonbContainer *tx;
-	JsonbValue	amount;
-	char	   *amount_text;
-	char	   *currency;
-
-	if (!JB_ROOT_IS_OBJECT(payload))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s() expects a JSON object", caller),
-				 errhint("Build the body with flexfactor.ff_decline(...).")));
-	if (is_empty(scalar_text(&payload->root, "orderId")))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s() payload has no orderId", caller),
-				 errdetail("FlexFactor requires the merchant's order id in \"orderId\"."),
-				 errhint("Build the body with flexfactor.ff_decline(...).")));
-	tx = object_member(&payload->root, "transaction");
-	if (tx == NULL || is_empty(scalar_text(tx, "id")))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s() payload has no transaction.id", caller),
-				 errdetail("FlexFactor requires \"transaction\": {\"id\": ..., \"amount\": ..., \"currency\": ...}.")));
-	amount_text = scalar_text(tx, "amount");
-	if (getKeyJsonValueFromContainer(tx, "amount", 6, &amount) == NULL ||
-		amount.type != jbvNumeric ||
-		strspn(amount_text, "0123456789") != strlen(amount_text) ||
-		strspn(amount_text, "0") == strlen(amount_text))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s() payload has an invalid transaction.amount", caller),
-				 errdetail("transaction.amount is %s; it must be a positive whole number of cents.",
-						   amount_text ? amount_text : "missing"),
-				 errhint("Send $19.99 as 1999.")));
-	currency = scalar_text(tx, "currency");
-	if (currency == NULL || strlen(currency) != 3 ||
-		!isalpha((unsigned char) currency[0]) || !isalpha((unsigned char) currency[1]) ||
-		!isalpha((unsigned char) currency[2]))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s() payload has an invalid transaction.currency", caller),
-				 errdetail("transaction.currency must be an ISO 4217 code such as \"USD\".")));
-}
-
-PG_FUNCTION_INFO_V1(ff_check_evaluate_body_sql);
-
-Datum
-ff_check_evaluate_body_sql(PG_FUNCTION_ARGS)
-{
-	ff_check_evaluate_body(PG_GETARG_JSONB_P(0), text_to_cstring(PG_GETARG_TEXT_PP(1)));
-	PG_RETURN_VOID();
 }
 
 /* ------------------------------------------------------- idempotency keys */
@@ -265,7 +201,7 @@ ff_evaluate(PG_FUNCTION_ARGS)
 	Datum		answer_values[4];
 	char		answer_nulls[4] = "    ";
 
-	ff_check_evaluate_body(payload, "ff_evaluate");
+	ff_check_body(payload, FF_BODY_EVALUATE, "ff_evaluate");
 	tx = object_member(&payload->root, "transaction");
 	order_id = scalar_text(&payload->root, "orderId");
 	tx_id = scalar_text(tx, "id");

@@ -34,6 +34,14 @@ int			ff_batch_interval = 60;
 int			ff_batch_max_rows = 2000;
 int			ff_batch_retry_base = 5;
 
+int			ff_mit_mode = FF_MIT_MANAGED;
+
+static const struct config_enum_entry mit_mode_options[] = {
+	{"managed", FF_MIT_MANAGED, false},
+	{"sync", FF_MIT_SYNC, false},
+	{NULL, 0, false}
+};
+
 int			ff_transmit_concurrency = 16;
 int			ff_transmit_max_attempts = 8;
 int			ff_transmit_retry_base_ms = 1000;
@@ -278,6 +286,10 @@ ff_define_settings(void)
 							   "Optional FlexFactor site id (GUID) sent as siteId.",
 							   NULL, &ff_site_id, "",
 							   PGC_SUSET, 0, check_optional_guid, NULL, NULL);
+	DefineCustomEnumVariable("flexfactor.mit_mode",
+							 "How the FlexFactor account handles merchant-initiated declines: \"managed\" (FlexFactor retries until expiryDateUtc, which every MIT /evaluate must then carry) or \"sync\".",
+							 NULL, &ff_mit_mode, FF_MIT_MANAGED, mit_mode_options,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("flexfactor.http_timeout_ms",
 							"Total time limit of one FlexFactor API request.",
 							NULL, &ff_http_timeout_ms, 30000, 100, 600000,

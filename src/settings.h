@@ -24,6 +24,15 @@ extern int	ff_batch_interval;
 extern int	ff_batch_max_rows;
 extern int	ff_batch_retry_base;
 
+/* how the account handles merchant-initiated declines (flexfactor-api.md 8) */
+extern int	ff_mit_mode;
+
+typedef enum FFMitMode
+{
+	FF_MIT_MANAGED,				/* FlexFactor retries until expiryDateUtc */
+	FF_MIT_SYNC					/* the merchant re-evaluates; no expiry needed */
+} FFMitMode;
+
 /* transmit queue */
 extern int	ff_transmit_concurrency;
 extern int	ff_transmit_max_attempts;
