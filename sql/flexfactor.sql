@@ -664,13 +664,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Build the body with flexfactor.ff_payment(...).';
     END IF;
-    PERFORM flexfactor._check_body(payload, 'transmit', 'ff_transmit');
     IF coalesce(payload #>> '{paymentMethod,cardNumber}', '') ~ '^[0-9 -]{12,}$' THEN
         RAISE EXCEPTION 'ff_transmit() payload carries a card number'
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'paymentMethod.cardNumber looks like a PAN; card numbers are never stored.',
                   HINT = 'Send cardBinNumber and cardLast4Digits instead (ff_payment() does).';
     END IF;
+    PERFORM flexfactor._check_body(payload, 'transmit', 'ff_transmit');
     INSERT INTO flexfactor.transmit_queue (payload) VALUES (payload) RETURNING id INTO queued;
     PERFORM flexfactor._wake_worker_at_commit();
     RETURN queued;
