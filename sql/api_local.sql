@@ -28,22 +28,78 @@ SELECT flexfactor.ff_attempt_key('evaluate', 'mid', 'INV-1', 'tx-1')
     <> flexfactor.ff_attempt_key('refund', 'mid', 'INV-1', 'tx-1') AS kinds_differ,
        substr(flexfactor.ff_attempt_key('cancel', 'x')::text, 15, 1) AS uuid_version;
 
--- body helpers
+-- body helpers: complete by the real service's rules (flexfactor-api.md 12a)
+\set person 'email => ''jane@example.com'', first_name => ''Jane'', last_name => ''Roe'', address_line1 => ''1 Main St'', city => ''Springfield'', state => ''IL'', zip_code => ''62701'', country_code => ''us'''
 SELECT jsonb_pretty(flexfactor.ff_decline('INV-7', 4999, 'usd', 'tok-123', 'gw-7781',
-           decline_code => '51', email => 'jane@example.com',
-           expiry => '2026-12-08 10:00:00+00', subscription_id => 'sub-9',
+           decline_code => '51', :person, avs_result_code => 'Y', response_code_source => 'nmi',
+           expiry => '2026-12-08 10:00:00+00', subscription_id => 'sub-9', subscription_interval => 'monthly',
            declined_at => '2026-11-24 09:30:00+00'));
-SELECT flexfactor.ff_decline('INV-8', 1999, 'EUR', 'tok', 'tx') ? 'payer' AS has_payer_without_email;
-SELECT jsonb_pretty(flexfactor.ff_payment('INV-9', 2500, 'usd', 'gw-1', card_bin => '411111', card_last4 => '1111'));
+-- without an email or an address the objects are still sent, and refused below
+SELECT flexfactor.ff_decline('INV-8', 1999, 'EUR', 'tok', 'tx') -> 'payer' AS payer_without_email;
+SELECT jsonb_pretty(flexfactor.ff_payment('INV-9', 2500, 'usd', 'gw-1', email => 'jane@example.com',
+           paid_at => '2026-11-24 09:30:00+00', subscription_id => 'sub-9', subscription_interval => 'monthly',
+           holder_name => 'Jane Roe', card_type => 'credit', card_brand => 'visa', card_country => 'us',
+           expiration_month => 3, expiration_year => 2030, card_bin => '411111', card_last4 => '1111'));
 
--- local refusals: nothing is sent for a body FlexFactor would reject
+-- local refusals: nothing is sent for a body FlexFactor would reject, and
+-- the error names every field it lacks
+SET flexfactor.mid = '00000000-0000-4000-8000-000000000001';
 SELECT flexfactor.ff_evaluate('[1,2]');
 SELECT flexfactor.ff_evaluate('{"transaction":{"id":"t","amount":100,"currency":"USD"}}');
-SELECT flexfactor.ff_evaluate('{"orderId":"A"}');
-SELECT flexfactor.ff_evaluate('{"orderId":"A","transaction":{"id":"t","amount":19.99,"currency":"USD"}}');
-SELECT flexfactor.ff_evaluate('{"orderId":"A","transaction":{"id":"t","amount":-5,"currency":"USD"}}');
-SELECT flexfactor.ff_evaluate('{"orderId":"A","transaction":{"id":"t","amount":500,"currency":"dollars"}}');
-SELECT flexfactor.ff_evaluate('{"orderId":"A","idempotencyKey":"nope","transaction":{"id":"t","amount":500,"currency":"USD"}}');
+SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('INV-8', 1999, 'EUR', 'tok', 'tx'));
+\set complete 'flexfactor.ff_decline(''A'', 500, ''USD'', ''tok'', ''t'', :person, subscription_id => ''s'', subscription_interval => ''monthly'', declined_at => ''2026-11-24 09:30+00'', expiry => ''2026-12-08 00:00+00'')'
+SELECT flexfactor.ff_evaluate(jsonb_set(:complete, '{transaction,amount}', '19.99'));
+SELECT flexfactor.ff_evaluate(jsonb_set(:complete, '{transaction,amount}', '-5'));
+SELECT flexfactor.ff_evaluate(jsonb_set(:complete, '{transaction,currency}', '"dollars"'));
+SELECT flexfactor.ff_evaluate(jsonb_set(:complete, '{expiryDateUtc}', '""'));
+SELECT flexfactor.ff_evaluate(jsonb_set(:complete, '{billingInformation,countryCode}', '"USA"'));
+SELECT flexfactor.ff_evaluate(:complete || '{"idempotencyKey":"nope"}');
+
+-- each field the real service requires, removed in turn from a complete
+-- body: refused with FF023 naming exactly that field, by every path
+-- (an accepted body is rolled back: these checks store nothing)
+CREATE FUNCTION pg_temp.refusal(call text, body jsonb) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('SELECT flexfactor.%s($1)', call) USING body;
+    RAISE SQLSTATE 'FFTOK';
+EXCEPTION
+    WHEN SQLSTATE 'FFTOK' THEN RETURN 'accepted';
+    WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+SELECT path,
+       pg_temp.refusal('ff_evaluate', body #- p) ~ ('^FF023: .*(missing|invalid) ([a-zA-Z.]+, )*' || path || '($|[,;( ])') AS evaluate,
+       pg_temp.refusal('ff_enqueue_decline', body #- p) ~ ('^FF023: .*(missing|invalid) ([a-zA-Z.]+, )*' || path || '($|[,;( ])') AS batch_line
+  FROM (SELECT :complete AS body) b,
+       unnest(ARRAY['orderId', 'isMIT', 'isRecurring', 'expiryDateUtc', 'transaction.id', 'transaction.amount',
+                    'transaction.currency', 'transaction.timestampUtc', 'transaction.responseCode',
+                    'transaction.responseCodeSource', 'transaction.avsResultCode', 'transaction.cvvResultCode',
+                    'transaction.cavvResultCode', 'payer.email', 'billingInformation.firstName',
+                    'billingInformation.lastName', 'billingInformation.addressLine1', 'billingInformation.city',
+                    'billingInformation.country', 'billingInformation.countryCode', 'paymentMethod.cardNumber',
+                    'subscription.subscriptionId', 'subscription.interval']) AS path,
+       string_to_array(path, '.') AS p;
+-- a sync-MIT account sends MIT declines without expiryDateUtc; a batch line never goes without one
+SET flexfactor.mit_mode = 'sync';
+SELECT pg_temp.refusal('ff_evaluate', :complete - 'expiryDateUtc') LIKE 'FF001%' AS sync_mit_sent_without_expiry,
+       pg_temp.refusal('ff_enqueue_decline', :complete - 'expiryDateUtc') LIKE 'FF023%missing expiryDateUtc%' AS batch_line_refused;
+RESET flexfactor.mit_mode;
+\set payment 'flexfactor.ff_payment(''P-9'', 2500, ''usd'', ''gw-1'', email => ''jane@example.com'', paid_at => ''2026-11-24 09:30:00+00'', subscription_id => ''sub-9'', subscription_interval => ''monthly'', holder_name => ''Jane Roe'', card_type => ''credit'', card_brand => ''visa'', card_country => ''us'', expiration_month => 3, expiration_year => 2030, card_bin => ''411111'', card_last4 => ''1111'')'
+SELECT path,
+       pg_temp.refusal('ff_transmit', body #- p) ~ ('^FF023: .*missing ([a-zA-Z.]+, )*' || path || '($|[,;( ])') AS transmit
+  FROM (SELECT :payment AS body) b,
+       unnest(ARRAY['orderId', 'isMIT', 'isDeclined', 'isRecurring', 'transaction.id', 'transaction.amount',
+                    'transaction.currency', 'transaction.timestampUtc', 'transaction.responseCode',
+                    'transaction.responseCodeSource', 'transaction.avsResultCode', 'transaction.cvvResultCode',
+                    'transaction.cavvResultCode', 'payer.email', 'paymentMethod', 'paymentMethod.holderName',
+                    'paymentMethod.cardType', 'paymentMethod.cardBrand', 'paymentMethod.cardCountry',
+                    'paymentMethod.expirationMonth', 'paymentMethod.expirationYear',
+                    'paymentMethod.cardBinNumber', 'paymentMethod.cardLast4Digits',
+                    'subscription.subscriptionId', 'subscription.interval']) AS path,
+       string_to_array(path, '.') AS p;
+-- a customer-initiated copy needs no subscription; card details are all or none
+SELECT pg_temp.refusal('ff_transmit', flexfactor.ff_payment('P-10', 2500, 'usd', 'gw-2', email => 'jane@example.com',
+           paid_at => '2026-11-24 09:30:00+00', is_mit => false)) AS cit_copy_without_card_details;
+RESET flexfactor.mid;
 SELECT flexfactor.ff_order('not-a-guid');
 SELECT flexfactor.ff_refund('8f2b6c1e-4d7a-4c1e-9a53-2f0d6e1b7c90');
 SELECT flexfactor.ff_cancel('8f2b6c1e-4d7a-4c1e-9a53-2f0d6e1b7c90');
@@ -66,17 +122,17 @@ SELECT order_id, status, refunded_cents FROM flexfactor.orders ORDER BY order_id
 
 -- a queued transmit commits without any network; rolled back, it is gone
 BEGIN;
-SELECT flexfactor.ff_transmit(flexfactor.ff_payment('P-1', 2500, 'usd', 'ptx-1')) > 0 AS queued;
+SELECT flexfactor.ff_transmit(:payment) > 0 AS queued;
 ROLLBACK;
 SELECT count(*) AS after_rollback FROM flexfactor.transmit_queue;
 
--- API calls need credentials: clear error, no request
-SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('N-1', 1500, 'USD', 'tok', 'tx'));
+-- API calls need the merchant id: clear error, no request
+SELECT flexfactor.ff_evaluate(:complete);
 -- (tests talk to loopback only: a closed local port refuses the connection)
 SET flexfactor.mid = '00000000-0000-4000-8000-000000000001';
 SET flexfactor.api_url = 'http://127.0.0.1:9/v1/';
 \set VERBOSITY sqlstate
-SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('N-1', 1500, 'USD', 'tok', 'tx'));
+SELECT flexfactor.ff_evaluate(jsonb_set(:complete, '{orderId}', '"N-1"'));
 SELECT flexfactor.ff_tokenize('{"payment_method":{}}');
 \set VERBOSITY default
 SELECT count(*) AS orders_after_failed_call FROM flexfactor.orders WHERE order_id = 'N-1';

@@ -3,27 +3,49 @@
 \set VERBOSITY default
 \set SHOW_CONTEXT never
 SET flexfactor.mid = '00000000-0000-4000-8000-000000000001';
+-- what every batch line needs besides the charge (flexfactor-api.md 12a)
+\set person 'email => ''jane@example.com'', first_name => ''Jane'', last_name => ''Roe'', address_line1 => ''1 Main St'', city => ''Springfield'', state => ''IL'', zip_code => ''62701'', country_code => ''US'''
+\set rest 'subscription_id => ''sub-1'', subscription_interval => ''monthly'', declined_at => ''2026-11-24 09:30+00'', expiry => ''2026-12-08 00:00+00'''
 
 -- ff_enqueue_decline: queued once per attempt
-SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd', 'tok-1', 'tx-1')) AS first;
-SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd', 'tok-1', 'tx-1')) AS same_attempt;
-SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd', 'tok-1', 'tx-2')) AS next_attempt;
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd', 'tok-1', 'tx-1', :person, :rest)) AS first;
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd', 'tok-1', 'tx-1', :person, :rest)) AS same_attempt;
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-1', 4999, 'usd', 'tok-1', 'tx-2', :person, :rest)) AS next_attempt;
 SELECT order_id, transaction_id, state,
        idempotency_key = flexfactor.ff_attempt_key('evaluate', current_setting('flexfactor.mid'), order_id, transaction_id) AS key_is_the_api_key
   FROM flexfactor.decline_status ORDER BY id;
 
 -- refusals, naming what is wrong; nothing queued
 SELECT flexfactor.ff_enqueue_decline('{"transaction":{"id":"t","amount":100,"currency":"USD"}}');
-SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-2', 0, 'USD', 'tok', 'tx'));
-SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-2', 1999, 'USD', 'tok', 'tx') || '{"paymentMethod":{"cardNumber":"4111111111111111","token":false}}');
-SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-2', 1999, 'USD', 'tok', 'tx') || '{"isMIT":false}');
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-2', 0, 'USD', 'tok', 'tx', :person, :rest));
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-2', 1999, 'USD', 'tok', 'tx', :person, :rest) || '{"paymentMethod":{"cardNumber":"4111111111111111","token":false}}');
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-2', 1999, 'USD', 'tok', 'tx', :person, :rest) || '{"isMIT":false}');
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('INV-2', 1999, 'USD', 'tok', 'tx', email => 'jane@example.com', :rest));
 SELECT count(*) AS queued FROM flexfactor.declines;
 
--- the trigger on a billing table of the merchant's own shape
+-- the trigger on a billing schema of the merchant's own shape: the payer and
+-- the address live with the customer, the AVS/CVV codes with the gateway's
+-- response; an enrich function of the DBA's brings them in
 CREATE SCHEMA billing;
+CREATE TABLE billing.customers (
+    id            int PRIMARY KEY,
+    email         text NOT NULL,
+    given_name    text NOT NULL,
+    family_name   text NOT NULL,
+    street        text NOT NULL,
+    town          text NOT NULL,
+    region        text,
+    postcode      text,
+    country       char(2) NOT NULL
+);
+INSERT INTO billing.customers VALUES
+    (1, 'ann@example.com', 'Ann', 'Lee', '2 Elm St', 'Austin', 'TX', '73301', 'US'),
+    (2, 'bo@example.de', 'Bo', 'Berg', 'Hauptstr. 5', 'Berlin', NULL, '10115', 'DE');
 CREATE TABLE billing.payments (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     invoice_no    text NOT NULL,
+    customer_id   int,
+    subscription  text,
     amount        numeric(12,2) NOT NULL,
     currency      text NOT NULL DEFAULT 'USD',
     card_token    text,
@@ -32,21 +54,44 @@ CREATE TABLE billing.payments (
     decline_code  text,
     customer_email text,
     sense_key     text,
-    "Rescue Until" timestamptz
+    "Rescue Until" timestamptz,
+    created_at    timestamptz NOT NULL DEFAULT '2026-11-24 09:30+00'
 );
+CREATE TABLE billing.gateway_responses (
+    payment_id    bigint PRIMARY KEY,
+    avs           text,
+    cvv           text
+);
+CREATE FUNCTION billing.flexfactor_details(p billing.payments) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'payer', jsonb_build_object('email', c.email),
+        'billingInformation', jsonb_build_object(
+            'firstName', c.given_name, 'lastName', c.family_name, 'addressLine1', c.street,
+            'city', c.town, 'state', c.region, 'zipCode', c.postcode,
+            'countryCode', c.country, 'country', c.country),
+        'transaction', jsonb_build_object('avsResultCode', g.avs, 'cvvResultCode', g.cvv))
+      FROM billing.customers c
+      LEFT JOIN billing.gateway_responses g ON g.payment_id = p.id
+     WHERE c.id = p.customer_id
+$$;
+INSERT INTO billing.gateway_responses VALUES (1, 'Y', 'M');
 CREATE TRIGGER payments_to_flexfactor
     AFTER INSERT OR UPDATE ON billing.payments
     FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
         'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token',
         'transaction_id=id', 'decline_code=decline_code', 'email=customer_email',
-        'sense_key=sense_key', 'expiry=Rescue Until',
+        'subscription_id=subscription', 'subscription_interval=''monthly''',
+        'response_code_source=''stripe''', 'declined_at=created_at',
+        'sense_key=sense_key', 'expiry=Rescue Until', 'expiry_days=14',
+        'enrich=billing.flexfactor_details',
         'declined_if=status:declined', 'recurring_if=is_recurring');
-INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring, decline_code, customer_email, sense_key, "Rescue Until")
-VALUES ('B-100', 49.99, 'tok-a', 'declined', true,  '51', 'a@example.com', 'sk-1', '2026-12-08 00:00+00'),
-       ('B-101', 19.99, 'tok-b', 'paid',     true,  NULL, 'b@example.com', NULL, NULL),
-       ('B-102', 29.99, 'tok-c', 'declined', false, '05', 'c@example.com', NULL, NULL);
+INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring, decline_code, customer_email, sense_key, "Rescue Until")
+VALUES ('B-100', 1, 'sub-a', 49.99, 'tok-a', 'declined', true,  '51', 'a@example.com', 'sk-1', '2026-12-08 00:00+00'),
+       ('B-101', 2, 'sub-b', 19.99, 'tok-b', 'paid',     true,  NULL, NULL, NULL, NULL),
+       ('B-102', 1, 'sub-a', 29.99, 'tok-c', 'declined', false, '05', 'c@example.com', NULL, NULL);
 BEGIN;
-INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurring) VALUES ('B-103', 9.99, 'tok-d', 'declined', true);
+INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring) VALUES ('B-103', 1, 'sub-a', 9.99, 'tok-d', 'declined', true);
 ROLLBACK;
 -- a paid charge that is later declined is queued by the UPDATE
 UPDATE billing.payments SET status = 'declined', decline_code = '05' WHERE invoice_no = 'B-101';
@@ -54,9 +99,53 @@ UPDATE billing.payments SET status = 'declined', decline_code = '05' WHERE invoi
 UPDATE billing.payments SET customer_email = 'x@example.com' WHERE invoice_no = 'B-100';
 SELECT order_id, transaction_id, payload->'transaction'->>'amount' AS cents,
        payload->'transaction'->>'responseCode' AS code, payload->>'senseKey' AS sense_key,
-       payload->>'expiryDateUtc' AS expiry, payload->'payer'->>'email' AS email,
-       payload->'paymentMethod' AS card
+       CASE WHEN order_id = 'B-100' THEN payload->>'expiryDateUtc'
+            WHEN (payload->>'expiryDateUtc')::timestamptz BETWEEN now() + interval '14 days' - interval '1 minute'
+                                                           AND now() + interval '14 days' THEN 'now + expiry_days' END AS expiry,
+       payload->'payer'->>'email' AS email, payload->'paymentMethod' AS card
   FROM flexfactor.declines WHERE order_id LIKE 'B-%' ORDER BY id;
+-- the mapped columns, the constants and the enrich function's answer: a complete line
+SELECT jsonb_pretty(payload) FROM flexfactor.declines WHERE order_id = 'B-100';
+SELECT payload->'billingInformation' AS from_enrich, payload->'transaction'->>'avsResultCode' AS avs,
+       payload->'transaction'->>'responseCodeSource' AS source, payload->'subscription' AS subscription
+  FROM flexfactor.declines WHERE order_id = 'B-101';
+
+-- a decline that cannot be completed fails its INSERT, naming what is
+-- missing; nothing is queued
+INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+VALUES ('B-110', 99, 'sub-z', 9.99, 'tok-z', 'declined', true);
+-- rows that are not declined recurring charges cost no lookup and queue nothing
+INSERT INTO billing.payments (invoice_no, customer_id, amount, card_token, status, is_recurring)
+SELECT 'C-' || i, 99, 5, 't', CASE WHEN i % 2 = 0 THEN 'paid' ELSE 'declined' END, i % 2 = 0
+  FROM generate_series(1, 100) i;
+SELECT count(*) AS queued_from_billing FROM flexfactor.declines WHERE order_id ~ '^[BC]-';
+-- an enrich function may add details, never change what identifies the charge
+CREATE FUNCTION billing.bad_details(p billing.payments) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT '{"orderId": "someone-else", "payer": {"email": "x@example.com"}}'::jsonb $$;
+CREATE FUNCTION billing.bad_amount(p billing.payments) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT '{"transaction": {"amount": 1}}'::jsonb $$;
+CREATE TABLE billing.payments2 (LIKE billing.payments INCLUDING DEFAULTS);
+CREATE FUNCTION billing.bad_details(p billing.payments2) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT '{"orderId": "someone-else", "payer": {"email": "x@example.com"}}'::jsonb $$;
+CREATE FUNCTION billing.bad_amount(p billing.payments2) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT '{"transaction": {"amount": 1}}'::jsonb $$;
+CREATE TRIGGER bad_details AFTER INSERT ON billing.payments2 FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+    'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token', 'enrich=billing.bad_details');
+INSERT INTO billing.payments2 (id, invoice_no, amount, card_token, status, is_recurring) VALUES (1, 'D-1', 5, 't', 'declined', true);
+DROP TRIGGER bad_details ON billing.payments2;
+CREATE TRIGGER bad_amount AFTER INSERT ON billing.payments2 FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+    'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token', 'enrich=billing.bad_amount');
+INSERT INTO billing.payments2 (id, invoice_no, amount, card_token, status, is_recurring) VALUES (1, 'D-1', 5, 't', 'declined', true);
+DROP TRIGGER bad_amount ON billing.payments2;
+CREATE TRIGGER no_such_enrich AFTER INSERT ON billing.payments2 FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+    'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token', 'enrich=billing.flexfactor_details');
+INSERT INTO billing.payments2 (id, invoice_no, amount, card_token, status, is_recurring) VALUES (1, 'D-1', 5, 't', 'declined', true);
+DROP TRIGGER no_such_enrich ON billing.payments2;
+CREATE TRIGGER text_recurring AFTER INSERT ON billing.payments2 FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+    'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token', 'recurring_if=status');
+INSERT INTO billing.payments2 (id, invoice_no, amount, card_token, status, is_recurring) VALUES (1, 'D-1', 5, 't', 'declined', true);
+DROP TRIGGER text_recurring ON billing.payments2;
+SELECT count(*) AS queued_by_bad_triggers FROM flexfactor.declines WHERE order_id = 'D-1';
 
 -- a wrong mapping fails, naming the column; names are never spliced into SQL
 CREATE TRIGGER payments_bad_column AFTER INSERT ON billing.payments
@@ -117,14 +206,15 @@ SELECT queue, state, rows FROM flexfactor.queue_status ORDER BY queue, state;
 -- a decline waits for its transaction to commit, and so does every decline
 -- queued after that transaction began: it could still commit a row in front
 BEGIN;
-SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('L-1', 1500, 'USD', 'tok', 'tx')) > 0 AS queued;
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('L-1', 1500, 'USD', 'tok', 'tx', :person, :rest)) > 0 AS queued;
 SELECT flexfactor._create_evaluate_batch(2000) IS NULL AS waits_for_commit;
 COMMIT;
 SELECT flexfactor._create_evaluate_batch(2000) IS NOT NULL AS batched_after_commit;
 SELECT order_id, state FROM flexfactor.decline_status WHERE order_id LIKE 'L-%' ORDER BY id;
 
 -- transmit copies can leave in transmit_ batches (flexfactor.transmit_via = 'sftp')
-SELECT flexfactor.ff_transmit(flexfactor.ff_payment('P-' || i, 2500, 'USD', 'ptx-' || i)) > 0 AS queued
+SELECT flexfactor.ff_transmit(flexfactor.ff_payment('P-' || i, 2500, 'USD', 'ptx-' || i, email => 'jane@example.com',
+           paid_at => '2026-11-24 09:30+00', subscription_id => 'sub-1', subscription_interval => 'monthly')) > 0 AS queued
   FROM generate_series(1, 3) i;
 SELECT flexfactor._create_transmit_batch(2) IS NOT NULL AS t1,
        flexfactor._create_transmit_batch(2) IS NOT NULL AS t2,
@@ -143,7 +233,7 @@ SELECT b.kind, b.line_count, b.file_name ~ '^transmit_00000000-0000-4000-8000-00
 -- the three fields a batch line adds are never taken from the payload:
 -- ff_enqueue_decline() keeps the given key in its column and drops them,
 -- a direct insert that carries them is refused
-SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('K-1', 1500, 'USD', 'tok', 'tx')
+SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('K-1', 1500, 'USD', 'tok', 'tx', :person, :rest)
        || '{"mid": "another", "sequenceNumber": 7, "idempotencyKey": "8f2b6c1e-4d7a-4c1e-9a53-2f0d6e1b7c90"}') > 0 AS queued;
 SELECT payload ?| '{mid,sequenceNumber,idempotencyKey}' AS payload_has_them, idempotency_key
   FROM flexfactor.declines WHERE order_id = 'K-1';

@@ -81,6 +81,7 @@ typedef struct BodyProblems
 	StringInfoData missing;		/* "a, b, c" */
 	StringInfoData invalid;		/* "a (why), b (why)" */
 	StringInfoData args;		/* the builder's arguments that supply them */
+	bool		needs_mid;		/* no mid in the body nor in flexfactor.mid */
 	int			count;
 } BodyProblems;
 
@@ -343,11 +344,13 @@ ff_check_body(Jsonb *payload, FFBodyKind kind, const char *caller)
 
 		require(&p, root, &f);
 	}
-	if (path_text(root, "mid") == NULL && ff_mid[0] == '\0')
+	/* /transmit needs a mid from partners only (4.2) */
+	if (!transmit && path_text(root, "mid") == NULL && ff_mid[0] == '\0')
 	{
 		RequiredField f = {"mid", NULL, NULL};
 
 		note_missing(&p, &f);
+		p.needs_mid = true;
 	}
 
 	if (!transmit)
@@ -415,11 +418,13 @@ ff_check_body(Jsonb *payload, FFBodyKind kind, const char *caller)
 					p.invalid.len > 0 ? psprintf("%sinvalid %s",
 												 p.missing.len > 0 ? "; " : "",
 												 p.invalid.data) : ""),
-			 errdetail("FlexFactor answers 400 to %s without these fields; nothing was sent or queued.",
-					   kind_name(kind)),
+			 errdetail("FlexFactor answers 400 to such a body (flexfactor's README lists the rules); nothing was sent or queued."),
 			 p.args.len > 0 ?
-			 errhint("Pass %s to %s(); a result code you do not have is sent as 'NA'.",
-					 p.args.data, builder) :
+			 errhint("Pass %s to %s()%s; a result code you do not have is sent as 'NA'.",
+					 p.args.data, builder,
+					 p.needs_mid ? " and set flexfactor.mid" : "") :
+			 p.needs_mid ?
+			 errhint("Set flexfactor.mid to your FlexFactor merchant id (a GUID).") :
 			 errhint("Build the body with %s(...).", builder)));
 }
 
