@@ -7,9 +7,11 @@
 -- except amounts ending in 14, which expire at expiryDateUtc, and in 02,
 -- which FlexFactor declines at once.
 SET seed = 0.42;
-INSERT INTO billing.customers (email, card_token)
-SELECT 'customer' || i || '@example.com', gen_random_uuid()::text
+INSERT INTO billing.customers (email, first_name, last_name, card_token)
+SELECT 'customer' || i || '@example.com', 'Given' || i, 'Family' || i, gen_random_uuid()::text
   FROM generate_series(1, :subscriptions) i;
+INSERT INTO billing.addresses (customer_id, line1, city, region, postal_code, country_code)
+SELECT c.id, c.id || ' Main St', 'Springfield', 'IL', '62701', 'US' FROM billing.customers c;
 INSERT INTO billing.subscriptions (customer_id, plan, price_cents)
 SELECT c.id, p.plan, p.price
   FROM billing.customers c
@@ -25,11 +27,12 @@ INSERT INTO billing.invoices (invoice_no, subscription_id, amount_cents)
 SELECT 'INV-' || lpad(s.id::text, 6, '0'), s.id, s.price_cents FROM billing.subscriptions s;
 
 INSERT INTO billing.payments (invoice_no, subscription_id, amount, card_token, customer_email,
-                              is_recurring, status, decline_code)
+                              is_recurring, status, decline_code, processor, avs_result, cvv_result)
 SELECT i.invoice_no, s.id, i.amount_cents / 100.0, c.card_token, c.email, true,
        CASE WHEN r.x < :decline_pct / 100.0 THEN 'declined' ELSE 'approved' END,
        CASE WHEN r.x < :decline_pct / 100.0
-            THEN (ARRAY['51', '05', '61', '65', '54', '14'])[1 + floor(r.y * 6)::int] END
+            THEN (ARRAY['51', '05', '61', '65', '54', '14'])[1 + floor(r.y * 6)::int] END,
+       'stripe', 'Y', 'M'
   FROM billing.invoices i
   JOIN billing.subscriptions s ON s.id = i.subscription_id
   JOIN billing.customers c ON c.id = s.customer_id

@@ -26,8 +26,21 @@ SET ROLE billing_owner;
 CREATE TABLE billing.customers (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     email       text NOT NULL UNIQUE,
+    first_name  text NOT NULL,
+    last_name   text NOT NULL,
     card_token  text,                   -- a vaulted card (never a card number)
     created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- A customer's billing address (the card's address, as the processor saw it).
+CREATE TABLE billing.addresses (
+    customer_id   bigint PRIMARY KEY REFERENCES billing.customers,
+    line1         text NOT NULL,
+    line2         text,
+    city          text NOT NULL,
+    region        text,                 -- state or province; required in the US
+    postal_code   text,
+    country_code  char(2) NOT NULL      -- ISO 3166-1 alpha-2
 );
 
 CREATE TABLE billing.subscriptions (
@@ -70,6 +83,10 @@ CREATE TABLE billing.payments (
     is_recurring      boolean NOT NULL,
     status            text NOT NULL CHECK (status IN ('approved', 'declined', 'recovered')),
     decline_code      text,             -- the processor's code: 05, 51, 54, 61, 65 ...
+    processor         text,             -- who answered: 'stripe', 'nmi', 'adyen' ...
+    avs_result        text,             -- the processor's AVS, CVV and 3-D Secure (CAVV)
+    cvv_result        text,             -- result codes, when it gave them
+    cavv_result       text,
     flexfactor_order  uuid UNIQUE,      -- for 'recovered': FlexFactor's orderSessionKey
     created_at        timestamptz NOT NULL DEFAULT now()
 );

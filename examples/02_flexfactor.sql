@@ -25,13 +25,37 @@ SET ROLE billing_owner;
 -- retry it for 14 days.  Customer-initiated attempts (is_recurring false)
 -- and approved charges are not queued.  The trigger never touches the
 -- network, and a rolled-back insert queues nothing.
+--
+-- FlexFactor needs more than the payment row holds: the payer and the
+-- billing address live with the customer.  This function, called by the
+-- trigger for each declined renewal only and with the rights of whoever
+-- inserts the payment, returns them; the processor's codes are mapped from
+-- the row itself, and the ones it did not give are sent as 'NA'.
+CREATE FUNCTION billing.flexfactor_decline_details(p billing.payments) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+               'payer', jsonb_build_object('email', c.email),
+               'billingInformation', jsonb_build_object(
+                   'firstName', c.first_name, 'lastName', c.last_name,
+                   'addressLine1', a.line1, 'addressLine2', a.line2, 'city', a.city,
+                   'state', a.region, 'zipCode', a.postal_code,
+                   'countryCode', a.country_code, 'country', a.country_code))
+      FROM billing.subscriptions s
+      JOIN billing.customers c ON c.id = s.customer_id
+      LEFT JOIN billing.addresses a ON a.customer_id = c.id
+     WHERE s.id = p.subscription_id
+$$;
+
 CREATE TRIGGER payments_to_flexfactor
     AFTER INSERT OR UPDATE ON billing.payments
     FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
         'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency',
-        'token=card_token', 'transaction_id=id', 'decline_code=decline_code',
-        'email=customer_email', 'subscription_id=subscription_id', 'declined_at=created_at',
+        'token=card_token', 'transaction_id=id', 'declined_at=created_at',
+        'decline_code=decline_code', 'response_code_source=processor',
+        'avs_result_code=avs_result', 'cvv_result_code=cvv_result', 'cavv_result_code=cavv_result',
+        'subscription_id=subscription_id', 'subscription_interval=''monthly''',
         'expiry_days=14',
+        'enrich=billing.flexfactor_decline_details',
         'declined_if=status:declined',
         'recurring_if=is_recurring');
 

@@ -104,8 +104,13 @@ is(sq('SHOW flexfactor.on_order_status'), 'billing.on_flexfactor_order',
 # --- the renewal run, written by the application role
 my $run = $node->psql('billing', qq{
 	SET ROLE billing_app;
-	INSERT INTO billing.customers (email, card_token)
-	SELECT 'customer' || i || '\@example.com', 'tok-' || md5(i::text) FROM generate_series(1, $subscriptions) i;
+	INSERT INTO billing.customers (email, first_name, last_name, card_token)
+	SELECT 'customer' || i || '\@example.com', 'Given' || i, 'Family' || i, 'tok-' || md5(i::text)
+	  FROM generate_series(1, $subscriptions) i;
+	INSERT INTO billing.addresses (customer_id, line1, city, region, postal_code, country_code)
+	SELECT c.id, c.id || ' Main St', 'Springfield', CASE WHEN c.id % 7 = 0 THEN NULL ELSE 'IL' END,
+	       '62701', CASE WHEN c.id % 7 = 0 THEN 'DE' ELSE 'US' END
+	  FROM billing.customers c;
 	INSERT INTO billing.subscriptions (customer_id, plan, price_cents)
 	SELECT c.id, p.plan, p.price
 	  FROM generate_series(1, $subscriptions) i
@@ -116,10 +121,11 @@ my $run = $node->psql('billing', qq{
 	SELECT 'INV-' || lpad(c.id::text, 5, '0'), s.id, s.price_cents
 	  FROM billing.subscriptions s JOIN billing.customers c ON c.id = s.customer_id;
 	INSERT INTO billing.payments (invoice_no, subscription_id, amount, card_token, customer_email,
-	                              is_recurring, status, decline_code)
+	                              is_recurring, status, decline_code, processor, avs_result, cvv_result)
 	SELECT i.invoice_no, s.id, i.amount_cents / 100.0, c.card_token, c.email, true,
 	       CASE WHEN c.id % 5 IN (1, 3) THEN 'declined' ELSE 'approved' END,
-	       CASE WHEN c.id % 5 IN (1, 3) THEN (ARRAY['51', '05', '61', '54'])[1 + c.id % 4] END
+	       CASE WHEN c.id % 5 IN (1, 3) THEN (ARRAY['51', '05', '61', '54'])[1 + c.id % 4] END,
+	       'stripe', CASE WHEN c.id % 2 = 0 THEN 'Y' END, CASE WHEN c.id % 2 = 0 THEN 'M' END
 	  FROM billing.invoices i JOIN billing.subscriptions s ON s.id = i.subscription_id
 	  JOIN billing.customers c ON c.id = s.customer_id
 	 ORDER BY i.invoice_no;
@@ -133,6 +139,28 @@ my $run = $node->psql('billing', qq{
 is($run, 0, 'billing_app records the renewal run with the GRANTs of the example');
 is(sq("SELECT count(*) FROM billing.payments WHERE status = 'declined' AND is_recurring"), $declines,
 	"$declines recurring charges declined");
+# every queued line is complete by the real service's rules, its payer and
+# address brought in by the example's enrich function, the processor's codes
+# mapped from the payment ('NA' where it gave none)
+is(sq(q{SELECT count(*) FROM flexfactor.declines d
+	  JOIN billing.payments p ON p.invoice_no = d.order_id AND p.is_recurring
+	  JOIN billing.subscriptions s ON s.id = p.subscription_id
+	  JOIN billing.customers c ON c.id = s.customer_id
+	  JOIN billing.addresses a ON a.customer_id = c.id
+	 WHERE d.payload #>> '{payer,email}' = c.email
+	   AND d.payload #>> '{billingInformation,firstName}' = c.first_name
+	   AND d.payload #>> '{billingInformation,lastName}' = c.last_name
+	   AND d.payload #>> '{billingInformation,addressLine1}' = a.line1
+	   AND d.payload #>> '{billingInformation,countryCode}' = a.country_code
+	   AND d.payload #>> '{transaction,responseCodeSource}' = 'stripe'
+	   AND d.payload #>> '{transaction,avsResultCode}' = coalesce(p.avs_result, 'NA')
+	   AND d.payload #>> '{transaction,cvvResultCode}' = coalesce(p.cvv_result, 'NA')
+	   AND d.payload #>> '{transaction,cavvResultCode}' = 'NA'
+	   AND d.payload #>> '{transaction,responseCode}' = p.decline_code
+	   AND d.payload #>> '{subscription,interval}' = 'monthly'
+	   AND d.payload #>> '{subscription,subscriptionId}' = s.id::text
+	   AND d.payload ? 'expiryDateUtc'}), $declines,
+	'every queued decline carries the payer, the billing address, the codes and the subscription');
 is(sq('SELECT count(*) FROM flexfactor.declines'), $declines,
 	'the trigger queued exactly the declined recurring charges');
 is(sq("SELECT count(*) FROM flexfactor.declines WHERE order_id LIKE 'CIT-%'"), '0',
