@@ -14,17 +14,17 @@
  *
  * The connection lives outside PostgreSQL's allocator, so it is closed by a
  * reset callback of the memory context it was made in: an error anywhere
- * releases it.  libssh2 runs non-blocking: every call is repeated while it
- * would block, waiting on the socket at most 100 ms at a time and checking
- * for interrupts in between, so pg_cancel_backend(), statement_timeout and
- * shutdown stop a transfer promptly; flexfactor.sftp_timeout_ms bounds how
- * long one call may go without progress.
+ * releases it, from the moment the socket exists.  libssh2 runs
+ * non-blocking: every call is repeated while it would block, waiting on the
+ * socket and the process latch (WaitLatchOrSocket, as core does), so
+ * pg_cancel_backend(), statement_timeout, shutdown and a dead postmaster stop
+ * a transfer at once; flexfactor.sftp_timeout_ms bounds how long one call may
+ * go without progress.
  */
 #include "postgres.h"
 
 #include <fcntl.h>
 #include <netdb.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -33,6 +33,7 @@
 
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/latch.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 #include "lib/stringinfo.h"
@@ -43,7 +44,6 @@
 #include "sftp.h"
 
 #define UPLOAD_BUFFER_SIZE	(256 * 1024)
-#define CONNECT_POLL_MS		100
 
 struct FFSftp
 {
@@ -107,28 +107,49 @@ start_call(FFSftp *conn)
 }
 
 /*
+ * Wait for the socket (in the given WL_SOCKET_* directions), the latch or
+ * the deadline, whichever comes first, as core's own network waits do:
+ * signals set the latch, so pg_cancel_backend(), statement_timeout and
+ * shutdown are seen at once, and a dead postmaster ends the process.
+ * CHECK_FOR_INTERRUPTS() may return (a ProcSignalBarrier, a request to log
+ * memory contexts): nothing is released before it, and the caller simply
+ * waits again.  Returns the WL_* events that occurred.
+ */
+static int
+wait_for_socket(int sock, int socket_events, TimestampTz deadline)
+{
+	long		timeout_ms;
+	int			rc;
+
+	timeout_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+	rc = WaitLatchOrSocket(MyLatch,
+						   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | socket_events,
+						   sock, Max(timeout_ms, 0), PG_WAIT_EXTENSION);
+	if (rc & WL_LATCH_SET)
+		ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+	return rc;
+}
+
+/*
  * A libssh2 call would block: wait until the socket is ready in the
- * direction libssh2 needs, at most 100 ms at a time, checking for interrupts
- * and the call's deadline.
+ * direction libssh2 needs, or the call's deadline passes.
  */
 static void
 wait_socket(FFSftp *conn, const char *what)
 {
 	int			dirs = libssh2_session_block_directions(conn->session);
-	struct pollfd pfd = {conn->sock, 0, 0};
+	int			events = 0;
 
 	if (dirs & LIBSSH2_SESSION_BLOCK_INBOUND)
-		pfd.events |= POLLIN;
+		events |= WL_SOCKET_READABLE;
 	if (dirs & LIBSSH2_SESSION_BLOCK_OUTBOUND)
-		pfd.events |= POLLOUT;
-	if (pfd.events == 0)
-		pfd.events = POLLIN;
+		events |= WL_SOCKET_WRITEABLE;
+	if (events == 0)
+		events = WL_SOCKET_READABLE;
 
-	pgstat_report_wait_start(PG_WAIT_EXTENSION);
-	(void) poll(&pfd, 1, CONNECT_POLL_MS);
-	pgstat_report_wait_end();
-	CHECK_FOR_INTERRUPTS();
-	if (GetCurrentTimestamp() > conn->deadline)
+	(void) wait_for_socket(conn->sock, events, conn->deadline);
+	if (GetCurrentTimestamp() >= conn->deadline)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
 				 errmsg("SFTP %s timed out", what),
@@ -162,12 +183,22 @@ require_setting(const char *value, const char *name)
 						 "and sftp_known_hosts_file in postgresql.conf.")));
 }
 
-/* TCP connect with a timeout, checking for interrupts; returns the socket. */
-static int
-connect_tcp(void)
+/*
+ * TCP connect with a timeout into conn->sock.  The socket belongs to the
+ * connection from the moment it exists, so whatever ends the wait (an error,
+ * an interrupt that throws) leaves it to the connection's cleanup callback;
+ * the resolved addresses are copied into palloc'd memory at once, so that
+ * nothing outside PostgreSQL's allocator is held across a wait.
+ */
+static void
+connect_tcp(FFSftp *conn)
 {
 	struct addrinfo hints = {0};
 	struct addrinfo *addrs;
+	struct sockaddr_storage *candidates;
+	socklen_t  *lengths;
+	int		   *families;
+	int			ncandidates = 0;
 	char		port[16];
 	int			rc;
 	int			last_errno = 0;
@@ -182,59 +213,76 @@ connect_tcp(void)
 				 errmsg("could not resolve SFTP host \"%s\"", ff_sftp_host),
 				 errdetail("%s", gai_strerror(rc)),
 				 errhint("Check flexfactor.sftp_host.")));
-
+	for (struct addrinfo *a = addrs; a != NULL; a = a->ai_next)
+		ncandidates++;
+	candidates = palloc0(sizeof(struct sockaddr_storage) * Max(ncandidates, 1));
+	lengths = palloc0(sizeof(socklen_t) * Max(ncandidates, 1));
+	families = palloc0(sizeof(int) * Max(ncandidates, 1));
+	ncandidates = 0;
 	for (struct addrinfo *a = addrs; a != NULL; a = a->ai_next)
 	{
-		int			sock = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
-		int			waited = 0;
-
-		if (sock < 0)
+		if (a->ai_addrlen > sizeof(struct sockaddr_storage))
 			continue;
-		fcntl(sock, F_SETFL, O_NONBLOCK);
-		if (connect(sock, a->ai_addr, a->ai_addrlen) == 0 || errno == EINPROGRESS)
+		memcpy(&candidates[ncandidates], a->ai_addr, a->ai_addrlen);
+		lengths[ncandidates] = a->ai_addrlen;
+		families[ncandidates] = a->ai_family;
+		ncandidates++;
+	}
+	freeaddrinfo(addrs);
+
+	for (int i = 0; i < ncandidates; i++)
+	{
+		TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														   ff_sftp_timeout_ms);
+		int			flags;
+
+		conn->sock = socket(families[i], SOCK_STREAM, 0);
+		if (conn->sock < 0)
 		{
-			while (waited < ff_sftp_timeout_ms)
+			last_errno = errno;
+			continue;
+		}
+		flags = fcntl(conn->sock, F_GETFL);
+		if (flags < 0 || fcntl(conn->sock, F_SETFL, flags | O_NONBLOCK) < 0)
+			ereport(ERROR,
+					(errcode_for_socket_access(),
+					 errmsg("could not make the SFTP socket non-blocking: %m")));
+		if (connect(conn->sock, (struct sockaddr *) &candidates[i], lengths[i]) == 0)
+			return;
+		last_errno = errno;
+		if (last_errno == EINPROGRESS)
+		{
+			for (;;)
 			{
-				struct pollfd pfd = {sock, POLLOUT, 0};
 				int			err = 0;
 				socklen_t	len = sizeof(err);
 
-				rc = poll(&pfd, 1, CONNECT_POLL_MS);
-				if (rc > 0)
+				rc = wait_for_socket(conn->sock, WL_SOCKET_WRITEABLE, deadline);
+				if (rc & WL_SOCKET_WRITEABLE)
 				{
-					getsockopt(sock, SOL_SOCKET, SO_ERROR, &err, &len);
+					if (getsockopt(conn->sock, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+						err = errno;
 					if (err == 0)
-					{
-						fcntl(sock, F_SETFL, 0);
-						freeaddrinfo(addrs);
-						return sock;
-					}
+						return;
 					last_errno = err;
 					break;
 				}
-				waited += CONNECT_POLL_MS;
-				if (InterruptPending)
+				if (GetCurrentTimestamp() >= deadline)
 				{
-					close(sock);
-					freeaddrinfo(addrs);
-					CHECK_FOR_INTERRUPTS();
+					last_errno = ETIMEDOUT;
+					break;
 				}
 			}
-			if (waited >= ff_sftp_timeout_ms)
-				last_errno = ETIMEDOUT;
 		}
-		else
-			last_errno = errno;
-		close(sock);
+		close(conn->sock);
+		conn->sock = -1;
 	}
-	freeaddrinfo(addrs);
 	errno = last_errno;
 	ereport(ERROR,
 			(errcode(ERRCODE_FF_SFTP_CONNECTION),
 			 errmsg("could not connect to SFTP server %s port %d: %m", ff_sftp_host, ff_sftp_port),
 			 errhint("Check flexfactor.sftp_host and sftp_port, and that this server's address is "
 					 "on FlexFactor's allow-list.")));
-	return -1;					/* not reached */
 }
 
 static int
@@ -335,7 +383,7 @@ ff_sftp_connect(void)
 	conn->cleanup.arg = conn;
 	MemoryContextRegisterResetCallback(CurrentMemoryContext, &conn->cleanup);
 
-	conn->sock = connect_tcp();
+	connect_tcp(conn);
 	conn->session = libssh2_session_init();
 	if (conn->session == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("could not create an SSH session")));
