@@ -5,7 +5,7 @@ import time
 import unittest
 import uuid
 
-from simtest import MID, Client, SimCase
+from simtest import Client, SimCase
 
 
 class OutcomeRulesManaged(SimCase):

@@ -7,7 +7,7 @@ import os
 import unittest
 import uuid
 
-from simtest import MID, SimCase
+from simtest import SimCase
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "fixtures", "flexfactor-recorded.json"), encoding="utf-8") as _f:
