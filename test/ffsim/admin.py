@@ -114,8 +114,8 @@ class Admin:
             return self.bad("unknown config keys: %s" % ", ".join(unknown))
         if "mitMode" in b and b["mitMode"] not in ("sync", "managed"):
             return self.bad("mitMode must be sync or managed")
-        if "errorShape" in b and b["errorShape"] not in ("problem", "flat"):
-            return self.bad("errorShape must be problem or flat")
+        if "errorShape" in b and b["errorShape"] not in common.ERROR_SHAPES:
+            return self.bad("errorShape must be one of %s" % ", ".join(common.ERROR_SHAPES))
         if "webhookKey" in b:
             try:
                 base64.b64decode(b["webhookKey"], validate=True)

@@ -132,6 +132,8 @@ class Api:
             return None, self.validation({"$": ["The JSON value could not be parsed: %s" % e]})
 
     def validation(self, errors):
+        """400 in the configured shape: flat (default, as recorded), wrapped (the
+        recorded 2024 "status":"400" form) or problem (documented ProblemDetails)."""
         shape = self.store.config.error_shape
         ct = PROBLEM_CT if shape == "problem" else JSON_CT
         return Response(400, common.validation_body(errors, shape), ct)
@@ -179,8 +181,11 @@ class Api:
             st.token_log.append(info)
             while len(st.tokens) > st.config.log_cap:
                 st.tokens.pop(next(iter(st.tokens)))
+        # The recorded answer's bytes (TOKEN_TRANSCRIPT): these keys in this order,
+        # compact; `expires` = iat ms + ttl (13 digits); the refresh token has the
+        # recorded one's form (ASP.NET Identity prefix, 79 characters).
         return Response(200, common.envelope(
-            accessToken=token, refreshToken=os.urandom(24).hex(), expires=expires, id=client_id,
+            accessToken=token, refreshToken=refresh_token(), expires=expires, id=client_id,
             session=None, daysToEnforceMFA=None, skipAvailable=None))
 
     def tokenize(self, req, claims):
@@ -203,19 +208,7 @@ class Api:
         if errors:
             return problem_response(422, "One or more validation errors occurred.", errors=errors)
         token = self.engine.vault(card)
-        pan = card["number"]
-        return Response(200, common.envelope(
-            transaction={
-                "on_test_gateway": True, "created_at": clock.iso(time.time()), "succeeded": True,
-                "transaction_type": "AddPaymentMethod", "state": "succeeded",
-                "payment_method": {
-                    "token": token, "last_four_digits": pan[-4:], "first_six_digits": pan[:8],
-                    "card_type": None, "first_name": card["first_name"], "last_name": card["last_name"],
-                    "month": int(card["month"]), "year": int(card["year"]), "fingerprint": None,
-                    "number": None, "verification_value": None, "email": card.get("email"),
-                },
-            },
-            cardBinInfo=None))
+        return Response(200, tokenize_answer(token, card, time.time_ns() // 100))
 
     def evaluate(self, req, claims):
         obj, err = self.parse_json(req)
@@ -282,3 +275,53 @@ class Api:
 
 def common_unquote(s):
     return urllib.parse.unquote(s)
+
+
+REFRESH_PREFIX = "AQAAAAEAACcQAAAAE"   # as in both recorded refresh tokens
+REFRESH_LEN = 79                       # the recorded transcript's length
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def refresh_token():
+    """An opaque refresh token of the recorded form (no endpoint accepts it)."""
+    rnd = os.urandom(REFRESH_LEN - len(REFRESH_PREFIX))
+    return REFRESH_PREFIX + "".join(_ALNUM[b % len(_ALNUM)] for b in rnd)
+
+
+def dotnet_time(ticks):
+    """A .NET round-trip UTC time from 100 ns ticks since the epoch:
+    2024-05-14T13:44:25.3179186Z (7 fractional digits, as recorded)."""
+    secs, frac = divmod(ticks, 10 ** 7)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + ".%07dZ" % frac
+
+
+def tokenize_answer(token, card, ticks):
+    """The /v1/tokenize answer with the recorded answer's keys, order and values
+    (fixtures: STORE_FIXTURE); the substitutions are the token, the four times (the
+    recorded ones are 1, 19 and 20 ticks apart) and the card's own name, digits
+    (first_six_digits holds 8 digits, as recorded), month, year and email."""
+    pan = card["number"]
+    return common.envelope(
+        transaction={
+            "on_test_gateway": True, "created_at": dotnet_time(ticks),
+            "updated_at": dotnet_time(ticks + 1), "succeeded": True, "state": None, "token": None,
+            "transaction_type": None, "order_id": None, "ip": None, "description": None,
+            "email": None, "merchant_name_descriptor": None, "merchant_location_descriptor": None,
+            "gateway_specific_fields": None, "gateway_specific_response_fields": None,
+            "gateway_transaction_id": None, "gateway_latency_ms": None, "amount": 0,
+            "currency_code": None, "retain_on_success": None, "payment_method_added": False,
+            "message_key": None, "message": None, "response": None,
+            "payment_method": {
+                "token": token, "created_at": dotnet_time(ticks + 19),
+                "updated_at": dotnet_time(ticks + 20), "email": card.get("email"), "data": None,
+                "storage_state": None, "test": False, "metadata": None,
+                "last_four_digits": pan[-4:], "first_six_digits": pan[:8], "card_type": None,
+                "first_name": card["first_name"], "last_name": card["last_name"],
+                "month": int(card["month"]), "year": int(card["year"]), "address1": None,
+                "address2": None, "city": None, "state": None, "zip": None, "country": None,
+                "phone_number": None, "company": None, "full_name": None,
+                "payment_method_type": None, "errors": None, "fingerprint": None,
+                "verification_value": None, "number": None,
+            },
+        },
+        cardBinInfo=None)

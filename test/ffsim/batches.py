@@ -2,8 +2,10 @@
 #
 # Owns: the merchant folders <sftp-root>/<mid>/{inbound,outbound,inbound/processed},
 # the inbound scan (ignores *.part, dot files and folders), whole-file checks (name,
-# UTF-8, JSON per line, at most 2,000 lines, contiguous sequenceNumber 1..N), per-line
-# processing through the engine (evaluate_*.jsonl and transmit_*.jsonl), atomic
+# UTF-8, JSON object per line, at most 2,000 lines), per-line validation and processing
+# through the engine (evaluate_*.jsonl and transmit_*.jsonl: the REST rules plus mid,
+# sequenceNumber = position, and for evaluate a /tokenize token; a bad line is a
+# REJECTED result line, never a rescue, never blocking the other lines), atomic
 # result/error files in outbound, and the memory of processed files (name+sha256) so
 # the same file is never processed twice. Processed inbound files are MOVED to
 # inbound/processed/ (a name clash there gets a numeric suffix).
@@ -152,13 +154,13 @@ class Batches:
         for i, obj in enumerate(lines, 1):
             n = common.norm(obj)
             if m.group(1) == "evaluate":
-                oc = self.engine.evaluate(obj, mid, source, batch=True)
+                oc = self.engine.evaluate(obj, mid, source, batch=True, position=i)
                 line = {"sequenceNumber": i, "orderId": n.get("orderid"),
                         "orderSessionKey": None, "status": "REJECTED", "success": False, "errors": []}
                 if oc.result is not None:
                     line["orderSessionKey"] = oc.result.get("orderSessionKey")
             else:
-                oc = self.engine.transmit(obj, mid, source, batch=True)
+                oc = self.engine.transmit(obj, mid, source, batch=True, position=i)
                 line = {"sequenceNumber": i, "orderId": n.get("orderid"),
                         "transmitId": None, "status": "REJECTED", "success": False, "errors": []}
                 if oc.result is not None:
@@ -184,11 +186,14 @@ class Batches:
 
     @staticmethod
     def _line_errors(oc):
+        """A rejected line's errors as C# 4-tuples, one per message, item1 naming the
+        field by its .NET key (as the REST answer does) and the message:
+        {"item1":"Transaction.AvsResultCode: The AvsResultCode field is required.","item2":"400",...}"""
         if oc.errors:
             out = []
             for path, msgs in oc.errors.items():
                 for msg in msgs:
-                    out.append(common.error_tuple("%s: %s" % (path, msg), "400"))
+                    out.append(common.error_tuple("%s: %s" % (common.pascal_path(path), msg), "400"))
             return out
         code = str(oc.http_status)
         msg = oc.title or "Rejected"
@@ -231,12 +236,6 @@ class Batches:
             if not isinstance(obj, dict):
                 return None, "line %d is not a JSON object" % i
             lines.append(obj)
-        for i, obj in enumerate(lines, 1):
-            seqv = common.norm(obj).get("sequencenumber")
-            if isinstance(seqv, str) and seqv.strip().isdigit():
-                seqv = int(seqv.strip())
-            if isinstance(seqv, bool) or not isinstance(seqv, int):
-                return lines, "line %d: sequenceNumber is missing or not an integer" % i
-            if seqv != i:
-                return lines, ("sequenceNumber must run 1..N contiguously: line %d has %d" % (i, seqv))
+        # sequenceNumber (1..N, the line's position) is checked per line with the
+        # other field rules: a bad line is REJECTED and never blocks the others.
         return lines, None

@@ -3,8 +3,9 @@
 # Owns: JSON encoding (Decimal-aware, compact), request JSON parsing (floats as
 # Decimal so dollar amounts stay exact), case-insensitive key normalisation (the real
 # server is ASP.NET, which binds property names case-insensitively), the canonical
-# body hash used by idempotency, the section-3 envelope, and both error shapes of
-# section 10 (ProblemDetails and the flat 2024 variant).
+# body hash used by idempotency, the section-3 envelope, the validation error shapes
+# (the recorded flat map, the recorded 2024 "status":"400" wrapper, the documented
+# ProblemDetails; sections 10 and 12a) and the recorded response headers.
 import decimal
 import hashlib
 import json
@@ -106,16 +107,43 @@ def problem(status, title=None, detail=None, errors=None):
 
 
 def pascal_path(path):
-    """transaction.amount -> Transaction.Amount (the flat 2024 shape uses PascalCase)."""
+    """transaction.amount -> Transaction.Amount (the .NET keys of the recorded answers)."""
     return ".".join(p[:1].upper() + p[1:] for p in path.split("."))
 
 
-def validation_body(errors, shape):
-    """Validation failure body. errors: dict path -> [messages].
-    shape 'problem' -> ProblemDetails; 'flat' -> {"TraceId":[..], "OrderId":[..]}."""
-    if shape == "flat":
-        out = {"TraceId": [trace_id()]}
-        for path, msgs in errors.items():
-            out[pascal_path(path)] = list(msgs)
-        return out
-    return problem(400, errors={k: list(v) for k, v in errors.items()})
+ERROR_SHAPES = ("flat", "problem", "wrapped")
+
+
+def validation_body(errors, shape, trace=None):
+    """Validation failure body. errors: dict camelCase path -> [messages], in order.
+
+    'flat' (default): the recorded sandbox answer [OBS], PascalCase .NET keys, the
+        TraceId first as a one-element array:
+        {"TraceId":["00-...-01"],"OrderId":["Merchant's orderId is required"],...}
+    'wrapped': the recorded 2024 answer (ActiveMerchant's failed_purchase_response)
+        [OBS]: the same keys under "errors" with "status" the STRING "400", the TraceId
+        after the first field error, as recorded:
+        {"status":"400","errors":{"OrderId":[...],"TraceId":["00-...-01"],"IsDeclined":[...],...}}
+    'problem': the documented ASP.NET ValidationProblemDetails [DOC], camelCase keys.
+    """
+    trace = trace or trace_id()
+    if shape in ("flat", "wrapped"):
+        fields = [(pascal_path(path), list(msgs)) for path, msgs in errors.items()]
+        if shape == "flat":
+            return dict([("TraceId", [trace])] + fields)
+        return {"status": "400", "errors": dict(fields[:1] + [("TraceId", [trace])] + fields[1:])}
+    body = problem(400, errors={k: list(v) for k, v in errors.items()})
+    body["traceId"] = trace
+    return body
+
+
+# The response headers the sandbox sent with its recorded answers (fixtures/SOURCES.txt,
+# flexfactor-recorded.json RECORDED_HEADERS), replayed on every /v1 answer after
+# Date, Content-Type, Content-Length (and Connection when closing). Date is now;
+# the client's own Connection: close is not replayed.
+RECORDED_HEADERS = [
+    ("server", "Kestrel"),
+    ("set-cookie", "AWSALB=n2vt9daKLxUPgxF+n3g+4uQDgxt1PNVOY/HwVuLZdkf0Ye8XkAFuEVrnu6xh/xf7k2ZYZHqaPthqR36D3JxPJIs7QfNbcfAhvxTlPEVx8t/IyB1Kb/Vinasi3vZD; Expires=Thu, 11 Apr 2024 13:29:08 GMT; Path=/"),
+    ("set-cookie", "AWSALBCORS=n2vt9daKLxUPgxF+n3g+4uQDgxt1PNVOY/HwVuLZdkf0Ye8XkAFuEVrnu6xh/xf7k2ZYZHqaPthqR36D3JxPJIs7QfNbcfAhvxTlPEVx8t/IyB1Kb/Vinasi3vZD; Expires=Thu, 11 Apr 2024 13:29:08 GMT; Path=/; SameSite=None; Secure"),
+    ("apigw-requestid", "Vs-twgfMoAMEaEQ="),
+]

@@ -155,23 +155,22 @@ class Engine:
         return Outcome("replay", status, body=body, result=ent["result"])
 
     # --------------------------------------------------------------- evaluate
-    def evaluate(self, raw, token_mid, source, batch=False, hang_point=None):
+    def evaluate(self, raw, token_mid, source, batch=False, hang_point=None, position=None):
         """raw: parsed request body (original casing). token_mid: the caller's MID
-        (bearer token claim, or the batch folder's MID)."""
+        (bearer token claim, or the batch folder's MID). position: a batch line's
+        1-based line number (its sequenceNumber must equal it)."""
         n = common.norm(raw)
         cfg = self.store.config
         if not isinstance(n, dict):
             return Outcome("invalid", 400, errors={"$": ["The request body must be a JSON object."]})
         body_mid = n.get("mid")
         key = n.get("idempotencykey")
-        if batch and (body_mid is None or body_mid == ""):
-            return Outcome("invalid", 400, errors={"mid": ["The Mid field is required."]})
-        if body_mid not in (None, "") and body_mid != token_mid:
+        if isinstance(body_mid, str) and body_mid.strip() and body_mid != token_mid:
             return Outcome("forbidden", 403, title="Forbidden",
                            detail="The mid does not belong to this merchant.")
         now = self.clock.now()
         errors, expiry = validation.validate_evaluate(
-            n, cfg.strict, cfg.mit_mode == "managed", now, time.time(), batch=batch)
+            n, cfg.strict, cfg.mit_mode == "managed", now, time.time(), batch=batch, position=position)
         pan = None
         if not errors:
             pan, cerr = self.resolve_card(n, batch)
@@ -273,18 +272,16 @@ class Engine:
         return {"COMPLETED": "APPROVED", "RETURNED": "APPROVED"}.get(s, s)
 
     # --------------------------------------------------------------- transmit
-    def transmit(self, raw, token_mid, source, batch=False):
+    def transmit(self, raw, token_mid, source, batch=False, position=None):
         n = common.norm(raw)
         cfg = self.store.config
         if not isinstance(n, dict):
             return Outcome("invalid", 400, errors={"$": ["The request body must be a JSON object."]})
         body_mid = n.get("mid")
-        if batch and body_mid in (None, ""):
-            return Outcome("invalid", 400, errors={"mid": ["The Mid field is required."]})
-        if body_mid not in (None, "") and body_mid != token_mid:
+        if isinstance(body_mid, str) and body_mid.strip() and body_mid != token_mid:
             return Outcome("forbidden", 403, title="Forbidden",
                            detail="The mid does not belong to this merchant.")
-        errors = validation.validate_transmit(n, cfg.strict, batch=batch)
+        errors = validation.validate_transmit(n, cfg.strict, batch=batch, position=position)
         key = n.get("idempotencykey")
         if errors:
             self.idem_note_rejected(token_mid, key, "transmit", source)
@@ -357,20 +354,35 @@ class Engine:
             orders = [self.store.orders[i] for i in ids if i in self.store.orders]
             return orders[-1] if orders else None
 
+    # camelCase names of the address fields (the order keeps the request's
+    # lower-cased object; answers use the documented casing).
+    ADDRESS_KEYS = {k.lower(): k for k in (
+        "firstName", "lastName", "country", "countryCode", "addressLine1", "addressLine2", "state",
+        "city", "zipCode", "phone", "email")}
+
+    @classmethod
+    def _address(cls, a):
+        if not isinstance(a, dict):
+            return a
+        return {cls.ADDRESS_KEYS.get(k, k): v for k, v in a.items()}
+
     def view(self, o):
-        """GET /v1/orders/{id} shape (section 4.5) plus a few extra fields."""
+        """GET /v1/orders/{id}: the documented fields of section 4.5 only (no invented
+        status flags: an expired order is status 2 CANCELLED with its expiryDate
+        passed, section 12a), plus the order's amounts in cents (`amount`,
+        `refundedAmount`), which the docs' cut-off table announces but does not name."""
         num, name = STATE_ENUM[o["state"]]
+        # An order without expiryDateUtc that expires does so at its default deadline.
+        expiry = o["expiryDate"] or (o["finalDue"] if o["finalState"] == "EXPIRED" else None)
         return {
             "id": o["id"], "correlationId": o["correlationId"], "referenceNumber": o["externalOrderId"],
-            "externalOrderId": o["externalOrderId"], "status": num, "statusName": name,
-            "isExpired": o["state"] == "EXPIRED", "orderPlacedDate": o["createdAt"],
-            "expiryDate": o["expiryDate"], "billingAddress": o["billingAddress"],
-            "shippingAddress": o["shippingAddress"], "firstName": o["firstName"],
+            "status": num, "statusName": name, "orderPlacedDate": o["createdAt"],
+            "expiryDate": expiry, "billingAddress": self._address(o["billingAddress"]),
+            "shippingAddress": self._address(o["shippingAddress"]), "firstName": o["firstName"],
             "lastName": o["lastName"], "email": o["email"], "phone": o["phone"],
             "secondaryEmail": None, "currencyCode": o["currency"],
-            "currencySymbol": CURRENCY_SYMBOLS.get(o["currency"], ""), "amount": o["amount"],
-            "refundedAmount": o["refundedAmount"], "isMIT": o["isMIT"],
-            "confirmationId": o["confirmationId"], "lastUpdated": o["updatedAt"],
+            "currencySymbol": CURRENCY_SYMBOLS.get(o["currency"], ""),
+            "amount": o["amount"], "refundedAmount": o["refundedAmount"],
         }
 
     def list_orders(self, mid, q):

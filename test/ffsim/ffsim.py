@@ -36,8 +36,14 @@ def parse_args(argv=None):
     p.add_argument("--webhook-key", default=d.webhook_key,
                    help="base64 subscriber key for the HMAC-SHA512 signatures (default: the public test-vector key)")
     p.add_argument("--mit-mode", choices=("managed", "sync"), default=d.mit_mode)
-    p.add_argument("--error-shape", choices=("problem", "flat"), default=d.error_shape)
-    p.add_argument("--strict", action="store_true", help="require the older, longer list of fields")
+    p.add_argument("--error-shape", choices=("flat", "wrapped", "problem"), default=d.error_shape,
+                   help="validation errors: flat (the recorded map, default), wrapped (the recorded "
+                        "2024 {\"status\":\"400\",\"errors\":...} form) or problem (ProblemDetails)")
+    p.add_argument("--lenient", dest="strict", action="store_false", default=d.strict,
+                   help="EXPERIMENTS ONLY: require just the newest minimum fields instead of what "
+                        "the real service enforces (the default)")
+    p.add_argument("--strict", dest="strict_flag", action="store_true",
+                   help="accepted for compatibility: strict is the default (no effect)")
     p.add_argument("--scan-interval", type=float, default=d.scan_interval,
                    help="seconds between inbound folder scans (default %(default)s)")
     g = p.add_mutually_exclusive_group()
@@ -105,6 +111,9 @@ def main(argv=None):
     if f:
         print("ffsim sftp inbound %s outbound %s" % (f[0], f[1]), flush=True)
     print("ffsim mid %s mit-mode %s webhooks %s" % (a.mid, a.mit_mode, a.webhook_url or "(none)"), flush=True)
+    if not a.strict:
+        print("ffsim LENIENT validation (--lenient): for experiments only, the real service "
+              "refuses bodies this accepts", flush=True)
     while not stop.wait(0.5):
         pass
     s.stop()

@@ -13,6 +13,7 @@ import urllib.parse
 
 import api
 import clock
+import common
 import faults
 
 
@@ -85,15 +86,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise ValueError("bad Content-Length")
         return self.rfile.read(n)
 
-    def send(self, resp):
-        self.send_response(resp.status)
+    def send(self, resp, recorded=False):
+        """recorded: a /v1 answer, which carries the sandbox's recorded headers
+        (common.RECORDED_HEADERS) in the recorded spelling, after Date, Content-Type,
+        Content-Length and Connection (when closing)."""
+        if recorded:
+            self.log_request(resp.status)
+            self.send_response_only(resp.status)
+            self.send_header("Date", self.date_time_string())
+        else:
+            self.send_response(resp.status)
         if resp.content_type:
             self.send_header("Content-Type", resp.content_type)
         self.send_header("Content-Length", str(len(resp.body)))
-        for k, v in resp.headers:
-            self.send_header(k, v)
         if self.close_connection:
             self.send_header("Connection", "close")
+        if recorded:
+            for k, v in common.RECORDED_HEADERS:
+                self.send_header(k, v)
+        for k, v in resp.headers:
+            self.send_header(k, v)
         # end_headers() + one write of headers and body together
         self._headers_buffer.append(b"\r\n")
         self._headers_buffer.append(resp.body)
@@ -144,7 +156,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             entry["status"] = resp.status
             entry["durationMs"] = round((time.time() - entry["ts"]) * 1000, 2)
-            self.send(resp)
+            self.send(resp, recorded=path.startswith("/v1"))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 

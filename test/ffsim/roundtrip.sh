@@ -98,8 +98,11 @@ for seq, amount in enumerate([4999, 4914, 4901, 4902], 1):
         "orderId": "RT-%d" % seq, "idempotencyKey": str(uuid.uuid4()), "expiryDateUtc": expiry,
         "transaction": {"id": "gw-%d" % seq, "amount": amount, "currency": "USD",
                         "timestampUtc": "2026-01-15T10:00:00Z", "responseCode": "05",
-                        "responseCodeSource": "nmi"},
+                        "responseCodeSource": "nmi", "avsResultCode": "Y", "cvvResultCode": "M",
+                        "cavvResultCode": "NA"},
         "payer": {"email": "jane@example.com"},
+        "billingInformation": {"firstName": "Jane", "lastName": "Roe", "country": "US", "countryCode": "US",
+                               "addressLine1": "1 Main St", "city": "Springfield"},
         "subscription": {"subscriptionId": "sub-1", "interval": "monthly", "price": amount, "currency": "USD"},
         "paymentMethod": {"cardNumber": card, "token": True},
     }, separators=(",", ":")))

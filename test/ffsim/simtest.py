@@ -86,7 +86,10 @@ class SimCase(unittest.TestCase):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def setUp(self):
-        base = dict(mitMode="managed", errorShape="problem", strict=False, acceptUnknownTokens=True,
+        # The defaults of store.Config (strict rules, the recorded flat error map),
+        # restored before every test since a test may switch them.
+        d = store.Config()
+        base = dict(mitMode="managed", errorShape=d.error_shape, strict=d.strict, acceptUnknownTokens=True,
                     tokenTtlSeconds=600, asyncDelaySeconds=60)
         base.update({k: v for k, v in self.runtime_config().items()})
         self.admin("POST", "/_admin/reset", {"files": True})
@@ -132,17 +135,66 @@ class SimCase(unittest.TestCase):
         self.assertEqual(status, 200, obj)
         return obj["transaction"]["payment_method"]["token"]
 
-    @staticmethod
-    def eval_body(card_token=None, amount=4999, is_mit=True, order_id=None, key=None, **extra):
+    def expiry(self, days=7):
+        """An expiryDateUtc `days` ahead of the virtual clock (whole seconds, Z)."""
+        import clock
+        return clock.iso(self.sim.clock.now() + days * 86400, micro=False)
+
+    def eval_body(self, card_token=None, amount=4999, is_mit=True, order_id=None, key=None, **extra):
+        """A complete /evaluate body (the shape of flexfactor-api.md 4.3.3) that the
+        strict rules accept: CIT, or managed-MIT recurring with isRecurring,
+        subscription and an expiryDateUtc 7 virtual days ahead (the deadline an MIT
+        order without one used to get). extra keys replace root keys."""
+        order_id = order_id or "PG-" + uuid.uuid4().hex[:10]
         body = {
             "isDeclined": True, "isMIT": is_mit, "mid": MID,
-            "orderId": order_id or "PG-" + uuid.uuid4().hex[:10],
+            "orderId": order_id,
             "idempotencyKey": key or str(uuid.uuid4()),
-            "transaction": {"id": "gw-1", "amount": amount, "currency": "USD",
-                            "timestampUtc": "2026-01-15T10:00:00Z", "responseCode": "05"},
-            "payer": {"email": "jane@example.com"},
-            "paymentMethod": {"cardNumber": card_token or str(uuid.uuid4()), "token": True},
+            "customerIp": "203.0.113.7",
+            "transaction": {
+                "id": "gw-1", "amount": amount, "currency": "USD",
+                "timestampUtc": "2026-01-15T10:00:00Z", "timezoneUtcOffset": 0,
+                "responseCode": "05", "responseCodeSource": "nmi", "responseStatus": "DECLINED",
+                "avsResultCode": "Y", "cvvResultCode": "M", "cavvResultCode": "NA",
+                "cardNotPresent": True},
+            "payer": {"email": "jane@example.com", "phone": "+15555550100"},
+            "billingInformation": {
+                "firstName": "Jane", "lastName": "Roe", "country": "United States", "countryCode": "US",
+                "addressLine1": "1 Main St", "city": "Springfield", "state": "IL", "zipCode": "62701"},
+            "paymentMethod": {
+                "cardNumber": card_token or str(uuid.uuid4()), "token": True,
+                "holderName": "Jane Roe", "cardBrand": "VISA", "cardType": "CREDIT",
+                "expirationMonth": 3, "expirationYear": 2030, "cardBinNumber": "411111",
+                "cardLast4Digits": "1111"},
         }
+        if is_mit:
+            body["isRecurring"] = True
+            body["expiryDateUtc"] = self.expiry(7)
+            body["subscription"] = {"subscriptionId": "sub-" + order_id, "interval": "monthly",
+                                    "price": amount, "currency": "USD"}
+        body.update(extra)
+        return body
+
+    @staticmethod
+    def transmit_body(order_id=None, is_mit=False, **extra):
+        """A complete /transmit body (section 4.2 + 12a) that the strict rules accept."""
+        order_id = order_id or "TX-" + uuid.uuid4().hex[:10]
+        body = {
+            "isDeclined": False, "isMIT": is_mit, "mid": MID, "orderId": order_id,
+            "transaction": {
+                "id": "t-" + order_id, "amount": 2500, "currency": "USD",
+                "timestampUtc": "2026-01-15T10:00:00Z", "responseCode": "00", "responseCodeSource": "nmi",
+                "avsResultCode": "Y", "cvvResultCode": "M", "cavvResultCode": "NA"},
+            "payer": {"email": "a@example.com"},
+            "paymentMethod": {
+                "holderName": "Jane Roe", "cardType": "CREDIT", "cardBrand": "VISA", "cardCountry": "US",
+                "expirationMonth": 3, "expirationYear": 2030, "cardBinNumber": "411111",
+                "cardLast4Digits": "1111"},
+        }
+        if is_mit:
+            body["isRecurring"] = True
+            body["subscription"] = {"subscriptionId": "sub-" + order_id, "interval": "monthly",
+                                    "price": 2500, "currency": "USD"}
         body.update(extra)
         return body
 

@@ -30,8 +30,11 @@ class Config:
         # The public test-vector key of section 7.4 (so a default receiver can verify).
         self.webhook_key = "XRmKBxG5uvt1qWzqvp+T6CAbTo0MB89GTxXZD5cHA56RP7Mj4NbnHQOR1Y8uorUU9YQz8ujaVRUdm9vTSkPZSw=="
         self.mit_mode = "managed"
-        self.error_shape = "problem"
-        self.strict = False
+        # The real service's rules and answer shape by default (flexfactor-api.md 12a):
+        # strict required fields, validation errors as the recorded flat map.
+        # strict=False (--lenient) is for experiments only.
+        self.error_shape = "flat"
+        self.strict = True
         self.accept_unknown_tokens = True
         self.async_delay = 60.0
         self.capture_window = 1440 * 60.0

@@ -45,7 +45,7 @@ class TokenTest(SimCase):
         self.assertEqual(obj["status"], 400)
         status, obj = self.client.json("POST", "/v1/oauth2/token", {"AppKey": "x"})
         self.assertEqual(status, 400)
-        self.assertIn("AppSecret", obj["errors"])
+        self.assertEqual(obj["AppSecret"], ["The AppSecret field is required."])
 
     def test_missing_bearer_401_empty_body(self):
         status, resp, body = self.client.request("POST", "/v1/evaluate", {"a": 1})

@@ -131,12 +131,18 @@ class Batches(SimCase):
         self.admin("POST", "/_admin/scan")
         res = self.result(name)
         self.assertEqual([r["success"] for r in res], [True, False, False, False, False, False])
-        self.assertIn("idempotencyKey", res[1]["errors"][0]["item1"])
-        self.assertIn("mid", res[2]["errors"][0]["item1"])
-        self.assertIn("paymentMethod.token", res[3]["errors"][0]["item1"])
-        self.assertIn("transaction.amount", res[4]["errors"][0]["item1"])
-        self.assertEqual(res[5]["errors"][0]["item1"], "mid: The Mid field is required.")
+        self.assertEqual([e["item1"] for e in res[1]["errors"]],
+                         ["IdempotencyKey: The IdempotencyKey field is required."])
+        self.assertEqual(res[2]["errors"][0]["item2"], "403")
+        self.assertIn("mid does not belong", res[2]["errors"][0]["item1"])
+        self.assertEqual([e["item1"] for e in res[3]["errors"]],
+                         ["PaymentMethod.Token: Batch records must carry a /tokenize token with "
+                          "paymentMethod.token = true."])
+        self.assertTrue(res[4]["errors"][0]["item1"].startswith("Transaction.Amount: "))
+        self.assertEqual([e["item1"] for e in res[5]["errors"]], ["Mid: The Mid field is required."])
         self.assertTrue(all(e["item4"] is True for r in res[1:] for e in r["errors"]))
+        self.assertTrue(all(r["status"] == "REJECTED" and r["orderSessionKey"] is None for r in res[1:]))
+        self.assertEqual(self.admin("GET", "/_admin/orders")["count"], 1)
 
     def test_unknown_tokens_rejected_when_configured(self):
         self.admin("POST", "/_admin/config", {"acceptUnknownTokens": False})
@@ -153,7 +159,6 @@ class Batches(SimCase):
     def test_whole_file_rejections(self):
         cases = {
             "evaluate_%s_big.jsonl" % MID: ([self.line(i) for i in range(1, 2002)], None, "too many lines"),
-            "evaluate_%s_gap.jsonl" % MID: ([self.line(1), self.line(3)], None, "contiguous"),
             "evaluate_%s_json.jsonl" % MID: (None, b'{"sequenceNumber":1}\n{nope\n', "not valid JSON"),
             "evaluate_%s_empty.jsonl" % MID: (None, b"", "empty"),
             "evaluate_%s_utf.jsonl" % MID: (None, b'{"a":"\xff"}\n', "UTF-8"),
@@ -195,19 +200,96 @@ class Batches(SimCase):
 
     def test_transmit_file(self):
         name = "transmit_%s_1.jsonl" % MID
-        lines = [{"sequenceNumber": i, "mid": MID, "isDeclined": False, "isMIT": True,
-                  "orderId": "TX-%d" % i, "transaction": {"id": "t%d" % i, "amount": 1999, "currency": "USD"},
-                  "payer": {"email": "a@b.c"}, "paymentMethod": {"cardLast4Digits": "1111"}}
-                 for i in (1, 2)]
+        lines = [dict(self.transmit_body(order_id="TX-%d" % i, is_mit=True), sequenceNumber=i)
+                 for i in (1, 2, 3, 4)]
         del lines[1]["orderId"]
+        del lines[2]["paymentMethod"]["cardCountry"]       # card details: all eight required
+        del lines[3]["subscription"]["interval"]           # MIT: subscription
         self.upload(name, lines)
         self.admin("POST", "/_admin/scan")
         res = self.result(name)
         self.assertEqual(list(res[0].keys()),
                          ["sequenceNumber", "orderId", "transmitId", "status", "success", "errors"])
         self.assertEqual((res[0]["status"], res[0]["success"]), ("SUCCESS", True))
-        self.assertEqual(res[1]["status"], "REJECTED")
+        self.assertEqual([r["status"] for r in res[1:]], ["REJECTED"] * 3)
+        self.assertEqual([[e["item1"] for e in r["errors"]] for r in res[1:]], [
+            ["OrderId: Merchant's orderId is required"],
+            ["PaymentMethod.CardCountry: The CardCountry field is required."],
+            ["Subscription.Interval: The Interval field is required."]])
         self.assertEqual(len(self.admin("GET", "/_admin/transmits")["transmits"]), 1)
+
+    def test_one_bad_line_among_good_ones(self):
+        # strict rules per line: the bad line is REJECTED, never a rescue, and the
+        # other lines are processed as usual
+        name = "evaluate_%s_mix_1.jsonl" % MID
+        lines = [self.line(i, amount=1001) for i in range(1, 6)]
+        del lines[2]["transaction"]["avsResultCode"]
+        del lines[2]["billingInformation"]["city"]
+        self.upload(name, lines)
+        done = self.admin("POST", "/_admin/scan")["processed"][0]
+        self.assertEqual((done["status"], done["accepted"], done["rejected"]), ("processed", 4, 1))
+        res = self.result(name)
+        self.assertEqual([r["status"] for r in res], ["APPROVED", "APPROVED", "REJECTED", "APPROVED", "APPROVED"])
+        self.assertEqual(res[2]["errors"], [
+            {"item1": "Transaction.AvsResultCode: The AvsResultCode field is required.",
+             "item2": "400", "item3": "400", "item4": True},
+            {"item1": "BillingInformation.City: The City field is required.",
+             "item2": "400", "item3": "400", "item4": True}])
+        self.assertEqual((res[2]["success"], res[2]["orderSessionKey"]), (False, None))
+        orders = self.admin("GET", "/_admin/orders")["orders"]
+        self.assertEqual(sorted(o["externalOrderId"] for o in orders),
+                         sorted(x["orderId"] for k, x in enumerate(lines) if k != 2))
+        # the rejected line's key was not used up: the corrected line is accepted later
+        fixed = self.line(1, amount=1001, key=lines[2]["idempotencyKey"], order_id=lines[2]["orderId"])
+        self.upload("evaluate_%s_mix_2.jsonl" % MID, [fixed])
+        self.admin("POST", "/_admin/scan")
+        self.assertEqual(self.result("evaluate_%s_mix_2.jsonl" % MID)[0]["status"], "APPROVED")
+
+    def test_sequence_number_checked_per_line(self):
+        name = "evaluate_%s_seq_1.jsonl" % MID
+        l2 = self.line(2)
+        del l2["sequenceNumber"]
+        l3 = self.line(7)
+        l4 = self.line(4, sequenceNumber="x")
+        self.upload(name, [self.line(1, amount=1001), l2, l3, l4, self.line(5, amount=1001)])
+        done = self.admin("POST", "/_admin/scan")["processed"][0]
+        self.assertEqual((done["status"], done["accepted"], done["rejected"]), ("processed", 2, 3))
+        res = self.result(name)
+        self.assertEqual([r["sequenceNumber"] for r in res], [1, 2, 3, 4, 5])
+        self.assertEqual([r["status"] for r in res], ["APPROVED", "REJECTED", "REJECTED", "REJECTED", "APPROVED"])
+        self.assertEqual(res[1]["errors"][0]["item1"],
+                         "SequenceNumber: The SequenceNumber field is required.")
+        self.assertEqual(res[2]["errors"][0]["item1"],
+                         "SequenceNumber: The field SequenceNumber must be the record's position "
+                         "in the file (3), not 7.")
+        self.assertTrue(res[3]["errors"][0]["item1"].startswith("SequenceNumber: "))
+        # transmit lines need it too
+        tname = "transmit_%s_seq_1.jsonl" % MID
+        t1 = self.transmit_body()
+        self.upload(tname, [t1, dict(self.transmit_body(), sequenceNumber=2)])
+        self.admin("POST", "/_admin/scan")
+        tres = self.result(tname)
+        self.assertEqual([r["status"] for r in tres], ["REJECTED", "SUCCESS"])
+        self.assertEqual(tres[0]["errors"][0]["item1"], "SequenceNumber: The SequenceNumber field is required.")
+
+    def test_lines_follow_the_strict_evaluate_rules(self):
+        # every strict evaluate rule applies to batch lines, all errors of a line at once;
+        # batch lines are MIT (isRecurring, subscription, expiryDateUtc in managed mode)
+        name = "evaluate_%s_strict_1.jsonl" % MID
+        bad = self.line(2)
+        for k in ("isRecurring", "expiryDateUtc"):
+            del bad[k]
+        del bad["payer"]
+        bad["transaction"]["responseCodeSource"] = ""
+        self.upload(name, [self.line(1, amount=1001), bad])
+        self.admin("POST", "/_admin/scan")
+        res = self.result(name)
+        self.assertEqual(res[0]["status"], "APPROVED")
+        self.assertEqual([e["item1"] for e in res[1]["errors"]], [
+            "Transaction.ResponseCodeSource: The ResponseCodeSource field is required.",
+            "Payer: The Payer field is required.",
+            "IsRecurring: The IsRecurring field is required.",
+            "ExpiryDateUtc: The ExpiryDateUtc field is required."])
 
     def test_result_written_atomically(self):
         name = "evaluate_%s_a_1.jsonl" % MID

@@ -57,6 +57,46 @@ class Cli(unittest.TestCase):
             self.assertNotIn(secret, everything)
         self.assertFalse(os.path.exists(port_file))
 
+    def start(self, *args):
+        port_file = os.path.join(self.tmp, "port")
+        p = subprocess.Popen([sys.executable, FFSIM, "--port", "0", "--port-file", port_file] + list(args),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = p.stdout.readline()
+        self.assertRegex(line, r"^ffsim listening on http://127\.0\.0\.1:\d+\n$")
+        self.banner = [line]
+        while not self.banner[-1].startswith("ffsim mid "):
+            self.banner.append(p.stdout.readline())
+        if "--lenient" in args:
+            self.banner.append(p.stdout.readline())
+        return p, int(line.rsplit(":", 1)[1])
+
+    def stop(self, p):
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+        self.assertEqual(p.returncode, 0, err)
+        return out
+
+    def config(self, port):
+        with urllib.request.urlopen("http://127.0.0.1:%d/_admin/config" % port, timeout=5) as r:
+            return json.load(r)
+
+    def test_strict_by_default_lenient_on_request(self):
+        p, port = self.start()
+        try:
+            cfg = self.config(port)
+            self.assertEqual((cfg["strict"], cfg["errorShape"]), (True, "flat"))
+        finally:
+            out = self.stop(p)
+        self.assertNotIn("LENIENT", "".join(self.banner) + out)
+        p, port = self.start("--lenient", "--error-shape", "wrapped")
+        try:
+            cfg = self.config(port)
+            self.assertEqual((cfg["strict"], cfg["errorShape"]), (False, "wrapped"))
+        finally:
+            self.stop(p)
+        self.assertTrue(self.banner[-1].startswith("ffsim LENIENT validation (--lenient): for experiments only"),
+                        self.banner)
+
     def test_bad_webhook_key_rejected(self):
         r = subprocess.run([sys.executable, FFSIM, "--webhook-key", "***not base64***"],
                            capture_output=True, text=True, timeout=20)
@@ -67,7 +107,7 @@ class Cli(unittest.TestCase):
         r = subprocess.run([sys.executable, FFSIM, "--help"], capture_output=True, text=True, timeout=20)
         self.assertEqual(r.returncode, 0)
         for flag in ("--port-file", "--sftp-root", "--webhook-url", "--mit-mode", "--error-shape",
-                     "--strict", "--scan-interval", "--accept-unknown-tokens"):
+                     "--lenient", "--strict", "--scan-interval", "--accept-unknown-tokens"):
             self.assertIn(flag, r.stdout)
 
 

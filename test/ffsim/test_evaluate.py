@@ -5,7 +5,7 @@ import time
 import unittest
 import uuid
 
-from simtest import MID, Client, SimCase
+from simtest import Client, SimCase
 
 
 class OutcomeRulesManaged(SimCase):
@@ -29,7 +29,11 @@ class OutcomeRulesManaged(SimCase):
         self.assertEqual(self.order(osks[1014])["statusName"], "PROCESSING")
         self.advance(3 * 86400)
         o = self.order(osks[1014])
-        self.assertEqual((o["statusName"], o["isExpired"], o["status"]), ("CANCELLED", True, 2))
+        # expired: CANCELLED with its expiryDate passed, no invented flag (section 12a)
+        self.assertEqual((o["statusName"], o["status"]), ("CANCELLED", 2))
+        self.assertNotIn("isExpired", o)
+        import clock
+        self.assertLessEqual(clock.parse_iso(o["expiryDate"]), self.sim.clock.now())
         for amount, (_, final) in cases.items():
             st, out = self.api("POST", "/v1/outcome", {"orderSessionKey": osks[amount]})
             want = {"COMPLETED": "APPROVED"}.get(final, final)
@@ -59,13 +63,17 @@ class OutcomeRulesManaged(SimCase):
         self.assertEqual(self.order(cit13["orderSessionKey"])["statusName"], "CANCELLED")
         self.assertEqual(self.order(mit["orderSessionKey"])["statusName"], "PROCESSING")
         self.advance(2 * 86400)
-        self.assertTrue(self.order(mit["orderSessionKey"])["isExpired"])
+        o = self.order(mit["orderSessionKey"])
+        self.assertEqual((o["status"], o["statusName"]), (2, "CANCELLED"))
+        self.assertNotIn("isExpired", o)
+        st, out = self.api("POST", "/v1/outcome", {"orderSessionKey": mit["orderSessionKey"]})
+        self.assertEqual(out["status"], "EXPIRED")
 
     def test_card_not_whitelisted(self):
         tok = self.tokenize("4012888888881881")
         st, obj = self.api("POST", "/v1/evaluate", self.eval_body(tok))
         self.assertEqual(st, 400)
-        self.assertEqual(obj["errors"]["paymentMethod.cardNumber"], ["card not whitelisted in sandbox"])
+        self.assertEqual(obj["PaymentMethod.CardNumber"], ["card not whitelisted in sandbox"])
 
     def test_raw_pan_allowed_when_whitelisted(self):
         body = self.eval_body(amount=4901, is_mit=False)
@@ -76,7 +84,7 @@ class OutcomeRulesManaged(SimCase):
         self.admin("POST", "/_admin/config", {"acceptUnknownTokens": False})
         st, obj = self.api("POST", "/v1/evaluate", self.eval_body())
         self.assertEqual(st, 400)
-        self.assertIn("paymentMethod.cardNumber", obj["errors"])
+        self.assertIn("PaymentMethod.CardNumber", obj)
 
 
 class OutcomeRulesSync(SimCase):
@@ -111,6 +119,7 @@ class Validation(SimCase):
     with_receiver = False
 
     def test_problem_details_shape(self):
+        self.admin("POST", "/_admin/config", {"errorShape": "problem"})
         body = self.eval_body(amount=5)
         del body["orderId"]
         del body["idempotencyKey"]
@@ -126,8 +135,8 @@ class Validation(SimCase):
         self.assertIn("transaction.amount", obj["errors"])
         self.assertEqual(self.admin("GET", "/_admin/orders")["count"], 0)
 
-    def test_flat_shape(self):
-        self.admin("POST", "/_admin/config", {"errorShape": "flat"})
+    def test_flat_shape_is_the_default(self):
+        self.assertEqual(self.admin("GET", "/_admin/config")["errorShape"], "flat")
         body = self.eval_body()
         del body["orderId"]
         body["transaction"] = {"amount": 4999, "currency": "USD"}
@@ -136,23 +145,30 @@ class Validation(SimCase):
         self.assertIsInstance(obj["TraceId"], list)
         self.assertEqual(obj["OrderId"], ["Merchant's orderId is required"])
         self.assertEqual(obj["Transaction.Id"], ["The Id field is required."])
+        self.assertEqual(list(obj)[0], "TraceId")
         self.assertNotIn("title", obj)
 
-    def test_strict_requires_older_fields(self):
-        body = self.eval_body()
-        self.assertEqual(self.api("POST", "/v1/evaluate", dict(body, idempotencyKey=str(uuid.uuid4())))[0], 200)
-        self.admin("POST", "/_admin/config", {"strict": True})
-        st, obj = self.api("POST", "/v1/evaluate", self.eval_body())
-        self.assertEqual(st, 400)
-        for f in ("billingInformation", "transaction.avsResultCode", "transaction.cavvResultCode",
-                  "expiryDateUtc"):
-            self.assertIn(f, obj["errors"])
+    def test_lenient_requires_only_the_newest_minimum(self):
+        minimal = {"isDeclined": True, "orderId": "LEN-1", "idempotencyKey": str(uuid.uuid4()),
+                   "transaction": {"id": "t", "amount": 4901, "currency": "USD"},
+                   "paymentMethod": {"cardNumber": str(uuid.uuid4()), "token": True}}
+        st, obj = self.api("POST", "/v1/evaluate", minimal)
+        self.assertEqual(st, 400)   # strict, the default
+        for k in ("Mid", "IsMIT", "Payer", "BillingInformation", "Transaction.AvsResultCode",
+                  "Transaction.CavvResultCode", "Transaction.TimestampUtc"):
+            self.assertIn(k, obj)
+        self.admin("POST", "/_admin/config", {"strict": False})
+        self.assertEqual(self.evaluate(minimal)["status"], "APPROVED")
+        self.assertEqual(self.admin("GET", "/_admin/config")["strict"], False)
 
     def test_case_insensitive_keys(self):
-        body = {"IsDeclined": True, "IsMIT": False, "MID": MID, "OrderId": "CASE-1",
-                "IdempotencyKey": str(uuid.uuid4()),
-                "Transaction": {"Id": "t", "AMOUNT": 4901, "Currency": "USD"},
-                "PaymentMethod": {"CardNumber": str(uuid.uuid4()), "Token": True}}
+        def recase(o):
+            if isinstance(o, dict):
+                return {k.upper() if i % 2 else k[:1].upper() + k[1:]: recase(v)
+                        for i, (k, v) in enumerate(o.items())}
+            return o
+        body = recase(self.eval_body(amount=4901, is_mit=False, order_id="CASE-1"))
+        self.assertIn("ORDERID", body)
         self.assertEqual(self.evaluate(body)["status"], "APPROVED")
         o = self.admin("GET", "/_admin/orders?externalOrderId=CASE-1")["orders"][0]
         self.assertEqual(o["amount"], 4901)
@@ -171,7 +187,7 @@ class Validation(SimCase):
         h = dict(self.auth(), **{"Content-Type": "application/json"})
         st, _, raw = self.client.request("POST", "/v1/evaluate", raw=b"{nope", headers=h)
         self.assertEqual(st, 400)
-        self.assertIn("$", json.loads(raw)["errors"])
+        self.assertIn("$", json.loads(raw))
 
     def test_wrong_types(self):
         body = self.eval_body()
@@ -179,14 +195,15 @@ class Validation(SimCase):
         body["isMIT"] = "yes"
         st, obj = self.api("POST", "/v1/evaluate", body)
         self.assertEqual(st, 400)
-        self.assertIn("transaction.amount", obj["errors"])
-        self.assertIn("isMIT", obj["errors"])
+        self.assertIn("Transaction.Amount", obj)
+        self.assertIn("IsMIT", obj)
 
     def test_expiry_date_rules(self):
-        for bad in ("not a date", "2001-01-01T00:00:00Z", "2999-01-01T00:00:00Z"):
+        for bad in ("not a date", "", "2001-01-01T00:00:00Z", "2999-01-01T00:00:00Z"):
             st, obj = self.api("POST", "/v1/evaluate", self.eval_body(expiryDateUtc=bad))
             self.assertEqual(st, 400)
-            self.assertEqual(obj["errors"]["expiryDateUtc"], ["The field ExpiryDateUtc is invalid."])
+            self.assertEqual(sorted(obj), ["ExpiryDateUtc", "TraceId"])
+            self.assertEqual(obj["ExpiryDateUtc"], ["The field ExpiryDateUtc is invalid."])
 
     def test_mid_mismatch_403(self):
         st, obj = self.api("POST", "/v1/evaluate", self.eval_body(mid="11111111-1111-4111-8111-111111111111"))
@@ -263,18 +280,17 @@ class Transmit(SimCase):
     with_receiver = False
 
     def test_transmit(self):
-        body = {"isDeclined": False, "isMIT": False, "orderId": "TX-1", "mid": MID,
-                "transaction": {"id": "t1", "amount": 2500, "currency": "USD"},
-                "payer": {"email": "a@b.c"},
-                "paymentMethod": {"cardBinNumber": "411111", "cardLast4Digits": "1111"}}
+        body = self.transmit_body(order_id="TX-1")
         st, obj = self.api("POST", "/v1/transmit", body)
-        self.assertEqual(st, 200)
+        self.assertEqual(st, 200, obj)
         self.assertEqual((obj["result"], obj["status"], obj["success"]), ("success", 0, True))
         self.assertEqual(len(obj["transmitId"]), 36)
         tx = self.admin("GET", "/_admin/transmits")["transmits"]
         self.assertEqual(tx[0]["orderId"], "TX-1")
         del body["orderId"]
-        self.assertEqual(self.api("POST", "/v1/transmit", body)[0], 400)
+        st, obj = self.api("POST", "/v1/transmit", body)
+        self.assertEqual(st, 400)
+        self.assertEqual(obj["OrderId"], ["Merchant's orderId is required"])
 
 
 if __name__ == "__main__":

@@ -124,7 +124,8 @@ class Orders(SimCase):
         self.assertEqual(self.order(osk)["statusName"], "COMPLETED")
         self.advance(0)
         self.assertEqual([e for e, _ in self.events(osk)], ["order.capturerequired", "order.completed"])
-        self.assertEqual(self.api("POST", "/v1/capture", {"orderId": str(uuid.uuid4()), "amount": 1})[0], 404)
+        self.assertEqual(self.api("POST", "/v1/capture", {"orderId": str(uuid.uuid4()), "amount": 1,
+                                                          "idempotencyKey": str(uuid.uuid4())})[0], 404)
 
     def test_capture_window_voids(self):
         t = self.tokenize("4000002760003184")

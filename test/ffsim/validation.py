@@ -1,10 +1,16 @@
 # validation.py - request validation for /evaluate, /transmit, /tokenize and batch lines.
 #
-# Owns: the required-field lists (lenient = the newest "minimum payload", strict = the
-# older list the 2024 sandbox enforced; flexfactor-api.md 4.3.2), type checks, the
-# sandbox amount rule (section 11 rule 1), expiryDateUtc checks (section 8) and the
-# Luhn check for /tokenize. Works on bodies normalised by common.norm (lower-case
-# keys); reports field paths in camelCase ("transaction.amount").
+# Owns: the required-field rules (strict, the default, = what the real service refuses
+# per flexfactor-api.md section 12a; lenient = the newest "minimum payload", for
+# experiments only), type checks, the sandbox amount rule (section 11 rule 1),
+# expiryDateUtc checks (section 8), the per-line rules of batch files and the Luhn check
+# for /tokenize. Works on bodies normalised by common.norm (lower-case keys); reports
+# field paths in camelCase ("transaction.amount"); common.validation_body turns them
+# into the .NET keys of the answer ("Transaction.Amount").
+#
+# Every rule carries its source: [OBS] = the real sandbox refused a body without it
+# (recorded traffic, section 12a, messages verbatim), [DOC] = the current docs or the
+# official models require it (section 12a), [SIM] = a simulator assumption.
 import decimal
 import re
 import uuid
@@ -14,27 +20,68 @@ import clock
 MAX_EXPIRY_DAYS = 21
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
+# Messages that differ from the .NET default "The <Name> field is required." [OBS].
+SPECIAL_REQUIRED = {
+    "orderId": "Merchant's orderId is required",
+}
+EXPIRY_INVALID = "The field ExpiryDateUtc is invalid."   # [OBS], verbatim
+
+# ---- /evaluate, strict (the default). The order of these lists is the order of the
+# errors in the answer (the recorded 2024 answer lists OrderId, IsDeclined,
+# IdempotencyKey, Transaction.Id, Transaction.ResponseCode, Transaction.AvsResultCode,
+# Transaction.CvvResultCode in that order).
+EVALUATE_STRICT = [
+    ("orderId", "OBS"), ("isDeclined", "OBS"), ("idempotencyKey", "OBS"),
+    ("transaction", "DOC"), ("transaction.id", "OBS"), ("transaction.responseCode", "OBS"),
+    ("transaction.responseCodeSource", "OBS"), ("transaction.avsResultCode", "OBS"),
+    ("transaction.cvvResultCode", "OBS"), ("transaction.cavvResultCode", "OBS"),
+    ("mid", "DOC"), ("isMIT", "DOC"),
+    ("transaction.amount", "DOC"), ("transaction.currency", "DOC"), ("transaction.timestampUtc", "DOC"),
+    ("payer", "DOC"), ("payer.email", "DOC"),
+    ("billingInformation", "DOC"), ("billingInformation.firstName", "DOC"),
+    ("billingInformation.lastName", "DOC"), ("billingInformation.country", "DOC"),
+    ("billingInformation.countryCode", "DOC"), ("billingInformation.addressLine1", "DOC"),
+    ("billingInformation.city", "DOC"),
+    ("paymentMethod", "DOC"), ("paymentMethod.cardNumber", "DOC"),
+]
+# isMIT true: isRecurring must be present [DOC + CODE-OFFICIAL].
+MIT_STRICT = [("isRecurring", "DOC")]
+# isMIT true and isRecurring true (evaluate), isMIT true (transmit) [DOC + CODE-OFFICIAL].
+SUBSCRIPTION_STRICT = [
+    ("subscription", "DOC"), ("subscription.subscriptionId", "DOC"), ("subscription.interval", "DOC"),
+    ("subscription.price", "DOC"), ("subscription.currency", "DOC"),
+]
+# ---- /transmit, strict (section 4.2 + 12a): no idempotencyKey, no mid (partners only).
+TRANSMIT_STRICT = [
+    ("orderId", "DOC"), ("isDeclined", "DOC"),
+    ("transaction", "DOC"), ("transaction.id", "DOC"), ("transaction.responseCode", "DOC"),
+    ("transaction.responseCodeSource", "DOC"), ("transaction.avsResultCode", "DOC"),
+    ("transaction.cvvResultCode", "DOC"), ("transaction.cavvResultCode", "DOC"),
+    ("isMIT", "DOC"),
+    ("transaction.amount", "DOC"), ("transaction.currency", "DOC"), ("transaction.timestampUtc", "DOC"),
+    ("payer", "DOC"), ("payer.email", "DOC"), ("paymentMethod", "DOC"),
+]
+# A transmit paymentMethod that carries card details needs all of these (the official
+# model) [CODE-OFFICIAL]; any one of CARD_DETAIL_MARKERS present means "carries card details".
+CARD_DETAILS_REQUIRED = [
+    "holderName", "cardType", "cardBrand", "cardCountry", "expirationMonth", "expirationYear",
+    "cardBinNumber", "cardLast4Digits",
+]
+CARD_DETAIL_MARKERS = CARD_DETAILS_REQUIRED + ["cardIssuer", "cardLevel", "cardFingerprint"]
+
+# ---- lenient (--lenient / strict:false; experiments only): the newest "minimum payload".
 EVALUATE_LENIENT = [
     "isDeclined", "idempotencyKey", "orderId", "transaction", "transaction.id",
     "transaction.amount", "transaction.currency", "paymentMethod", "paymentMethod.cardNumber",
-]
-EVALUATE_STRICT_EXTRA = [
-    "mid", "isMIT", "payer", "payer.email", "billingInformation",
-    "billingInformation.firstName", "billingInformation.lastName", "billingInformation.country",
-    "billingInformation.countryCode", "billingInformation.addressLine1", "billingInformation.city",
-    "billingInformation.zipCode", "transaction.timestampUtc", "transaction.responseCode",
-    "transaction.responseCodeSource", "transaction.avsResultCode", "transaction.cvvResultCode",
-    "transaction.cavvResultCode",
 ]
 TRANSMIT_LENIENT = [
     "orderId", "transaction", "transaction.id", "transaction.amount", "transaction.currency",
     "paymentMethod",
 ]
-TRANSMIT_STRICT_EXTRA = ["isDeclined", "isMIT", "payer", "payer.email", "transaction.timestampUtc"]
 
-SPECIAL_REQUIRED = {
-    "orderId": "Merchant's orderId is required",
-}
+
+def paths(rules):
+    return [p for p, _ in rules]
 
 
 def get(n, path):
@@ -55,16 +102,22 @@ def _add(errors, path, msg):
     errors.setdefault(path, []).append(msg)
 
 
-def _required(errors, n, paths):
-    for path in paths:
+def required_message(path):
+    name = path.rsplit(".", 1)[-1]
+    return SPECIAL_REQUIRED.get(path, "The %s field is required." % (name[:1].upper() + name[1:]))
+
+
+def _required(errors, n, paths_):
+    """Report each missing path once. A missing (or non-object) parent is reported on
+    the parent alone, as ASP.NET does not validate inside a null object."""
+    for path in paths_:
         parent = path.rsplit(".", 1)[0] if "." in path else None
         if parent and parent in errors:
             continue
         if parent and not isinstance(get(n, parent), dict):
             continue  # reported on the parent
         if _missing(get(n, path)):
-            name = path.rsplit(".", 1)[-1]
-            _add(errors, path, SPECIAL_REQUIRED.get(path, "The %s field is required." % (name[:1].upper() + name[1:])))
+            _add(errors, path, required_message(path))
 
 
 def _is_int(v):
@@ -82,7 +135,7 @@ def _type_checks(errors, n):
         if v is not None and not isinstance(v, dict):
             _add(errors, path, "The JSON value could not be converted to an object.")
     for path in ("orderId", "idempotencyKey", "mid", "transaction.id", "transaction.currency",
-                 "paymentMethod.cardNumber"):
+                 "paymentMethod.cardNumber", "subscription.interval"):
         v = get(n, path)
         if v is not None and not isinstance(v, str):
             _add(errors, path, "The JSON value could not be converted to System.String.")
@@ -97,32 +150,72 @@ def _type_checks(errors, n):
         _add(errors, "transactionType", "The field TransactionType must be AUTHORIZATION or PURCHASE.")
 
 
-def check_expiry(errors, n, vnow, realnow, required):
+def check_expiry(errors, n, vnow, realnow, required, empty_is_invalid=True):
+    """expiryDateUtc: an unparsable value, the empty string included, is
+    "The field ExpiryDateUtc is invalid." [OBS]; so is a date outside the managed
+    window (not in the past, at most 21 days ahead) [SIM, section 8]. Absent (or null)
+    while required (managed MIT) is "The ExpiryDateUtc field is required." [DOC]."""
     v = n.get("expirydateutc")
-    if v is None or (isinstance(v, str) and not v.strip()):
+    if v is None or (isinstance(v, str) and not v.strip() and not empty_is_invalid):
         if required:
-            _add(errors, "expiryDateUtc", "The ExpiryDateUtc field is required.")
+            _add(errors, "expiryDateUtc", required_message("expiryDateUtc"))
         return None
     ts = clock.parse_iso(v) if isinstance(v, str) else None
-    # Accepted window (SIMULATOR ASSUMPTION, section 8): not in the past and at most
-    # 21 days ahead. "Now" is taken loosely (virtual and real clock, 60 s slack) so
-    # a client that computes deadlines from its wall clock works after the virtual
-    # clock has been advanced.
+    # "Now" is taken loosely (virtual and real clock, 60 s slack) so a client that
+    # computes deadlines from its wall clock works after the virtual clock has been
+    # advanced.
     lo = min(vnow, realnow) - 60
     hi = max(vnow, realnow) + MAX_EXPIRY_DAYS * 86400 + 60
     if ts is None or ts < lo or ts > hi:
-        _add(errors, "expiryDateUtc", "The field ExpiryDateUtc is invalid.")
+        _add(errors, "expiryDateUtc", EXPIRY_INVALID)
         return None
     return ts
 
 
-def validate_evaluate(n, strict, managed_mit, vnow, realnow, batch=False):
-    """Validate an /evaluate body (or an evaluate batch line). Returns
-    (errors, expiry_ts)."""
+def _batch_line_checks(errors, n, position):
+    """Rules every batch line has on top of its REST model (section 9.3) [SIM]:
+    the merchant's mid, and sequenceNumber = the line's position (1..N)."""
+    if _missing(n.get("mid")) and "mid" not in errors:
+        _add(errors, "mid", required_message("mid"))
+    if position is None:
+        return
+    seq = n.get("sequencenumber")
+    if isinstance(seq, str) and seq.strip().isdigit():
+        seq = int(seq.strip())
+    if _missing(seq):
+        _add(errors, "sequenceNumber", required_message("sequenceNumber"))
+    elif not _is_int(seq):
+        _add(errors, "sequenceNumber", "The JSON value could not be converted to System.Int32.")
+    elif seq != position:
+        _add(errors, "sequenceNumber",
+             "The field SequenceNumber must be the record's position in the file (%d), not %d."
+             % (position, seq))
+
+
+def evaluate_required(n, strict, mit):
+    """The required paths for an /evaluate body (in answer order)."""
+    if not strict:
+        return list(EVALUATE_LENIENT)
+    out = paths(EVALUATE_STRICT)
+    if mit:
+        out += paths(MIT_STRICT)
+        if n.get("isrecurring") is True:
+            out += paths(SUBSCRIPTION_STRICT)
+    return out
+
+
+def validate_evaluate(n, strict, managed_mit, vnow, realnow, batch=False, position=None):
+    """Validate an /evaluate body (or an evaluate batch line; position = its 1-based
+    line number). Returns (errors, expiry_ts); errors maps camelCase paths to lists of
+    messages, in answer order, every failing field at once."""
     errors = {}
     if not isinstance(n, dict):
         return {"$": ["The JSON value could not be converted to an EvaluateRequest."]}, None
-    _required(errors, n, EVALUATE_LENIENT + (EVALUATE_STRICT_EXTRA if strict else []))
+    # Batch lines are MIT declines whatever their isMIT (section 9.3).
+    is_mit = n.get("ismit") is True or batch
+    _required(errors, n, evaluate_required(n, strict, is_mit))
+    if batch:
+        _batch_line_checks(errors, n, position)
     _type_checks(errors, n)
     key = n.get("idempotencykey")
     if isinstance(key, str) and key.strip():
@@ -140,16 +233,30 @@ def validate_evaluate(n, strict, managed_mit, vnow, realnow, batch=False):
         if get(n, "paymentMethod.token") is not True and "paymentMethod" not in errors:
             _add(errors, "paymentMethod.token",
                  "Batch records must carry a /tokenize token with paymentMethod.token = true.")
-    is_mit = n.get("ismit") is True or batch
-    expiry = check_expiry(errors, n, vnow, realnow, required=(strict and is_mit and managed_mit))
+    expiry = check_expiry(errors, n, vnow, realnow, required=(strict and is_mit and managed_mit),
+                          empty_is_invalid=strict)
     return errors, expiry
 
 
-def validate_transmit(n, strict, batch=False):
+def transmit_required(n, strict):
+    if not strict:
+        return list(TRANSMIT_LENIENT)
+    out = paths(TRANSMIT_STRICT)
+    if n.get("ismit") is True:
+        out += paths(MIT_STRICT) + paths(SUBSCRIPTION_STRICT)
+    pm = n.get("paymentmethod")
+    if isinstance(pm, dict) and any(not _missing(pm.get(f.lower())) for f in CARD_DETAIL_MARKERS):
+        out += ["paymentMethod." + f for f in CARD_DETAILS_REQUIRED]
+    return out
+
+
+def validate_transmit(n, strict, batch=False, position=None):
     errors = {}
     if not isinstance(n, dict):
         return {"$": ["The JSON value could not be converted to a TransmitRequest."]}
-    _required(errors, n, TRANSMIT_LENIENT + (TRANSMIT_STRICT_EXTRA if strict else []))
+    _required(errors, n, transmit_required(n, strict))
+    if batch:
+        _batch_line_checks(errors, n, position)
     _type_checks(errors, n)
     amt = get(n, "transaction.amount")
     if _is_int(amt) and "transaction.amount" not in errors and amt < 0:
