@@ -288,14 +288,14 @@ is(sq("SELECT refunded_cents || '/' || (SELECT count(*) FROM flexfactor.refunds 
         FROM flexfactor.orders o WHERE order_id = 'F-1'"), '1500/2', 'refund: and booked once');
 
 # refusals: the recorded 2001 body with 200, then with 400
-for my $case ([ 'refused200', 200 ], [ 'refused400', 400 ])
+for my $case ([ 'refused200', 200, 500, '5\.00' ], [ 'refused400', 400, 600, '6\.00' ])
 {
-	my ($mode, $status) = @$case;
+	my ($mode, $status, $cents, $dollars) = @$case;
 	$sim->refund_answer($mode);
 	$before = snapshot();
-	$e = err("SELECT flexfactor.ff_refund('$r{'F-2'}', 500)");
+	$e = err("SELECT flexfactor.ff_refund('$r{'F-2'}', $cents)");
 	is($e->{sqlstate}, 'FF012', "refund $mode: FF012") or diag $e->{stderr};
-	like($e->{detail} // '', qr/^HTTP $status, responseCode 2001: Amount to refund \(5\.00\) is greater than maximum refund amount/,
+	like($e->{detail} // '', qr/^HTTP $status, responseCode 2001: Amount to refund \($dollars\) is greater than maximum refund amount/,
 		"refund $mode: DETAIL has HTTP $status, responseCode 2001 and the message");
 	like($e->{hint} // '', qr/Nothing was booked/, "refund $mode: HINT says nothing was booked");
 	is(snapshot(), $before, "refund $mode: nothing booked, the order unchanged");
