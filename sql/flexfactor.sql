@@ -1552,7 +1552,8 @@ BEGIN
          WHERE bl.batch_id = b.id AND bl.status <> 'REJECTED'
         ON CONFLICT (order_id) DO UPDATE
            SET order_session_key = coalesce(EXCLUDED.order_session_key, o.order_session_key),
-               transaction_id = EXCLUDED.transaction_id,
+               -- an order's amount, currency and transaction never change once sent
+               transaction_id = coalesce(o.transaction_id, EXCLUDED.transaction_id),
                idempotency_key = EXCLUDED.idempotency_key,
                source = 'batch',
                status = flexfactor.ff_next_status(o.status, EXCLUDED.status);
