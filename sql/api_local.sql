@@ -14,10 +14,33 @@ SELECT cur, inc, flexfactor.ff_next_status(cur, inc) AS next
                ('APPROVED', 'SUBMITTED'), ('APPROVED', 'REFUNDED'), ('REFUNDED', 'APPROVED'),
                ('EXPIRED', 'APPROVED'), ('SUBMITTED', 'REFUNDED'), ('CAPTUREREQUIRED', 'PROCESSING'),
                ('PROCESSING', 'CANCELLED'), ('SUBMITTED', 'SOMETHING_NEW'), ('PENDING', NULL)) AS t(cur, inc);
-SELECT flexfactor.ff_status_from_order(a) AS ours, a
-  FROM (VALUES ('{"statusName":"COMPLETED"}'::jsonb), ('{"statusName":"Cancelled","isExpired":true}'),
-               ('{"statusName":"CANCELLED","isExpired":false}'), ('{"statusName":"RETURNED"}'),
-               ('{"statusName":"DRAFT"}'), ('{"status":7}')) AS t(a);
+-- sync MIT: a DECLINED order may still be rescued (APPROVED, CAPTUREREQUIRED,
+-- and a refund proves it); no other final state moves, and none moves back
+SELECT cur, inc, flexfactor.ff_next_status(cur, inc) AS next
+  FROM (VALUES ('DECLINED', 'APPROVED'), ('DECLINED', 'CAPTUREREQUIRED'), ('DECLINED', 'REFUNDED'),
+               ('DECLINED', 'CANCELLED'), ('DECLINED', 'EXPIRED'), ('DECLINED', 'SUBMITTED'),
+               ('APPROVED', 'DECLINED'), ('CANCELLED', 'APPROVED'), ('EXPIRED', 'REFUNDED'),
+               ('REJECTED', 'APPROVED'), ('REFUNDED', 'EXPIRED'), ('REFUNDED', 'DECLINED'),
+               ('CAPTUREREQUIRED', 'APPROVED'), ('CAPTUREREQUIRED', 'CANCELLED'),
+               ('DECLINED', 'SOMETHING_NEW')) AS t(cur, inc);
+-- GET /orders/{id}: no Expired member, so Cancelled with its expiryDate
+-- passed is EXPIRED; the integer status when statusName is missing
+SELECT flexfactor.ff_status_from_order(a, '2026-11-29 12:00:00+00', sent) AS ours, a, sent
+  FROM (VALUES ('{"statusName":"COMPLETED"}'::jsonb, NULL::timestamptz),
+               ('{"statusName":"Cancelled","expiryDate":"2026-11-28T12:00:00Z"}', NULL),
+               ('{"statusName":"CANCELLED","expiryDate":"2026-11-30T12:00:00Z"}', NULL),
+               ('{"statusName":"CANCELLED","expiryDate":"2026-11-29T11:59:59"}', NULL),
+               ('{"statusName":"CANCELLED","expiryDate":"2026-11-29T13:00:00+02:00"}', NULL),
+               ('{"statusName":"CANCELLED","expiryDate":null}', '2026-11-28 00:00:00+00'),
+               ('{"statusName":"CANCELLED","expiryDate":"2026-11-31T00:00:00Z"}', '2026-11-28 00:00:00+00'),
+               ('{"statusName":"CANCELLED"}', '2026-12-05 00:00:00+00'),
+               ('{"statusName":"CANCELLED","isExpired":true}', NULL),
+               ('{"status":2,"expiryDate":"2026-11-01T00:00:00Z"}', NULL),
+               ('{"status":2}', NULL),
+               ('{"statusName":"RETURNED"}', NULL), ('{"statusName":"DRAFT"}', NULL),
+               ('{"statusName":"Capturerequired","status":5}', NULL), ('{"status":7}', NULL),
+               ('{"status":1}', NULL), ('{"status":"7"}', NULL), ('{"statusName":"PROBLEM","status":3}', NULL))
+       AS t(a, sent);
 
 -- idempotency keys: same attempt, same key; another attempt, another key
 SELECT flexfactor.ff_attempt_key('evaluate', 'mid', 'INV-1', 'tx-1')
@@ -118,7 +141,26 @@ SELECT flexfactor.ff_refund('11111111-1111-4111-8111-111111111111', 100);
 SELECT flexfactor.ff_refund('22222222-2222-4222-8222-222222222222', 5001);
 SELECT flexfactor.ff_refund('22222222-2222-4222-8222-222222222222', 0);
 SELECT flexfactor.ff_cancel('22222222-2222-4222-8222-222222222222');
+-- captures: CAPTUREREQUIRED orders only, up to the authorised amount
+INSERT INTO flexfactor.orders (order_id, order_session_key, idempotency_key, source, amount_cents, currency, status)
+VALUES ('R-3', '33333333-3333-4333-8333-333333333333', gen_random_uuid(), 'api', 4999, 'USD', 'CAPTUREREQUIRED');
+SELECT flexfactor.ff_capture('8f2b6c1e-4d7a-4c1e-9a53-2f0d6e1b7c90');
+SELECT flexfactor.ff_capture('not-a-guid');
+SELECT flexfactor.ff_capture('22222222-2222-4222-8222-222222222222');
+SELECT flexfactor.ff_capture('33333333-3333-4333-8333-333333333333', 5000);
+SELECT flexfactor.ff_capture('33333333-3333-4333-8333-333333333333', 0);
 SELECT order_id, status, refunded_cents FROM flexfactor.orders ORDER BY order_id;
+SELECT count(*) AS captures, (SELECT count(*) FROM flexfactor.refunds) AS refunds FROM flexfactor.captures;
+
+-- what a refused refund or capture says: the recorded 2001 refusal, and a
+-- refusal whose code is only in its error tuples
+SELECT flexfactor._refusal_detail(200, '{"responseCode": "2001",
+  "responseMessage": "Amount to refund (1.00) is greater than maximum refund amount in (0.00))",
+  "transactionId": null, "success": false, "result": null, "status": "FAILED", "statusCode": null,
+  "errors": [{"item1": "Amount to refund (1.00) is greater than maximum refund amount in (0.00))",
+              "item2": "2001", "item3": "2001", "item4": true}], "customProperties": {}}');
+SELECT flexfactor._refusal_detail(400, '{"success": false, "status": "FAILED", "captureStatus": "FAILED",
+  "errors": [{"item1": "Order is not awaiting capture, card 4111111111111111", "item2": "2002"}]}');
 
 -- a queued transmit commits without any network; rolled back, it is gone
 BEGIN;

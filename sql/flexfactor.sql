@@ -43,9 +43,9 @@ CREATE TABLE flexfactor.orders (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     order_id           text NOT NULL,          -- merchant orderId (ExternalOrderId in webhooks)
     order_session_key  uuid,                   -- FlexFactor order id (OrderId in webhooks)
-    transaction_id     text,                   -- processor id of the charge attempt last sent
-    idempotency_key    uuid NOT NULL,          -- of the current attempt, stored before sending;
-                                               -- derived from the attempt, so unique with it
+    transaction_id     text,                   -- processor id of the charge attempt first sent
+    idempotency_key    uuid NOT NULL,          -- of the latest /evaluate attempt, stored before
+                                               -- sending; derived from the attempt, so unique with it
     source             text NOT NULL,
     is_mit             boolean NOT NULL DEFAULT true,
     amount_cents       flexfactor.positive_cents NOT NULL,
@@ -81,6 +81,20 @@ CREATE INDEX refunds_order_idx ON flexfactor.refunds (order_ref);
 -- a refund reported by ff_refund() and again by an order.refunded webhook is one refund
 CREATE UNIQUE INDEX refunds_transaction_idx ON flexfactor.refunds (transaction_id)
     WHERE transaction_id IS NOT NULL;
+
+-- Captures of CAPTUREREQUIRED orders sent with ff_capture(), one row per
+-- capture FlexFactor confirmed; what was captured is what can be refunded.
+CREATE TABLE flexfactor.captures (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_ref          bigint NOT NULL REFERENCES flexfactor.orders (id),
+    amount_cents       bigint NOT NULL,
+    idempotency_key    uuid NOT NULL,          -- sent with the capture
+    response           jsonb,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT captures_amount_check CHECK (amount_cents > 0),
+    CONSTRAINT captures_idempotency_key_key UNIQUE (idempotency_key)
+);
+CREATE INDEX captures_order_idx ON flexfactor.captures (order_ref);
 
 /* --------------------------------------------------------------- batches */
 
@@ -214,14 +228,15 @@ CREATE TABLE flexfactor.webhook_events (
     received_at        timestamptz NOT NULL DEFAULT now(),
     apply_state        text NOT NULL DEFAULT 'pending',
     applied_at         timestamptz,
-    apply_error        text,
+    apply_error        text,                  -- why it was not applied (not_applicable)
     CONSTRAINT webhook_events_received_via_check CHECK (received_via IN ('listener', 'sql')),
     CONSTRAINT webhook_events_apply_state_check CHECK (apply_state IN (
         'pending',          -- stored, not applied yet
         'applied',          -- order updated
         'duplicate',        -- repeat of an applied event: changed nothing
         'waiting_order',    -- order not known yet; applied when it appears
-        'ignored'))         -- no state change for this event type
+        'ignored',          -- no state change for this event type
+        'not_applicable'))  -- names no order (payout.*, no OrderId): acknowledged, kept
 );
 CREATE INDEX webhook_events_order_idx ON flexfactor.webhook_events (order_session_key);
 CREATE INDEX webhook_events_pending_idx ON flexfactor.webhook_events (id)
@@ -272,8 +287,9 @@ LANGUAGE C STRICT IMMUTABLE;
 
 -- Order states only move forward: PENDING < SUBMITTED < PROCESSING/CHALLENGE
 -- < CAPTUREREQUIRED < a final state (APPROVED, DECLINED, EXPIRED, CANCELLED,
--- REJECTED); APPROVED, or a pending order, may still become REFUNDED.
--- Unknown states rank NULL and never replace a known one.
+-- REJECTED) < REFUNDED.  See ff_next_status() for the exceptions (a DECLINED
+-- order may still be rescued; what may become REFUNDED).  Unknown states
+-- rank NULL and never replace a known one.
 CREATE FUNCTION flexfactor.ff_status_rank(status text)
 RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE status
@@ -290,34 +306,77 @@ RETURN CASE status
     WHEN 'REFUNDED' THEN 20
 END;
 
--- The state an order is in after `incoming` is reported while it is in `current`.
+-- The state an order is in after `incoming` is reported while it is in
+-- `current` (by /evaluate, GET /orders/{id}, a capture, a refund, a webhook or
+-- a result file).  The rule, in order:
+--   1. nothing new (NULL, the same state) or an unknown state: no change;
+--   2. REFUNDED lands on APPROVED, on DECLINED and on any pending state (a
+--      refund proves the rescue: its order.refunded may overtake the
+--      order.completed, or the later /evaluate of a sync MIT); REFUNDED stays
+--      REFUNDED, and EXPIRED, CANCELLED and REJECTED are never refunded;
+--   3. DECLINED may be followed by APPROVED or CAPTUREREQUIRED: a sync
+--      (unmanaged) MIT keeps being worked after its first DECLINED answer,
+--      and a later /evaluate of the same orderId reports the rescue;
+--   4. every other final state (APPROVED, EXPIRED, CANCELLED, REJECTED) is
+--      kept: EXPIRED never overwrites APPROVED, nor APPROVED EXPIRED;
+--   5. a pending state moves to a state of higher rank, never back.
 CREATE FUNCTION flexfactor.ff_next_status(current text, incoming text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE
-    WHEN incoming IS NULL OR incoming = current THEN current
-    -- a refund proves the rescue: it also lands on an order still pending
-    -- (its order.refunded overtook its order.completed)
+    WHEN incoming IS NULL OR incoming = current
+         OR flexfactor.ff_status_rank(incoming) IS NULL THEN current
     WHEN incoming = 'REFUNDED' THEN
-        CASE WHEN current = 'APPROVED' OR flexfactor.ff_status_rank(current) < 10
+        CASE WHEN current IN ('APPROVED', 'DECLINED') OR flexfactor.ff_status_rank(current) < 10
              THEN 'REFUNDED' ELSE current END
+    WHEN current = 'DECLINED' AND incoming IN ('APPROVED', 'CAPTUREREQUIRED') THEN incoming
     WHEN flexfactor.ff_status_rank(current) >= 10 THEN current
     WHEN flexfactor.ff_status_rank(incoming) > flexfactor.ff_status_rank(current) THEN incoming
     ELSE current
 END;
 
--- Our order state for a GET /orders/{id} answer (statusName, any case).
-CREATE FUNCTION flexfactor.ff_status_from_order(answer jsonb)
-RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE upper(coalesce(answer->>'statusName', ''))
-    WHEN 'COMPLETED' THEN 'APPROVED'
-    WHEN 'CANCELLED' THEN
-        CASE WHEN lower(coalesce(answer->>'isExpired', '')) = 'true' THEN 'EXPIRED' ELSE 'CANCELLED' END
-    WHEN 'RETURNED' THEN 'REFUNDED'
-    WHEN 'CAPTUREREQUIRED' THEN 'CAPTUREREQUIRED'
-    WHEN 'PROCESSING' THEN 'PROCESSING'
-    WHEN 'ONHOLD' THEN 'PROCESSING'
-    WHEN 'DRAFT' THEN 'SUBMITTED'
-END;
+-- Our order state for a GET /orders/{id} answer: statusName (any case), or
+-- the integer status when there is no statusName we know.  The order enum
+-- has no Expired member: an expired managed MIT reads as Cancelled (status
+-- 2) with its expiryDate passed, so Cancelled is EXPIRED when the answer's
+-- expiryDate (else sent_expiry, the expiryDateUtc we sent) is before `at`,
+-- and CANCELLED otherwise.  Integer 1 is not read: the public sources
+-- disagree on it (Onhold, or Approved).  NULL for anything else.
+CREATE FUNCTION flexfactor.ff_status_from_order(answer jsonb, at timestamptz DEFAULT now(),
+                                                sent_expiry timestamptz DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    name    text := upper(CASE WHEN jsonb_typeof(answer->'statusName') = 'string'
+                               THEN answer->>'statusName' END);
+    expiry  timestamptz := sent_expiry;
+    stamp   text := CASE WHEN jsonb_typeof(answer->'expiryDate') = 'string' THEN answer->>'expiryDate' END;
+BEGIN
+    IF name IS NULL OR name NOT IN ('COMPLETED', 'CANCELLED', 'RETURNED', 'CAPTUREREQUIRED',
+                                    'PROCESSING', 'ONHOLD', 'DRAFT') THEN
+        name := CASE CASE WHEN jsonb_typeof(answer->'status') = 'number' THEN answer->>'status' END
+                    WHEN '0' THEN 'DRAFT' WHEN '2' THEN 'CANCELLED' WHEN '4' THEN 'PROCESSING'
+                    WHEN '5' THEN 'CAPTUREREQUIRED' WHEN '6' THEN 'RETURNED' WHEN '7' THEN 'COMPLETED' END;
+    END IF;
+    IF name = 'CANCELLED' THEN
+        IF stamp ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}' THEN
+            BEGIN
+                -- a date without an offset is UTC, as the service's own dates are
+                expiry := CASE WHEN stamp ~ '(Z|[+-]\d{2}(:?\d{2})?)$' THEN stamp ELSE stamp || 'Z' END;
+            EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+                NULL;   -- unreadable: keep what we sent
+            END;
+        END IF;
+        RETURN CASE WHEN expiry <= at THEN 'EXPIRED' ELSE 'CANCELLED' END;
+    END IF;
+    RETURN CASE name
+        WHEN 'COMPLETED' THEN 'APPROVED'
+        WHEN 'RETURNED' THEN 'REFUNDED'
+        WHEN 'CAPTUREREQUIRED' THEN 'CAPTUREREQUIRED'
+        WHEN 'PROCESSING' THEN 'PROCESSING'
+        WHEN 'ONHOLD' THEN 'PROCESSING'
+        WHEN 'DRAFT' THEN 'SUBMITTED'
+    END;
+END $$;
 
 CREATE FUNCTION flexfactor._orders_touch()
 RETURNS trigger LANGUAGE plpgsql AS $$
@@ -520,6 +579,28 @@ RETURN jsonb_strip_nulls(jsonb_build_object(
 CREATE FUNCTION flexfactor._api_call(method text, path text, body jsonb)
 RETURNS jsonb AS 'MODULE_PATHNAME', 'ff_api_call_sql' LANGUAGE C VOLATILE;
 
+-- _api_call() for refund and capture, whose refusals may come with a 4xx
+-- status: a status of answer_statuses whose body is FlexFactor's business
+-- answer (it has "success" or "responseCode") is returned with that body
+-- instead of raising, so the caller can read the responseCode.
+CREATE FUNCTION flexfactor._api_call_answer(method text, path text, body jsonb,
+                                            answer_statuses integer[],
+                                            OUT http_status integer, OUT answer jsonb)
+RETURNS record AS 'MODULE_PATHNAME', 'ff_api_call_answer_sql' LANGUAGE C VOLATILE;
+
+-- DETAIL of a refused refund or capture: the HTTP status, FlexFactor's
+-- responseCode and message (from the answer or its first error tuple).
+CREATE FUNCTION flexfactor._refusal_detail(http_status integer, answer jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+RETURN format('HTTP %s, responseCode %s: %s', http_status,
+              coalesce(nullif(answer->>'responseCode', ''), answer #>> '{errors,0,item2}', 'none'),
+              -- card-number-like digit runs are masked, as in every remote message
+              regexp_replace(left(coalesce(nullif(answer->>'responseMessage', ''),
+                                           answer #>> '{errors,0,item1}', answer->>'title',
+                                           'no message'), 500),
+                             '[0-9]{12,}', '[digits removed]', 'g'));
+
 CREATE FUNCTION flexfactor._wake_worker_at_commit()
 RETURNS void AS 'MODULE_PATHNAME', 'ff_wake_worker_at_commit' LANGUAGE C VOLATILE;
 
@@ -548,7 +629,8 @@ DECLARE
 BEGIN
     answer := flexfactor._api_call('GET', 'orders/' || key, NULL);
     UPDATE flexfactor.orders o
-       SET status = flexfactor.ff_next_status(o.status, flexfactor.ff_status_from_order(answer)),
+       SET status = flexfactor.ff_next_status(o.status,
+                        flexfactor.ff_status_from_order(answer, now(), o.expiry_date_utc)),
            last_response = answer
      WHERE o.order_session_key = key;
     RETURN answer;
@@ -569,16 +651,29 @@ BEGIN
     RETURN o;
 END $$;
 
+-- POST /orders/{id}/refund.  The refund model has no idempotency key (one
+-- sent is ignored): FlexFactor de-duplicates refunds per order, and here the
+-- order's row lock serializes refunds of one order.  A refund is booked
+-- (refunds row, refunded_cents, REFUNDED) only when the answer says it
+-- happened: success true, status SUCCESS (or APPROVED, the word ActiveMerchant
+-- also reads as success and the sandbox was seen to give), no responseCode,
+-- and no responseMessage DECLINED.  Anything else raises FF012 and books
+-- nothing; the order.refunded webhook stays authoritative.
 CREATE FUNCTION flexfactor.ff_refund(order_session_key text, amount_cents bigint DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     key       uuid := flexfactor._uuid_arg($1, 'order_session_key');
     o         flexfactor.orders := flexfactor._order_for_update(key);
-    remaining bigint := o.amount_cents - o.refunded_cents;
+    -- what was captured, for an order captured with ff_capture(); else all of it
+    captured  bigint := coalesce((SELECT sum(c.amount_cents) FROM flexfactor.captures c
+                                   WHERE c.order_ref = o.id), o.amount_cents);
+    remaining bigint := captured - o.refunded_cents;
     amount    bigint := coalesce($2, remaining);
     idem      uuid;
+    reply     record;
     answer    jsonb;
+    said      text;
 BEGIN
     IF o.status NOT IN ('APPROVED', 'REFUNDED') THEN
         RAISE EXCEPTION 'cannot refund order %: its status is %', key, o.status
@@ -589,7 +684,7 @@ BEGIN
     IF remaining <= 0 THEN
         RAISE EXCEPTION 'nothing is left to refund on order %', key
             USING ERRCODE = 'FF021',
-                  DETAIL = format('The order is %s cents and all of it is already refunded.', o.amount_cents);
+                  DETAIL = format('The order is %s cents and all of it is already refunded.', captured);
     END IF;
     IF amount <= 0 THEN
         RAISE EXCEPTION 'refund amount must be positive, not % cents', amount
@@ -601,29 +696,115 @@ BEGIN
         RAISE EXCEPTION 'refund of % cents is more than order % allows', amount, key
             USING ERRCODE = 'FF021',
                   DETAIL = format('The order is %s cents, %s cents are already refunded, %s cents are left.',
-                                  o.amount_cents, o.refunded_cents, remaining),
+                                  captured, o.refunded_cents, remaining),
                   HINT = 'Refund at most what is left; NULL refunds all of it.';
     END IF;
 
+    -- the local identity of this refund (refunds.idempotency_key); not sent
     idem := flexfactor.ff_attempt_key('refund', key::text, o.refunded_cents::text, amount::text);
-    answer := flexfactor._api_call('POST', 'orders/' || key || '/refund',
-                  jsonb_build_object('amountToRefund', flexfactor.ff_cents_to_dollars(amount)::numeric,
-                                     'isPartialRefund', amount < remaining,
-                                     'idempotencyKey', idem));
-    IF lower(coalesce(answer->>'success', 'true')) = 'false'
-       OR upper(coalesce(answer->>'status', '')) = 'FAILED' THEN
+    SELECT * INTO reply
+      FROM flexfactor._api_call_answer('POST', 'orders/' || key || '/refund',
+               jsonb_build_object('amountToRefund', flexfactor.ff_cents_to_dollars(amount)::numeric,
+                                  'isPartialRefund', amount < remaining),
+               '{400,402,409,422}');
+    answer := reply.answer;
+    said := upper(coalesce(answer->>'responseMessage', ''));
+
+    IF reply.http_status NOT BETWEEN 200 AND 299
+       OR lower(coalesce(answer->>'success', '')) <> 'true'
+       OR upper(coalesce(answer->>'status', '')) NOT IN ('SUCCESS', 'APPROVED')
+       OR nullif(answer->>'responseCode', '') IS NOT NULL THEN
         RAISE EXCEPTION 'FlexFactor refused the refund of order %', key
             USING ERRCODE = 'FF012',
-                  DETAIL = format('responseCode %s: %s', coalesce(answer->>'responseCode', 'none'),
-                                  coalesce(answer->>'responseMessage', answer->>'errors', 'no message')),
-                  HINT = 'ff_order() shows what FlexFactor holds for the order.';
+                  DETAIL = flexfactor._refusal_detail(reply.http_status, answer),
+                  HINT = 'Nothing was booked; ff_order() shows what FlexFactor holds for the order.';
+    END IF;
+    IF said ~ 'DECLINED' THEN
+        -- the sandbox's 2024 answer to a refund that did happen
+        RAISE EXCEPTION 'FlexFactor''s answer to the refund of order % is ambiguous', key
+            USING ERRCODE = 'FF012',
+                  DETAIL = format('%s (success true with responseMessage %s).',
+                                  flexfactor._refusal_detail(reply.http_status, answer), answer->>'responseMessage'),
+                  HINT = 'Nothing was booked.  Check with ff_order() whether FlexFactor refunded the order '
+                         '(statusName RETURNED); its order.refunded webhook books the refund.';
     END IF;
 
+    -- a repeated refund FlexFactor de-duplicated answers with the refund it
+    -- already made: booked once (by an earlier call or its webhook)
+    IF answer->>'transactionId' IS NOT NULL
+       AND EXISTS (SELECT 1 FROM flexfactor.refunds r WHERE r.transaction_id = answer->>'transactionId') THEN
+        RAISE NOTICE 'FlexFactor answered with refund % of order %, which is booked already', answer->>'transactionId', key;
+        UPDATE flexfactor.orders SET last_response = answer WHERE id = o.id;
+        RETURN answer;
+    END IF;
     INSERT INTO flexfactor.refunds (order_ref, amount_cents, idempotency_key, transaction_id, response)
     VALUES (o.id, amount, idem, answer->>'transactionId', answer);
     UPDATE flexfactor.orders
        SET refunded_cents = refunded_cents + amount,
            status = flexfactor.ff_next_status(status, 'REFUNDED'),
+           last_response = answer
+     WHERE id = o.id;
+    RETURN answer;
+END $$;
+
+-- POST /capture for a CAPTUREREQUIRED order (auth+capture accounts): the
+-- authorised amount, or less.  The key is derived from the order and the
+-- amount, so a retry after a failed, rolled-back call sends the same key and
+-- FlexFactor replays its first answer.  status/captureStatus SUCCESS makes the
+-- order APPROVED (with NOTIFY and the callback, as every status change);
+-- anything else raises FF012 and changes nothing.
+CREATE FUNCTION flexfactor.ff_capture(order_session_key text, amount_cents bigint DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key     uuid := flexfactor._uuid_arg($1, 'order_session_key');
+    o       flexfactor.orders := flexfactor._order_for_update(key);
+    amount  bigint := coalesce($2, o.amount_cents);
+    idem    uuid;
+    reply   record;
+    answer  jsonb;
+BEGIN
+    IF o.status <> 'CAPTUREREQUIRED' THEN
+        RAISE EXCEPTION 'cannot capture order %: its status is %', key, o.status
+            USING ERRCODE = 'FF020',
+                  DETAIL = 'Only CAPTUREREQUIRED orders (authorised, sent with transactionType AUTHORIZATION) can be captured.',
+                  HINT = 'ff_order() refreshes the status; an order not captured in time is voided by FlexFactor.';
+    END IF;
+    IF amount <= 0 THEN
+        RAISE EXCEPTION 'capture amount must be positive, not % cents', amount
+            USING ERRCODE = 'FF021',
+                  DETAIL = format('Order %s is authorised for %s cents.', key, o.amount_cents),
+                  HINT = 'Pass the amount in cents, or NULL to capture all of it.';
+    END IF;
+    IF amount > o.amount_cents THEN
+        RAISE EXCEPTION 'capture of % cents is more than order % allows', amount, key
+            USING ERRCODE = 'FF021',
+                  DETAIL = format('The order is authorised for %s cents.', o.amount_cents),
+                  HINT = 'Capture at most the authorised amount; NULL captures all of it.';
+    END IF;
+
+    idem := flexfactor.ff_attempt_key('capture', key::text, amount::text);
+    SELECT * INTO reply
+      FROM flexfactor._api_call_answer('POST', 'capture',
+               jsonb_build_object('idempotencyKey', idem, 'orderId', key, 'amount', amount,
+                                  'currency', o.currency),
+               '{400,402,409,422}');
+    answer := reply.answer;
+    IF reply.http_status NOT BETWEEN 200 AND 299
+       OR lower(coalesce(answer->>'success', 'true')) = 'false'
+       OR upper(coalesce(answer->>'captureStatus', answer->>'status', '')) <> 'SUCCESS'
+       OR upper(coalesce(answer->>'status', 'SUCCESS')) <> 'SUCCESS' THEN
+        RAISE EXCEPTION 'FlexFactor refused the capture of order %', key
+            USING ERRCODE = 'FF012',
+                  DETAIL = flexfactor._refusal_detail(reply.http_status, answer),
+                  HINT = 'Nothing was recorded; ff_order() shows what FlexFactor holds for the order '
+                         '(an order not captured within the capture window is voided).';
+    END IF;
+
+    INSERT INTO flexfactor.captures (order_ref, amount_cents, idempotency_key, response)
+    VALUES (o.id, amount, idem, answer);
+    UPDATE flexfactor.orders
+       SET status = flexfactor.ff_next_status(status, 'APPROVED'),
            last_response = answer
      WHERE id = o.id;
     RETURN answer;
@@ -1314,6 +1495,29 @@ DECLARE
     stored   bigint;
     at       timestamptz;
 BEGIN
+    -- an event that names no order (payout.created, payout.updated, ...) is
+    -- kept and acknowledged, never refused: FlexFactor would retry it for good
+    IF p_order_key IS NULL THEN
+        BEGIN
+            at := p_event_time::timestamptz;
+        EXCEPTION WHEN OTHERS THEN
+            at := NULL;
+        END;
+        INSERT INTO flexfactor.webhook_events AS w
+               (event, external_order_id, confirmation_id, event_time, event_data, is_resent, nonce,
+                body, received_via, apply_state, applied_at, apply_error)
+        VALUES (lower(p_event), p_external_order_id, p_confirmation_id,
+                at, p_event_data, p_is_resent, p_nonce, p_body, p_received_via, 'not_applicable', now(),
+                format('%s names no order (no OrderId): recorded, not applied', lower(p_event)))
+        ON CONFLICT (nonce) WHERE nonce IS NOT NULL DO NOTHING
+        RETURNING w.id INTO stored;
+        IF stored IS NULL THEN
+            RAISE EXCEPTION 'webhook delivery refused: its nonce was already used'
+                USING ERRCODE = 'FF042',
+                      DETAIL = 'A delivery with the same x-fc-nonce was accepted before; this one is a replay.';
+        END IF;
+        RETURN 'not_applicable';
+    END IF;
     IF p_order_key !~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$' THEN
         RAISE EXCEPTION 'webhook delivery refused: OrderId is not a GUID'
             USING ERRCODE = 'FF043';
@@ -1456,7 +1660,8 @@ BEGIN
          WHERE bl.batch_id = b.id AND bl.status <> 'REJECTED'
         ON CONFLICT (order_id) DO UPDATE
            SET order_session_key = coalesce(EXCLUDED.order_session_key, o.order_session_key),
-               transaction_id = EXCLUDED.transaction_id,
+               -- an order's amount, currency and transaction never change once sent
+               transaction_id = coalesce(o.transaction_id, EXCLUDED.transaction_id),
                idempotency_key = EXCLUDED.idempotency_key,
                source = 'batch',
                status = flexfactor.ff_next_status(o.status, EXCLUDED.status);

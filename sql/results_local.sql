@@ -126,13 +126,33 @@ RESET flexfactor.on_order_status;
 -- malformed deliveries are refused with their SQLSTATE, nothing stored
 \set VERBOSITY sqlstate
 SELECT flexfactor.ff_ingest_webhook(pg_temp.signed('not json', 'n-10'), 'not json');
-SELECT flexfactor.ff_ingest_webhook(pg_temp.signed('{"Event":"order.completed"}', 'n-11'), '{"Event":"order.completed"}');
+SELECT flexfactor.ff_ingest_webhook(pg_temp.signed('{"OrderId":"11111111-1111-4111-8111-111111111111"}', 'n-11'), '{"OrderId":"11111111-1111-4111-8111-111111111111"}');
+SELECT flexfactor.ff_ingest_webhook(pg_temp.signed(b, 'n-14'), b)
+  FROM pg_temp.event('order.completed', 'INV-1') AS b;
 SELECT flexfactor.ff_ingest_webhook(pg_temp.signed(b, 'n-12', now() - interval '1 hour'), b)
   FROM pg_temp.event('order.completed', '11111111-1111-4111-8111-111111111111') AS b;
 SELECT flexfactor.ff_ingest_webhook(pg_temp.signed(b, 'n-13'), b || ' ')
   FROM pg_temp.event('order.completed', '11111111-1111-4111-8111-111111111111') AS b;
 \set VERBOSITY default
 SELECT count(*) AS stored_events FROM flexfactor.webhook_events;
+
+-- events that name no order (payout.*, OrderId null, absent or empty) are
+-- acknowledged and kept as not applicable, never refused (FlexFactor would
+-- retry a refusal for good); their nonce is still used once
+SELECT flexfactor.ff_ingest_webhook(pg_temp.signed(b, 'n-20'), b)
+  FROM pg_temp.event('payout.created', NULL, 'P1', data => '{"payoutId": "po-1", "amount": 1250.50, "status": "pending"}') AS b;
+SELECT flexfactor.ff_ingest_webhook(pg_temp.signed(b, 'n-21'), b)
+  FROM (SELECT '{"Event":"payout.updated","TimeStamp":"2026-11-24T11:00:00Z","EventData":{"payoutId":"po-1","status":"completed"},"ConfirmationId":"P2","IsTestMode":true,"IsResent":false}'::text AS b) AS t;
+SELECT flexfactor.ff_ingest_webhook(pg_temp.signed(b, 'n-22'), b)
+  FROM pg_temp.event('order.completed', '') AS b;
+\set VERBOSITY sqlstate
+SELECT flexfactor.ff_ingest_webhook(pg_temp.signed(b, 'n-20'), b)
+  FROM pg_temp.event('payout.created', NULL, 'P1') AS b;
+\set VERBOSITY default
+SELECT event, order_session_key, event_time, event_data->>'status' AS payout_status, apply_state, apply_error,
+       applied_at IS NOT NULL AS settled
+  FROM flexfactor.webhook_events WHERE nonce IN ('n-20', 'n-21', 'n-22') ORDER BY id;
+SELECT order_id, status FROM flexfactor.orders WHERE order_id = 'INV-1';
 
 -- result files: applied once, orders created, rejected lines set aside
 DELETE FROM flexfactor.declines WHERE id IN (SELECT id FROM flexfactor.decline_status WHERE state = 'pending');    -- left by earlier suites

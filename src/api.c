@@ -7,8 +7,9 @@
  * the mapping of HTTP statuses to SQLSTATEs (errors.h), the reading of
  * FlexFactor's error bodies in both shapes (ProblemDetails with "errors",
  * and the flat 2024 map), tolerant JSON lookups (keys matched without regard
- * to case, unknown fields ignored), and the SQL entry points _api_call() and
- * ff_tokenize().
+ * to case, unknown fields ignored), and the SQL entry points _api_call(),
+ * _api_call_answer() (a refusal sent with a 4xx status comes back with its
+ * body) and ff_tokenize().
  *
  * Messages name a request by method and path only, never the URL (its query
  * may hold the tokenization key), and card-number-like digit runs in remote
@@ -16,9 +17,12 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
 #include "common/jsonapi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "mb/pg_wchar.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
@@ -306,12 +310,28 @@ describe_request(const char *method, const char *path)
 	return psprintf("%s /%.*s", method, query ? (int) (query - path) : (int) strlen(path), path);
 }
 
+/* a JSON object with "success" or "responseCode": FlexFactor's business envelope */
+static bool
+is_business_answer(const FFHttpRequest *req)
+{
+	Jsonb	   *jb = ff_json_parse_or_null(req->response.data, req->response.len);
+	JsonbValue	v;
+
+	return jb != NULL && JB_ROOT_IS_OBJECT(jb) &&
+		(ff_json_get(&jb->root, "success", &v) != NULL ||
+		 ff_json_get(&jb->root, "responseCode", &v) != NULL);
+}
+
 /*
- * Perform one API call and return its JSON answer; every failure raises an
- * error.  With a token, a 401 fetches a new token and retries once.
+ * Perform one API call and return its JSON answer, and its HTTP status in
+ * *status_out when given.  With a token, a 401 fetches a new token and
+ * retries once.  Every failure raises an error, except a status listed in
+ * answer_statuses whose body is FlexFactor's business envelope: a refusal
+ * (refund 2001 ...) that the caller reads itself, responseCode included.
  */
 Jsonb *
-ff_api_call(const char *method, const char *path, const char *body, int flags)
+ff_api_call_answer(const char *method, const char *path, const char *body, int flags,
+				   const int *answer_statuses, int n_answer_statuses, long *status_out)
 {
 	bool		with_token = (flags & FF_API_BEARER) != 0;
 	char	   *what = describe_request(method, path);
@@ -333,8 +353,27 @@ ff_api_call(const char *method, const char *path, const char *body, int flags)
 		ff_token_invalidate(generation);
 	}
 	if (req.status < 200 || req.status > 299)
-		ff_api_raise_status_error(&req, what);
+	{
+		bool		answered = false;
+
+		for (int i = 0; i < n_answer_statuses && !answered; i++)
+			answered = (req.status == answer_statuses[i]);
+		if (!answered || !is_business_answer(&req))
+			ff_api_raise_status_error(&req, what);
+	}
+	if (status_out != NULL)
+		*status_out = req.status;
 	return ff_api_parse_json(&req, what);
+}
+
+/*
+ * Perform one API call and return its JSON answer; every failure raises an
+ * error.  With a token, a 401 fetches a new token and retries once.
+ */
+Jsonb *
+ff_api_call(const char *method, const char *path, const char *body, int flags)
+{
+	return ff_api_call_answer(method, path, body, flags, NULL, 0, NULL);
 }
 
 /* ------------------------------------------------------------ SQL entries */
@@ -375,6 +414,64 @@ ff_api_call_sql(PG_FUNCTION_ARGS)
 	}
 	ff_api_require_configured();
 	PG_RETURN_JSONB_P(ff_api_call(method, path, body, FF_API_BEARER));
+}
+
+/*
+ * _api_call_answer(method, path, body, answer_statuses, OUT http_status,
+ * OUT answer): _api_call() for the calls whose refusals FlexFactor may send
+ * with a 4xx status (refund, capture): those statuses, with a business
+ * answer, come back to the caller with the answer instead of raising.
+ * Granted to nobody, like _api_call().
+ */
+PG_FUNCTION_INFO_V1(ff_api_call_answer_sql);
+
+Datum
+ff_api_call_answer_sql(PG_FUNCTION_ARGS)
+{
+	char	   *method = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *path = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *body = NULL;
+	int		   *statuses = NULL;
+	int			n_statuses = 0;
+	long		status = 0;
+	Jsonb	   *answer;
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
+		elog(ERROR, "unsupported HTTP method \"%s\"", method);
+	if (path[0] == '/' || strstr(path, "..") != NULL)
+		elog(ERROR, "invalid API path");
+	if (!PG_ARGISNULL(2))
+	{
+		Jsonb	   *jb = PG_GETARG_JSONB_P(2);
+
+		body = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+	}
+	if (!PG_ARGISNULL(3))
+	{
+		ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(3);
+		Datum	   *elems;
+		bool	   *elem_nulls;
+
+		deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT,
+						  &elems, &elem_nulls, &n_statuses);
+		statuses = palloc(sizeof(int) * Max(n_statuses, 1));
+		for (int i = 0; i < n_statuses; i++)
+		{
+			statuses[i] = elem_nulls[i] ? 0 : DatumGetInt32(elems[i]);
+			if (statuses[i] < 400 || statuses[i] > 499 || statuses[i] == 401)
+				elog(ERROR, "only 4xx statuses other than 401 can be answered, not %d", statuses[i]);
+		}
+	}
+	ff_api_require_configured();
+	answer = ff_api_call_answer(method, path, body, FF_API_BEARER, statuses, n_statuses, &status);
+	values[0] = Int32GetDatum((int32) status);
+	values[1] = JsonbPGetDatum(answer);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }
 
 static char *

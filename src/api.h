@@ -14,6 +14,8 @@
 #define FF_API_NOT_IDEMPOTENT	0x02	/* no key: never re-sent on a reused connection */
 
 extern Jsonb *ff_api_call(const char *method, const char *path, const char *body, int flags);
+extern Jsonb *ff_api_call_answer(const char *method, const char *path, const char *body, int flags,
+								 const int *answer_statuses, int n_answer_statuses, long *status_out);
 extern Jsonb *ff_api_parse_json(const FFHttpRequest *req, const char *what);
 extern pg_attribute_noreturn() void ff_api_raise_status_error(const FFHttpRequest *req,
 															   const char *what);

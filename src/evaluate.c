@@ -239,7 +239,12 @@ ff_evaluate(PG_FUNCTION_ARGS)
 	SPI_connect();
 	spi_cxt = CurrentMemoryContext;
 
-	/* recorded before sending; never moves the order's state back */
+	/*
+	 * Recorded before sending; never moves the order's state back.  Sent
+	 * again for the same orderId (a sync-MIT retry), the order keeps the
+	 * amount, currency, transaction and kind (MIT or not) it was first sent
+	 * with: only the key of this attempt is stored.
+	 */
 	is_mit = scalar_text(&payload->root, "isMIT");
 	record_values[0] = CStringGetTextDatum(order_id);
 	record_values[1] = CStringGetTextDatum(tx_id);
@@ -261,12 +266,8 @@ ff_evaluate(PG_FUNCTION_ARGS)
 									"        amount_cents, currency, expiry_date_utc)"
 									" VALUES ($1, $2, $3::uuid, 'api', $4, $5, upper($6), $7::timestamptz)"
 									" ON CONFLICT (order_id) DO UPDATE"
-									"    SET transaction_id = EXCLUDED.transaction_id,"
-									"        idempotency_key = EXCLUDED.idempotency_key,"
-									"        is_mit = EXCLUDED.is_mit,"
-									"        amount_cents = EXCLUDED.amount_cents,"
-									"        currency = EXCLUDED.currency,"
-									"        expiry_date_utc = EXCLUDED.expiry_date_utc"
+									"    SET idempotency_key = EXCLUDED.idempotency_key,"
+									"        expiry_date_utc = coalesce(o.expiry_date_utc, EXCLUDED.expiry_date_utc)"
 									" RETURNING id",
 									7, record_types),
 						 record_values, record_nulls, false, 1) != SPI_OK_INSERT_RETURNING)
@@ -280,6 +281,11 @@ ff_evaluate(PG_FUNCTION_ARGS)
 	status = ff_json_get_text(&answer->root, "status");
 	MemoryContextSwitchTo(spi_cxt);
 
+	/*
+	 * A later answer for the same order (sync MIT: DECLINED, then APPROVED)
+	 * moves it on by ff_next_status(); an answer about another FlexFactor
+	 * order (a repeated CIT orderId) neither takes its key nor its status.
+	 */
 	answer_values[0] = Int64GetDatum(row_id);
 	if (looks_like_uuid(session_key))
 		answer_values[1] = CStringGetTextDatum(session_key);
@@ -292,8 +298,11 @@ ff_evaluate(PG_FUNCTION_ARGS)
 	answer_values[3] = JsonbPGetDatum(answer);
 	if (SPI_execute_plan(saved_plan(&answer_plan,
 									"UPDATE flexfactor.orders"
-									"   SET order_session_key = coalesce($2::uuid, order_session_key),"
-									"       status = flexfactor.ff_next_status(status, upper($3)),"
+									"   SET order_session_key = coalesce(order_session_key, $2::uuid),"
+									"       status = CASE WHEN $2::uuid IS DISTINCT FROM order_session_key"
+									"                      AND order_session_key IS NOT NULL AND $2 IS NOT NULL"
+									"                     THEN status"
+									"                     ELSE flexfactor.ff_next_status(status, upper($3)) END,"
 									"       last_response = $4"
 									" WHERE id = $1",
 									4, answer_types),

@@ -70,14 +70,14 @@ required_text(JsonbContainer *body, const char *key)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_WEBHOOK_MALFORMED),
 				 errmsg("webhook delivery refused: the body has no \"%s\"", key),
-				 errdetail("FlexFactor webhooks carry Event, OrderId, ExternalOrderId, ConfirmationId, TimeStamp, "
-						   "EventData, IsTestMode and IsResent.")));
+				 errdetail("FlexFactor webhooks carry Event, OrderId (null for payout events), ExternalOrderId, "
+						   "ConfirmationId, TimeStamp, EventData, IsTestMode and IsResent.")));
 	return value;
 }
 
 /*
  * Verify, store and apply one delivery; returns what became of the event
- * ("applied", "duplicate", "waiting_order" or "ignored").
+ * ("applied", "duplicate", "waiting_order", "ignored" or "not_applicable").
  */
 char *
 ff_webhook_receive(const FFWebhookHeaders *headers, const char *body, size_t body_len,
@@ -108,11 +108,20 @@ ff_webhook_receive(const FFWebhookHeaders *headers, const char *body, size_t bod
 				 errmsg("webhook delivery refused: the body is not a JSON object"),
 				 errdetail("%zu bytes that do not parse as a JSON object.", body_len)));
 	event = required_text(&json->root, "Event");
-	order_key = required_text(&json->root, "OrderId");
+
+	/*
+	 * An event without an order (payout.created, payout.updated, or any with
+	 * OrderId absent, null or empty) is stored as not applicable and
+	 * acknowledged: refusing it would make FlexFactor retry it for good.
+	 */
+	order_key = ff_json_get_text(&json->root, "OrderId");
 	is_resent = ff_json_get_text(&json->root, "IsResent");
 
 	values[0] = CStringGetTextDatum(event);
-	values[1] = CStringGetTextDatum(order_key);
+	if (order_key != NULL && order_key[0] != '\0')
+		values[1] = CStringGetTextDatum(order_key);
+	else
+		nulls[1] = 'n';
 #define OPTIONAL_TEXT(i, key) \
 	do { char *v_ = ff_json_get_text(&json->root, key); \
 		 if (v_) values[i] = CStringGetTextDatum(v_); else nulls[i] = 'n'; } while (0)

@@ -11,6 +11,7 @@ import re
 import shutil
 
 import common
+import engine
 import faults
 from api import Response, problem_response
 
@@ -37,6 +38,7 @@ class Admin:
             ("GET", r(r"^/_admin/orders$"), self.orders),
             ("GET", r(r"^/_admin/orders/([^/]+)$"), self.order),
             ("POST", r(r"^/_admin/orders/([^/]+)/chargeback$"), self.chargeback),
+            ("POST", r(r"^/_admin/orders/([^/]+)/rescue$"), self.rescue),
             ("GET", r(r"^/_admin/transmits$"), self.transmits),
             ("GET", r(r"^/_admin/batches$"), self.batches),
             ("POST", r(r"^/_admin/batch-faults$"), self.batch_faults),
@@ -52,6 +54,7 @@ class Admin:
             ("GET", r(r"^/_admin/webhooks/mode$"), self.get_webhook_mode),
             ("POST", r(r"^/_admin/webhooks/mode$"), self.set_webhook_mode),
             ("POST", r(r"^/_admin/webhooks/resend$"), self.resend),
+            ("POST", r(r"^/_admin/webhooks/payout$"), self.payout),
             ("POST", r(r"^/_admin/reset$"), self.reset),
         ]
 
@@ -108,7 +111,7 @@ class Admin:
                    "acceptUnknownTokens": "accept_unknown_tokens", "webhookUrl": "webhook_url",
                    "webhookKey": "webhook_key", "asyncDelaySeconds": "async_delay",
                    "captureWindowSeconds": "capture_window", "webhookTimeoutSeconds": "webhook_timeout",
-                   "tokenTtlSeconds": "token_ttl"}
+                   "tokenTtlSeconds": "token_ttl", "refundAnswer": "refund_answer"}
         unknown = [k for k in b if k not in mapping]
         if unknown:
             return self.bad("unknown config keys: %s" % ", ".join(unknown))
@@ -116,6 +119,8 @@ class Admin:
             return self.bad("mitMode must be sync or managed")
         if "errorShape" in b and b["errorShape"] not in common.ERROR_SHAPES:
             return self.bad("errorShape must be one of %s" % ", ".join(common.ERROR_SHAPES))
+        if "refundAnswer" in b and b["refundAnswer"] not in engine.REFUND_ANSWERS:
+            return self.bad("refundAnswer must be one of %s" % ", ".join(engine.REFUND_ANSWERS))
         if "webhookKey" in b:
             try:
                 base64.b64decode(b["webhookKey"], validate=True)
@@ -223,6 +228,20 @@ class Admin:
         ev = self.sim.webhooks.emit(o, "payment.chargeback.received", {"amount": amount, "reasonCode": reason},
                                     confirmation_id=None)
         return self.ok({"event": dict(ev)})
+
+    def rescue(self, q, b, osk):
+        """Sync MIT: a DECLINED MIT order is rescued in the background; the next
+        /evaluate of its orderId answers APPROVED. {"notify": false} sends no
+        order.completed (the merchant learns it from /evaluate alone)."""
+        with self.store.lock:
+            o = self.store.orders.get(osk)
+        if o is None:
+            return problem_response(404, "Not Found", "no order %s" % osk)
+        why = self.sim.engine.rescue_sync(o, notify=_bool(b.get("notify", True)))
+        if why is not None:
+            return problem_response(409, "Conflict", why)
+        with self.store.lock:
+            return self.ok(self._order_json(o))
 
     def transmits(self, q, b):
         with self.store.lock:
@@ -351,6 +370,19 @@ class Admin:
         if "error" in att and att.get("attemptId") is None:
             return self.bad(att["error"])
         return self.ok({"attempt": att})
+
+    def payout(self, q, b):
+        """A signed payout.created / payout.updated delivery: an event without an
+        order (OrderId and ExternalOrderId null, or left out with omitOrderId)."""
+        event = b.get("event", "payout.created")
+        if event not in ("payout.created", "payout.updated"):
+            return self.bad("event must be payout.created or payout.updated")
+        data = {"payoutId": b.get("payoutId") or common.new_guid(),
+                "amount": common.loads(engine.dollars(int(b.get("amount", 125000)))),
+                "currency": str(b.get("currency", "USD")),
+                "status": str(b.get("status", "pending" if event == "payout.created" else "completed"))}
+        ev = self.sim.webhooks.emit_unbound(event, data, omit_order_fields=_bool(b.get("omitOrderId", False)))
+        return self.ok({"event": dict(ev)})
 
     # ------------------------------------------------------------------- reset
     def reset(self, q, b):

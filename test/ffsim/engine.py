@@ -9,6 +9,7 @@
 # HTTP answers and batches.py into result lines.
 import heapq
 import os
+import re
 import time
 
 import clock
@@ -17,6 +18,12 @@ import outcomes
 import validation
 
 IDEM_WINDOW = 24 * 3600
+# refundAnswer (per merchant): current = success with responseMessage "APPROVED"
+# (the sandbox since 2025-02); declined2024 = the same successful refund answered
+# with responseMessage "DECLINED" (2024-04..2025-02); refusedNNN = every refund
+# refused with the recorded 2001 body, served with HTTP NNN (200 or 4xx).
+REFUND_ANSWERS = ("current", "declined2024", "refused200", "refused400", "refused409", "refused422")
+REFUND_REFUSED = re.compile(r"^refused(\d{3})$")
 PENDING_STATES = ("PROCESSING", "CAPTUREREQUIRED")
 STATE_ENUM = {  # internal state -> (order status int, statusName) of section 4.5
     "PROCESSING": (4, "PROCESSING"),
@@ -336,6 +343,22 @@ class Engine:
                 self.webhooks.emit(o, ev)
         return done
 
+    def rescue_sync(self, o, notify=True):
+        """Sync (unmanaged) MIT, flexfactor-api.md 4.3.4 and 12a: FlexFactor keeps
+        working after answering DECLINED, and the next /evaluate of the same
+        orderId reports the rescue. Moves a DECLINED MIT order to COMPLETED (a
+        later /evaluate answers APPROVED); with notify, sends order.completed.
+        Returns None, or why the order cannot be rescued."""
+        with self.store.lock:
+            if not o["isMIT"] or o["state"] != "DECLINED":
+                return "only a DECLINED MIT order can be rescued later (this one is %s%s)" % (
+                    "MIT " if o["isMIT"] else "CIT ", o["state"])
+            o["capturedAmount"] = o["amount"]
+            self._set_state(o, "COMPLETED", "sync-mit rescue")
+        if notify:
+            self.webhooks.emit(o, "order.completed")
+        return None
+
     def _set_state(self, o, state, reason):
         now = self.clock.now()
         o["state"] = state
@@ -468,6 +491,8 @@ class Engine:
         h = common.canonical_hash(raw)
         now = self.clock.now()
         emit = None
+        mode = self.store.config.refund_answer
+        http_status = 200
         with self.store.lock:
             prev = self.store.refund_dedupe.get(osk)
             if ent is None and prev and prev[0] == h and now - prev[2] <= IDEM_WINDOW:
@@ -475,29 +500,43 @@ class Engine:
                 return Outcome("replay", 200, body=prev[1])
             refundable = o["state"] in ("COMPLETED", "RETURNED")
             left = (o["capturedAmount"] or 0) - o["refundedAmount"] if refundable else 0
-            if cents > left:
+            forced = REFUND_REFUSED.match(mode)
+            if cents > left or forced:
+                # the recorded refusal (REFUND_2001_FIXTURE); a forced one says
+                # what a merchant whose refunds are not enabled was told
                 msg = "Amount to refund (%s) is greater than maximum refund amount in (%s))" % (
-                    dollars(cents), dollars(max(left, 0)))
+                    dollars(cents), dollars(max(left, 0) if not forced else 0))
                 body = common.dumpb(common.envelope(
                     responseCode="2001", responseMessage=msg, transactionId=None, success=False,
                     status="FAILED", errors=[common.error_tuple(msg, "2001")]))
                 kind = "failed"
+                if forced:
+                    http_status = int(forced.group(1))
             else:
                 tid = common.new_guid()
                 o["refundedAmount"] += cents
                 o["refunds"].append({"at": clock.iso(now), "amount": cents, "transactionId": tid,
                                      "message": n.get("refundmessage")})
                 self._set_state(o, "RETURNED", "refund")
+                # since 2025-02 the sandbox says "APPROVED"; from 2024-04 it said
+                # "DECLINED" for the same successful refund (flexfactor-api.md 12a)
                 body = common.dumpb(common.envelope(
-                    status="SUCCESS", responseCode=None, responseMessage=None, transactionId=tid))
+                    status="SUCCESS", responseCode=None,
+                    responseMessage="DECLINED" if mode == "declined2024" else "APPROVED",
+                    transactionId=tid))
                 emit = {"amount": common.loads(dollars(cents)), "refundTransactionId": tid}
                 kind = "ok"
-            self.store.refund_dedupe[osk] = (h, body, now)
+                # only a refund that happened is de-duplicated: a refused call is
+                # decided again when repeated
+                self.store.refund_dedupe[osk] = (h, body, now)
         if ent is not None:
-            self.idem_finish(ent, (200, body), {"status": "SUCCESS" if kind == "ok" else "FAILED"})
+            if kind == "ok" or http_status == 200:
+                self.idem_finish(ent, (http_status, body), {"status": "SUCCESS" if kind == "ok" else "FAILED"})
+            else:
+                self.idem_abort(ent)
         if emit is not None:
             self.webhooks.emit(o, "order.refunded", emit, confirmation_id=confirmation_id())
-        return Outcome(kind, 200, body=body)
+        return Outcome(kind, http_status, body=body)
 
     def cancel(self, mid, raw, source, osk=None, external=None):
         n = common.norm(raw) if raw is not None else {}

@@ -18,7 +18,7 @@ class Config:
     FIELDS = ("mid", "app_key", "app_secret", "tokenization_key", "sftp_root", "webhook_url",
               "webhook_key", "mit_mode", "error_shape", "strict", "accept_unknown_tokens",
               "async_delay", "capture_window", "webhook_timeout", "token_ttl", "scan_interval",
-              "clock_mode", "log_cap")
+              "clock_mode", "log_cap", "refund_answer")
 
     def __init__(self, **kw):
         self.mid = "00000000-0000-4000-8000-000000000001"
@@ -43,6 +43,8 @@ class Config:
         self.scan_interval = 0.2
         self.clock_mode = "frozen"
         self.log_cap = DEFAULT_LOG_CAP
+        # How /orders/{id}/refund answers (REFUND_ANSWERS in engine.py).
+        self.refund_answer = "current"
         for k, v in kw.items():
             if k not in self.FIELDS:
                 raise TypeError("unknown config field %s" % k)
@@ -58,7 +60,7 @@ class Config:
             "asyncDelaySeconds": self.async_delay, "captureWindowSeconds": self.capture_window,
             "webhookTimeoutSeconds": self.webhook_timeout, "tokenTtlSeconds": self.token_ttl,
             "scanIntervalSeconds": self.scan_interval, "clockMode": self.clock_mode,
-            "logCap": self.log_cap,
+            "logCap": self.log_cap, "refundAnswer": self.refund_answer,
         }
 
 
@@ -81,7 +83,7 @@ class Store:
             self.transitions = []             # heap of (due, seq, orderId, target)
             self.transmits = collections.OrderedDict()  # transmitId -> record
             self.idem = {}                    # (mid, key) -> entry
-            self.refund_dedupe = {}           # orderId -> (hash, response, vts)
+            self.refund_dedupe = {}           # orderId -> (hash, response, vts) of its last refund
             self.requests = collections.deque(maxlen=cap)
             self.batches = collections.deque(maxlen=10000)
             self.processed_files = {}         # (name, sha256) -> batch record

@@ -26,18 +26,22 @@ USER_AGENT = "FlexFactor-Webhooks/1.0 (ffsim)"
 
 
 def payload_bytes(event, timestamp, event_data, external_order_id, order_id,
-                  confirmation_id, is_test_mode, is_resent):
-    """Compact JSON, keys in the order of section 7.3."""
-    return common.dumpb({
-        "Event": event,
-        "TimeStamp": timestamp,
-        "EventData": event_data,
-        "ExternalOrderId": external_order_id,
-        "OrderId": order_id,
-        "ConfirmationId": confirmation_id,
-        "IsTestMode": is_test_mode,
-        "IsResent": is_resent,
-    })
+                  confirmation_id, is_test_mode, is_resent, omit=()):
+    """Compact JSON, keys in the order of section 7.3; keys named in omit are left out."""
+    return common.dumpb({k: v for k, v in (
+        ("Event", event),
+        ("TimeStamp", timestamp),
+        ("EventData", event_data),
+        ("ExternalOrderId", external_order_id),
+        ("OrderId", order_id),
+        ("ConfirmationId", confirmation_id),
+        ("IsTestMode", is_test_mode),
+        ("IsResent", is_resent),
+    ) if k not in omit})
+
+
+def confirmation_id_unbound():
+    return os.urandom(4).hex().upper()
 
 
 def wrong_key(key_b64):
@@ -50,7 +54,7 @@ class Webhooks:
         self.clock = vclock
 
     # -- queueing (called with or without the store lock) -------------------
-    def emit(self, order, event, event_data=None, confirmation_id=None):
+    def emit(self, order, event, event_data=None, confirmation_id=None, omit=()):
         st = self.store
         with st.lock:
             now = self.clock.now()
@@ -67,6 +71,7 @@ class Webhooks:
                 "createdAt": clock.iso(now),
                 "status": "pending",
                 "attempts": 0,
+                "omit": list(omit),
             }
             st.events[ev["eventId"]] = ev
             while len(st.events) > st.config.log_cap:
@@ -80,6 +85,14 @@ class Webhooks:
             if mode.get("duplicate"):
                 self._push(ev, due, 1, False, True)
             return ev
+
+    def emit_unbound(self, event, event_data, omit_order_fields=False):
+        """An event that concerns no order (payout.created, payout.updated; section
+        7.2): OrderId and ExternalOrderId are null, or absent with omit_order_fields.
+        Signed and retried like every other event."""
+        order = {"id": None, "externalOrderId": None, "confirmationId": None}
+        return self.emit(order, event, event_data, confirmation_id=confirmation_id_unbound(),
+                         omit=("ExternalOrderId", "OrderId") if omit_order_fields else ())
 
     def _push(self, ev, due, attempt, is_resent, duplicate):
         st = self.store
@@ -159,7 +172,7 @@ class Webhooks:
             ev["attempts"] += 1
             seq = st.next_seq()
         body = payload_bytes(ev["event"], ev["timeStamp"], ev["eventData"], ev["externalOrderId"],
-                             ev["orderId"], ev["confirmationId"], True, is_resent)
+                             ev["orderId"], ev["confirmationId"], True, is_resent, ev.get("omit", ()))
         u = urllib.parse.urlsplit(url)
         host = u.netloc
         path = (u.path or "/") + ("?" + u.query if u.query else "")

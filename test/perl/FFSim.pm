@@ -938,6 +938,43 @@ sub resend_webhook
 		{ orderId => $order_id, (defined $event ? (event => $event) : ()) })->{attempt};
 }
 
+=pod
+
+---- Order life cycle of the real service (the 012 suite).
+
+$sim->refund_answer($mode): how /orders/{id}/refund answers from now on:
+current (success, responseMessage "APPROVED"), declined2024 (the refund
+happens, answered success with responseMessage "DECLINED"), refused200,
+refused400, refused409, refused422 (every refund refused with the recorded
+2001 body, served with that HTTP status).
+
+$sim->rescue($order_id, notify => 0|1): a DECLINED sync-MIT order is rescued
+in the background; the next /evaluate of its orderId answers APPROVED.
+notify (default 1) also sends order.completed.  Returns the order.
+
+$sim->payout_webhook(event => 'payout.created', amount => $cents,
+omit_order_id => 0|1): a signed payout delivery without an order (OrderId
+null, or left out); returns the event.
+
+=cut
+
+sub refund_answer { $_[0]->config({ refundAnswer => $_[1] }) }
+
+sub rescue
+{
+	my ($self, $order_id, %o) = @_;
+	return $self->admin('POST', "/_admin/orders/$order_id/rescue",
+		{ notify => ($o{notify} // 1) ? JSON::PP::true : JSON::PP::false });
+}
+
+sub payout_webhook
+{
+	my ($self, %o) = @_;
+	return $self->admin('POST', '/_admin/webhooks/payout',
+		{ event => $o{event} // 'payout.created', amount => $o{amount} // 125000,
+		  omitOrderId => $o{omit_order_id} ? JSON::PP::true : JSON::PP::false })->{event};
+}
+
 sub chargeback
 {
 	my ($self, $order_id, $cents, $reason) = @_;

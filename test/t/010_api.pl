@@ -254,14 +254,17 @@ like(sq("SELECT status FROM flexfactor.orders WHERE order_id = 'E-1'"), qr/^(SUB
 # …13 cents: cancelled after a virtual minute; …14: expires at expiryDateUtc
 sq("SELECT flexfactor.ff_evaluate(" . decline('E-13', 1913, 'tx-e13') . ")");
 sq("SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('E-14', 1914, 'USD', 'tok-e14', 'tx-e14',
-	expiry => now() + interval '1 day'))");
+	expiry => now() + interval '2 seconds'))");
 $sim->advance(61);
 $ans = jq("SELECT flexfactor.ff_order(order_session_key::text) FROM flexfactor.orders WHERE order_id = 'E-13'");
 is($ans->{statusName}, 'CANCELLED', 'FlexFactor cancelled the …13 order');
 is(sq("SELECT status FROM flexfactor.orders WHERE order_id = 'E-13'"), 'CANCELLED', 'CANCELLED stored');
 $sim->advance(86400);
+# expiry is read from the order's expiryDate, against our clock
+ff_wait_until(sub { sq("SELECT now() > expiry_date_utc FROM flexfactor.orders WHERE order_id = 'E-14'") eq 't' }, 10);
 $ans = jq("SELECT flexfactor.ff_order(order_session_key::text) FROM flexfactor.orders WHERE order_id = 'E-14'");
-ok($ans->{statusName} eq 'CANCELLED' && $ans->{isExpired}, 'the …14 order expired (CANCELLED, isExpired)');
+is($ans->{statusName}, 'CANCELLED', 'the …14 order expired: CANCELLED (there is no Expired status)');
+cmp_ok(sq("SELECT '$ans->{expiryDate}'::timestamptz < now()"), 'eq', 't', 'with its expiryDate passed');
 is(sq("SELECT status FROM flexfactor.orders WHERE order_id = 'E-14'"), 'EXPIRED', 'EXPIRED stored');
 $ans = jq("SELECT flexfactor.ff_order('$e1')");
 is($ans->{statusName}, 'COMPLETED', 'after one virtual minute FlexFactor says COMPLETED');
@@ -574,7 +577,7 @@ sq("SELECT flexfactor.ff_evaluate(" . decline('I-1', 1999, 'tx-i2') . ")");
 my $ikey2 = bodies('/v1/evaluate', $seq)->[0]{idempotencyKey};
 isnt($ikey2, $ikey, 'a new transaction.id gives a new key');
 is(sq("SELECT transaction_id, idempotency_key FROM flexfactor.orders WHERE order_id = 'I-1'"),
-	"tx-i2|$ikey2", 'the stored order now has the new attempt');
+	"tx-i1|$ikey2", 'the stored order keeps its first transaction, with the new attempt\'s key');
 
 # ------------------------------------------------------------------
 # 13. Card numbers stay out of messages
@@ -597,13 +600,15 @@ my @fns = split /\n/, sq(q{SELECT p.proname || ':' || coalesce(string_agg(
 		|| quote_literal(CASE format_type(t, NULL)
 			WHEN 'jsonb' THEN '{}' WHEN 'bigint' THEN '1' WHEN 'integer' THEN '1'
 			WHEN 'boolean' THEN 't' WHEN 'timestamp with time zone' THEN '2024-01-01 00:00:00+00'
-			WHEN 'text[]' THEN '{x}' WHEN 'uuid' THEN '00000000-0000-4000-8000-000000000001'
+			WHEN 'text[]' THEN '{x}' WHEN 'integer[]' THEN '{400}'
+			WHEN 'uuid' THEN '00000000-0000-4000-8000-000000000001'
 			ELSE 'x' END) || '::' || format_type(t, NULL), ', ' ORDER BY o), '')
 	FROM pg_proc p LEFT JOIN unnest(p.proargtypes::oid[]) WITH ORDINALITY AS a(t, o) ON true
-	WHERE p.pronamespace = 'flexfactor'::regnamespace AND (p.proname LIKE 'ff\_%' OR p.proname = '_api_call')
+	WHERE p.pronamespace = 'flexfactor'::regnamespace
+	  AND (p.proname LIKE 'ff\_%' OR p.proname IN ('_api_call', '_api_call_answer'))
 	GROUP BY p.oid, p.proname, p.provariadic, p.pronargs ORDER BY p.proname});
-my %want = map { $_ => 1 } qw(ff_tokenize ff_evaluate ff_order ff_refund ff_cents_to_dollars ff_cancel
-  ff_transmit ff_decline ff_payment ff_token_status _api_call);
+my %want = map { $_ => 1 } qw(ff_tokenize ff_evaluate ff_order ff_refund ff_capture ff_cents_to_dollars
+  ff_cancel ff_transmit ff_decline ff_payment ff_token_status _api_call _api_call_answer);
 my %checked;
 for my $fn (@fns)
 {

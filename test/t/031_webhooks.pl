@@ -260,8 +260,6 @@ my @refusals = (
 	[ 'malformed JSON', 400, qr/not a JSON object/, body => '{"Event":"order.completed","OrderId":' ],
 	[ 'a JSON array', 400, qr/not a JSON object/, body => '[1,2,3]' ],
 	[ 'no Event', 400, qr/no "Event"/, body => FFSim::webhook_body(Event => undef, OrderId => $r1) ],
-	[ 'no OrderId', 400, qr/no "OrderId"/, body => FFSim::webhook_body(Event => 'order.completed',
-			OrderId => undef) ],
 	[ 'OrderId not a GUID', 400, qr/GUID/, body => FFSim::webhook_body(Event => 'order.completed',
 			OrderId => 'R-1') ],
 	[ 'a body over 64 kB', 413, qr/64 kB/, body => $big ],
@@ -308,6 +306,25 @@ for my $case (@refusals)
 my $all_reasons = sq('SELECT string_agg(reason, E\'\n\') FROM flexfactor.webhook_rejections');
 is(scalar(grep { index($all_reasons, $_) >= 0 } @secrets), 0,
 	'refusals: no key and no signature in webhook_rejections');
+
+# an event that names no order (OrderId null, or absent): acknowledged, kept
+# as not applicable, never refused (FlexFactor would retry a refusal for good)
+for my $case ([ 'OrderId null', '{"Event":"payout.created","TimeStamp":"2026-01-01T00:00:00Z",'
+		. '"EventData":{"payoutId":"po-9","status":"pending"},"ExternalOrderId":null,"OrderId":null,'
+		. '"ConfirmationId":"PO000001","IsTestMode":true,"IsResent":false}' ],
+	[ 'no OrderId', FFSim::webhook_body(Event => 'order.completed', OrderId => undef, ConfirmationId => 'PO000002') ])
+{
+	my ($what, $body) = @$case;
+	my $orders = sq("SELECT md5(string_agg(o::text, '|' ORDER BY id)) FROM flexfactor.orders o");
+	$rej = last_rejection_id();
+	$r = deliver(body => $body);
+	is("$r->{status} $r->{body}", '200 not_applicable', "no order ($what): answered 200 not_applicable");
+	is(sq("SELECT apply_state || ' ' || (order_session_key IS NULL) FROM flexfactor.webhook_events
+	        WHERE nonce = '$r->{nonce}'"), 'not_applicable true', "no order ($what): stored as not_applicable");
+	is(last_rejection_id(), $rej, "no order ($what): not a rejection");
+	is(sq("SELECT md5(string_agg(o::text, '|' ORDER BY id)) FROM flexfactor.orders o"), $orders,
+		"no order ($what): no order changed");
+}
 
 # a delivery the simulator made, captured and sent again: a replay
 my ($captured) = grep { $_->{externalOrderId} eq 'W-4' } @{ $sim->webhooks->{attempts} };
