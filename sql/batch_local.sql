@@ -119,6 +119,24 @@ INSERT INTO billing.payments (invoice_no, customer_id, amount, card_token, statu
 SELECT 'C-' || i, 99, 5, 't', CASE WHEN i % 2 = 0 THEN 'paid' ELSE 'declined' END, i % 2 = 0
   FROM generate_series(1, 100) i;
 SELECT count(*) AS queued_from_billing FROM flexfactor.declines WHERE order_id ~ '^[BC]-';
+-- the trigger and its enrich function run with the writer's rights: a role
+-- that may write payments needs nothing in schema flexfactor, and needs
+-- SELECT on what the enrich function reads only when it writes a decline
+CREATE ROLE ff_billing_writer;
+GRANT USAGE ON SCHEMA billing TO ff_billing_writer;
+GRANT INSERT ON billing.payments TO ff_billing_writer;
+SET ROLE ff_billing_writer;
+INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+VALUES ('W-1', 1, 'sub-a', 9.99, 'tok-w', 'paid', true);
+INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+VALUES ('W-2', 1, 'sub-a', 9.99, 'tok-w', 'declined', true);
+RESET ROLE;
+GRANT SELECT ON billing.customers, billing.gateway_responses TO ff_billing_writer;
+SET ROLE ff_billing_writer;
+INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+VALUES ('W-3', 1, 'sub-a', 9.99, 'tok-w', 'declined', true);
+RESET ROLE;
+SELECT order_id, payload #>> '{payer,email}' AS email FROM flexfactor.declines WHERE order_id LIKE 'W-%' ORDER BY id;
 -- an enrich function may add details, never change what identifies the charge
 CREATE FUNCTION billing.bad_details(p billing.payments) RETURNS jsonb LANGUAGE sql AS $$
     SELECT '{"orderId": "someone-else", "payer": {"email": "x@example.com"}}'::jsonb $$;
@@ -254,3 +272,4 @@ VALUES ('M-1', 'tx', gen_random_uuid(), flexfactor.ff_decline('M-1', 1500, 'USD'
 SELECT flexfactor._create_evaluate_batch(10);
 
 DROP SCHEMA billing CASCADE;
+DROP ROLE ff_billing_writer;

@@ -9,7 +9,8 @@
  * no enrich function, ever runs with the extension owner's rights.
  *
  * Its arguments are parsed once per statement into a mapping of attribute
- * numbers, kept in the trigger's FmgrInfo.  A row is first tested against
+ * numbers, kept in the trigger's FmgrInfo; the functions a decline needs are
+ * looked up at the statement's first decline.  A row is first tested against
  * the conditions (declined_if, recurring_if) by reading those columns alone;
  * a row that is not a declined recurring charge costs nothing more.  A row
  * that is one has its mapped columns read and turned into text, the DBA's
@@ -21,19 +22,21 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/namespace.h"
 #include "catalog/objectaccess.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
-#include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/varlena.h"
 
 /* the fields a column or a constant may supply (see ff_decline()) */
@@ -65,7 +68,9 @@ typedef struct DeclineMapping
 	char	   *declined_value;
 	FmgrInfo	declined_output;
 	AttrNumber	recurring_attnum;	/* recurring_if column (boolean), or 0 */
-	bool		has_enrich;
+	char	   *enrich_name;	/* enrich function, or NULL */
+	char	   *enrich_arg;		/* the argument that named it */
+	bool		resolved;		/* enrich and queue looked up (first decline) */
 	FmgrInfo	enrich;			/* enrich function(row) -> jsonb */
 	FmgrInfo	queue;			/* flexfactor._queue_mapped_decline */
 } DeclineMapping;
@@ -178,7 +183,43 @@ lookup_enrich(TriggerData *td, DeclineMapping *map, const char *name, const char
 						 relation_display_name(td->tg_relation))));
 	InvokeFunctionExecuteHook(func);
 	fmgr_info_cxt(func, &map->enrich, cxt);
-	map->has_enrich = true;
+}
+
+/*
+ * The privileged step, found in the extension's schema without any
+ * permission check of the writer's: a role that may write the billing table
+ * needs no rights in schema flexfactor.
+ */
+static void
+lookup_queue_function(DeclineMapping *map, MemoryContext cxt)
+{
+	Oid			args[2] = {JSONBOID, JSONBOID};
+	Oid			namespace = get_namespace_oid("flexfactor", false);
+	Oid			func = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
+									   CStringGetDatum("_queue_mapped_decline"),
+									   PointerGetDatum(buildoidvector(args, 2)),
+									   ObjectIdGetDatum(namespace));
+
+	if (!OidIsValid(func))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function flexfactor._queue_mapped_decline(jsonb, jsonb) does not exist"),
+				 errhint("Update the extension: ALTER EXTENSION flexfactor UPDATE.")));
+	fmgr_info_cxt(func, &map->queue, cxt);
+}
+
+/*
+ * What only a decline needs, looked up at the first decline of the
+ * statement: a statement that writes no decline needs no rights on the
+ * enrich function's schema.
+ */
+static void
+resolve_for_decline(TriggerData *td, DeclineMapping *map, MemoryContext cxt)
+{
+	if (map->enrich_name != NULL)
+		lookup_enrich(td, map, map->enrich_name, map->enrich_arg, cxt);
+	lookup_queue_function(map, cxt);
+	map->resolved = true;
 }
 
 static DeclineMapping *
@@ -187,7 +228,6 @@ parse_mapping(TriggerData *td, MemoryContext cxt)
 	Trigger    *trigger = td->tg_trigger;
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	DeclineMapping *map = palloc0(sizeof(DeclineMapping));
-	Oid			queue_args[2] = {JSONBOID, JSONBOID};
 	Oid			typid;
 
 	map->tgoid = trigger->tgoid;
@@ -224,7 +264,10 @@ parse_mapping(TriggerData *td, MemoryContext cxt)
 		}
 		if (strcmp(name, "enrich") == 0)
 		{
-			lookup_enrich(td, map, value, arg, cxt);
+			if (value[0] == '\0')
+				bad_argument(td, arg, "enrich names a function.");
+			map->enrich_name = pstrdup(value);
+			map->enrich_arg = pstrdup(arg);
 			continue;
 		}
 
@@ -275,10 +318,6 @@ parse_mapping(TriggerData *td, MemoryContext cxt)
 					 errhint("Add an argument amount=<column of cents> or amount_dollars=<column>.")));
 	}
 
-	fmgr_info_cxt(LookupFuncName(list_make2(makeString("flexfactor"),
-											makeString("_queue_mapped_decline")),
-								 2, queue_args, false),
-				  &map->queue, cxt);
 	MemoryContextSwitchTo(old);
 	return map;
 }
@@ -384,8 +423,10 @@ ff_decline_trigger(PG_FUNCTION_ARGS)
 	if (!row_is_decline(map, td, tuple))
 		return PointerGetDatum(NULL);
 
+	if (!map->resolved)
+		resolve_for_decline(td, map, fcinfo->flinfo->fn_mcxt);
 	desc = RelationGetDescr(td->tg_relation);
-	if (map->has_enrich)
+	if (map->enrich_name != NULL)
 	{
 		LOCAL_FCINFO(enrich, 1);
 
