@@ -19,6 +19,7 @@ OBJS = \
 	src/sftp.o \
 	src/batch.o \
 	src/decline_trigger.o \
+	src/callback.o \
 	src/webhook_verify.o \
 	src/webhook.o \
 	src/listener.o

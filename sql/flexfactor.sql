@@ -1317,6 +1317,11 @@ CREATE TABLE flexfactor.result_files (
     CONSTRAINT result_files_kind_check CHECK (kind IN ('result', 'error'))
 );
 
+-- Runs the callback as its owner, never with the rights of the process that
+-- applies the change (C, callback.c).  Granted to nobody.
+CREATE FUNCTION flexfactor._invoke_callback(fn regprocedure, o flexfactor.orders)
+RETURNS void AS 'MODULE_PATHNAME', 'ff_invoke_callback' LANGUAGE C STRICT;
+
 -- Calls the function named in flexfactor.on_order_status with the order, in
 -- a subtransaction: a failing callback is recorded (and retried by the
 -- worker), never lost and never allowed to undo the status change.
@@ -1338,7 +1343,7 @@ BEGIN
         problem := format('function %s(flexfactor.orders) does not exist', setting);
     ELSE
         BEGIN
-            EXECUTE format('SELECT %s($1)', fn::regproc) USING o;
+            PERFORM flexfactor._invoke_callback(fn, o);
         EXCEPTION WHEN OTHERS THEN
             outcome := 'failed';
             problem := SQLERRM;
