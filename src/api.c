@@ -86,17 +86,6 @@ ff_json_get_text(JsonbContainer *container, const char *key)
 	return ff_json_get(container, key, &v) ? ff_json_scalar_text(&v) : NULL;
 }
 
-bool
-ff_json_get_int64(JsonbContainer *container, const char *key, int64 *out)
-{
-	JsonbValue	v;
-
-	if (ff_json_get(container, key, &v) == NULL || v.type != jbvNumeric)
-		return false;
-	*out = DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(v.val.numeric)));
-	return true;
-}
-
 /* ------------------------------------------------------------ error bodies */
 
 /* Replace runs of 12 or more digits (card-number-like) with a marker. */

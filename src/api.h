@@ -27,6 +27,5 @@ extern Jsonb *ff_json_parse_or_null(const char *text, int len);
 extern JsonbValue *ff_json_get(JsonbContainer *container, const char *key, JsonbValue *out);
 extern char *ff_json_scalar_text(const JsonbValue *v);
 extern char *ff_json_get_text(JsonbContainer *container, const char *key);
-extern bool ff_json_get_int64(JsonbContainer *container, const char *key, int64 *out);
 
 #endif							/* FLEXFACTOR_API_H */

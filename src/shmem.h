@@ -48,6 +48,7 @@ typedef struct FFWorkerSlot
 typedef struct FFTokenCache
 {
 	char		token[FF_TOKEN_MAX];	/* empty when none */
+	uint64		issuer;			/* hash of the api_url and app_key it is for */
 	int64		expires_ms;		/* Unix epoch milliseconds */
 	uint64		generation;		/* bumped for every new token */
 	uint64		requests;		/* /oauth2/token requests since start */

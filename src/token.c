@@ -10,6 +10,12 @@
  * the caller invalidates the generation it used, and the next caller fetches
  * anew.  ff_token_status() shows the cache.
  *
+ * A token is only ever sent to the API it came from, with the credentials
+ * it was issued for: the cache is keyed by a hash of api_url and app_key,
+ * and a backend whose settings differ fetches its own.  Its lifetime is
+ * bounded by the documented 10 minutes, whatever "expires" says (an absurd
+ * or unparsable value neither keeps a token forever nor overflows).
+ *
  * The AppSecret is sent in the request body and never appears in a message.
  */
 #include "postgres.h"
@@ -20,6 +26,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "common/hashfn.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -35,7 +42,40 @@
 
 #define REFRESH_MARGIN_MS	30000
 #define WAIT_TICK_MS		100
-#define DEFAULT_LIFETIME_MS	600000
+#define DEFAULT_LIFETIME_MS	600000	/* the documented lifetime, and the most we trust */
+#define MIN_LIFETIME_MS		60000
+
+/* which API and credentials a token belongs to */
+static uint64
+token_issuer(void)
+{
+	StringInfoData key;
+	uint64		hash;
+
+	initStringInfo(&key);
+	appendStringInfo(&key, "%s%c%s", ff_api_url, '\x1f', ff_app_key);
+	hash = hash_bytes_extended((const unsigned char *) key.data, key.len, 0);
+	explicit_bzero(key.data, key.len);
+	return hash;
+}
+
+/*
+ * When a token answered now expires: "expires" (Unix epoch ms) when it is a
+ * plain integer, bounded to between one and ten minutes from now; ten
+ * minutes when it is absent, not an integer or out of any range.
+ */
+static int64
+bounded_expiry(Jsonb *answer, int64 now_ms)
+{
+	char	   *text = ff_json_get_text(&answer->root, "expires");
+	int64		expires;
+
+	if (text == NULL || text[0] == '\0' || strlen(text) > 18 ||
+		strspn(text, "0123456789") != strlen(text))
+		return now_ms + DEFAULT_LIFETIME_MS;
+	expires = strtoll(text, NULL, 10);
+	return Max(now_ms + MIN_LIFETIME_MS, Min(expires, now_ms + DEFAULT_LIFETIME_MS));
+}
 
 static int64
 now_epoch_ms(void)
@@ -55,7 +95,6 @@ fetch_token(int64 *expires_ms)
 	char	   *url;
 	Jsonb	   *answer;
 	char	   *token;
-	int64		expires;
 
 	if (ff_app_key[0] == '\0' || ff_app_secret[0] == '\0')
 		ereport(ERROR,
@@ -99,14 +138,12 @@ fetch_token(int64 *expires_ms)
 				 errmsg("FlexFactor's token answer has no usable accessToken"),
 				 errdetail("POST /oauth2/token answered HTTP %ld without an access token of at most %d bytes.",
 						   req.status, FF_TOKEN_MAX - 1)));
-	if (!ff_json_get_int64(&answer->root, "expires", &expires))
-		expires = now_epoch_ms() + DEFAULT_LIFETIME_MS;
-	*expires_ms = expires;
+	*expires_ms = bounded_expiry(answer, now_epoch_ms());
 	return token;
 }
 
 static void
-finish_fetch(const char *token, int64 expires_ms)
+finish_fetch(const char *token, int64 expires_ms, uint64 issuer)
 {
 	FFTokenCache *cache = &ff_shared->token;
 
@@ -114,6 +151,7 @@ finish_fetch(const char *token, int64 expires_ms)
 	if (token != NULL)
 	{
 		strlcpy(cache->token, token, FF_TOKEN_MAX);
+		cache->issuer = issuer;
 		cache->expires_ms = expires_ms;
 		cache->generation++;
 	}
@@ -133,11 +171,12 @@ ff_token_get(uint64 *generation)
 	FFTokenCache *cache = &ff_shared_or_error()->token;
 	char	   *token = NULL;
 	int64		expires_ms = 0;
+	uint64		issuer = token_issuer();
 
 	for (;;)
 	{
 		LWLockAcquire(ff_shared->lock, LW_EXCLUSIVE);
-		if (cache->token[0] != '\0' &&
+		if (cache->token[0] != '\0' && cache->issuer == issuer &&
 			cache->expires_ms - REFRESH_MARGIN_MS > now_epoch_ms())
 		{
 			token = pstrdup(cache->token);
@@ -167,11 +206,11 @@ ff_token_get(uint64 *generation)
 	}
 	PG_CATCH();
 	{
-		finish_fetch(NULL, 0);
+		finish_fetch(NULL, 0, 0);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	finish_fetch(token, expires_ms);
+	finish_fetch(token, expires_ms, issuer);
 
 	LWLockAcquire(ff_shared->lock, LW_SHARED);
 	*generation = cache->generation;
