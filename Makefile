@@ -20,6 +20,7 @@ OBJS = \
 	src/batch.o \
 	src/decline_trigger.o \
 	src/callback.o \
+	src/scrub.o \
 	src/webhook_verify.o \
 	src/webhook.o \
 	src/listener.o

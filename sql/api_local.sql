@@ -181,3 +181,30 @@ SELECT count(*) AS orders_after_failed_call FROM flexfactor.orders WHERE order_i
 RESET flexfactor.api_url;
 RESET flexfactor.mid;
 DELETE FROM flexfactor.orders;
+
+-- card numbers (PCI): refused in any field, in any separator format, by
+-- every path that queues, stores or sends a body; nothing stored
+SET flexfactor.mid = '00000000-0000-4000-8000-000000000001';
+SELECT label, pg_temp.refusal(call, body) AS outcome
+  FROM (VALUES
+    ('plain token field', 'ff_evaluate', jsonb_set(:complete, '{paymentMethod,cardNumber}', '"4111111111111111"')),
+    ('spaces', 'ff_enqueue_decline', jsonb_set(:complete, '{paymentMethod,cardNumber}', '"4111 1111 1111 1111"')),
+    ('dashes, another key', 'ff_evaluate', :complete || '{"customerNote": "card 5555-5555-5555-4444 please"}'::jsonb),
+    ('dots', 'ff_transmit', jsonb_set(:payment, '{payer,phone}', '"4111.1111.1111.1111"')),
+    ('trailing newline', 'ff_transmit', jsonb_set(:payment, '{transaction,id}', to_jsonb(E'4111111111111111\n'::text))),
+    ('amex, nested', 'ff_enqueue_decline', :complete || '{"additionalFields": [{"key": "x", "value": "3782 822463 10005"}]}'::jsonb),
+    ('as a JSON number', 'ff_evaluate', :complete || '{"orderItems": [{"sku": 6011111111111117}]}'::jsonb),
+    ('as a key', 'ff_transmit', :payment || '{"4111111111111111": 1}'::jsonb),
+    ('16 digits, not Luhn', 'ff_evaluate', jsonb_set(:complete, '{orderId}', '"4111111111111112"')),
+    ('the merchant id GUID', 'ff_evaluate', :complete || '{"mid": "00000000-0000-4000-8000-000000000001"}'::jsonb)
+  ) AS t(label, call, body);
+SELECT count(*) AS stored FROM flexfactor.declines WHERE payload::text ~ '4111|5555|3782|6011';
+SELECT count(*) AS queued FROM flexfactor.transmit_queue WHERE payload::text ~ '4111|5555';
+RESET flexfactor.mid;
+
+-- remote text is scrubbed before it is shown or stored: card numbers in any
+-- format, the configured secrets, bearer tokens and JWTs, invalid bytes
+SELECT flexfactor._scrub('card 4111 1111 1111 1111 and 4111-1111-1111-1111, secret regress-secret-do-not-show, '
+                         || 'key regress-tokenization-key, Authorization: Bearer abc.def-123 and '
+                         || 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl, order 1234, 2026-11-24');
+SELECT flexfactor._scrub(convert_from('\x6f6bc3a9'::bytea, 'UTF8') || ' ' || chr(1)) AS valid_text_kept;

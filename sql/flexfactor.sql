@@ -424,6 +424,23 @@ END $$;
 CREATE FUNCTION flexfactor._check_body(payload jsonb, kind text, caller text)
 RETURNS void AS 'MODULE_PATHNAME', 'ff_check_body_sql' LANGUAGE C STABLE STRICT;
 
+-- Text a remote server sent, cleaned before it is stored or shown: digit
+-- runs that could be card numbers, the configured secrets, bearer tokens and
+-- JWTs, bytes invalid in the database encoding (C, scrub.c).
+CREATE FUNCTION flexfactor._scrub(remote text)
+RETURNS text AS 'MODULE_PATHNAME', 'ff_scrub_sql' LANGUAGE C STABLE STRICT;
+
+-- The same for a JSON value (FlexFactor's error tuples): kept as JSON when
+-- it still parses, else stored as one JSON string.
+CREATE FUNCTION flexfactor._scrub_json(remote jsonb)
+RETURNS jsonb LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN flexfactor._scrub(remote::text)::jsonb;
+EXCEPTION WHEN invalid_text_representation THEN
+    RETURN to_jsonb(flexfactor._scrub(remote::text));
+END $$;
+
 -- The /evaluate body of a declined merchant-initiated charge, complete by
 -- the real service's rules.  A result code the merchant does not have is
 -- sent as the placeholder 'NA' (as FlexFactor's own examples and the real
@@ -844,12 +861,6 @@ BEGIN
         RAISE EXCEPTION 'ff_transmit() expects a JSON object'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Build the body with flexfactor.ff_payment(...).';
-    END IF;
-    IF coalesce(payload #>> '{paymentMethod,cardNumber}', '') ~ '^[0-9 -]{12,}$' THEN
-        RAISE EXCEPTION 'ff_transmit() payload carries a card number'
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'paymentMethod.cardNumber looks like a PAN; card numbers are never stored.',
-                  HINT = 'Send cardBinNumber and cardLast4Digits instead (ff_payment() does).';
     END IF;
     PERFORM flexfactor._check_body(payload, 'transmit', 'ff_transmit');
     INSERT INTO flexfactor.transmit_queue (payload) VALUES (payload) RETURNING id INTO queued;
@@ -1639,7 +1650,9 @@ BEGIN
         SELECT b.id, f.sequence_number, f.decline_id, f.transmit_queue_id,
                CASE WHEN j->>'orderSessionKey' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
                     THEN (j->>'orderSessionKey')::uuid END,
-               upper(j->>'status'), j->'errors'
+               upper(j->>'status'),
+               CASE WHEN jsonb_typeof(j->'errors') = 'array' AND jsonb_array_length(j->'errors') = 0
+                    THEN j->'errors' ELSE flexfactor._scrub_json(j->'errors') END
           FROM unnest(lines) AS j
           JOIN flexfactor.batch_file_lines(b.id) f ON f.sequence_number = (j->>'sequenceNumber')::integer
          WHERE NOT (j ? 'orderId' AND j->>'orderId' IS DISTINCT FROM f.line::jsonb->>'orderId');
@@ -1710,9 +1723,9 @@ BEGIN
         RAISE EXCEPTION 'error file % answers no known batch', error_name USING ERRCODE = 'FF009';
     END IF;
     BEGIN
-        reason := coalesce(content::jsonb->>'error', content);
+        reason := flexfactor._scrub(left(coalesce(content::jsonb->>'error', content), 500));
     EXCEPTION WHEN invalid_text_representation THEN
-        reason := left(content, 500);
+        reason := flexfactor._scrub(left(content, 500));
     END;
     UPDATE flexfactor.batches SET state = 'rejected', result_at = now(),
            last_error = 'rejected whole by FlexFactor: ' || reason

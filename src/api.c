@@ -28,6 +28,7 @@
 
 #include "api.h"
 #include "errors.h"
+#include "scrub.h"
 #include "http.h"
 #include "settings.h"
 #include "token.h"
@@ -88,29 +89,11 @@ ff_json_get_text(JsonbContainer *container, const char *key)
 
 /* ------------------------------------------------------------ error bodies */
 
-/* Replace runs of 12 or more digits (card-number-like) with a marker. */
+/* Remote text, scrubbed of card numbers, secrets and invalid bytes (scrub.c). */
 static void
 append_redacted(StringInfo out, const char *text, int len)
 {
-	int			i = 0;
-
-	while (i < len)
-	{
-		int			run = 0;
-
-		while (i + run < len && isdigit((unsigned char) text[i + run]))
-			run++;
-		if (run >= 12)
-			appendStringInfoString(out, "[digits removed]");
-		else if (run > 0)
-			appendBinaryStringInfo(out, text + i, run);
-		else
-		{
-			appendStringInfoChar(out, text[i]);
-			run = 1;
-		}
-		i += run;
-	}
+	appendStringInfoString(out, ff_scrub_remote_text(text, len));
 }
 
 /* "field: message; message" for each key of an object of message arrays. */
@@ -138,7 +121,7 @@ describe_field_map(StringInfo out, JsonbContainer *map)
 			{
 				if (out->len > 0)
 					appendStringInfoString(out, "; ");
-				appendBinaryStringInfo(out, v.val.string.val, v.val.string.len);
+				append_redacted(out, v.val.string.val, v.val.string.len);
 				appendStringInfoString(out, ":");
 				first_message = true;
 			}
@@ -270,7 +253,7 @@ ff_api_raise_status_error(const FFHttpRequest *req, const char *what)
 				(errcode(ERRCODE_FF_RATE_LIMITED),
 				 errmsg("FlexFactor is rate limiting %s", what),
 				 errdetail("HTTP 429%s%s.", req->retry_after[0] ? ", Retry-After: " : "",
-						   req->retry_after),
+						   ff_scrub_remote_text(req->retry_after, strlen(req->retry_after))),
 				 errhint("Retry later; the same call reuses its idempotency key.")));
 	if (status >= 500)
 		ereport(ERROR,

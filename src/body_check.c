@@ -23,6 +23,7 @@
 #include "api.h"
 #include "body_check.h"
 #include "errors.h"
+#include "scrub.h"
 #include "settings.h"
 
 /* one field FlexFactor requires, with the argument that supplies it */
@@ -307,12 +308,24 @@ ff_check_body(Jsonb *payload, FFBodyKind kind, const char *caller)
 	bool		transmit = (kind == FF_BODY_TRANSMIT);
 	const char *builder = transmit ? "flexfactor.ff_payment" : "flexfactor.ff_decline";
 	JsonbValue	v;
+	char	   *card_path;
 
 	if (!JB_ROOT_IS_OBJECT(payload))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s() expects a JSON object", caller),
 				 errhint("Build the body with %s(...).", builder)));
+
+	/* before anything else: a card number is never queued, stored or sent */
+	card_path = ff_jsonb_find_card_number(payload);
+	if (card_path != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_CARD_NUMBER),
+				 errmsg("%s() refused %s that carries a card number in %s",
+						caller, kind_name(kind), card_path),
+				 errdetail("Card numbers are never stored or sent by flexfactor; nothing was sent or queued."),
+				 errhint("Tokenize the card with ff_tokenize() and send the token with paymentMethod.token = true; "
+						 "a /transmit copy carries only the card's BIN and last four digits.")));
 
 	memset(&p, 0, sizeof(p));
 	p.kind = kind;

@@ -40,6 +40,7 @@
 #include "utils/memutils.h"
 
 #include "errors.h"
+#include "scrub.h"
 #include "settings.h"
 #include "sftp.h"
 
@@ -69,7 +70,8 @@ session_error(LIBSSH2_SESSION *session)
 	char	   *message = NULL;
 
 	libssh2_session_last_error(session, &message, NULL, 0);
-	return message ? message : "unknown libssh2 error";
+	/* it may carry what the server sent */
+	return message ? ff_scrub_remote_text(message, strlen(message)) : "unknown libssh2 error";
 }
 
 static void

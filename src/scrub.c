@@ -1,0 +1,335 @@
+/*
+ * scrub.c
+ *		Card numbers and secrets: found in what we would store or send, and
+ *		removed from what others send us before it is shown or stored.
+ *
+ * Two jobs, one notion of "a card number": a run of 13 to 19 digits, in
+ * groups joined by at most two separators (space, tab, newline, '-', '.',
+ * '/', '_'), as people and systems write them: "4111111111111111",
+ * "4111 1111 1111 1111", "4111-1111-1111-1111", "4111.1111.1111.1111".
+ *
+ * - ff_jsonb_find_card_number(): every body flexfactor queues, stores or
+ *   sends is searched, keys and values, at any depth, for a Luhn-valid card
+ *   number of a card network (first digit 2-6); the caller refuses the body.
+ *   Only ff_tokenize(), whose purpose is to carry a card to /tokenize, is
+ *   exempt.
+ * - ff_scrub_remote_text(): text a remote server sent (an error body, an SSH
+ *   message) is cleaned before it reaches a message, a column or the log:
+ *   digit runs of 12 or more (whether they pass Luhn or not), the configured
+ *   secrets, bearer tokens and JWTs, and bytes that are not valid in the
+ *   database encoding.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+
+#include "scrub.h"
+#include "settings.h"
+
+#define MAX_SEPARATORS	2
+
+static bool
+is_separator(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '-' || c == '.' ||
+		c == '/' || c == '_';
+}
+
+/*
+ * The digit run starting at text[start] (a digit): its digits into digits[]
+ * (at most max), their count, and where the run ends (one past its last
+ * digit).  Separators are only taken between digits.
+ */
+static int
+digit_run(const char *text, int len, int start, char *digits, int max, int *end)
+{
+	int			i = start;
+	int			n = 0;
+
+	*end = start;
+	while (i < len)
+	{
+		if (isdigit((unsigned char) text[i]))
+		{
+			if (n < max)
+				digits[n] = text[i];
+			n++;
+			i++;
+			*end = i;
+			continue;
+		}
+		else
+		{
+			int			seps = 0;
+
+			while (i + seps < len && seps < MAX_SEPARATORS + 1 && is_separator(text[i + seps]))
+				seps++;
+			if (seps == 0 || seps > MAX_SEPARATORS || i + seps >= len ||
+				!isdigit((unsigned char) text[i + seps]))
+				break;
+			i += seps;
+		}
+	}
+	return n;
+}
+
+static bool
+luhn_valid(const char *digits, int n)
+{
+	int			sum = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		int			d = digits[n - 1 - i] - '0';
+
+		if (i % 2 == 1)
+		{
+			d *= 2;
+			if (d > 9)
+				d -= 9;
+		}
+		sum += d;
+	}
+	return sum % 10 == 0;
+}
+
+bool
+ff_text_has_card_number(const char *text, int len)
+{
+	char		digits[20];
+
+	for (int i = 0; i < len; i++)
+	{
+		int			end;
+		int			n;
+
+		if (!isdigit((unsigned char) text[i]) ||
+			(i > 0 && isdigit((unsigned char) text[i - 1])))
+			continue;
+		n = digit_run(text, len, i, digits, sizeof(digits), &end);
+		if (n >= 13 && n <= 19 && digits[0] >= '2' && digits[0] <= '6' && luhn_valid(digits, n))
+			return true;
+		i = end - 1;
+	}
+	return false;
+}
+
+/*
+ * The path ("paymentMethod.cardNumber", "orderItems[2].name") of the first
+ * key or scalar value that carries a card number, or NULL.
+ */
+char *
+ff_jsonb_find_card_number(Jsonb *body)
+{
+	JsonbIterator *it = JsonbIteratorInit(&body->root);
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+	char	   *path[64];
+	int			index[64];
+	bool		in_array[64];
+	int			depth = 0;
+
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		char	   *text = NULL;
+		int			len = 0;
+
+		switch (tok)
+		{
+			case WJB_BEGIN_OBJECT:
+			case WJB_BEGIN_ARRAY:
+				if (depth < lengthof(path))
+				{
+					path[depth] = NULL;
+					index[depth] = -1;
+					in_array[depth] = (tok == WJB_BEGIN_ARRAY);
+				}
+				depth++;
+				continue;
+			case WJB_END_OBJECT:
+			case WJB_END_ARRAY:
+				depth--;
+				continue;
+			case WJB_KEY:
+				if (depth - 1 < lengthof(path))
+					path[depth - 1] = pnstrdup(v.val.string.val, v.val.string.len);
+				text = v.val.string.val;
+				len = v.val.string.len;
+				break;
+			case WJB_ELEM:
+				if (depth - 1 < lengthof(path))
+					index[depth - 1]++;
+				/* fall through */
+			case WJB_VALUE:
+				if (v.type == jbvString)
+				{
+					text = v.val.string.val;
+					len = v.val.string.len;
+				}
+				else if (v.type == jbvNumeric)
+				{
+					text = DatumGetCString(DirectFunctionCall1(numeric_out,
+															   NumericGetDatum(v.val.numeric)));
+					len = strlen(text);
+				}
+				break;
+			default:
+				continue;
+		}
+		if (text != NULL && ff_text_has_card_number(text, len))
+		{
+			StringInfoData where;
+			int			levels = (tok == WJB_KEY) ? depth - 1 : depth;
+
+			/* a key that is itself a card number is never repeated */
+			initStringInfo(&where);
+			for (int d = 0; d < levels && d < lengthof(path); d++)
+			{
+				if (in_array[d])
+					appendStringInfo(&where, "[%d]", Max(index[d], 0));
+				else if (path[d] != NULL)
+					appendStringInfo(&where, "%s%s", where.len > 0 ? "." : "", path[d]);
+			}
+			if (tok == WJB_KEY)
+				appendStringInfo(&where, "%sa key", where.len > 0 ? ": " : "");
+			return where.len > 0 ? where.data : pstrdup("(the body)");
+		}
+	}
+	return NULL;
+}
+
+/* ------------------------------------------------------------- remote text */
+
+static bool
+is_token_char(char c)
+{
+	return isalnum((unsigned char) c) || c == '-' || c == '_' || c == '.' || c == '+' ||
+		c == '/' || c == '=' || c == '~';
+}
+
+/* the configured secrets, longest first not needed: each is replaced whole */
+static int
+configured_secrets(const char **secrets, int max)
+{
+	const char *candidates[] = {ff_app_secret, ff_app_key, ff_tokenization_key, ff_webhook_key,
+	ff_webhook_key_previous, ff_sftp_passphrase};
+	int			n = 0;
+
+	for (int i = 0; i < lengthof(candidates) && n < max; i++)
+		if (candidates[i] != NULL && strlen(candidates[i]) >= 6)
+			secrets[n++] = candidates[i];
+	return n;
+}
+
+char *
+ff_scrub_remote_text(const char *text, int len)
+{
+	StringInfoData out;
+	const char *secrets[8];
+	int			nsecrets = configured_secrets(secrets, lengthof(secrets));
+	char		digits[1];
+	int			i = 0;
+
+	initStringInfo(&out);
+	while (i < len)
+	{
+		bool		matched = false;
+
+		/* a configured secret */
+		for (int s = 0; s < nsecrets && !matched; s++)
+		{
+			int			slen = strlen(secrets[s]);
+
+			if (len - i >= slen && memcmp(text + i, secrets[s], slen) == 0)
+			{
+				appendStringInfoString(&out, "[secret removed]");
+				i += slen;
+				matched = true;
+			}
+		}
+		if (matched)
+			continue;
+
+		/* "Bearer <token>" and JWTs ("eyJ...") */
+		if (len - i >= 7 && pg_strncasecmp(text + i, "bearer ", 7) == 0)
+		{
+			int			j = i + 7;
+
+			while (j < len && text[j] == ' ')
+				j++;
+			if (j < len && is_token_char(text[j]))
+			{
+				appendBinaryStringInfo(&out, text + i, 7);
+				appendStringInfoString(&out, "[token removed]");
+				while (j < len && is_token_char(text[j]))
+					j++;
+				i = j;
+				continue;
+			}
+		}
+		if (len - i >= 10 && strncmp(text + i, "eyJ", 3) == 0 &&
+			(i == 0 || !is_token_char(text[i - 1])))
+		{
+			int			j = i;
+
+			while (j < len && is_token_char(text[j]))
+				j++;
+			if (j - i >= 20)
+			{
+				appendStringInfoString(&out, "[token removed]");
+				i = j;
+				continue;
+			}
+		}
+
+		/* card-number-like digit runs, Luhn or not */
+		if (isdigit((unsigned char) text[i]) && (i == 0 || !isdigit((unsigned char) text[i - 1])))
+		{
+			int			end;
+			int			n = digit_run(text, len, i, digits, 0, &end);
+
+			if (n >= 12)
+			{
+				appendStringInfoString(&out, "[digits removed]");
+				i = end;
+				continue;
+			}
+			appendBinaryStringInfo(&out, text + i, end - i);
+			i = end;
+			continue;
+		}
+
+		/* one character, if it is valid in the database encoding */
+		{
+			int			clen = pg_encoding_mblen(GetDatabaseEncoding(), text + i);
+
+			if (clen > len - i ||
+				pg_encoding_verifymbchar(GetDatabaseEncoding(), text + i, len - i) != clen ||
+				(clen == 1 && text[i] == '\0'))
+			{
+				appendStringInfoChar(&out, '?');
+				i++;
+				continue;
+			}
+			appendBinaryStringInfo(&out, text + i, clen);
+			i += clen;
+		}
+	}
+	return out.data;
+}
+
+PG_FUNCTION_INFO_V1(ff_scrub_sql);
+
+Datum
+ff_scrub_sql(PG_FUNCTION_ARGS)
+{
+	text	   *remote = PG_GETARG_TEXT_PP(0);
+
+	PG_RETURN_TEXT_P(cstring_to_text(ff_scrub_remote_text(VARDATA_ANY(remote),
+														   VARSIZE_ANY_EXHDR(remote))));
+}
