@@ -36,3 +36,22 @@ SET flexfactor.http_timeout_ms = 5000;
 SHOW flexfactor.http_timeout_ms;
 RESET ROLE;
 DROP ROLE ff_plain_reader;
+
+-- credentials are never stored where every role can read them: not with
+-- ALTER DATABASE/ROLE ... SET (pg_db_role_setting), not in a function's SET
+-- clause (pg_proc); nothing is stored by the refusals
+\set VERBOSITY default
+SELECT current_database() AS db \gset
+ALTER DATABASE :"db" SET flexfactor.app_secret = 'db-level-secret';
+CREATE ROLE ff_secret_role;
+ALTER ROLE ff_secret_role SET flexfactor.tokenization_key = 'role-level-key';
+ALTER ROLE ff_secret_role IN DATABASE :"db" SET flexfactor.app_key = 'role-db-key';
+CREATE FUNCTION pg_temp.with_secret() RETURNS int LANGUAGE sql
+    SET flexfactor.app_secret = 'function-secret' AS 'SELECT 1';
+SELECT count(*) AS stored_anywhere FROM pg_db_role_setting
+ WHERE array_to_string(setconfig, ',') ~ 'flexfactor\.(app_secret|app_key|tokenization_key)';
+ALTER DATABASE :"db" SET flexfactor.mid = '00000000-0000-4000-8000-000000000009';
+SELECT count(*) AS mid_is_not_a_secret FROM pg_db_role_setting
+ WHERE array_to_string(setconfig, ',') ~ 'flexfactor\.mid';
+ALTER DATABASE :"db" RESET flexfactor.mid;
+DROP ROLE ff_secret_role;

@@ -130,6 +130,31 @@ is_guid(const char *value)
 	return *p == '\0';
 }
 
+/*
+ * Credentials may not be stored where every role can read them: ALTER
+ * DATABASE/ROLE ... SET keeps values in pg_db_role_setting, and a function's
+ * SET clause in pg_proc.proconfig, both readable by all.  Such values are
+ * validated (PGC_S_TEST) or applied at login (the database and role
+ * sources): refuse them there.  postgresql.conf, ALTER SYSTEM and SET in a
+ * superuser's own session remain.
+ */
+static bool
+check_credential_source(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	if (source == PGC_S_TEST || source == PGC_S_DATABASE || source == PGC_S_USER ||
+		source == PGC_S_DATABASE_USER)
+	{
+		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+		GUC_check_errmsg("flexfactor credentials may not be set with ALTER DATABASE, ALTER ROLE or a function's SET clause");
+		GUC_check_errdetail("Those values are stored in pg_db_role_setting or pg_proc, which every role can read.");
+		GUC_check_errhint("Set it in a configuration file only the server account can read (a conf.d file of mode 0600), or with ALTER SYSTEM.");
+		return false;
+	}
+	return true;
+}
+
 static bool
 check_api_url(char **newval, void **extra, GucSource source)
 {
@@ -269,11 +294,11 @@ ff_define_settings(void)
 	DefineCustomStringVariable("flexfactor.app_key",
 							   "FlexFactor API key (AppKey) used to obtain bearer tokens.",
 							   NULL, &ff_app_key, "",
-							   PGC_SUSET, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+							   PGC_SUSET, GUC_SUPERUSER_ONLY, check_credential_source, NULL, NULL);
 	DefineCustomStringVariable("flexfactor.app_secret",
 							   "FlexFactor API secret (AppSecret). Secret: never shown.",
 							   NULL, &ff_app_secret, "",
-							   PGC_SUSET, SECRET_FLAGS, NULL, NULL, show_app_secret);
+							   PGC_SUSET, SECRET_FLAGS, check_credential_source, NULL, show_app_secret);
 	DefineCustomStringVariable("flexfactor.mid",
 							   "FlexFactor merchant id (MID, a GUID).",
 							   NULL, &ff_mid, "",
@@ -281,7 +306,7 @@ ff_define_settings(void)
 	DefineCustomStringVariable("flexfactor.tokenization_key",
 							   "FlexFactor tokenization key for /tokenize. Secret: never shown.",
 							   NULL, &ff_tokenization_key, "",
-							   PGC_SUSET, SECRET_FLAGS, NULL, NULL, show_tokenization_key);
+							   PGC_SUSET, SECRET_FLAGS, check_credential_source, NULL, show_tokenization_key);
 	DefineCustomStringVariable("flexfactor.site_id",
 							   "Optional FlexFactor site id (GUID) sent as siteId.",
 							   NULL, &ff_site_id, "",
