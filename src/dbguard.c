@@ -7,17 +7,23 @@
  * Those commands refuse to run while another session is connected, and a
  * background worker is such a session.  A ProcessUtility hook, present in
  * every backend because the library is preloaded, recognises them when they
- * name flexfactor.database, asks the workers to leave through shared memory,
+ * name flexfactor.database and the current user may run them, asks the
+ * workers to leave through shared memory,
  * waits briefly for them to go, and keeps them away until shortly after the
  * command ends.  The launcher then finds the database again or waits for it.
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "dbguard.h"
@@ -71,6 +77,53 @@ exclusive_database_of(Node *stmt)
 	}
 }
 
+/*
+ * Would PostgreSQL let the current user run this command on the database?
+ * The workers are sent away only for a command that can succeed: a role
+ * that may not drop, rename, copy or move the database must not be able to
+ * stop the workers by trying (the command itself then fails as usual).
+ */
+static bool
+command_allowed(Node *stmt, Oid dboid)
+{
+	HeapTuple	tuple;
+	Oid			owner;
+	bool		is_template;
+	bool		is_owner;
+	bool		can_createdb = superuser();
+
+	tuple = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+	if (!HeapTupleIsValid(tuple))
+		return false;
+	owner = ((Form_pg_database) GETSTRUCT(tuple))->datdba;
+	is_template = ((Form_pg_database) GETSTRUCT(tuple))->datistemplate;
+	ReleaseSysCache(tuple);
+	is_owner = has_privs_of_role(GetUserId(), owner);
+
+	if (!can_createdb)
+	{
+		tuple = SearchSysCache1(AUTHOID, ObjectIdGetDatum(GetUserId()));
+		if (HeapTupleIsValid(tuple))
+		{
+			can_createdb = ((Form_pg_authid) GETSTRUCT(tuple))->rolcreatedb;
+			ReleaseSysCache(tuple);
+		}
+	}
+
+	switch (nodeTag(stmt))
+	{
+		case T_DropdbStmt:
+		case T_AlterDatabaseStmt:
+			return is_owner;
+		case T_RenameStmt:
+			return is_owner && can_createdb;
+		case T_CreatedbStmt:
+			return can_createdb && (is_template || is_owner);
+		default:
+			return false;
+	}
+}
+
 static void
 set_release(Oid dboid, int duration_ms)
 {
@@ -114,6 +167,8 @@ ff_process_utility(PlannedStmt *pstmt, const char *queryString,
 	if (ff_shared != NULL && dbname != NULL && ff_database != NULL &&
 		strcmp(dbname, ff_database) == 0)
 		dboid = get_database_oid(dbname, true);
+	if (OidIsValid(dboid) && !command_allowed(pstmt->utilityStmt, dboid))
+		dboid = InvalidOid;
 
 	if (OidIsValid(dboid))
 	{

@@ -64,6 +64,21 @@ $node->poll_query_until('ffdb',
 pass('worker reloaded its configuration on SIGHUP');
 is(ff_worker_pid($node, 'ffdb'), $pid, 'reload did not restart the worker');
 
+# --- a role that may not drop, copy, rename or move the database cannot
+# send the worker away by trying (security issue 13.4)
+$node->safe_psql('postgres', 'CREATE ROLE ff_intruder LOGIN');
+foreach my $attempt ('DROP DATABASE ffdb', 'CREATE DATABASE ffdb_stolen TEMPLATE ffdb',
+	'ALTER DATABASE ffdb RENAME TO ffdb_gone', 'ALTER DATABASE ffdb SET TABLESPACE pg_default')
+{
+	my ($r, $o, $e) = $node->psql('postgres', $attempt, extra_params => [ '-U', 'ff_intruder' ]);
+	isnt($r, 0, "ff_intruder: $attempt fails");
+	like($e, qr/must be owner|permission denied/, "ff_intruder: $attempt is refused by PostgreSQL");
+}
+is(ff_worker_pid($node, 'ffdb'), $pid, 'the worker stayed connected through the refused attempts');
+is($node->safe_psql('ffdb', "SELECT state FROM flexfactor.ff_worker_status() WHERE role = 'worker'"),
+	'idle', 'and keeps working');
+$node->safe_psql('postgres', 'DROP ROLE ff_intruder');
+
 # --- the worker never blocks commands that need the database to themselves
 my ($ret, $stdout, $stderr) = $node->psql('postgres',
 	'CREATE DATABASE ffdb_copy TEMPLATE ffdb');
