@@ -7,6 +7,8 @@
  * host key checked against flexfactor.sftp_known_hosts_file (an unknown or
  * changed key refuses the connection, before any authentication), then
  * public-key authentication with flexfactor.sftp_private_key_file.
+ * Messages name the settings, never their values: they are stored where a
+ * monitoring role can read them, and the host and port are hidden from it.
  * Uploading: written to "<name>.part" in large writes (libssh2 pipelines
  * them), closed, then renamed to "<name>", replacing a file of that name left
  * by an earlier attempt, so a reader never sees half a file and a retry never
@@ -155,8 +157,8 @@ wait_socket(FFSftp *conn, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
 				 errmsg("SFTP %s timed out", what),
-				 errdetail("No progress within flexfactor.sftp_timeout_ms = %d ms on %s port %d.",
-						   ff_sftp_timeout_ms, ff_sftp_host, ff_sftp_port),
+				 errdetail("No progress within flexfactor.sftp_timeout_ms = %d ms.",
+						   ff_sftp_timeout_ms),
 				 errhint("The upload is retried with backoff; check the SFTP server and the network.")));
 }
 
@@ -212,7 +214,7 @@ connect_tcp(FFSftp *conn)
 	if (rc != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
-				 errmsg("could not resolve SFTP host \"%s\"", ff_sftp_host),
+				 errmsg("could not resolve the SFTP host (flexfactor.sftp_host)"),
 				 errdetail("%s", gai_strerror(rc)),
 				 errhint("Check flexfactor.sftp_host.")));
 	for (struct addrinfo *a = addrs; a != NULL; a = a->ai_next)
@@ -282,7 +284,7 @@ connect_tcp(FFSftp *conn)
 	errno = last_errno;
 	ereport(ERROR,
 			(errcode(ERRCODE_FF_SFTP_CONNECTION),
-			 errmsg("could not connect to SFTP server %s port %d: %m", ff_sftp_host, ff_sftp_port),
+			 errmsg("could not connect to the SFTP server (flexfactor.sftp_host, sftp_port): %m"),
 			 errhint("Check flexfactor.sftp_host and sftp_port, and that this server's address is "
 					 "on FlexFactor's allow-list.")));
 }
@@ -346,15 +348,13 @@ verify_host_key(FFSftp *conn)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_HOST_KEY),
 				 errmsg("the SFTP server's host key has CHANGED; connection refused"),
-				 errdetail("%s port %d presented a key that differs from the one pinned in flexfactor.sftp_known_hosts_file.",
-						   ff_sftp_host, ff_sftp_port),
+				 errdetail("The server at flexfactor.sftp_host presented a key that differs from the one pinned in flexfactor.sftp_known_hosts_file."),
 				 errhint("Someone may be intercepting the connection.  Confirm the new key with FlexFactor "
 						 "before replacing the pinned entry.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_FF_SFTP_HOST_KEY),
 			 errmsg("the SFTP server's host key is not pinned; connection refused"),
-			 errdetail("flexfactor.sftp_known_hosts_file has no entry for %s port %d (use the form \"[host]:port\" for ports other than 22).",
-					   ff_sftp_host, ff_sftp_port),
+			 errdetail("flexfactor.sftp_known_hosts_file has no entry for flexfactor.sftp_host and sftp_port (use the form \"[host]:port\" for ports other than 22)."),
 			 errhint("Add the server's key, obtained from FlexFactor through a trusted channel, to that file.")));
 }
 
@@ -394,7 +394,7 @@ ff_sftp_connect(void)
 	if (SSH_CALL(conn, "handshake", libssh2_session_handshake(conn->session, conn->sock)) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
-				 errmsg("SSH handshake with %s port %d failed", ff_sftp_host, ff_sftp_port),
+				 errmsg("SSH handshake with the SFTP server failed"),
 				 errdetail("%s", session_error(conn->session)),
 				 errhint("Check that flexfactor.sftp_host and sftp_port name an SSH server.")));
 
@@ -416,7 +416,7 @@ ff_sftp_connect(void)
 	if (conn->sftp == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
-				 errmsg("could not start the SFTP subsystem on %s", ff_sftp_host),
+				 errmsg("could not start the SFTP subsystem on the SFTP server"),
 				 errdetail("%s", session_error(conn->session))));
 	return conn;
 }
@@ -435,7 +435,7 @@ raise_io_error(FFSftp *conn, const char *action, const char *path, const char *f
 	if (libssh2_session_last_errno(conn->session) != LIBSSH2_ERROR_SFTP_PROTOCOL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
-				 errmsg("SFTP connection to %s lost while trying to %s \"%s\"", ff_sftp_host, action, name),
+				 errmsg("SFTP connection lost while trying to %s \"%s\"", action, name),
 				 errdetail("%s", session_error(conn->session)),
 				 errhint("The transfer is retried with backoff; check the SFTP server and the network.")));
 	ereport(ERROR,
