@@ -6,6 +6,12 @@
  * for SFTP batches, transmit copies), the batches and their lines, received
  * webhook events and rejected deliveries.  Nothing here is granted to PUBLIC;
  * README shows the GRANTs a billing role needs.
+ *
+ * Every table is state, so each is registered with pg_extension_config_dump
+ * right after its definition, with the sequence behind its identity column
+ * (pg_dump then dumps its rows and the sequence's position; without the
+ * sequence, restored ids would be handed out again).  No row is seeded here,
+ * so there is no filter: every row is dumped.  A new table needs the same.
  */
 \echo Use "CREATE EXTENSION flexfactor" to load this file. \quit
 
@@ -64,6 +70,8 @@ CREATE TABLE flexfactor.orders (
     CONSTRAINT orders_check CHECK (order_id <> '' AND source IN ('api', 'batch')
                                    AND refunded_cents BETWEEN 0 AND amount_cents)
 );
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.orders', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.orders', 'id'), '');
 
 -- Refunds sent with ff_refund(), one row per accepted refund.
 CREATE TABLE flexfactor.refunds (
@@ -81,6 +89,8 @@ CREATE INDEX refunds_order_idx ON flexfactor.refunds (order_ref);
 -- a refund reported by ff_refund() and again by an order.refunded webhook is one refund
 CREATE UNIQUE INDEX refunds_transaction_idx ON flexfactor.refunds (transaction_id)
     WHERE transaction_id IS NOT NULL;
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.refunds', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.refunds', 'id'), '');
 
 -- Captures of CAPTUREREQUIRED orders sent with ff_capture(), one row per
 -- capture FlexFactor confirmed; what was captured is what can be refunded.
@@ -95,6 +105,8 @@ CREATE TABLE flexfactor.captures (
     CONSTRAINT captures_idempotency_key_key UNIQUE (idempotency_key)
 );
 CREATE INDEX captures_order_idx ON flexfactor.captures (order_ref);
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.captures', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.captures', 'id'), '');
 
 /* --------------------------------------------------------------- batches */
 
@@ -139,6 +151,8 @@ CREATE INDEX batches_upload_queue_idx ON flexfactor.batches (next_attempt_at)
     WHERE state = 'ready';
 CREATE INDEX batches_queue_position_idx ON flexfactor.batches (last_xid, last_id)
     WHERE kind = 'evaluate';
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.batches', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.batches', 'id'), '');
 
 /* ---------------------------------------------------------------- queues */
 
@@ -167,6 +181,8 @@ CREATE TABLE flexfactor.declines (
                                              AND NOT payload ?| '{idempotencyKey,mid,sequenceNumber}')
 );
 CREATE INDEX declines_queue_order_idx ON flexfactor.declines (enqueue_xid, id);
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.declines', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.declines', 'id'), '');
 
 -- Copies of processed payments for /transmit, sent by the worker after commit.
 CREATE TABLE flexfactor.transmit_queue (
@@ -189,6 +205,8 @@ CREATE INDEX transmit_queue_pending_idx ON flexfactor.transmit_queue (next_attem
     WHERE state = 'pending';
 CREATE INDEX transmit_queue_delivered_idx ON flexfactor.transmit_queue (delivered_at)
     WHERE state = 'delivered';
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.transmit_queue', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.transmit_queue', 'id'), '');
 
 /* ----------------------------------------------------------- batch lines */
 
@@ -209,6 +227,7 @@ CREATE TABLE flexfactor.batch_lines (
 );
 CREATE UNIQUE INDEX batch_lines_decline_idx ON flexfactor.batch_lines (decline_id)
     WHERE decline_id IS NOT NULL;
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.batch_lines', '');
 
 /* -------------------------------------------------------------- webhooks */
 
@@ -243,6 +262,8 @@ CREATE INDEX webhook_events_pending_idx ON flexfactor.webhook_events (id)
     WHERE apply_state IN ('pending', 'waiting_order');
 CREATE UNIQUE INDEX webhook_events_nonce_idx ON flexfactor.webhook_events (nonce)
     WHERE nonce IS NOT NULL;
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_events', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.webhook_events', 'id'), '');
 
 -- Deliveries refused by the listener (bad signature, stale date, ...): the
 -- reason only, never the key or the signature.
@@ -255,6 +276,8 @@ CREATE TABLE flexfactor.webhook_rejections (
     CONSTRAINT webhook_rejections_status_check CHECK (http_status BETWEEN 400 AND 599)
 );
 CREATE INDEX webhook_rejections_received_idx ON flexfactor.webhook_rejections (received_at);
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_rejections', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.webhook_rejections', 'id'), '');
 
 /* ------------------------------------------------------------- functions */
 
@@ -1316,6 +1339,8 @@ CREATE TABLE flexfactor.order_events (
 CREATE INDEX order_events_order_idx ON flexfactor.order_events (order_ref);
 CREATE INDEX order_events_retry_idx ON flexfactor.order_events (next_callback_at)
     WHERE callback_state = 'failed';
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.order_events', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.order_events', 'id'), '');
 
 -- Result and error files read from the outbound folder, applied once each.
 CREATE TABLE flexfactor.result_files (
@@ -1327,6 +1352,7 @@ CREATE TABLE flexfactor.result_files (
     applied_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT result_files_kind_check CHECK (kind IN ('result', 'error'))
 );
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.result_files', '');
 
 -- Runs the callback as its owner, never with the rights of the process that
 -- applies the change (C, callback.c).  Granted to nobody.
@@ -1390,9 +1416,14 @@ BEGIN
     PERFORM flexfactor._run_callback(event_id, NEW);
     RETURN NULL;
 END $$;
+-- The AFTER INSERT triggers act on orders created by the inserting
+-- transaction (created_at is its now(): nothing of ours sets it).  A row
+-- that comes with an older created_at was created elsewhere: the data of a
+-- pg_dump restored after CREATE EXTENSION, whose order_events, callbacks and
+-- applied webhooks came with it and must not be made, run or applied again.
 CREATE TRIGGER orders_10_status_set
     AFTER INSERT ON flexfactor.orders
-    FOR EACH ROW WHEN (NEW.status <> 'PENDING')
+    FOR EACH ROW WHEN (NEW.status <> 'PENDING' AND NEW.created_at = now())
     EXECUTE FUNCTION flexfactor._orders_status_changed();
 CREATE TRIGGER orders_10_status_changed
     AFTER UPDATE OF status ON flexfactor.orders
@@ -1587,7 +1618,7 @@ BEGIN
 END $$;
 CREATE TRIGGER orders_20_key_set
     AFTER INSERT ON flexfactor.orders
-    FOR EACH ROW WHEN (NEW.order_session_key IS NOT NULL)
+    FOR EACH ROW WHEN (NEW.order_session_key IS NOT NULL AND NEW.created_at = now())   -- see orders_10_status_set
     EXECUTE FUNCTION flexfactor._orders_key_known();
 CREATE TRIGGER orders_20_key_known
     AFTER UPDATE OF order_session_key ON flexfactor.orders
