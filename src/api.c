@@ -135,13 +135,19 @@ describe_field_map(StringInfo out, JsonbContainer *map)
 	}
 }
 
-/* The JSON text as jsonb, or NULL when it is empty or not valid JSON. */
+/*
+ * The JSON text as jsonb, or NULL when it is empty, not valid JSON, or not
+ * valid in the database encoding.
+ */
 Jsonb *
 ff_json_parse_or_null(const char *text, int len)
 {
 	JsonLexContext *lex;
 
 	if (len == 0)
+		return NULL;
+	/* bytes from the network: never let invalid text into the database */
+	if (!pg_verifymbstr(text, len, true))
 		return NULL;
 	lex = makeJsonLexContextCstringLen(unconstify(char *, text), len, GetDatabaseEncoding(), true);
 	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)

@@ -60,6 +60,7 @@
 
 #include "dbguard.h"
 #include "errors.h"
+#include "scrub.h"
 #include "listener.h"
 #include "settings.h"
 #include "webhook.h"
@@ -139,8 +140,9 @@ static void
 insert_rejection(const char *address, unsigned int status, const char *reason)
 {
 	Oid			types[3] = {TEXTOID, INT4OID, TEXTOID};
+	/* the reason may quote what the client sent (its method): scrubbed */
 	Datum		values[3] = {CStringGetTextDatum(address), Int32GetDatum((int32) status),
-	CStringGetTextDatum(reason)};
+	CStringGetTextDatum(ff_scrub_remote_text(reason, strlen(reason)))};
 
 	if (SPI_execute_with_args("INSERT INTO flexfactor.webhook_rejections (remote_addr, http_status, reason)"
 							  " VALUES ($1, $2, $3)", 3, types, values, NULL, false, 0) != SPI_OK_INSERT ||
