@@ -157,7 +157,7 @@ $wpid = $new;
 sq("SELECT pg_advisory_lock(hashtext('flexfactor.declines')::bigint);
     SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
             'W4-' || i, " . FFSim::batch_cents_sql('i') . ", 'USD', 'tok-' || i, 'tx-' || i,
-            expiry => now() + interval '14 days'))) FROM generate_series(1, 50) i;
+            " . ff_decline_args(expiry => "now() + interval '14 days'") . "))) FROM generate_series(1, 50) i;
     DO \$\$
     DECLARE b bigint;
     BEGIN
