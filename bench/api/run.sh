@@ -52,8 +52,8 @@ while [ $# -gt 0 ]; do
 	shift
 done
 [ $quick = 1 ] && [ "$rows" = 20000 ] && rows=2000
-require_counts "$calls" "$small_calls" "$rows" "$reps"
 . "$repo/bench/lib.sh"
+require_counts "$calls" "$small_calls" "$rows" "$reps"
 bench_prepare bench/api/run.sh
 bench_workdir ffbench
 nginx_pid_file="$work/nginx/nginx.pid"

@@ -51,8 +51,8 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-require_counts "$rows" "$big_rows" "$reps"
 . "$repo/bench/lib.sh"
+require_counts "$rows" "$big_rows" "$reps"
 bench_prepare bench/batch/run.sh
 bench_workdir ffbatchbench
 sampler_pid=
