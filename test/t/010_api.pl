@@ -2,7 +2,8 @@
 # paths of ff_tokenize, ff_evaluate, ff_order, ff_refund and ff_cancel, the
 # shared bearer token (one fetch for many sessions, refreshed before expiry
 # and after a 401), every error with its SQLSTATE, local refusals that send
-# nothing, idempotency keys that survive a rolled-back failure, query cancel
+# nothing (among them every incomplete /evaluate body: FF023 naming the
+# missing fields), idempotency keys that survive a rolled-back failure, query cancel
 # during a hanging answer, privileges, and no secret or card number in the
 # server log.  Assertions use the simulator's inspection API and our tables.
 use strict;

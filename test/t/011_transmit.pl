@@ -3,7 +3,8 @@
 # rows are sent once, with a stable idempotencyKey; transient failures (5xx,
 # 429, dropped connections, timeouts) are retried with backoff; a row is set
 # aside after flexfactor.transmit_max_attempts failures (and at once for a
-# validation error); many rows go out at once, bounded by
+# validation error); an incomplete body is refused at once (FF023, naming
+# the missing fields) and never queued; many rows go out at once, bounded by
 # transmit_concurrency, with no duplicates; delivered rows are deleted after
 # transmit_retention; and the caller never waits on FlexFactor, even while
 # it hangs or is down.

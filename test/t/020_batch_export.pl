@@ -3,9 +3,11 @@
 # files carry exactly the queued declines (every field, sequenceNumber 1..N,
 # mid, idempotencyKey, token), their bytes match batches.sha256 and the name
 # follows docs/batch-format.md; 5,000 declines make files of 2,000, 2,000 and
-# 1,000 lines that the simulator accepts, each idempotency key once; the
-# trigger exports only committed declined recurring rows; two concurrent
-# exports never put a decline in two batches.
+# 1,000 lines that the simulator accepts, each idempotency key once; a
+# decline missing a field the real service requires is refused (FF023) and
+# never queued; the trigger, completed by an enrich function, exports only
+# committed declined recurring rows; two concurrent exports never put a
+# decline in two batches.
 #
 # The worker serves the test database with batch_interval = 0, so every
 # upload here happens because ff_export_batch() asked the worker for a pass
@@ -207,6 +209,8 @@ $e = refused_locally("SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline
 like($e->{hint} // '', qr/^Pass email, subscription_interval, expiry to flexfactor\.ff_decline\(\)/,
 	'the HINT names the three ff_decline() arguments');
 is(sq("SELECT count(*) FROM flexfactor.declines WHERE order_id = 'INC-1'"), '0', 'nothing was queued for INC-1');
+is(sq('SELECT flexfactor.ff_export_batch()'), '0', 'and an export has nothing to send');
+is_deeply($sim->inbound_files, [], 'no file reached FlexFactor');
 
 # ------------------------------------------------------------------
 # 4. The trigger on billing.payments: only committed, declined, recurring
