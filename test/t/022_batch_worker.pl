@@ -161,7 +161,13 @@ sq("SELECT pg_advisory_lock(hashtext('flexfactor.declines')::bigint);
     DO \$\$
     DECLARE b bigint;
     BEGIN
-        b := flexfactor._create_evaluate_batch(2000);
+        -- until no transaction older than the declines' (the worker reading
+        -- a result file, say) holds the batch horizon back
+        FOR i IN 1 .. 600 LOOP
+            b := flexfactor._create_evaluate_batch(2000);
+            EXIT WHEN b IS NOT NULL;
+            PERFORM pg_sleep(0.05);
+        END LOOP;
         UPDATE flexfactor.batches SET next_attempt_at = now() + interval '3 seconds' WHERE id = b;
     END \$\$;
     SELECT pg_advisory_unlock(hashtext('flexfactor.declines')::bigint)");
