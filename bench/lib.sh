@@ -8,6 +8,16 @@
 
 as_pg() { runuser -u postgres -- "$@"; }
 
+# Complete request bodies (flexfactor-api.md 12a; the extension refuses an
+# incomplete one with FF023): the named arguments that complete a call
+# ff_decline(order_id, amount_cents, currency, card_token, transaction_id)
+# or ff_payment(order_id, amount_cents, currency, transaction_id), for every
+# benchmark.  The same values as the TAP suites' (test/perl/FlexFactorTest.pm
+# $FF_DECLINE_ARGS, $FF_DECLINE_TIMES, $FF_PAYMENT_ARGS).
+bench_billing_args="first_name => 'Jane', last_name => 'Roe', address_line1 => '1 Main St', city => 'Springfield', state => 'IL', zip_code => '62701', country_code => 'US'"
+bench_decline_args="email => 'jane@example.com', $bench_billing_args, subscription_id => 'sub-9', subscription_interval => 'monthly', declined_at => '2026-11-20 10:00:00+00', expiry => date_trunc('day', now()) + interval '14 days'"
+bench_payment_args="email => 'jane@example.com', paid_at => '2026-11-20 10:00:00+00', subscription_id => 'sub-9', subscription_interval => 'monthly', holder_name => 'Jane Roe', card_type => 'credit', card_brand => 'visa', card_country => 'US', expiration_month => 3, expiration_year => 2030, card_bin => '424242', card_last4 => '4242'"
+
 # every argument a positive integer, or exit 2
 require_counts() {
 	local v

@@ -52,8 +52,8 @@ while [ $# -gt 0 ]; do
 	shift
 done
 [ $quick = 1 ] && [ "$rows" = 20000 ] && rows=2000
-require_counts "$calls" "$small_calls" "$rows" "$reps"
 . "$repo/bench/lib.sh"
+require_counts "$calls" "$small_calls" "$rows" "$reps"
 bench_prepare bench/api/run.sh
 bench_workdir ffbench
 nginx_pid_file="$work/nginx/nginx.pid"
@@ -147,8 +147,8 @@ EOF
 bench_pg_start_with_extension
 echo "== PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') on port $pg_port, flexfactor $(psql_ -d bench -c 'SELECT flexfactor.ff_version()')"
 
-# the body ff_evaluate sends (ff_decline + mid + idempotencyKey), for the plain client
-psql_ -d bench -c "SELECT (flexfactor.ff_decline('B-0', 1999, 'USD', 'tok', 'tx-0')
+# the body ff_evaluate sends (a complete ff_decline + mid + idempotencyKey), for the plain client
+psql_ -d bench -c "SELECT (flexfactor.ff_decline('B-0', 1999, 'USD', 'tok', 'tx-0', $bench_decline_args)
 	|| jsonb_build_object('mid', current_setting('flexfactor.mid'),
 	                      'idempotencyKey', gen_random_uuid()))::text" >"$work/body.json"
 chown postgres: "$work/body.json"
@@ -162,7 +162,8 @@ measure_evaluate() {
 	before=$(access_count 'POST /v1/evaluate 200')
 	out=$(psql_ -d bench <<EOF
 SELECT clock_timestamp() AS t0 \gset
-SELECT count(flexfactor.ff_evaluate(flexfactor.ff_decline('$prefix' || i, 1999, 'USD', 'tok', 'tx-$prefix' || i)))
+SELECT count(flexfactor.ff_evaluate(flexfactor.ff_decline('$prefix' || i, 1999, 'USD', 'tok', 'tx-$prefix' || i,
+                                                         $bench_decline_args)))
   FROM generate_series(1, $n) i;
 SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz);
 SELECT count(*) FROM flexfactor.orders WHERE order_id LIKE '$prefix%' AND status = 'SUBMITTED';
@@ -298,7 +299,7 @@ tx_before=$(access_count 'POST /v1/transmit 200')
 out=$(psql_ -d bench <<EOF
 SELECT clock_timestamp() AS t0 \gset
 BEGIN;
-SELECT count(flexfactor.ff_transmit(flexfactor.ff_payment('T-' || i, 1999, 'USD', 'ttx-' || i)))
+SELECT count(flexfactor.ff_transmit(flexfactor.ff_payment('T-' || i, 1999, 'USD', 'ttx-' || i, $bench_payment_args)))
   FROM generate_series(1, $rows) i;
 COMMIT;
 SELECT clock_timestamp() AS tc \gset

@@ -51,8 +51,8 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-require_counts "$rows" "$big_rows" "$reps"
 . "$repo/bench/lib.sh"
+require_counts "$rows" "$big_rows" "$reps"
 bench_prepare bench/batch/run.sh
 bench_workdir ffbatchbench
 sampler_pid=
@@ -128,6 +128,7 @@ enqueue() {
 	        'INV-' || i, 1000 + i % 9000, 'USD', 'tok-' || md5(i::text), 'gw-' || i,
 	        decline_code => '51', email => 'c' || i || '@example.com',
 	        expiry => '2030-01-01 00:00+00', subscription_id => 'SUB-' || i,
+	        subscription_interval => 'monthly', $bench_billing_args,
 	        declined_at => '2029-12-01 00:00+00')))
 	      FROM generate_series(1, $n) i") || { fail "enqueue $n"; echo 0; return; }
 	[ "$out" = "$n" ] || fail "enqueued $out of $n"

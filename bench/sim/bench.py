@@ -38,26 +38,44 @@ def post_json(conn, path, body, token=None):
     return r.status, r.read()
 
 
+# Complete bodies, by the real service's rules (flexfactor-api.md 12a), which the
+# simulator enforces: the five transaction codes, payer, billing address, and for a
+# managed MIT recurring decline isRecurring, subscription and expiryDateUtc.
+CODES = {"avsResultCode": "NA", "cvvResultCode": "NA", "cavvResultCode": "NA"}
+
+
+def iso_utc(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 def evaluate_body(card):
+    amount = random.choice([1001, 1002, 4999, 4913])
     return {
-        "isDeclined": True, "isMIT": True, "mid": MID, "orderId": "B-" + uuid.uuid4().hex[:12],
-        "idempotencyKey": str(uuid.uuid4()),
-        "transaction": {"id": "gw-1", "amount": random.choice([1001, 1002, 4999, 4913]),
-                        "currency": "USD", "timestampUtc": "2026-01-15T10:00:00Z",
-                        "responseCode": "05", "responseCodeSource": "nmi"},
+        "isDeclined": True, "isMIT": True, "isRecurring": True, "mid": MID,
+        "orderId": "B-" + uuid.uuid4().hex[:12], "idempotencyKey": str(uuid.uuid4()),
+        "expiryDateUtc": iso_utc(time.time() + 14 * 86400),
+        "transaction": dict(CODES, id="gw-1", amount=amount, currency="USD",
+                            timestampUtc="2026-01-15T10:00:00Z", responseCode="05",
+                            responseCodeSource="nmi"),
         "payer": {"email": "jane@example.com"},
         "billingInformation": {"firstName": "Jane", "lastName": "Roe", "country": "US",
                                "countryCode": "US", "addressLine1": "1 Main St",
                                "city": "Springfield", "state": "IL", "zipCode": "62701"},
         "paymentMethod": {"cardNumber": card, "token": True},
+        "subscription": {"subscriptionId": "sub-9", "interval": "monthly", "price": amount,
+                         "currency": "USD"},
     }
 
 
 def transmit_body():
     return {"isDeclined": False, "isMIT": False, "mid": MID, "orderId": "T-" + uuid.uuid4().hex[:12],
-            "transaction": {"id": "gw-2", "amount": 2500, "currency": "USD"},
+            "transaction": dict(CODES, id="gw-2", amount=2500, currency="USD",
+                                timestampUtc="2026-01-15T10:00:00Z", responseCode="00",
+                                responseCodeSource="nmi"),
             "payer": {"email": "jane@example.com"},
-            "paymentMethod": {"cardBinNumber": "424242", "cardLast4Digits": "4242"}}
+            "paymentMethod": {"holderName": "Jane Roe", "cardType": "CREDIT", "cardBrand": "VISA",
+                              "cardCountry": "US", "expirationMonth": 3, "expirationYear": 2030,
+                              "cardBinNumber": "424242", "cardLast4Digits": "4242"}}
 
 
 def worker_thread(port, token, card, osks, mix, deadline, max_requests, out):

@@ -54,11 +54,11 @@ while [ $# -gt 0 ]; do
 	shift
 done
 orders=${orders:-$((2 * events))}
+. "$repo/bench/lib.sh"
 require_counts "$events" "$orders" "$connections" "$threads"
 [ "$orders" -ge $((2 * events)) ] || { echo "run.sh: --orders must be >= 2 x --events (one event per order, HTTP and SQL)" >&2; exit 2; }
 [ "$connections" -ge "$threads" ] || { echo "run.sh: --connections must be >= --threads" >&2; exit 2; }
 
-. "$repo/bench/lib.sh"
 bench_prepare bench/webhooks/run.sh
 command -v wrk >/dev/null || { echo "run.sh: wrk is not installed" >&2; exit 1; }
 

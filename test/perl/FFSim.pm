@@ -355,7 +355,8 @@ A delivered batch is 'uploaded' or, once its result file was applied,
 
 FFSim::enqueue_declines($node, $db, $prefix, $n): queues declines
 "$prefix-1" .. "$prefix-$n" with ff_enqueue_decline() in one statement,
-amounts per batch_cents_sql; returns how many.
+amounts per batch_cents_sql, complete bodies (FlexFactorTest's
+ff_decline_args); returns how many.
 
 $sim->check_delivered($node, $db, $what, $prefix, $n): the complete files in
 inbound (not *.part) are exactly those of the $n declines "$prefix-*":
@@ -367,9 +368,10 @@ Returns the files.
 sub enqueue_declines
 {
 	my ($node, $db, $prefix, $n) = @_;
+	require FlexFactorTest;    # the complete arguments (flexfactor-api.md 12a)
 	return $node->safe_psql($db, "SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
 	             '$prefix-' || i, " . batch_cents_sql('i') . ", 'USD', 'tok-' || i, 'tx-' || i,
-	             expiry => now() + interval '14 days')))
+	             " . FlexFactorTest::ff_decline_args(expiry => "now() + interval '14 days'") . ")))
 	           FROM generate_series(1, $n) i");
 }
 

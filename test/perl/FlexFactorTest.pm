@@ -15,7 +15,109 @@ use Time::HiRes ();
 
 our @EXPORT = qw(ff_node ff_start_serving ff_worker_pid ff_wait_for_worker
   ff_log_contains ff_log_since ff_wait_until ff_run_sql ff_set_conf
-  ff_reload_and_wait ff_batch_of);
+  ff_reload_and_wait ff_batch_of
+  $FF_DECLINE_ARGS $FF_DECLINE_TIMES $FF_PAYMENT_ARGS $FF_PAYMENT_CARD_ARGS
+  ff_decline_args ff_payment_args ff_missing_fields ff_refused_ok);
+
+# ---- complete request bodies (flexfactor-api.md 12a)
+#
+# The real FlexFactor (and the simulator, strict by default) answers 400 to
+# an /evaluate body, a batch line or a /transmit body without the payer, the
+# billing address, the subscription's interval, timestamps ...; the
+# extension refuses such a body locally (FF023).  Every suite builds its
+# bodies with ff_decline(...) / ff_payment(...) plus these arguments, kept
+# here and nowhere else.  Values are SQL expressions.
+
+# ff_decline(): the payer, the billing address and the subscription
+my @DECLINE_ORDER = qw(email first_name last_name address_line1 city state zip_code
+  country_code subscription_id subscription_interval declined_at expiry);
+our %FF_DECLINE_DEFAULTS = (
+	email => q{'jane@example.com'},
+	first_name => q{'Jane'},
+	last_name => q{'Roe'},
+	address_line1 => q{'1 Main St'},
+	city => q{'Springfield'},
+	state => q{'IL'},
+	zip_code => q{'62701'},
+	country_code => q{'US'},
+	subscription_id => q{'sub-9'},
+	subscription_interval => q{'monthly'},
+	# when the charge failed: fixed, so that rebuilding a body for a retry
+	# gives the same bytes (the simulator answers 409 to the same key with
+	# another body)
+	declined_at => q{'2026-11-20 10:00:00+00'},
+	# the managed-MIT rescue window (the simulator takes at most 21 days
+	# ahead): whole days, the same bytes all day
+	expiry => q{date_trunc('day', now()) + interval '14 days'});
+
+# ff_payment(): the payer, when it was paid, the subscription; the card's
+# details separately (all of them or none)
+my @PAYMENT_ORDER = qw(email paid_at subscription_id subscription_interval
+  holder_name card_type card_brand card_country expiration_month expiration_year
+  card_bin card_last4);
+my @PAYMENT_CARD = qw(holder_name card_type card_brand card_country expiration_month
+  expiration_year card_bin card_last4);
+our %FF_PAYMENT_DEFAULTS = (
+	email => q{'jane@example.com'},
+	paid_at => q{'2026-11-20 10:00:00+00'},
+	subscription_id => q{'sub-9'},
+	subscription_interval => q{'monthly'},
+	holder_name => q{'Jane Roe'},
+	card_type => q{'credit'},
+	card_brand => q{'visa'},
+	card_country => q{'US'},
+	expiration_month => q{3},
+	expiration_year => q{2030},
+	card_bin => q{'424242'},
+	card_last4 => q{'4242'});
+
+sub _named_args
+{
+	my ($order, $defaults, %o) = @_;
+	my %v = (%$defaults, %o);
+	my @keys = ((grep { exists $v{$_} } @$order), (sort grep { my $k = $_; !grep { $_ eq $k } @$order } keys %o));
+	return join ', ', map { "$_ => $v{$_}" } grep { defined $v{$_} } @keys;
+}
+
+# "email => 'jane@example.com', ... subscription_interval => 'monthly'"
+our $FF_DECLINE_ARGS = join ', ',
+  map { "$_ => $FF_DECLINE_DEFAULTS{$_}" } grep { !/^(declined_at|expiry)$/ } @DECLINE_ORDER;
+# "declined_at => ..., expiry => ..." for calls that pass neither
+our $FF_DECLINE_TIMES = join ', ', map { "$_ => $FF_DECLINE_DEFAULTS{$_}" } qw(declined_at expiry);
+our $FF_PAYMENT_CARD_ARGS = join ', ', map { "$_ => $FF_PAYMENT_DEFAULTS{$_}" } @PAYMENT_CARD;
+our $FF_PAYMENT_ARGS = join ', ', map { "$_ => $FF_PAYMENT_DEFAULTS{$_}" } @PAYMENT_ORDER;
+
+# The named arguments that complete an ff_decline(order_id, amount_cents,
+# currency, card_token, transaction_id) call: $FF_DECLINE_ARGS and
+# $FF_DECLINE_TIMES.  %o replaces some (SQL expressions), adds others, and
+# leaves out those given as undef (a call that passes them itself):
+#   ff_decline_args(email => undef, expiry => "now() + interval '1 day'")
+sub ff_decline_args { return _named_args(\@DECLINE_ORDER, \%FF_DECLINE_DEFAULTS, @_); }
+
+# The same for ff_payment(order_id, amount_cents, currency, transaction_id):
+# $FF_PAYMENT_ARGS, with the same overrides.
+sub ff_payment_args { return _named_args(\@PAYMENT_ORDER, \%FF_PAYMENT_DEFAULTS, @_); }
+
+# The fields an FF023 refusal names as missing (from its message
+# "... that FlexFactor would refuse: missing a, b; invalid c (why)"), sorted.
+sub ff_missing_fields
+{
+	my ($message) = @_;
+	return [] unless ($message // '') =~ /would refuse: missing (.*?)(?:; invalid .*)?$/;
+	return [ sort split /, /, $1 ];
+}
+
+# Test that $e (FFSim::sql_error's answer) is a local FF023 refusal naming
+# exactly the fields @fields as missing.
+sub ff_refused_ok
+{
+	my ($e, $what, @fields) = @_;
+	my $ok = is($e->{sqlstate}, 'FF023', "$what: refused locally with FF023");
+	$ok &&= is_deeply(ff_missing_fields($e->{message}), [ sort @fields ],
+		"$what: the error names " . join(', ', @fields));
+	diag $e->{stderr} unless $ok;
+	return $ok;
+}
 
 # A new, not yet started node that preloads flexfactor.  %conf is written
 # to postgresql.conf as "key = 'value'".

@@ -2,7 +2,8 @@
 # paths of ff_tokenize, ff_evaluate, ff_order, ff_refund and ff_cancel, the
 # shared bearer token (one fetch for many sessions, refreshed before expiry
 # and after a 401), every error with its SQLSTATE, local refusals that send
-# nothing, idempotency keys that survive a rolled-back failure, query cancel
+# nothing (among them every incomplete /evaluate body: FF023 naming the
+# missing fields), idempotency keys that survive a rolled-back failure, query cancel
 # during a hanging answer, privileges, and no secret or card number in the
 # server log.  Assertions use the simulator's inspection API and our tables.
 use strict;
@@ -74,7 +75,7 @@ sub decline
 {
 	my ($order, $amount, $tx, %o) = @_;
 	my $token = $o{token} // 'tok-' . lc $order;
-	return "flexfactor.ff_decline('$order', $amount, 'USD', '$token', '$tx')";
+	return "flexfactor.ff_decline('$order', $amount, 'USD', '$token', '$tx', " . ff_decline_args() . ")";
 }
 
 # The simulator's idempotency record of one key.
@@ -186,7 +187,7 @@ is($tokbody->{payment_method}{credit_card}{number}, $pan, 'the card body is sent
 $seq = $sim->last_seq;
 $sim->fault(endpoint => '/v1/tokenize', mode => 'drop', count => 1);
 my $e_drop = FFSim::sql_error($node, 'ffdb', "DO \$\$ BEGIN
-	PERFORM flexfactor.ff_evaluate(flexfactor.ff_decline('WARM-1', 1999, 'USD', 'tok-warm', 'tx-warm'));
+	PERFORM flexfactor.ff_evaluate(" . decline('WARM-1', 1999, 'tx-warm', token => 'tok-warm') . ");
 	PERFORM flexfactor.ff_tokenize(pg_read_file('$card_file')::jsonb);
 END \$\$");
 is($e_drop->{sqlstate}, 'FF001', 'a /tokenize answer lost on the wire: FF001');
@@ -199,7 +200,8 @@ $sim->clear_faults;
 # ------------------------------------------------------------------
 $seq = $sim->last_seq;
 my $ans = jq("SELECT flexfactor.ff_evaluate("
-	  . "flexfactor.ff_decline('E-1', 1999, 'USD', '$card_token', 'tx-e1', email => 'jane\@example.com') - 'isDeclined')");
+	  . "flexfactor.ff_decline('E-1', 1999, 'USD', '$card_token', 'tx-e1', email => 'e1\@example.com', "
+	  . ff_decline_args(email => undef) . ") - 'isDeclined')");
 is($ans->{status}, 'SUBMITTED', 'managed MIT decline: SUBMITTED');
 like($ans->{orderSessionKey}, $uuid_re, 'the answer has an orderSessionKey');
 my $sent = bodies('/v1/evaluate', $seq);
@@ -210,12 +212,24 @@ is($b->{siteId}, $site, 'siteId filled in from flexfactor.site_id');
 ok($b->{isDeclined} && JSON::PP::is_bool($b->{isDeclined}), 'isDeclined filled in as true');
 like($b->{idempotencyKey} // '', $uuid_re, 'an idempotencyKey is sent');
 is($b->{orderId}, 'E-1', 'orderId');
-is_deeply([ @{ $b->{transaction} }{qw(id amount currency responseStatus)} ],
-	[ 'tx-e1', 1999, 'USD', 'DECLINED' ], 'transaction built by ff_decline');
+is_deeply($b->{transaction}, {
+		id => 'tx-e1', amount => 1999, currency => 'USD', responseStatus => 'DECLINED',
+		timestampUtc => '2026-11-20T10:00:00Z', timezoneUtcOffset => 0, cardNotPresent => $T,
+		responseCode => 'NA', responseCodeSource => 'NA', avsResultCode => 'NA',
+		cvvResultCode => 'NA', cavvResultCode => 'NA' },
+	"transaction built by ff_decline: the codes the merchant did not give are 'NA'");
 is_deeply($b->{paymentMethod}, { cardNumber => $card_token, token => $T },
 	'the card token, marked as a token');
 ok($b->{isMIT}, 'isMIT');
-is($b->{payer}{email}, 'jane@example.com', 'payer.email');
+ok($b->{isRecurring} && JSON::PP::is_bool($b->{isRecurring}), 'isRecurring');
+is_deeply($b->{payer}, { email => 'e1@example.com' }, 'payer.email');
+is_deeply($b->{billingInformation}, {
+		firstName => 'Jane', lastName => 'Roe', addressLine1 => '1 Main St', city => 'Springfield',
+		state => 'IL', zipCode => '62701', countryCode => 'US', country => 'US' },
+	'billingInformation: name and address, country defaulting to the code');
+is_deeply($b->{subscription}, { subscriptionId => 'sub-9', interval => 'monthly', price => 1999,
+		currency => 'USD' }, 'subscription: id, interval, price, currency');
+like($b->{expiryDateUtc} // '', qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/, 'expiryDateUtc (managed MIT)');
 my $ereq = $sim->requests(path => '/v1/evaluate', since => $seq)->[0];
 like($ereq->{headers}{'Content-Type'} // '', qr{^application/json}, 'Content-Type application/json');
 like($ereq->{headers}{Authorization} // '', qr/^Bearer \S+$/, 'Authorization: Bearer');
@@ -254,7 +268,7 @@ like(sq("SELECT status FROM flexfactor.orders WHERE order_id = 'E-1'"), qr/^(SUB
 # …13 cents: cancelled after a virtual minute; …14: expires at expiryDateUtc
 sq("SELECT flexfactor.ff_evaluate(" . decline('E-13', 1913, 'tx-e13') . ")");
 sq("SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('E-14', 1914, 'USD', 'tok-e14', 'tx-e14',
-	expiry => now() + interval '2 seconds'))");
+	expiry => now() + interval '2 seconds', " . ff_decline_args(expiry => undef) . "))");
 $sim->advance(61);
 $ans = jq("SELECT flexfactor.ff_order(order_session_key::text) FROM flexfactor.orders WHERE order_id = 'E-13'");
 is($ans->{statusName}, 'CANCELLED', 'FlexFactor cancelled the …13 order');
@@ -378,6 +392,94 @@ for my $case (
 }
 is(sq("SELECT refunded_cents, status FROM flexfactor.orders WHERE order_id = 'L-2'"), '1000|REFUNDED',
 	'refused calls changed nothing');
+
+# ------------------------------------------------------------------
+# 7b. Incomplete /evaluate bodies: FF023 naming the field, nothing sent
+# ------------------------------------------------------------------
+# The real FlexFactor answers 400 to an /evaluate body without any of these
+# (flexfactor-api.md 12a); ff_evaluate refuses it before any request (not
+# even a token fetch) and stores no order.
+sub refused_locally
+{
+	my ($sql, $what, @fields) = @_;
+	my $before = $sim->last_seq;
+	my $r = err($sql);
+	ff_refused_ok($r, $what, @fields);
+	is($sim->last_seq, $before, "$what: nothing was sent to FlexFactor");
+	like($r->{detail} // '', qr/nothing was sent or queued/, "$what: DETAIL says nothing was sent");
+	return $r;
+}
+
+my $complete = decline('INC-1', 1999, 'tx-inc1');
+my @evaluate_required = qw(orderId isMIT isRecurring
+  transaction.id transaction.amount transaction.currency transaction.timestampUtc
+  transaction.responseCode transaction.responseCodeSource transaction.avsResultCode
+  transaction.cvvResultCode transaction.cavvResultCode
+  payer.email billingInformation.firstName billingInformation.lastName
+  billingInformation.addressLine1 billingInformation.city billingInformation.country
+  billingInformation.countryCode paymentMethod.cardNumber
+  subscription.subscriptionId subscription.interval expiryDateUtc);
+for my $field (@evaluate_required)
+{
+	my $path = '{' . join(',', split /\./, $field) . '}';
+	refused_locally("SELECT flexfactor.ff_evaluate($complete #- '$path')", "/evaluate without $field", $field);
+}
+# an empty or blank value is no value
+refused_locally("SELECT flexfactor.ff_evaluate(jsonb_set($complete, '{payer,email}', '\"\"'))",
+	'/evaluate with payer.email ""', 'payer.email');
+refused_locally("SELECT flexfactor.ff_evaluate(jsonb_set($complete, '{billingInformation,city}', '\"  \"'))",
+	'/evaluate with a blank billingInformation.city', 'billingInformation.city');
+# no mid in the body and none configured
+refused_locally("SET flexfactor.mid = ''; SELECT flexfactor.ff_evaluate($complete)",
+	'/evaluate without a mid (flexfactor.mid empty)', 'mid');
+# all at once, from ff_decline() without the payer and the address: one
+# error names every field, and its HINT the arguments that supply them
+my $r = refused_locally("SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('INC-1', 1999, 'USD', 'tok-inc1', 'tx-inc1', "
+	  . ff_decline_args(map { $_ => undef } qw(email first_name last_name address_line1 city state zip_code country_code))
+	  . "))",
+	'ff_decline() without payer and billing address',
+	qw(payer.email billingInformation.firstName billingInformation.lastName billingInformation.addressLine1
+	  billingInformation.city billingInformation.country billingInformation.countryCode));
+like($r->{hint} // '', qr/^Pass email, first_name, last_name, address_line1, city, country, country_code to flexfactor\.ff_decline\(\)/,
+	'the HINT names the ff_decline() arguments to pass');
+# the arguments without a default, each left out of ff_decline()
+for my $case ([ 'declined_at', 'transaction.timestampUtc' ], [ 'expiry', 'expiryDateUtc' ],
+	[ 'subscription_interval', 'subscription.interval' ], [ 'subscription_id', 'subscription.subscriptionId' ])
+{
+	my ($arg, $field) = @$case;
+	$r = refused_locally("SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('INC-1', 1999, 'USD', 'tok-inc1', 'tx-inc1', "
+		  . ff_decline_args($arg => undef) . "))", "ff_decline() without $arg", $field);
+	like($r->{hint} // '', qr/^Pass \Q$arg\E to flexfactor\.ff_decline\(\)/, "ff_decline() without $arg: the HINT names $arg");
+}
+is(sq("SELECT count(*) FROM flexfactor.orders WHERE order_id = 'INC-1'"), '0',
+	'no order was stored for any refused body');
+
+# flexfactor.mit_mode = 'sync' (an account without managed MIT): an MIT
+# /evaluate needs no expiryDateUtc
+$sim->config({ mitMode => 'sync' });
+$seq = $sim->last_seq;
+$r = err("SET flexfactor.mit_mode = 'sync'; SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('INC-SYNC', 1999, 'USD',
+	'tok-inc-sync', 'tx-inc-sync', " . ff_decline_args(expiry => undef) . "))->>'success'");
+is($r->{sqlstate}, undef, "mit_mode = 'sync': an MIT /evaluate without expiry is sent") or diag $r->{stderr};
+is(scalar @{ bodies('/v1/evaluate', $seq) }, 1, "mit_mode = 'sync': one /evaluate request");
+ok(!exists bodies('/v1/evaluate', $seq)->[0]{expiryDateUtc}, "mit_mode = 'sync': without expiryDateUtc");
+$sim->config({ mitMode => 'managed' });
+
+# the README's call, every field named, is complete
+$seq = $sim->last_seq;
+$ans = jq(q{SELECT flexfactor.ff_evaluate(flexfactor.ff_decline(
+         order_id => 'INV-1001', amount_cents => 4999, currency => 'USD',
+         card_token => 'd3e10716-6aac-4eb8-a74d-c1a3027f1d96', transaction_id => 'gw-7781',
+         decline_code => '51', response_code_source => 'stripe', email => 'jane@example.com',
+         first_name => 'Jane', last_name => 'Roe', address_line1 => '1 Main St', city => 'Springfield',
+         state => 'IL', zip_code => '62701', country_code => 'US',
+         subscription_id => 'sub_42', subscription_interval => 'monthly',
+         expiry => now() + interval '14 days', declined_at => '2026-11-24 09:30+00'))});
+is($ans->{status}, 'SUBMITTED', "the README's complete ff_evaluate(ff_decline(...)) is accepted: SUBMITTED");
+$b = bodies('/v1/evaluate', $seq)->[0];
+is_deeply([ @{ $b->{transaction} }{qw(responseCode responseCodeSource avsResultCode timestampUtc)} ],
+	[ '51', 'stripe', 'NA', '2026-11-24T09:30:00Z' ], 'with the decline code, its source and the time given');
+is(sq("SELECT status FROM flexfactor.orders WHERE order_id = 'INV-1001'"), 'SUBMITTED', 'and stored');
 
 # ------------------------------------------------------------------
 # 8. ff_cents_to_dollars

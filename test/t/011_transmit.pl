@@ -3,7 +3,8 @@
 # rows are sent once, with a stable idempotencyKey; transient failures (5xx,
 # 429, dropped connections, timeouts) are retried with backoff; a row is set
 # aside after flexfactor.transmit_max_attempts failures (and at once for a
-# validation error); many rows go out at once, bounded by
+# validation error); an incomplete body is refused at once (FF023, naming
+# the missing fields) and never queued; many rows go out at once, bounded by
 # transmit_concurrency, with no duplicates; delivered rows are deleted after
 # transmit_retention; and the caller never waits on FlexFactor, even while
 # it hangs or is down.
@@ -38,7 +39,8 @@ sub sq
 sub payment
 {
 	my ($order, $amount) = @_;
-	return "flexfactor.ff_payment('$order', " . ($amount // 1999) . ", 'USD', 'tx-" . lc($order) . "')";
+	return "flexfactor.ff_payment('$order', " . ($amount // 1999) . ", 'USD', 'tx-" . lc($order) . "', "
+	  . ff_payment_args() . ")";
 }
 
 # Logged /v1/transmit requests whose body has orderId $order (or matches a
@@ -112,8 +114,22 @@ is(scalar @$st, 1, 'the simulator recorded one transmit');
 is(sq("SELECT attempts, transmit_id, delivered_at IS NOT NULL, last_error IS NULL
 	FROM flexfactor.transmit_queue WHERE " . order_where('OK-1')),
 	"1|$st->[0]{transmitId}|t|t", 'row: 1 attempt, FlexFactor\'s transmitId, delivered_at, no error');
-is_deeply([ @{ $reqs->[0]{json}{transaction} }{qw(id amount currency)} ], [ 'tx-ok-1', 1999, 'USD' ],
-	'the body is the ff_payment payload');
+{
+	my %body = %{ $reqs->[0]{json} };
+	is(delete $body{mid}, $mid, 'the worker added the mid');
+	delete $body{idempotencyKey};
+	is_deeply(\%body, FFSim->decode_json(sq("SELECT " . payment('OK-1'))),
+		'the body is the ff_payment payload, byte for byte as queued');
+	is_deeply([ @{ $body{transaction} }{qw(id amount currency timestampUtc responseCode avsResultCode)} ],
+		[ 'tx-ok-1', 1999, 'USD', '2026-11-20T10:00:00Z', 'NA', 'NA' ],
+		'with the transaction, its time and the placeholder codes');
+	ok($body{isMIT} && $body{isRecurring} && !$body{isDeclined}, 'isMIT, isRecurring, not isDeclined');
+	is_deeply([ $body{payer}{email}, @{ $body{subscription} }{qw(subscriptionId interval)} ],
+		[ 'jane@example.com', 'sub-9', 'monthly' ], 'the payer and the subscription');
+	is_deeply($body{paymentMethod}, { holderName => 'Jane Roe', cardType => 'CREDIT', cardBrand => 'VISA',
+			cardCountry => 'US', expirationMonth => 3, expirationYear => 2030, cardBinNumber => '424242',
+			cardLast4Digits => '4242' }, 'the card details, all of them, and no card number');
+}
 
 # ------------------------------------------------------------------
 # 2. Transient failures are retried with the same key
@@ -165,8 +181,9 @@ is(scalar @{ transmit_requests('SA-1') }, 2, 'and no more after it was set aside
 $sim->clear_faults;
 reload_and_wait('ALTER SYSTEM RESET flexfactor.transmit_max_attempts');
 
-# a body FlexFactor refuses as invalid is not retried
-sq(q{SELECT flexfactor.ff_transmit('{"orderId": "BAD-1", "isDeclined": false}')});
+# a body FlexFactor refuses as invalid is not retried (complete, so that it
+# passes the local check, but with a transactionType FlexFactor refuses)
+sq("SELECT flexfactor.ff_transmit(" . payment('BAD-1') . " || '{\"transactionType\": \"REFUND\"}')");
 ok(wait_state(order_where('BAD-1'), 'set_aside'), 'a row FlexFactor rejects (400) is set aside');
 is(sq("SELECT attempts FROM flexfactor.transmit_queue WHERE " . order_where('BAD-1')), '1',
 	'at once, without retries');
@@ -174,13 +191,92 @@ like(sq("SELECT last_error FROM flexfactor.transmit_queue WHERE " . order_where(
 	qr/400/, 'last_error has the HTTP status');
 
 # ------------------------------------------------------------------
+# 3b. Incomplete /transmit bodies: FF023 naming the field, nothing queued
+# ------------------------------------------------------------------
+# The real FlexFactor answers 400 to a /transmit body without any of these
+# (flexfactor-api.md 4.2, 12a); ff_transmit refuses it at once, so that no
+# row is queued to be set aside later.
+sub queued_rows { sq("SELECT count(*) FROM flexfactor.transmit_queue") }
+
+sub refused_locally
+{
+	my ($sql, $what, @fields) = @_;
+	my ($rows, $before) = (queued_rows(), $sim->last_seq);
+	my $r = FFSim::sql_error($node, 'ffdb', $sql);
+	ff_refused_ok($r, $what, @fields);
+	is(queued_rows(), $rows, "$what: nothing queued");
+	Time::HiRes::sleep(0.1);
+	is($sim->last_seq, $before, "$what: nothing sent");
+	return $r;
+}
+
+my $complete = payment('INC-1');
+my @transmit_required = qw(orderId isMIT isDeclined isRecurring
+  transaction.id transaction.amount transaction.currency transaction.timestampUtc
+  transaction.responseCode transaction.responseCodeSource transaction.avsResultCode
+  transaction.cvvResultCode transaction.cavvResultCode payer.email paymentMethod
+  subscription.subscriptionId subscription.interval
+  paymentMethod.holderName paymentMethod.cardType paymentMethod.cardBrand paymentMethod.cardCountry
+  paymentMethod.expirationMonth paymentMethod.expirationYear paymentMethod.cardBinNumber
+  paymentMethod.cardLast4Digits);
+for my $field (@transmit_required)
+{
+	my $path = '{' . join(',', split /\./, $field) . '}';
+	refused_locally("SELECT flexfactor.ff_transmit($complete #- '$path')", "/transmit without $field", $field);
+}
+refused_locally("SET flexfactor.mid = ''; SELECT flexfactor.ff_transmit($complete)",
+	'/transmit without a mid (flexfactor.mid empty)', 'mid');
+# what used to be queued and then refused by FlexFactor (400, set aside)
+my $r = refused_locally(q{SELECT flexfactor.ff_transmit('{"orderId": "BAD-0", "isDeclined": false}')},
+	'a bare /transmit body', qw(isMIT transaction.id transaction.amount transaction.currency
+	  transaction.timestampUtc transaction.responseCode transaction.responseCodeSource
+	  transaction.avsResultCode transaction.cvvResultCode transaction.cavvResultCode payer.email paymentMethod));
+like($r->{hint} // '', qr/flexfactor\.ff_payment/, 'a bare body: the HINT points to ff_payment()');
+# ff_payment() with one card detail but not the others
+$r = refused_locally("SELECT flexfactor.ff_transmit(flexfactor.ff_payment('INC-1', 1999, 'USD', 'tx-inc-1', "
+	  . ff_payment_args(map { $_ => undef } qw(holder_name card_type card_brand card_country expiration_month expiration_year))
+	  . "))", 'ff_payment() with card_bin and card_last4 only',
+	qw(paymentMethod.holderName paymentMethod.cardType paymentMethod.cardBrand paymentMethod.cardCountry
+	  paymentMethod.expirationMonth paymentMethod.expirationYear));
+like($r->{hint} // '', qr/^Pass holder_name, card_type, card_brand, card_country, expiration_month, expiration_year to flexfactor\.ff_payment\(\)/,
+	'the HINT names the ff_payment() arguments to pass');
+for my $case ([ 'paid_at', 'transaction.timestampUtc' ], [ 'email', 'payer.email' ],
+	[ 'subscription_interval', 'subscription.interval' ])
+{
+	my ($arg, $field) = @$case;
+	$r = refused_locally("SELECT flexfactor.ff_transmit(flexfactor.ff_payment('INC-1', 1999, 'USD', 'tx-inc-1', "
+		  . ff_payment_args($arg => undef) . "))", "ff_payment() without $arg", $field);
+	like($r->{hint} // '', qr/^Pass \Q$arg\E to flexfactor\.ff_payment\(\)/, "ff_payment() without $arg: the HINT names $arg");
+}
+is(sq("SELECT count(*) FROM flexfactor.transmit_queue WHERE payload->>'orderId' IN ('INC-1', 'BAD-0')"), '0',
+	'no row for any refused body');
+
+# complete bodies are accepted: without card details (none at all is
+# complete), a customer-initiated copy (no subscription), and the README's
+# call with every field named
+my $nocard = sq("SELECT flexfactor.ff_transmit(flexfactor.ff_payment('OK-NOCARD', 1999, 'USD', 'tx-ok-nocard', "
+	  . ff_payment_args(map { $_ => undef } qw(holder_name card_type card_brand card_country expiration_month
+		  expiration_year card_bin card_last4)) . "))");
+my $cit = sq("SELECT flexfactor.ff_transmit(flexfactor.ff_payment('OK-CIT', 1999, 'USD', 'tx-ok-cit', is_mit => false, "
+	  . ff_payment_args(subscription_id => undef, subscription_interval => undef) . "))");
+my $readme = sq(q{SELECT flexfactor.ff_transmit(flexfactor.ff_payment(
+	order_id => 'INV-1002', amount_cents => 2500, currency => 'USD', transaction_id => 'gw-7790',
+	email => 'jane@example.com', paid_at => '2026-11-24 09:35+00',
+	subscription_id => 'sub_42', subscription_interval => 'monthly',
+	holder_name => 'Jane Roe', card_type => 'credit', card_brand => 'visa', card_country => 'US',
+	expiration_month => 3, expiration_year => 2030, card_bin => '411111', card_last4 => '1111'))});
+ok(wait_state("id IN ($nocard, $cit, $readme)", 'delivered', 3),
+	"complete bodies (no card details; customer-initiated; the README's ff_transmit(ff_payment(...))) are delivered");
+is(scalar @{ sim_transmits(qr/^(OK-NOCARD|OK-CIT|INV-1002)$/) }, 3, 'and recorded by FlexFactor');
+
+# ------------------------------------------------------------------
 # 4. Many at once, bounded by transmit_concurrency (16)
 # ------------------------------------------------------------------
 # every request is held 1 s, so requests in flight together overlap
 $sim->fault(endpoint => '/v1/transmit', mode => 'hang', seconds => 1, count => 40);
 my $t0 = Time::HiRes::time();
-sq("SELECT count(flexfactor.ff_transmit(flexfactor.ff_payment('CC-' || i, 1999, 'USD', 'tx-cc-' || i)))
-	FROM generate_series(1, 40) i");
+sq("SELECT count(flexfactor.ff_transmit(flexfactor.ff_payment('CC-' || i, 1999, 'USD', 'tx-cc-' || i, "
+	  . ff_payment_args() . "))) FROM generate_series(1, 40) i");
 ok(wait_state("payload->>'orderId' LIKE 'CC-%'", 'delivered', 40), '40 rows held 1 s each are delivered');
 my $took = Time::HiRes::time() - $t0;
 $reqs = transmit_requests(qr/^CC-/);
@@ -204,8 +300,8 @@ cmp_ok($took, "<", 20, sprintf("40 one-second requests took %.1f s, not 40 s", $
 # 5. No duplicates: 200 rows, 200 transmits
 # ------------------------------------------------------------------
 $sim->clear_faults;
-sq("SELECT count(flexfactor.ff_transmit(flexfactor.ff_payment('N-' || i, 1999, 'USD', 'tx-n-' || i)))
-	FROM generate_series(1, 200) i");
+sq("SELECT count(flexfactor.ff_transmit(flexfactor.ff_payment('N-' || i, 1999, 'USD', 'tx-n-' || i, "
+	  . ff_payment_args() . "))) FROM generate_series(1, 200) i");
 ok(wait_state("payload->>'orderId' LIKE 'N-%'", 'delivered', 200), '200 rows delivered');
 $reqs = transmit_requests(qr/^N-/);
 is(scalar @$reqs, 200, 'the simulator received exactly 200 transmit requests');

@@ -263,10 +263,15 @@ check_delivered('after kill -9 mid-upload', 'C', 1000);
 # cancellable ... within a second"), after a first file of the same call
 # was complete
 # ------------------------------------------------------------------
-# 4,000 declines: two files of ~0.8 MB; the relay holds the connection
-# 1.1 MB in, i.e. inside the second file.
+# 4,000 declines: two files of 2,000 lines (~1.9 MB each, complete bodies);
+# the relay holds the connection half-way through the second file (1.5
+# times the first file's size, estimated from the queued payloads plus
+# sequenceNumber, mid and idempotencyKey).
 enqueue('X', 4000);
-$relay->freeze_after(1_100_000);
+my $x_file_bytes = sq("SELECT sum(octet_length(payload::text) + 120) FROM (SELECT payload FROM flexfactor.declines
+                      WHERE order_id LIKE 'X-%' ORDER BY id LIMIT 2000) d");
+note "the first file: about $x_file_bytes bytes";
+$relay->freeze_after(int($x_file_bytes * 1.5));
 ($out, $err) = ('', '');
 $h = IPC::Run::start(
 	[ $node->installed_command('psql'), '-XAtq', '-d', $node->connstr('ffdb'),

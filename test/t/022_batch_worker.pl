@@ -157,11 +157,17 @@ $wpid = $new;
 sq("SELECT pg_advisory_lock(hashtext('flexfactor.declines')::bigint);
     SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
             'W4-' || i, " . FFSim::batch_cents_sql('i') . ", 'USD', 'tok-' || i, 'tx-' || i,
-            expiry => now() + interval '14 days'))) FROM generate_series(1, 50) i;
+            " . ff_decline_args(expiry => "now() + interval '14 days'") . "))) FROM generate_series(1, 50) i;
     DO \$\$
     DECLARE b bigint;
     BEGIN
-        b := flexfactor._create_evaluate_batch(2000);
+        -- until no transaction older than the declines' (the worker reading
+        -- a result file, say) holds the batch horizon back
+        FOR i IN 1 .. 600 LOOP
+            b := flexfactor._create_evaluate_batch(2000);
+            EXIT WHEN b IS NOT NULL;
+            PERFORM pg_sleep(0.05);
+        END LOOP;
         UPDATE flexfactor.batches SET next_attempt_at = now() + interval '3 seconds' WHERE id = b;
     END \$\$;
     SELECT pg_advisory_unlock(hashtext('flexfactor.declines')::bigint)");

@@ -31,9 +31,10 @@ sub sq { $node->safe_psql('ffdb', $_[0]) }
 
 # five payments committed, one rolled back
 sq("SELECT count(flexfactor.ff_transmit(flexfactor.ff_payment('PAY-' || i, 1000 + i, 'USD', 'ch-' || i,
-      email => 'p' || i || '\@example.com', card_bin => '411111', card_last4 => '1111')))
+      email => 'p' || i || '\@example.com', card_bin => '411111', card_last4 => '1111', "
+	  . ff_payment_args(email => undef, card_bin => undef, card_last4 => undef) . ")))
     FROM generate_series(1, 5) i");
-sq("BEGIN; SELECT flexfactor.ff_transmit(flexfactor.ff_payment('PAY-RB', 1000, 'USD', 'ch-rb')); ROLLBACK;");
+sq("BEGIN; SELECT flexfactor.ff_transmit(flexfactor.ff_payment('PAY-RB', 1000, 'USD', 'ch-rb', " . ff_payment_args() . ")); ROLLBACK;");
 sleep 2;    # the worker would send API rows at once after the commit
 is(scalar @{ $sim->transmits }, 0, 'nothing went to POST /transmit');
 is(sq("SELECT string_agg(state, ',') FROM flexfactor.transmit_queue"), 'pending,pending,pending,pending,pending',
@@ -64,6 +65,10 @@ for my $name (@names)
 		ok(defined $qid, "$l->{orderId}: a row of batch $id");
 		is($l->{idempotencyKey}, $key, "$l->{orderId}: the idempotencyKey the API path would send");
 		is($l->{mid}, $mid, "$l->{orderId}: the mid");
+		my %rest = %$l;
+		delete @rest{qw(sequenceNumber idempotencyKey mid)};
+		is_deeply(\%rest, FFSim->decode_json(sq("SELECT payload FROM flexfactor.transmit_queue WHERE id = $qid")),
+			"$l->{orderId}: otherwise the queued ff_payment body, complete");
 		$seen{ $l->{orderId} }++;
 	}
 }

@@ -58,7 +58,7 @@ for my $order (sort keys %amount)
 {
 	sq("INSERT INTO billing.invoices VALUES ('$order')");
 	sq("SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('$order', $amount{$order}, 'USD',
-	      'tok-$order', 'tx-$order', expiry => now() + interval '14 days'))");
+	      'tok-$order', 'tx-$order', expiry => now() + interval '14 days', " . ff_decline_args(expiry => undef) . "))");
 }
 
 is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'the declines leave in one file');
@@ -103,7 +103,7 @@ is(sq('SELECT count(*) FROM flexfactor.result_files'), '1', 'it is recorded once
 # a file rejected whole: its rows are set aside, ff_requeue_batch() sends them again
 $sim->admin('POST', '/_admin/batch-faults', { reject_next => 1 });
 sq("SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('B-' || i, 1500 + i, 'USD', 'tok', 'tx-' || i,
-      expiry => now() + interval '14 days')) FROM generate_series(3, 4) i");
+      expiry => now() + interval '14 days', " . ff_decline_args(expiry => undef) . ")) FROM generate_series(3, 4) i");
 is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'two more declines leave in a file');
 $scan = $sim->scan;
 is($scan->[0]{status}, 'rejected', 'FlexFactor rejects that file whole');

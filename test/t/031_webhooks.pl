@@ -113,7 +113,7 @@ for my $order (sort keys %amount)
 	my $expiry = $order eq 'W-4' ? "now() + interval '2 hours'" : "now() + interval '14 days'";
 	sq("INSERT INTO billing.invoices VALUES ('$order')");
 	sq("SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('$order', $amount{$order}, 'USD',
-	      'tok-$order', 'tx-$order', expiry => $expiry))");
+	      'tok-$order', 'tx-$order', expiry => $expiry, " . ff_decline_args(expiry => undef) . "))");
 }
 is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'loop: the declines leave in one batch file');
 my $scan = $sim->scan;
@@ -357,7 +357,7 @@ for my $order (sort keys %damount)
 {
 	sq("INSERT INTO billing.invoices VALUES ('$order')");
 	sq("SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline('$order', $damount{$order}, 'USD',
-	      'tok-$order', 'tx-$order', expiry => now() + interval '14 days'))");
+	      'tok-$order', 'tx-$order', expiry => now() + interval '14 days', " . ff_decline_args(expiry => undef) . "))");
 }
 is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'duplicate: two more declines leave');
 $sim->scan;
@@ -390,7 +390,8 @@ check_acknowledged_stored('duplicate');
 $sim->webhook_mode(reorder => JSON::PP::true);
 sq("INSERT INTO billing.invoices VALUES ('C-1')");
 my $ev = FFSim->decode_json(sq(q{SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('C-1', 2500, 'USD', 'tok-C-1',
-	'tx-C-1', expiry => now() + interval '14 days') || '{"transactionType":"AUTHORIZATION"}')}));
+	'tx-C-1', expiry => now() + interval '14 days', } . ff_decline_args(expiry => undef)
+	  . q{) || '{"transactionType":"AUTHORIZATION"}')}));
 is($ev->{status}, 'CAPTUREREQUIRED', 'reorder: C-1 is an authorisation waiting for its capture');
 my $c1 = $ev->{orderSessionKey};
 my $tok = $sim->api('POST', 'oauth2/token', { AppKey => $sim->app_key, AppSecret => $sim->app_secret });

@@ -54,7 +54,7 @@ sub make_orders
 	{
 		sq("INSERT INTO billing.invoices VALUES ('$order')");
 		my $answer = FFSim->decode_json(sq("SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('$order', 1503,
-		     'USD', 'tok-$order', 'tx-$order', expiry => now() + interval '14 days'))"));
+		     'USD', 'tok-$order', 'tx-$order', expiry => now() + interval '14 days', " . ff_decline_args(expiry => undef) . "))"));
 		die "ff_evaluate($order): $answer->{status}" unless $answer->{status} eq 'SUBMITTED';
 		$osk{$order} = $answer->{orderSessionKey};
 	}
