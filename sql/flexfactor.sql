@@ -1410,9 +1410,9 @@ DECLARE
 BEGIN
     INSERT INTO flexfactor.order_events (order_ref, old_status, new_status)
     VALUES (NEW.id, previous, NEW.status) RETURNING id INTO event_id;
-    PERFORM pg_notify('flexfactor_order', json_build_object(
-        'id', NEW.id, 'order_id', NEW.order_id, 'order_session_key', NEW.order_session_key,
-        'status', NEW.status, 'previous', previous, 'source', NEW.source)::text);
+    -- any role may LISTEN: the payload is the order's row id and its status
+    -- only; what the order is needs SELECT on flexfactor.orders
+    PERFORM pg_notify('flexfactor_order', json_build_object('id', NEW.id, 'status', NEW.status)::text);
     PERFORM flexfactor._run_callback(event_id, NEW);
     RETURN NULL;
 END $$;

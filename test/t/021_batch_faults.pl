@@ -107,7 +107,8 @@ $r = run_sql('SELECT flexfactor.ff_export_batch()');
 is($r->{stdout}, '0', 'changed host key: nothing uploaded');
 is($r->{warnings}[0][0], 'FF031', 'SQLSTATE FF031 (host key)') or diag $r->{stderr};
 like($r->{warnings}[0][1], qr/host key has CHANGED; connection refused/, 'the message says the key CHANGED');
-like($r->{stderr}, qr/DETAIL:.*127\.0\.0\.1 port \d+ presented a key that differs/, 'DETAIL names host and port');
+like($r->{stderr}, qr/DETAIL:.*flexfactor\.sftp_host presented a key that differs/, 'DETAIL names the setting');
+unlike($r->{stderr}, qr/127\.0\.0\.1/, 'and never its value, hidden from the monitoring role');
 is_deeply($sim->inbound_files, [], 'nothing reached inbound, not even a .part');
 my $since = substr($sshd->log_text, $log_before);
 unlike($since, qr/Accepted publickey|Failed publickey/, 'the client never tried to authenticate');
@@ -142,13 +143,13 @@ my $probe = "SELECT attempts || '|' || extract(epoch FROM next_attempt_at - now(
 $r = run_sql("BEGIN; SELECT flexfactor.ff_export_batch(); $probe; COMMIT;");
 is($r->{stdout}, "0\n1|1", 'server down: nothing uploaded; attempt 1, next attempt in batch_retry_base (1 s)');
 is($r->{warnings}[0][0], 'FF030', 'SQLSTATE FF030 (connection)') or diag $r->{stderr};
-like($r->{warnings}[0][1], qr/could not connect to SFTP server 127\.0\.0\.1 port \d+: Connection refused/,
+like($r->{warnings}[0][1], qr/could not connect to the SFTP server \(flexfactor\.sftp_host, sftp_port\): Connection refused/,
 	'the message names host, port and the reason');
 my $db = batch_of('D');
-is(sq("SELECT state, attempts, last_error LIKE 'could not connect to SFTP server%', next_attempt_at > now()
+is(sq("SELECT state, attempts, last_error LIKE 'could not connect to the SFTP server (flexfactor.sftp_host, sftp_port)%', next_attempt_at > now()
          FROM flexfactor.batch_status WHERE id = $db"), 'ready|1|t|t',
 	'batch_status: ready, attempts, last_error, next_attempt_at');
-is(sq("SELECT last_error LIKE 'could not connect to SFTP server%', next_attempt_at > now() - interval '1 s'
+is(sq("SELECT last_error LIKE 'could not connect to the SFTP server (flexfactor.sftp_host, sftp_port)%', next_attempt_at > now() - interval '1 s'
          FROM flexfactor.queue_status WHERE queue = 'batches' AND state = 'ready'"), 't|t',
 	'queue_status: the ready batches show the last error and the next attempt');
 $r = run_sql("BEGIN; SELECT flexfactor.ff_export_batch(); $probe; COMMIT;");

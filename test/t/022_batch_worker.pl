@@ -104,13 +104,13 @@ for my $i (0 .. $#seen)
 	  if $i < $#seen;
 }
 like(sq("SELECT state || ' ' || last_error FROM flexfactor.batch_status WHERE id = $b2"),
-	qr/^ready could not connect to SFTP server 127\.0\.0\.1 port \d+: Connection refused/,
+	qr/^ready could not connect to the SFTP server \(flexfactor\.sftp_host, sftp_port\): Connection refused/,
 	'batch_status: ready, last_error says the connection was refused');
-is(sq("SELECT last_error LIKE 'could not connect to SFTP server%', next_attempt_at > now()
+is(sq("SELECT last_error LIKE 'could not connect to the SFTP server (flexfactor.sftp_host, sftp_port)%', next_attempt_at > now()
          FROM flexfactor.queue_status WHERE queue = 'batches' AND state = 'ready'"), 't|t',
 	'queue_status: the waiting batch, its last error and next attempt');
 my ($werr, $wpid_now) = split /\|/, sq("SELECT last_error, pid FROM flexfactor.ff_worker_status() WHERE role = 'worker'");
-like($werr, qr/^could not connect to SFTP server 127\.0\.0\.1 port \d+: Connection refused/,
+like($werr, qr/^could not connect to the SFTP server \(flexfactor\.sftp_host, sftp_port\): Connection refused/,
 	'ff_worker_status: the worker shows the error');
 is($wpid_now, $wpid, 'the worker kept running (same pid)');
 ok(ff_log_contains($node, qr/WARNING:  FF030: flexfactor worker could not upload batch $b2 \(evaluate_\S+\): could not connect/, $offset),
