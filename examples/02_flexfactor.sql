@@ -60,8 +60,9 @@ CREATE TRIGGER payments_to_flexfactor
         'recurring_if=is_recurring');
 
 -- 3. Called by flexfactor, in the transaction that changes the order's
--- status, with the flexfactor.orders row.  It runs as billing_owner
--- (SECURITY DEFINER), whatever process applies the change (the worker, the
+-- status, with the flexfactor.orders row.  It runs as its owner,
+-- billing_owner (flexfactor calls a callback as its owner; SECURITY DEFINER
+-- says the same for any other caller), whatever process applies the change (the worker, the
 -- webhook listener, ff_order()).  It may be called again for the same status
 -- (a failed call is retried), so every branch is idempotent.  An error here
 -- does not undo the status change: it is recorded in
