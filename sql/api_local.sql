@@ -164,6 +164,7 @@ SELECT flexfactor._refusal_detail(400, '{"success": false, "status": "FAILED", "
 
 -- a queued transmit commits without any network; rolled back, it is gone
 BEGIN;
+SET LOCAL flexfactor.mid = '00000000-0000-4000-8000-000000000001';
 SELECT flexfactor.ff_transmit(:payment) > 0 AS queued;
 ROLLBACK;
 SELECT count(*) AS after_rollback FROM flexfactor.transmit_queue;

@@ -357,8 +357,12 @@ ff_check_body(Jsonb *payload, FFBodyKind kind, const char *caller)
 
 		require(&p, root, &f);
 	}
-	/* /transmit needs a mid from partners only (4.2) */
-	if (!transmit && path_text(root, "mid") == NULL && ff_mid[0] == '\0')
+	/*
+	 * A merchant id: FlexFactor requires it in /evaluate bodies and batch
+	 * lines, and flexfactor needs it for every /transmit copy too (its
+	 * idempotency key and its transmit_ file are derived from it).
+	 */
+	if (path_text(root, "mid") == NULL && ff_mid[0] == '\0')
 	{
 		RequiredField f = {"mid", NULL, NULL};
 

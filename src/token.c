@@ -43,7 +43,6 @@
 #define REFRESH_MARGIN_MS	30000
 #define WAIT_TICK_MS		100
 #define DEFAULT_LIFETIME_MS	600000	/* the documented lifetime, and the most we trust */
-#define MIN_LIFETIME_MS		60000
 
 /* which API and credentials a token belongs to */
 static uint64
@@ -61,8 +60,8 @@ token_issuer(void)
 
 /*
  * When a token answered now expires: "expires" (Unix epoch ms) when it is a
- * plain integer, bounded to between one and ten minutes from now; ten
- * minutes when it is absent, not an integer or out of any range.
+ * plain integer, at most ten minutes from now (sooner when FlexFactor says
+ * so); ten minutes when it is absent, not an integer or out of any range.
  */
 static int64
 bounded_expiry(Jsonb *answer, int64 now_ms)
@@ -74,7 +73,7 @@ bounded_expiry(Jsonb *answer, int64 now_ms)
 		strspn(text, "0123456789") != strlen(text))
 		return now_ms + DEFAULT_LIFETIME_MS;
 	expires = strtoll(text, NULL, 10);
-	return Max(now_ms + MIN_LIFETIME_MS, Min(expires, now_ms + DEFAULT_LIFETIME_MS));
+	return Min(expires, now_ms + DEFAULT_LIFETIME_MS);
 }
 
 static int64

@@ -151,7 +151,9 @@ is(sq("SELECT count(*) FROM flexfactor.order_events e JOIN flexfactor.orders o O
 # ======================================================================
 # 2. Sync MIT: DECLINED, then APPROVED on a later /evaluate
 # ======================================================================
+# a sync-MIT account: FlexFactor and flexfactor.mit_mode agree (no expiryDateUtc needed)
 $sim->config({ mitMode => 'sync' });
+sq("ALTER DATABASE ffdb SET flexfactor.mit_mode = 'sync'");
 my $ans = evaluate('S-1', 4902, 'tx-s1');
 is($ans->{status}, 'DECLINED', 'sync MIT: the first /evaluate answers DECLINED');
 my $s1 = $ans->{orderSessionKey};
@@ -263,10 +265,11 @@ is(snapshot(), $before, 'refused capture: nothing changed (no captures row, stil
 # 4. Refunds: booked only when the answer says the refund happened
 # ======================================================================
 $sim->config({ mitMode => 'managed' });
+sq("ALTER DATABASE ffdb RESET flexfactor.mit_mode");
 my %r;
 for my $o (qw(F-1 F-2 F-3 F-4))
 {
-	$r{$o} = evaluate($o, 2501, "tx-" . lc $o)->{orderSessionKey};
+	$r{$o} = evaluate($o, 2501, "tx-" . lc $o, expiry => "now() + interval '5 days'")->{orderSessionKey};
 }
 is(sq("SELECT string_agg(DISTINCT status, ',') FROM flexfactor.orders WHERE order_id LIKE 'F-%'"), 'APPROVED',
 	'refunds: four APPROVED orders');
