@@ -23,6 +23,7 @@
 #include "utils/jsonb.h"
 
 #include "api.h"
+#include "compat.h"
 #include "errors.h"
 #include "http.h"
 #include "settings.h"
@@ -167,7 +168,7 @@ ff_json_parse_or_null(const char *text, int len)
 
 	if (len == 0)
 		return NULL;
-	lex = makeJsonLexContextCstringLen(unconstify(char *, text), len, GetDatabaseEncoding(), true);
+	lex = ff_make_json_lex(unconstify(char *, text), len, GetDatabaseEncoding(), true);
 	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
 		return NULL;
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(text, len))));

@@ -29,8 +29,8 @@ typedef struct FFHttpRequest
 } FFHttpRequest;
 
 extern void ff_http_perform(FFHttpRequest *requests, int nrequests, int concurrency);
-extern pg_attribute_noreturn() void ff_http_raise_transport_error(const FFHttpRequest *req,
-																   const char *what);
+extern pg_noreturn void ff_http_raise_transport_error(const FFHttpRequest *req,
+													   const char *what);
 extern const char *ff_http_transport_error_text(const FFHttpRequest *req);
 
 #endif							/* FLEXFACTOR_HTTP_H */

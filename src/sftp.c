@@ -38,6 +38,7 @@
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
 
+#include "compat.h"
 #include "errors.h"
 #include "settings.h"
 #include "sftp.h"
@@ -124,7 +125,7 @@ wait_socket(FFSftp *conn, const char *what)
 	if (pfd.events == 0)
 		pfd.events = POLLIN;
 
-	pgstat_report_wait_start(PG_WAIT_EXTENSION);
+	pgstat_report_wait_start(ff_wait_event(FF_WAIT_SFTP));
 	(void) poll(&pfd, 1, CONNECT_POLL_MS);
 	pgstat_report_wait_end();
 	CHECK_FOR_INTERRUPTS();
