@@ -458,6 +458,8 @@ request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	*con_cls = NULL;
 }
 
+static void log_from_daemon(void *cls, const char *fmt, va_list ap) pg_attribute_printf(2, 0);
+
 static void
 log_from_daemon(void *cls, const char *fmt, va_list ap)
 {
