@@ -18,7 +18,10 @@
 #include "shmem.h"
 #include "worker.h"
 
-PG_MODULE_MAGIC_EXT(.name = "flexfactor",.version = FLEXFACTOR_VERSION);
+PG_MODULE_MAGIC_EXT(
+					.name = "flexfactor",
+					.version = FLEXFACTOR_VERSION
+);
 
 void		_PG_init(void);
 
