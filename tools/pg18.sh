@@ -6,8 +6,10 @@
 # with TAP support into a cache directory outside the checkout and installs
 # pgcrypto, which the tests use.  pg_cron (source package pg-cron) is built
 # against it when the registry has its source; when it has not, the reason is
-# kept in pg_cron.unavailable in its library directory and the test that needs pg_cron says
-# so.  A later run finds the cache and only retries a missing pg_cron.
+# kept in pg_cron.unavailable in its library directory, and the test that
+# needs pg_cron prints it.  A later run finds the cache and only retries a
+# missing pg_cron.  It installs what the build needs (bison and flex, since
+# the tarball has no generated parser files; readline and zlib headers).
 # Run as root; everything but the last line of output goes to stderr.
 #   FF_PG18_CACHE  cache directory (default /var/cache/flexfactor/pg18)
 set -euo pipefail
@@ -51,15 +53,16 @@ apt_source() {
 }
 
 build_pg() {
-	local src pgtar pgsrc
-	for p in bison flex; do	# the tarball has no generated parser files
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
-		log "installing bison and flex"
-		export DEBIAN_FRONTEND=noninteractive
-		apt-get install -y -qq --no-install-recommends bison flex >/dev/null 2>&1 ||
-			{ apt-get update -qq && apt-get install -y -qq --no-install-recommends bison flex >/dev/null; }
-		break
+	local src pgtar pgsrc p missing=()
+	for p in build-essential bison flex libreadline-dev zlib1g-dev libssl-dev libipc-run-perl; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		log "installing ${missing[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+			{ apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+	fi
 	src=$cache/src/postgresql-18
 	rm -rf "$src" "$prefix"
 	mkdir -p "$src"
