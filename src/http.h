@@ -9,6 +9,8 @@
 
 #include "lib/stringinfo.h"
 
+#include "compat.h"
+
 #define FF_HTTP_MAX_CONCURRENCY	64
 
 typedef struct FFHttpRequest
