@@ -14,7 +14,8 @@
 # trigger queues them, the worker uploads the batches over SFTP, the
 # simulator answers with result files and, as its clock moves on, signed
 # webhooks that the listener stores; the callback marks rescued invoices paid.
-# Running it again starts from scratch.
+# Running it again starts from scratch.  PG_CONFIG=/path/to/pg_config picks
+# the PostgreSQL installation (default: the pg_config on PATH, Debian's 15).
 #
 # Besides printing it, the report is written to $FF_DEMO_DIR/report.json, and
 # $FF_DEMO_DIR/demo.env says where the cluster and the simulator listen;
@@ -41,7 +42,8 @@ fi
 
 MID=9f8e7d6c-5b4a-4c3d-8e2f-1a0b9c8d7e6f
 KEY='XRmKBxG5uvt1qWzqvp+T6CAbTo0MB89GTxXZD5cHA56RP7Mj4NbnHQOR1Y8uorUU9YQz8ujaVRUdm9vTSkPZSw=='
-pgbin=/usr/lib/postgresql/15/bin
+export PG_CONFIG=${PG_CONFIG:-pg_config}	# make's too
+pgbin=$("$PG_CONFIG" --bindir 2>/dev/null || true)
 step() { printf '\n== %s\n' "$*"; }
 as_pg() { runuser -u postgres -- "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -65,6 +67,8 @@ fi
 
 step "installing dependencies (Debian packages)"
 "$repo/tools/install-deps.sh"
+
+pgbin=$("$PG_CONFIG" --bindir)	# there now
 
 step "building and installing flexfactor"
 make -C "$repo" -s >/dev/null
@@ -121,7 +125,7 @@ flexfactor.webhook_port = $webhook_port
 flexfactor.webhook_key = '$KEY'
 CONF
 as_pg "$pgbin/pg_ctl" -D "$demo_dir/data" -l "$demo_dir/postgresql.log" -w start >/dev/null
-psql_demo() { as_pg psql -X -q -h "$demo_dir" -p "$pg_port" -U postgres "$@"; }
+psql_demo() { as_pg "$pgbin/psql" -X -q -h "$demo_dir" -p "$pg_port" -U postgres "$@"; }
 value() { psql_demo -d billing -At -c "$1"; }
 echo "PostgreSQL on 127.0.0.1:$pg_port"
 cat >"$demo_dir/demo.env" <<ENV

@@ -653,12 +653,10 @@ RETURNS text AS 'MODULE_PATHNAME', 'ff_tokenize' LANGUAGE C VOLATILE STRICT
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- POST /evaluate (C, see evaluate.c): records the order and its idempotency
--- key before sending, stores FlexFactor's answer after.  No SET search_path:
--- the C code pins its own (pg_catalog only) around its queries, at a fraction
--- of the cost per call.
+-- key before sending, stores FlexFactor's answer after.
 CREATE FUNCTION flexfactor.ff_evaluate(payload jsonb)
 RETURNS jsonb AS 'MODULE_PATHNAME', 'ff_evaluate' LANGUAGE C VOLATILE STRICT
-SECURITY DEFINER;
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION flexfactor.ff_order(order_session_key text)
 RETURNS jsonb LANGUAGE plpgsql VOLATILE STRICT

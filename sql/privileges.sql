@@ -8,6 +8,12 @@ SELECT count(*) AS public_table_grants
 SELECT p.proname, has_function_privilege('public', p.oid, 'EXECUTE') AS public_can_execute
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'flexfactor' ORDER BY p.proname;
+-- every SECURITY DEFINER function pins its search_path
+SELECT p.proname AS definer_without_search_path
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'flexfactor' AND p.prosecdef
+   AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
+ ORDER BY 1;
 
 CREATE ROLE ff_nobody;
 SET ROLE ff_nobody;

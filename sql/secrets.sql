@@ -20,12 +20,16 @@ SELECT count(*) AS secret_values_visible FROM pg_settings
 -- an ordinary role sees neither secrets nor paths
 CREATE ROLE ff_plain_reader LOGIN;
 SET ROLE ff_plain_reader;
+-- (PostgreSQL words "permission denied" differently from version to version:
+-- its SQLSTATE)
+\set VERBOSITY sqlstate
 SHOW flexfactor.app_secret;
 SHOW flexfactor.webhook_key;
 SHOW flexfactor.sftp_private_key_file;
 SHOW flexfactor.app_key;
 SELECT current_setting('flexfactor.tokenization_key');
 SELECT current_setting('flexfactor.sftp_known_hosts_file');
+\set VERBOSITY default
 SELECT name FROM pg_settings WHERE name LIKE 'flexfactor.%' ORDER BY name;
 -- ... and cannot change them
 SET flexfactor.app_secret = 'x';

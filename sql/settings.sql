@@ -20,11 +20,16 @@ SET flexfactor.mid = '00000000-0000-4000-8000-000000000001';
 SHOW flexfactor.mid;
 SET flexfactor.site_id = 'x';
 
--- numeric ranges
+-- numeric ranges (PostgreSQL words its range errors differently from version
+-- to version: their SQLSTATE)
+\set VERBOSITY sqlstate
 SET flexfactor.http_timeout_ms = 50;
+\set VERBOSITY default
 SET flexfactor.http_timeout_ms = '2s';
 SHOW flexfactor.http_timeout_ms;
+\set VERBOSITY sqlstate
 SET flexfactor.http_timeout_ms = 600001;
+\set VERBOSITY default
 
 -- paths must be absolute
 SET flexfactor.ca_file = 'relative/ca.pem';
@@ -39,14 +44,18 @@ SET flexfactor.webhook_path = '/x';
 -- ALTER SYSTEM validates too (without writing anything bad)
 ALTER SYSTEM SET flexfactor.batch_max_rows = 2001;
 ALTER SYSTEM SET flexfactor.batch_max_rows = 0;
+\set VERBOSITY sqlstate
 ALTER SYSTEM SET flexfactor.batch_interval = -1;
+\set VERBOSITY default
 ALTER SYSTEM SET flexfactor.sftp_port = 0;
 ALTER SYSTEM SET flexfactor.sftp_port = 65536;
 ALTER SYSTEM SET flexfactor.webhook_port = 70000;
 ALTER SYSTEM SET flexfactor.webhook_path = 'no-leading-slash';
 ALTER SYSTEM SET flexfactor.webhook_path = '/with?query';
 ALTER SYSTEM SET flexfactor.webhook_listen_address = 'example.com';
+\set VERBOSITY sqlstate
 ALTER SYSTEM SET flexfactor.webhook_max_skew = -5;
+\set VERBOSITY default
 ALTER SYSTEM SET flexfactor.sftp_known_hosts_file = 'known_hosts';
 ALTER SYSTEM SET flexfactor.sftp_inbound_dir = '';
 ALTER SYSTEM SET flexfactor.sftp_host = 'bad host';

@@ -27,6 +27,7 @@
 #include "utils/jsonb.h"
 
 #include "api.h"
+#include "compat.h"
 #include "errors.h"
 #include "scrub.h"
 #include "http.h"
@@ -149,7 +150,7 @@ ff_json_parse_or_null(const char *text, int len)
 	/* bytes from the network: never let invalid text into the database */
 	if (!pg_verifymbstr(text, len, true))
 		return NULL;
-	lex = makeJsonLexContextCstringLen(unconstify(char *, text), len, GetDatabaseEncoding(), true);
+	lex = ff_make_json_lex(unconstify(char *, text), len, GetDatabaseEncoding(), true);
 	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
 		return NULL;
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(text, len))));

@@ -7,6 +7,7 @@
 
 #include "utils/jsonb.h"
 
+#include "compat.h"
 #include "http.h"
 
 /* flags of ff_api_call() */
@@ -17,8 +18,8 @@ extern Jsonb *ff_api_call(const char *method, const char *path, const char *body
 extern Jsonb *ff_api_call_answer(const char *method, const char *path, const char *body, int flags,
 								 const int *answer_statuses, int n_answer_statuses, long *status_out);
 extern Jsonb *ff_api_parse_json(const FFHttpRequest *req, const char *what);
-extern pg_attribute_noreturn() void ff_api_raise_status_error(const FFHttpRequest *req,
-															   const char *what);
+extern pg_noreturn void ff_api_raise_status_error(const FFHttpRequest *req,
+												   const char *what);
 extern char *ff_api_describe_errors(const char *body);
 extern char *ff_api_endpoint(const char *path);
 extern void ff_api_require_configured(void);

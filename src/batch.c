@@ -49,6 +49,7 @@
 #include "batch.h"
 #include "worker.h"
 #include "shmem.h"
+#include "compat.h"
 #include "errors.h"
 #include "settings.h"
 #include "sftp.h"
@@ -603,7 +604,8 @@ ff_export_batch(PG_FUNCTION_ARGS)
 					 errmsg("the flexfactor worker stopped before the export finished"),
 					 errhint("Pending batches are uploaded when the worker runs again; see ff_worker_status().")));
 		}
-		(void) ConditionVariableTimedSleep(&sh->export_done, EXPORT_WAIT_TICK_MS, PG_WAIT_EXTENSION);
+		(void) ConditionVariableTimedSleep(&sh->export_done, EXPORT_WAIT_TICK_MS,
+										  ff_wait_event(FF_WAIT_EXPORT));
 	}
 	ConditionVariableCancelSleep();
 

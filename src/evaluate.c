@@ -12,7 +12,6 @@
  */
 #include "postgres.h"
 
-#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/md5.h"
 #include "executor/spi.h"
@@ -111,7 +110,6 @@ looks_like_uuid(const char *s)
 
 /* ------------------------------------------------------------ ff_evaluate */
 
-static OverrideSearchPath catalog_only = {NIL, true, false, 0};
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr answer_plan = NULL;
 
@@ -229,13 +227,11 @@ ff_evaluate(PG_FUNCTION_ARGS)
 	ff_api_require_configured();
 
 	/*
-	 * The function runs as the extension owner (SECURITY DEFINER) without a
-	 * SET search_path clause, whose GUC save/restore cost a fifth of a call;
-	 * its queries resolve names in pg_catalog only (then flexfactor, named
-	 * explicitly), so a caller's search_path cannot redirect them.  Transaction
-	 * abort pops the override if the call fails.
+	 * The function runs as the extension owner (SECURITY DEFINER) with SET
+	 * search_path = pg_catalog, pg_temp (sql/flexfactor.sql): its queries name
+	 * flexfactor's objects explicitly and find the rest in pg_catalog, and the
+	 * functions they reach keep their own SET search_path.
 	 */
-	PushOverrideSearchPath(&catalog_only);
 	SPI_connect();
 	spi_cxt = CurrentMemoryContext;
 
@@ -310,6 +306,5 @@ ff_evaluate(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not store FlexFactor's answer");
 
 	SPI_finish();
-	PopOverrideSearchPath();
 	PG_RETURN_JSONB_P(answer);
 }

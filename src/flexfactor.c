@@ -12,12 +12,16 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 
+#include "compat.h"
 #include "dbguard.h"
 #include "settings.h"
 #include "shmem.h"
 #include "worker.h"
 
-PG_MODULE_MAGIC;
+PG_MODULE_MAGIC_EXT(
+					.name = "flexfactor",
+					.version = FLEXFACTOR_VERSION
+);
 
 void		_PG_init(void);
 

@@ -23,6 +23,7 @@
 #include "pgstat.h"
 #include "utils/wait_event.h"
 
+#include "compat.h"
 #include "errors.h"
 #include "http.h"
 #include "settings.h"
@@ -273,7 +274,7 @@ run_transfers(FFHttpRequest *requests, int nrequests, int concurrency)
 
 		if (running > 0)
 		{
-			pgstat_report_wait_start(PG_WAIT_EXTENSION);
+			pgstat_report_wait_start(ff_wait_event(FF_WAIT_HTTP));
 			mc = curl_multi_poll(multi, NULL, 0, POLL_INTERVAL_MS, NULL);
 			pgstat_report_wait_end();
 			if (mc != CURLM_OK)

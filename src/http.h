@@ -9,6 +9,8 @@
 
 #include "lib/stringinfo.h"
 
+#include "compat.h"
+
 #define FF_HTTP_MAX_CONCURRENCY	64
 
 typedef struct FFHttpRequest
@@ -29,8 +31,8 @@ typedef struct FFHttpRequest
 } FFHttpRequest;
 
 extern void ff_http_perform(FFHttpRequest *requests, int nrequests, int concurrency);
-extern pg_attribute_noreturn() void ff_http_raise_transport_error(const FFHttpRequest *req,
-																   const char *what);
+extern pg_noreturn void ff_http_raise_transport_error(const FFHttpRequest *req,
+													   const char *what);
 extern const char *ff_http_transport_error_text(const FFHttpRequest *req);
 
 #endif							/* FLEXFACTOR_HTTP_H */

@@ -58,6 +58,7 @@
 #include "utils/snapmgr.h"
 #include "utils/wait_event.h"
 
+#include "compat.h"
 #include "dbguard.h"
 #include "errors.h"
 #include "scrub.h"
@@ -459,6 +460,8 @@ request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	*con_cls = NULL;
 }
 
+static void log_from_daemon(void *cls, const char *fmt, va_list ap) pg_attribute_printf(2, 0);
+
 static void
 log_from_daemon(void *cls, const char *fmt, va_list ap)
 {
@@ -650,7 +653,7 @@ ff_listener_main(Datum main_arg)
 			timeout_ms = Min(timeout_ms, (long) mhd_timeout);
 		rc = WaitLatchOrSocket(MyLatch,
 							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							   epoll_fd, timeout_ms, PG_WAIT_EXTENSION);
+							   epoll_fd, timeout_ms, ff_wait_event(FF_WAIT_LISTENER));
 		if (rc & WL_LATCH_SET)
 			ResetLatch(MyLatch);
 		MHD_run(daemon_handle);		/* receives; complete deliveries wait */

@@ -18,6 +18,7 @@
 #include "common/base64.h"
 #include "utils/guc.h"
 
+#include "compat.h"
 #include "settings.h"
 
 char	   *ff_api_url = NULL;
@@ -174,14 +175,14 @@ check_api_url(char **newval, void **extra, GucSource source)
 	len = strlen(url);
 	if (url[len - 1] != '/')
 	{
-		char	   *with_slash = malloc(len + 2);
+		char	   *with_slash = guc_malloc(LOG, len + 2);
 
 		if (with_slash == NULL)
 			return false;
 		memcpy(with_slash, url, len);
 		with_slash[len] = '/';
 		with_slash[len + 1] = '\0';
-		free(*newval);
+		guc_free(*newval);
 		*newval = with_slash;
 	}
 	return true;
@@ -269,7 +270,7 @@ check_webhook_key(char **newval, void **extra, GucSource source)
 	decoded = malloc(pg_b64_dec_len(len) + 1);
 	if (decoded == NULL)
 		return false;
-	decoded_len = pg_b64_decode(key, len, decoded, pg_b64_dec_len(len));
+	decoded_len = pg_b64_decode(key, len, (ff_b64_raw *) decoded, pg_b64_dec_len(len));
 	explicit_bzero(decoded, pg_b64_dec_len(len) + 1);
 	free(decoded);
 

@@ -41,6 +41,7 @@
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
 
+#include "compat.h"
 #include "errors.h"
 #include "scrub.h"
 #include "settings.h"
@@ -128,7 +129,7 @@ wait_for_socket(int sock, int socket_events, TimestampTz deadline)
 	timeout_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 	rc = WaitLatchOrSocket(MyLatch,
 						   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | socket_events,
-						   sock, Max(timeout_ms, 0), PG_WAIT_EXTENSION);
+						   sock, Max(timeout_ms, 0), ff_wait_event(FF_WAIT_SFTP));
 	if (rc & WL_LATCH_SET)
 		ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();

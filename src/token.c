@@ -34,6 +34,7 @@
 #include "utils/wait_event.h"
 
 #include "api.h"
+#include "compat.h"
 #include "errors.h"
 #include "http.h"
 #include "settings.h"
@@ -187,7 +188,7 @@ ff_token_get(uint64 *generation)
 		if (cache->fetching && cache->fetcher != MyProcPid && kill(cache->fetcher, 0) == 0)
 		{
 			LWLockRelease(ff_shared->lock);
-			ConditionVariableTimedSleep(&cache->fetched, WAIT_TICK_MS, PG_WAIT_EXTENSION);
+			ConditionVariableTimedSleep(&cache->fetched, WAIT_TICK_MS, ff_wait_event(FF_WAIT_TOKEN));
 			CHECK_FOR_INTERRUPTS();
 			continue;
 		}

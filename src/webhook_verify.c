@@ -26,6 +26,7 @@
 
 #include "common/base64.h"
 
+#include "compat.h"
 #include "settings.h"
 #include "webhook_verify.h"
 
@@ -36,7 +37,7 @@ b64(const unsigned char *data, int len)
 {
 	int			out_len = pg_b64_enc_len(len);
 	char	   *out = palloc(out_len + 1);
-	int			n = pg_b64_encode((const char *) data, len, out, out_len);
+	int			n = pg_b64_encode((const ff_b64_raw *) data, len, out, out_len);
 
 	out[Max(n, 0)] = '\0';
 	return out;
@@ -53,7 +54,7 @@ decode_key(const char *setting, int *key_len)
 		return NULL;
 	len = strlen(setting);
 	key = palloc(pg_b64_dec_len(len) + 1);
-	*key_len = pg_b64_decode(setting, len, (char *) key, pg_b64_dec_len(len));
+	*key_len = pg_b64_decode(setting, len, (ff_b64_raw *) key, pg_b64_dec_len(len));
 	return *key_len > 0 ? key : NULL;
 }
 

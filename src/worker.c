@@ -43,6 +43,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "dbguard.h"
 #include "batch.h"
 #include "settings.h"
@@ -104,7 +105,7 @@ static void
 wait_for_wakeup(long timeout_ms)
 {
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 timeout_ms, PG_WAIT_EXTENSION);
+					 timeout_ms, ff_wait_event(FF_WAIT_WORKER));
 	ResetLatch(MyLatch);
 }
 

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # run-all.sh: runs every flexfactor test suite, as README's test command and
-# CI do.  As root it installs the dependencies, builds with warnings as
-# errors and installs the extension; then, as the postgres account (which
-# PostgreSQL requires), it runs on a copy of the tree:
+# CI do, on PostgreSQL 15 (Debian's package) and then on PostgreSQL 18 (built
+# once from Debian's source package by tools/pg18.sh, and cached); with
+# PG_CONFIG=/path/to/pg_config, on that installation only.  FF_PG15_CONFIG
+# replaces Debian's 15 (a private copy, say) in the two-version run.  As root it
+# installs the dependencies; then, for each version, it builds with warnings
+# as errors and installs the extension and, as the postgres account (which
+# PostgreSQL requires), runs on a copy of the tree:
 #   pg_regress suites (make installcheck), TAP suites (make prove_installcheck),
-#   and the FlexFactor simulator's own tests.
-# Then it runs the demo (demo/run.sh --quick) as one more check, and checks
-# its report's figures (test/check_demo_report.py), one check each.  It prints
-# regression.diffs and server logs of failed suites, and ends with one line
-# "N passed, N failed".
+# then the demo (demo/run.sh --quick) as one more check, and checks its
+# report's figures (test/check_demo_report.py), one check each.  The
+# FlexFactor simulator's own tests (no PostgreSQL in them) run once.  It
+# prints regression.diffs and server logs of failed suites, a subtotal per
+# version, and ends with one line "N passed, N failed" for all of them.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,20 +23,13 @@ fi
 
 "$repo/tools/install-deps.sh" || exit 1
 
-echo "== build (warnings are errors) and install"
-make -C "$repo" -s clean >/dev/null
-make -C "$repo" -s COPT='-Werror' || exit 1
-make -C "$repo" -s check-version || exit 1
-make -C "$repo" -s install >/dev/null || exit 1
-
-work=$(mktemp -d /tmp/flexfactor-test.XXXXXX)
-cp -a "$repo/." "$work/"
-chown -R postgres: "$work"
 as_pg() { runuser -u postgres -- "$@"; }
+work=$(mktemp -d /tmp/flexfactor-test.XXXXXX)
+chmod 0755 "$work"
 
 passed=0
 failed=0
-suite_failed=0
+skipped=0
 
 sum_lines() { awk '{ s += $1 } END { print s + 0 }'; }
 
@@ -54,6 +51,7 @@ count_prove() {		# prove summary: "Files=F, Tests=N", failures in the report
 	[ -z "$bad" ] && bad=0
 	dubious=$(grep -c 'Parse errors: No plan found' "$log" || true)
 	passed=$((passed + n - bad)); failed=$((failed + bad + dubious))
+	skipped=$((skipped + $(grep -c '\.\. skipped: ' "$log")))
 }
 
 count_unittest() {	# unittest: "Ran N tests", "FAILED (failures=a, errors=b)"
@@ -69,63 +67,105 @@ count_unittest() {	# unittest: "Ran N tests", "FAILED (failures=a, errors=b)"
 	passed=$((passed + rp)); failed=$((failed + rf))
 }
 
-echo "== pg_regress suites"
-as_pg make -C "$work" installcheck TAP_TESTS= >"$work/regress.log" 2>&1
-rc=$?
-cat "$work/regress.log" | grep -E '^(test |ok |not ok | *[0-9]+ of|All )' || true
-count_regress "$work/regress.log"
-if [ $rc -ne 0 ]; then
-	suite_failed=1
-	echo "---- regression.diffs"; cat "$work/regression.diffs" 2>/dev/null
-	echo "---- server log"; tail -n 100 "$work"/tmp_check_regress/log/postmaster.log 2>/dev/null
-fi
+# $1: pg_config of the installation; $2: 1 to run the simulator's tests too
+run_version() {
+	local pg_config=$1 with_sim=$2 version w rc
+	local passed0=$passed failed0=$failed suite_failed=0
+	version=$("$pg_config" --version | awk '{print $2}')
+	export PG_CONFIG=$pg_config
+	w=$work/pg${version%%.*}
 
-echo "== TAP suites"
-as_pg make -C "$work" prove_installcheck >"$work/tap.log" 2>&1
-rc=$?
-grep -vE '^(echo|\+\+\+)' "$work/tap.log"
-count_prove "$work/tap.log"
-if [ $rc -ne 0 ]; then
-	suite_failed=1
-	for f in "$work"/tmp_check/log/*; do
-		echo "---- $f (last 80 lines)"; tail -n 80 "$f"
-	done
-fi
+	echo "== PostgreSQL $version ($pg_config): build (warnings are errors) and install"
+	make -C "$repo" -s clean >/dev/null
+	if ! { make -C "$repo" -s COPT='-Werror' && make -C "$repo" -s check-version &&
+		make -C "$repo" -s install >/dev/null; }; then
+		failed=$((failed + 1))
+		echo "PostgreSQL $version: the build failed, no suite run"
+		return
+	fi
+	mkdir -p "$w"
+	cp -a "$repo/." "$w/"
+	chown -R postgres: "$w"
 
-if [ -x "$work/test/ffsim/run_tests.sh" ]; then
-	echo "== FlexFactor simulator tests"
-	(cd "$work" && as_pg bash test/ffsim/run_tests.sh) >"$work/ffsim.log" 2>&1
+	echo "== PostgreSQL $version: pg_regress suites"
+	as_pg make -C "$w" installcheck TAP_TESTS= PG_CONFIG="$pg_config" >"$w/regress.log" 2>&1
 	rc=$?
-	tail -n 60 "$work/ffsim.log"
-	count_unittest "$work/ffsim.log"
-	[ $rc -ne 0 ] && suite_failed=1
-fi
+	grep -E '^(test |ok |not ok | *[0-9]+ of|All |# ([0-9]+ of|All ))' "$w/regress.log" || true
+	count_regress "$w/regress.log"
+	if [ $rc -ne 0 ]; then
+		suite_failed=1
+		echo "---- regression.diffs"; cat "$w/regression.diffs" 2>/dev/null
+		echo "---- server log"; tail -n 100 "$w"/tmp_check_regress/log/postmaster.log 2>/dev/null
+	fi
 
-echo "== the demo (README's main job), short mode, and its report checked"
-# kept running (in the test tree) so that its figures can be checked against
-# the database and the simulator's records, then stopped
-demo_dir="$work/demo"
-if FF_DEMO_DIR="$demo_dir" bash "$repo/demo/run.sh" --quick --keep >"$work/demo.log" 2>&1; then
-	sed -n '/== report/,/^flexfactor ran/p' "$work/demo.log"
-	passed=$((passed + 1))
-	python3 "$repo/test/check_demo_report.py" "$demo_dir" >"$work/demo-check.log" 2>&1
-	grep -E '^(not ok|demo report:)|Error|Traceback' "$work/demo-check.log" || true
-	if n=$(grep -oP '^demo report: \K[0-9]+(?= passed)' "$work/demo-check.log"); then
-		passed=$((passed + n))
-		failed=$((failed + $(grep -oP '^demo report: [0-9]+ passed, \K[0-9]+' "$work/demo-check.log")))
+	echo "== PostgreSQL $version: TAP suites"
+	as_pg make -C "$w" prove_installcheck PG_CONFIG="$pg_config" >"$w/tap.log" 2>&1
+	rc=$?
+	grep -vE '^(echo|\+\+\+)' "$w/tap.log"
+	count_prove "$w/tap.log"
+	if [ $rc -ne 0 ]; then
+		suite_failed=1
+		for f in "$w"/tmp_check/log/*; do
+			echo "---- $f (last 80 lines)"; tail -n 80 "$f"
+		done
+	fi
+
+	if [ "$with_sim" = 1 ] && [ -x "$w/test/ffsim/run_tests.sh" ]; then
+		echo "== FlexFactor simulator tests"
+		(cd "$w" && as_pg bash test/ffsim/run_tests.sh) >"$w/ffsim.log" 2>&1
+		rc=$?
+		tail -n 60 "$w/ffsim.log"
+		count_unittest "$w/ffsim.log"
+		[ $rc -ne 0 ] && suite_failed=1
+	fi
+
+	echo "== PostgreSQL $version: the demo (README's main job), short mode, and its report checked"
+	# kept running (in the test tree) so that its figures can be checked against
+	# the database and the simulator's records, then stopped
+	local demo_dir="$w/demo" n
+	if FF_DEMO_DIR="$demo_dir" bash "$repo/demo/run.sh" --quick --keep >"$w/demo.log" 2>&1; then
+		sed -n '/== report/,/^flexfactor ran/p' "$w/demo.log"
+		passed=$((passed + 1))
+		python3 "$repo/test/check_demo_report.py" "$demo_dir" >"$w/demo-check.log" 2>&1
+		grep -E '^(not ok|demo report:)|Error|Traceback' "$w/demo-check.log" || true
+		if n=$(grep -oP '^demo report: \K[0-9]+(?= passed)' "$w/demo-check.log"); then
+			passed=$((passed + n))
+			failed=$((failed + $(grep -oP '^demo report: [0-9]+ passed, \K[0-9]+' "$w/demo-check.log")))
+		else
+			tail -n 30 "$w/demo-check.log"
+			failed=$((failed + 1))
+		fi
 	else
-		tail -n 30 "$work/demo-check.log"
+		tail -n 60 "$w/demo.log"
 		failed=$((failed + 1))
 	fi
-else
-	tail -n 60 "$work/demo.log"
-	failed=$((failed + 1))
-fi
-FF_DEMO_DIR="$demo_dir" bash "$repo/demo/run.sh" --stop >/dev/null 2>&1
+	FF_DEMO_DIR="$demo_dir" bash "$repo/demo/run.sh" --stop >/dev/null 2>&1
 
-if [ $suite_failed -ne 0 ] && [ $failed -eq 0 ]; then
-	failed=1		# a suite failed in a way its summary did not count
+	if [ $suite_failed -ne 0 ] && [ $failed -eq $failed0 ]; then
+		failed=$((failed + 1))	# a suite failed in a way its summary did not count
+	fi
+	echo "-- PostgreSQL $version: $((passed - passed0)) tests passed and $((failed - failed0)) failed"
+}
+
+if [ -n "${PG_CONFIG:-}" ]; then
+	run_version "$PG_CONFIG" 1
+else
+	run_version "${FF_PG15_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" 1
+	echo "== PostgreSQL 18 (tools/pg18.sh: built from Debian's source package once, then cached)"
+	t0=$SECONDS
+	if pg18=$("$repo/tools/pg18.sh"); then
+		echo "PostgreSQL 18 ready after $((SECONDS - t0)) s: $pg18"
+		run_version "$pg18" 0
+	else
+		echo "PostgreSQL 18 could not be obtained or built: its suites did not run"
+		failed=$((failed + 1))
+	fi
 fi
-echo "test tree kept in $work"
-echo "$passed passed, $failed failed"
+
+echo "test trees kept in $work"
+if [ $skipped -gt 0 ]; then
+	echo "$passed passed, $failed failed, $skipped skipped"
+else
+	echo "$passed passed, $failed failed"
+fi
 [ $failed -eq 0 ]

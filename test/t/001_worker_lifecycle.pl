@@ -52,6 +52,20 @@ is($status, "$pid|ffdb|idle", 'ff_worker_status shows the running worker');
 is($node->safe_psql('ffdb',
 		"SELECT state FROM flexfactor.ff_worker_status() WHERE role = 'launcher'"),
 	'supervising workers', 'ff_worker_status shows the launcher');
+# between passes it waits on a wait event of its own from PostgreSQL 17 on
+my $idle_wait = $node->pg_version >= 17 ? 'FlexFactorWorkerMain' : 'Extension';
+ok($node->poll_query_until('ffdb',
+		"SELECT wait_event_type || ':' || wait_event FROM pg_stat_activity WHERE pid = $pid",
+		"Extension:$idle_wait"),
+	"the idle worker shows wait event $idle_wait in pg_stat_activity");
+SKIP:
+{
+	skip 'pg_get_loaded_modules() came with PostgreSQL 18', 1 if $node->pg_version < 18;
+	is($node->safe_psql('ffdb',
+			"SELECT module_name || ' ' || version FROM pg_get_loaded_modules() WHERE file_name = 'flexfactor.so'"),
+		'flexfactor ' . $node->safe_psql('ffdb', 'SELECT flexfactor.ff_version()'),
+		'the library reports its name and version (PG_MODULE_MAGIC_EXT)');
+}
 
 # --- SIGHUP: the worker re-reads the configuration
 my $reloads = $node->safe_psql('ffdb',

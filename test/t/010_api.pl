@@ -642,6 +642,12 @@ ok($in_flight, 'the evaluate request is hanging at the simulator')
   . FFSim->encode_json([ map { [ $_->{seq}, $_->{path}, $_->{status}, $_->{fault}, substr($_->{body}, 0, 60) ] }
 	  @{ $sim->requests(limit => 4) } ]);
 my $bgpid = sq("SELECT pid FROM pg_stat_activity WHERE query LIKE '%C-pc%' AND pid <> pg_backend_pid()");
+# meanwhile pg_stat_activity names the wait from PostgreSQL 17 on
+my $http_wait = $node->pg_version >= 17 ? 'FlexFactorHttp' : 'Extension';
+ok($node->poll_query_until('ffdb',
+		"SELECT wait_event_type || ':' || wait_event FROM pg_stat_activity WHERE pid = $bgpid",
+		"Extension:$http_wait"),
+	"the session waits on $http_wait while FlexFactor hangs");
 my $t0 = Time::HiRes::time();
 sq("SELECT pg_cancel_backend($bgpid)");
 $bg{h}->finish;

@@ -22,6 +22,16 @@ use FlexFactorTest;
 use FFSim;
 use FFSshd;
 
+# pg_cron comes from Debian's postgresql-15-cron on 15; on a PostgreSQL built
+# from source (tools/pg18.sh) only when Debian's registry served its source
+chomp(my $pkglibdir = `pg_config --pkglibdir`);
+if (!-f "$pkglibdir/pg_cron.so")
+{
+	my $why = -f "$pkglibdir/pg_cron.unavailable" ? slurp_file("$pkglibdir/pg_cron.unavailable") : '';
+	chomp $why;
+	plan skip_all => "pg_cron is not installed for this PostgreSQL ($pkglibdir)" . ($why ? ": $why" : '');
+}
+
 my $root = Cwd::abs_path(File::Basename::dirname(__FILE__) . '/../..');
 my $examples = "$root/examples";
 my $mid = '4c5d6e7f-8091-4a2b-9c3d-4e5f60718293';
