@@ -29,7 +29,7 @@ DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites (sql/*.sql + expected/*.out) on a throwaway instance
 # that preloads the library.
-REGRESS = settings secrets schema privileges api_local batch_local results_local
+REGRESS = settings secrets schema privileges security api_local batch_local results_local
 REGRESS_OPTS = --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/regress.conf
 
