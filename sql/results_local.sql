@@ -123,17 +123,20 @@ SELECT e.callback_state, e.callback_attempts, i.state AS invoice
   JOIN billing.invoices i ON i.invoice_no = o.order_id WHERE o.order_id = 'INV-3';
 -- the callback runs as its owner, never as the process that applies the
 -- change (here a superuser): an owner who rewrites it to grant itself more
--- gains nothing, and the attempt is recorded as a failed callback
+-- gains nothing
 CREATE ROLE ff_callback_owner;
 GRANT USAGE ON SCHEMA flexfactor TO ff_callback_owner;
-CREATE TABLE billing.callback_runs (order_id text, run_as text, superuser boolean);
+CREATE TABLE billing.callback_runs (order_id text, run_as text, outcome text);
 GRANT INSERT ON billing.callback_runs TO ff_callback_owner;
 GRANT USAGE ON SCHEMA billing TO ff_callback_owner;
 CREATE FUNCTION billing.owned_callback(o flexfactor.orders) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO billing.callback_runs
-    SELECT o.order_id, current_user, rolsuper FROM pg_roles WHERE rolname = current_user;
-    ALTER ROLE ff_callback_owner SUPERUSER;
+    BEGIN
+        ALTER ROLE ff_callback_owner SUPERUSER;
+        INSERT INTO billing.callback_runs VALUES (o.order_id, current_user, 'escalated');
+    EXCEPTION WHEN insufficient_privilege THEN
+        INSERT INTO billing.callback_runs VALUES (o.order_id, current_user, 'refused: ' || SQLSTATE);
+    END;
 END $$;
 ALTER FUNCTION billing.owned_callback(flexfactor.orders) OWNER TO ff_callback_owner;
 SET flexfactor.on_order_status = 'billing.owned_callback';
@@ -141,19 +144,11 @@ INSERT INTO flexfactor.orders (order_id, order_session_key, idempotency_key, sou
 VALUES ('INV-4', '44444444-4444-4444-8444-444444444444', gen_random_uuid(), 'api', 2999, 'USD', 'SUBMITTED');
 SELECT flexfactor.ff_ingest_webhook(pg_temp.signed(b, 'n-cb'), b)
   FROM pg_temp.event('order.completed', '44444444-4444-4444-8444-444444444444') AS b;
-SELECT e.callback_state, e.callback_error
+SELECT e.new_status, e.callback_state
   FROM flexfactor.order_events e JOIN flexfactor.orders o ON o.id = e.order_ref
  WHERE o.order_id = 'INV-4' ORDER BY e.id;
-SELECT rolsuper AS callback_owner_became_superuser FROM pg_roles WHERE rolname = 'ff_callback_owner';
--- without the escalation the callback runs, as its owner
-CREATE OR REPLACE FUNCTION billing.owned_callback(o flexfactor.orders) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO billing.callback_runs
-    SELECT o.order_id, current_user, rolsuper FROM pg_roles WHERE rolname = current_user;
-END $$;
-UPDATE flexfactor.order_events SET next_callback_at = now() WHERE callback_state = 'failed';
-SELECT flexfactor._retry_callbacks() AS retried;
 SELECT * FROM billing.callback_runs;
+SELECT rolsuper AS callback_owner_became_superuser FROM pg_roles WHERE rolname = 'ff_callback_owner';
 DROP FUNCTION billing.owned_callback(flexfactor.orders);
 DROP TABLE billing.callback_runs;
 RESET flexfactor.on_order_status;

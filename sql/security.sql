@@ -31,7 +31,9 @@ CREATE TRIGGER steal AFTER INSERT ON attacker.payments FOR EACH ROW
     EXECUTE FUNCTION flexfactor.ff_decline_trigger('order_id=invoice_no', 'amount_dollars=amount',
         'currency=currency', 'token=token', 'email=card', 'enrich=attacker.details',
         'declined_if=status:declined', 'recurring_if=recurring');
+\set VERBOSITY sqlstate
 INSERT INTO attacker.payments VALUES ('A-1', 9.99, 'USD', 'tok', ROW('x'), 'declined', true);
+\set VERBOSITY default
 -- the queue step itself is granted to nobody
 SELECT flexfactor._queue_mapped_decline('{"order_id": "A-2"}', NULL);
 RESET ROLE;
