@@ -197,7 +197,8 @@ SELECT label, pg_temp.refusal(call, body) AS outcome
     ('as a JSON number', 'ff_evaluate', :complete || '{"orderItems": [{"sku": 6011111111111117}]}'::jsonb),
     ('as a key', 'ff_transmit', :payment || '{"4111111111111111": 1}'::jsonb),
     ('16 digits, not Luhn', 'ff_evaluate', jsonb_set(:complete, '{orderId}', '"4111111111111112"')),
-    ('the merchant id GUID', 'ff_evaluate', :complete || '{"mid": "00000000-0000-4000-8000-000000000001"}'::jsonb)
+    ('the merchant id GUID', 'ff_evaluate', :complete || '{"mid": "00000000-0000-4000-8000-000000000001"}'::jsonb),
+    ('a token GUID of decimal digits', 'ff_evaluate', jsonb_set(:complete, '{paymentMethod,cardNumber}', '"41111115-1111-4111-a111-111111111111"'))
   ) AS t(label, call, body);
 SELECT count(*) AS stored FROM flexfactor.declines WHERE payload::text ~ '4111|5555|3782|6011';
 SELECT count(*) AS queued FROM flexfactor.transmit_queue WHERE payload::text ~ '4111|5555';

@@ -12,7 +12,8 @@
  *   sends is searched, keys and values, at any depth, for a Luhn-valid card
  *   number of a card network (first digit 2-6); the caller refuses the body.
  *   Only ff_tokenize(), whose purpose is to carry a card to /tokenize, is
- *   exempt.
+ *   exempt.  A value that is a GUID (a token) is never taken for one, even
+ *   when its hex digits happen to be all decimal.
  * - ff_scrub_remote_text(): text a remote server sent (an error body, an SSH
  *   message) is cleaned before it reaches a message, a column or the log:
  *   digit runs of 12 or more (whether they pass Luhn or not), the configured
@@ -98,10 +99,32 @@ luhn_valid(const char *digits, int n)
 	return sum % 10 == 0;
 }
 
+/* a GUID (8-4-4-4-12 hex digits), such as a /tokenize token, is never a card */
+static bool
+is_guid(const char *text, int len)
+{
+	if (len != 36)
+		return false;
+	for (int i = 0; i < 36; i++)
+	{
+		if (i == 8 || i == 13 || i == 18 || i == 23)
+		{
+			if (text[i] != '-')
+				return false;
+		}
+		else if (!isxdigit((unsigned char) text[i]))
+			return false;
+	}
+	return true;
+}
+
 bool
 ff_text_has_card_number(const char *text, int len)
 {
 	char		digits[20];
+
+	if (is_guid(text, len))
+		return false;
 
 	for (int i = 0; i < len; i++)
 	{
