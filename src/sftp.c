@@ -77,14 +77,21 @@ close_connection(void *arg)
 {
 	FFSftp	   *conn = (FFSftp *) arg;
 
-	if (conn->sftp)
-		libssh2_sftp_shutdown(conn->sftp);
+	/*
+	 * A short, blocking goodbye: this runs during cleanup, maybe after an
+	 * error, where nothing may throw; a failure is only worth a debug line.
+	 */
 	if (conn->session)
 	{
-		/* a short, blocking goodbye: this runs during cleanup, maybe after an error */
 		libssh2_session_set_blocking(conn->session, 1);
 		libssh2_session_set_timeout(conn->session, 1000);
-		libssh2_session_disconnect(conn->session, "flexfactor done");
+	}
+	if (conn->sftp && libssh2_sftp_shutdown(conn->sftp) != 0)
+		elog(DEBUG1, "flexfactor: SFTP channel shutdown failed: %s", session_error(conn->session));
+	if (conn->session)
+	{
+		if (libssh2_session_disconnect(conn->session, "flexfactor done") != 0)
+			elog(DEBUG1, "flexfactor: SSH disconnect failed: %s", session_error(conn->session));
 		libssh2_session_free(conn->session);
 	}
 	if (conn->sock >= 0)
@@ -522,7 +529,7 @@ ff_sftp_finish_upload(FFSftpUpload *up)
 		raise_io_error(up->conn, "rename to", up->final_path, "flexfactor.sftp_inbound_dir");
 }
 
-/* Names of the regular files in a remote folder (palloc'd, unsorted). */
+/* The regular files in a remote folder (FFSftpEntry, palloc'd, unsorted). */
 List *
 ff_sftp_list(FFSftp *conn, const char *dir)
 {
@@ -544,7 +551,16 @@ ff_sftp_list(FFSftp *conn, const char *dir)
 			break;
 		if ((attrs.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) && !LIBSSH2_SFTP_S_ISREG(attrs.permissions))
 			continue;
-		names = lappend(names, pnstrdup(name, n));
+		{
+			FFSftpEntry *e = palloc0(sizeof(FFSftpEntry));
+
+			e->name = pnstrdup(name, n);
+			if (attrs.flags & LIBSSH2_SFTP_ATTR_SIZE)
+				e->size = attrs.filesize;
+			if (attrs.flags & LIBSSH2_SFTP_ATTR_ACMODTIME)
+				e->mtime = attrs.mtime;
+			names = lappend(names, e);
+		}
 	}
 	(void) SSH_CALL(conn, "close folder", libssh2_sftp_close_handle(h));
 	if (n < 0)

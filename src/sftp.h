@@ -10,6 +10,14 @@
 typedef struct FFSftp FFSftp;
 typedef struct FFSftpUpload FFSftpUpload;
 
+/* A regular file in a remote folder, as listed. */
+typedef struct FFSftpEntry
+{
+	char	   *name;
+	uint64		size;			/* 0 when the server did not say */
+	unsigned long mtime;		/* 0 when the server did not say */
+} FFSftpEntry;
+
 extern FFSftp *ff_sftp_connect(void);
 extern void ff_sftp_disconnect(FFSftp *conn);
 

@@ -113,6 +113,18 @@ ff_status_error(const char *message)
 	LWLockRelease(ff_shared->lock);
 }
 
+/* Nothing is failing any more: the last error is no longer news. */
+void
+ff_status_clear_error(void)
+{
+	if (my_slot == NULL || my_slot->last_error[0] == '\0')
+		return;
+	LWLockAcquire(ff_shared->lock, LW_EXCLUSIVE);
+	my_slot->last_error[0] = '\0';
+	my_slot->last_error_at = 0;
+	LWLockRelease(ff_shared->lock);
+}
+
 void
 ff_status_config_reloaded(void)
 {
