@@ -261,6 +261,7 @@ upload_batch(FFSftp *conn, ReadyBatch *b)
 		ListCell   *lc;
 
 		MemoryContextSwitchTo(old);
+		pgstat_report_activity(STATE_RUNNING, "flexfactor: uploading a batch");
 		if (chunk == NIL)
 			break;
 		foreach(lc, chunk)

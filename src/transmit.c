@@ -339,6 +339,25 @@ record_all(TransmitRow *rows, int n)
 	PG_END_TRY();
 }
 
+/* Make claimed rows due again at once. */
+static void
+release_lease(TransmitRow *rows, int n)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
+
+	for (int i = 0; i < n; i++)
+		ids[i] = Int64GetDatum(rows[i].id);
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	ff_work_begin("flexfactor: releasing claimed transmits");
+	if (SPI_execute_with_args("UPDATE flexfactor.transmit_queue SET next_attempt_at = now()"
+							  " WHERE id = ANY($1) AND state = 'pending'",
+							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not release claimed transmits");
+	ff_work_commit();
+}
+
 /*
  * Claim, send and record one batch of due rows; returns how many.  Three
  * steps, and no transaction open while requests travel: a short transaction
@@ -352,7 +371,7 @@ transmit_batch(void)
 {
 	Oid			types[3] = {INT4OID, TEXTOID, FLOAT8OID};
 	Datum		values[3];
-	TransmitRow *rows = NULL;
+	TransmitRow *volatile rows = NULL;
 	MemoryContext cxt = CurrentMemoryContext;
 	double		lease_s;
 	int			n;
@@ -403,7 +422,19 @@ transmit_batch(void)
 	{
 		ff_status_set("sending transmits");
 		pgstat_report_activity(STATE_RUNNING, "flexfactor: sending queued transmits");
-		send_rows(rows, n);
+		PG_TRY();
+		{
+			send_rows(rows, n);
+		}
+		PG_CATCH();
+		{
+			/* nothing was judged (no token, an interrupt): give the rows back */
+			ErrorData  *edata = ff_work_catch(cxt);
+
+			release_lease(rows, n);
+			ReThrowError(edata);
+		}
+		PG_END_TRY();
 		record_all(rows, n);
 	}
 	return n;
