@@ -365,9 +365,10 @@ ok($node->poll_query_until('ffdb', "SELECT query = 'flexfactor: uploading a batc
 @seen = ();
 for (1 .. 5) { push @seen, sq($held); Time::HiRes::sleep(0.3); }
 is(join(',', @seen), '0,0,0,0,0', 'network: during the stalled upload, no xid, no xmin, no lock');
-$relay->pass;
+$relay->pass;    # cuts the frozen connection: the upload is retried
 $h->finish;
-is($stdout =~ s/\s+//gr, '1', 'network: the batch is uploaded once the server moves again') or diag $stderr;
+sq("UPDATE flexfactor.batches SET next_attempt_at = now() WHERE state = 'ready'");
+is(export()->{stdout}, '1', 'network: the batch is uploaded once the server moves again');
 
 is(sq('SELECT pg_postmaster_start_time()'), $started, 'the postmaster never reinitialised');
 diag sprintf('060 took %.0f s', Time::HiRes::time() - $t_start);
