@@ -190,6 +190,96 @@ require_setting(const char *value, const char *name)
 						 "and sftp_known_hosts_file in postgresql.conf.")));
 }
 
+/* A lookup in glibc's resolver thread, with everything that thread reads. */
+typedef struct Lookup
+{
+	struct gaicb cb;
+	struct addrinfo hints;
+	char		host[NI_MAXHOST];
+	char		port[16];
+} Lookup;
+
+/*
+ * Stop a lookup and release it.  One that cannot be cancelled any more keeps
+ * its block (malloc'd, about 1 kB) for good, rather than have the resolver
+ * thread write into freed memory.
+ */
+static void
+abandon_lookup(Lookup *l)
+{
+	switch (gai_cancel(&l->cb))
+	{
+		case EAI_NOTCANCELED:
+			return;
+		case EAI_ALLDONE:
+			if (gai_error(&l->cb) == 0 && l->cb.ar_result != NULL)
+				freeaddrinfo(l->cb.ar_result);
+			break;
+		default:
+			break;
+	}
+	free(l);
+}
+
+/*
+ * getaddrinfo(), but interruptible and bounded by flexfactor.sftp_timeout_ms:
+ * the lookup runs in glibc's resolver thread (getaddrinfo_a) while this
+ * process waits on its latch, so pg_cancel_backend(), shutdown and a dead
+ * postmaster are seen while DNS is slow.  Returns EAI_AGAIN at the deadline.
+ */
+static int
+resolve(const char *host, const char *port, const struct addrinfo *hints,
+		struct addrinfo **result)
+{
+	Lookup	   *l = calloc(1, sizeof(Lookup));
+	struct gaicb *list[1];
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ff_sftp_timeout_ms);
+	int			rc;
+
+	if (l == NULL)
+		return EAI_MEMORY;
+	l->hints = *hints;
+	strlcpy(l->host, host, sizeof(l->host));
+	strlcpy(l->port, port, sizeof(l->port));
+	l->cb.ar_name = l->host;
+	l->cb.ar_service = l->port;
+	l->cb.ar_request = &l->hints;
+	list[0] = &l->cb;
+	rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+	if (rc != 0)
+	{
+		free(l);
+		return rc;
+	}
+	while ((rc = gai_error(&l->cb)) == EAI_INPROGRESS)
+	{
+		if (GetCurrentTimestamp() >= deadline)
+		{
+			abandon_lookup(l);
+			return EAI_AGAIN;
+		}
+		if (INTERRUPTS_PENDING_CONDITION())
+		{
+			PG_TRY();
+			{
+				CHECK_FOR_INTERRUPTS();
+			}
+			PG_CATCH();
+			{
+				abandon_lookup(l);
+				PG_RE_THROW();
+			}
+			PG_END_TRY();
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 20,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	*result = l->cb.ar_result;
+	free(l);
+	return rc;
+}
+
 /*
  * TCP connect with a timeout into conn->sock.  The socket belongs to the
  * connection from the moment it exists, so whatever ends the wait (an error,
@@ -213,7 +303,7 @@ connect_tcp(FFSftp *conn)
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	snprintf(port, sizeof(port), "%d", ff_sftp_port);
-	rc = getaddrinfo(ff_sftp_host, port, &hints, &addrs);
+	rc = resolve(ff_sftp_host, port, &hints, &addrs);
 	if (rc != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),

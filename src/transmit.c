@@ -57,6 +57,7 @@ transmit_xact_callback(XactEvent event, void *arg)
 				ff_status_wake(FF_ROLE_WORKER);
 			wake_at_commit = false;
 			break;
+		case XACT_EVENT_PREPARE:	/* COMMIT PREPARED wakes it (dbguard.c) */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			wake_at_commit = false;

@@ -46,6 +46,7 @@ release_slot(int code, Datum arg)
 	}
 	LWLockRelease(ff_shared->lock);
 	my_slot = NULL;
+	ConditionVariableBroadcast(&ff_shared->worker_exited);
 }
 
 /*

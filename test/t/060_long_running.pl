@@ -110,6 +110,35 @@ sub established_to
 	  grep { /^\s*\d+:/ } split /\n/, slurp_file('/proc/net/tcp');
 }
 
+# whether $pid has a TCP socket in SYN_SENT to 127.0.0.1:$port
+sub syn_sent_to
+{
+	my ($pid, $port) = @_;
+	my %inodes;
+	opendir(my $d, "/proc/$pid/fd") or return 0;
+	for (readdir $d)
+	{
+		my $l = readlink("/proc/$pid/fd/$_") // '';
+		$inodes{$1} = 1 if $l =~ /^socket:\[(\d+)\]/;
+	}
+	closedir $d;
+	my $hex = sprintf('0100007F:%04X', $port);
+	for (split /\n/, slurp_file('/proc/net/tcp'))
+	{
+		my @f = split ' ';
+		next unless @f > 9 && $f[0] =~ /^\d+:$/;
+		return 1 if $f[2] eq $hex && $f[3] eq '02' && $inodes{ $f[9] };
+	}
+	return 0;
+}
+
+sub hwm_kb
+{
+	my ($pid) = @_;
+	my ($kb) = slurp_file("/proc/$pid/status") =~ /^VmHWM:\s+(\d+)/m;
+	return $kb;
+}
+
 # Grand total and TopMemoryContext's own total (bytes) of $pid, from
 # pg_log_backend_memory_contexts(), taken while it is idle.
 sub memory_of
@@ -148,8 +177,8 @@ my $started = sq('SELECT pg_postmaster_start_time()');
 reload_worker("ALTER SYSTEM SET flexfactor.sftp_port = " . $hole->sockport,
 	"ALTER SYSTEM SET flexfactor.sftp_timeout_ms = 8000",
 	"ALTER SYSTEM SET flexfactor.batch_interval = 1");
-ok($node->poll_query_until('ffdb', "SELECT query = 'flexfactor: connecting to the SFTP server'
-      FROM pg_stat_activity WHERE pid = $wpid"), 'crash: the worker waits for a TCP connect that hangs');
+ok(ff_wait_until(sub { syn_sent_to($wpid, $hole->sockport) }, 30),
+	'crash: the worker waits for a TCP connect that hangs (SYN_SENT)');
 my $off = -s $node->logfile;
 $node->safe_psql('postgres', 'CREATE DATABASE ff060_other');
 $node->safe_psql('postgres', 'DROP DATABASE ff060_other');
@@ -158,8 +187,8 @@ $node->safe_psql('postgres', 'CREATE DATABASE ff060_other2');
 $node->safe_psql('postgres', 'DROP DATABASE ff060_other2');
 ok(ff_wait_until(sub { ff_log_contains($node, qr/\[$wpid\] [^\n]*?LOG:  (?:00000: )?Grand total:/, $off) }, 20),
 	'crash: the worker logged its memory contexts while connecting');
-ok($node->poll_query_until('ffdb', "SELECT query = 'flexfactor: connecting to the SFTP server'
-      FROM pg_stat_activity WHERE pid = $wpid"), 'crash: and goes on connecting after the barriers');
+ok(ff_wait_until(sub { syn_sent_to($wpid, $hole->sockport) }, 20),
+	'crash: and goes on connecting after the barriers');
 Time::HiRes::sleep(0.5);
 is(sq('SELECT pg_postmaster_start_time()'), $started, 'crash: the postmaster did not reinitialise');
 is(wpid(), $wpid, 'crash: the worker kept its pid');
@@ -250,6 +279,26 @@ diag sprintf('results: 60 passes; memory %d -> %d bytes (TopMemoryContext %d -> 
 	$mem0, $mem1, $top0, $top1, $rss0, $rss1);
 ok($mem1 - $mem0 < 65536, 'results: memory grew by less than 64 kB (' . ($mem1 - $mem0) . ' bytes)');
 ok($rss1 - $rss0 < 4096, 'results: RSS grew by less than 4 MB (' . ($rss1 - $rss0) . ' kB)');
+
+# a result file of almost 4 MB that names a real batch is read and parsed
+# (and refused: it does not match the batch): the worker's peak RSS
+enqueue_declines('M', 1);
+is(export()->{stdout}, '1', 'results: another batch uploaded');
+my $mfile = sq("SELECT file_name FROM flexfactor.batches ORDER BY id DESC LIMIT 1");
+(my $mresult = $mfile) =~ s/\.jsonl$/.result.jsonl/;
+{
+	open(my $f, '>', "$outbound/$mresult") or die;
+	my $line = '{"sequenceNumber": 1, "status": "APPROVED", "pad": "' . ('x' x 900) . "\"}\n";
+	print $f $line x int(4_000_000 / length $line);
+	close $f;
+}
+my $hwm0 = hwm_kb($wpid);
+$r = export();
+like($r->{stderr}, qr/does not match batch/, 'results: the large file was read, parsed and refused');
+my $hwm1 = hwm_kb($wpid);
+diag sprintf('results: a %d-byte result file: peak RSS %d -> %d kB', -s "$outbound/$mresult", $hwm0, $hwm1);
+ok($hwm1 - $hwm0 < 262144, 'results: applying it needed less than 256 MB (' . ($hwm1 - $hwm0) . ' kB)');
+unlink "$outbound/$mresult";
 
 # a late error file for the answered batch
 (my $error_name = $rfile) =~ s/\.jsonl$/.error.json/;
