@@ -341,9 +341,12 @@ take_delivery(Delivery *d, MemoryContext cxt)
 	d->status = status_for(edata->sqlerrcode);
 	d->text = status_text(d->status);
 	ereport(d->status >= 500 ? WARNING : LOG,
-			(errmsg("flexfactor webhook listener refused a delivery with HTTP %u: %s",
+			(errcode(edata->sqlerrcode),
+			 errmsg("flexfactor webhook listener refused a delivery with HTTP %u: %s",
 					d->status, edata->message),
-			 edata->detail ? errdetail("%s", edata->detail) : 0));
+			 edata->detail ? errdetail("%s", edata->detail) : 0,
+			 edata->hint ? errhint("%s", edata->hint) : 0,
+			 edata->context ? errcontext("%s", edata->context) : 0));
 	if (d->status >= 500)
 		return;
 	r.address = client_address(d->connection);
@@ -376,6 +379,7 @@ take_group(Delivery **group, int n)
 			take_delivery(group[i], cxt);
 		PopActiveSnapshot();
 		CommitTransactionCommand();		/* durable before acknowledged */
+		ff_status_clear_error();
 	}
 	PG_CATCH();
 	{
@@ -389,7 +393,9 @@ take_group(Delivery **group, int n)
 				(errcode(edata->sqlerrcode),
 				 errmsg("flexfactor webhook listener could not commit %d deliveries: %s", n, edata->message),
 				 edata->detail ? errdetail("%s", edata->detail) : 0,
-				 errhint("Each is answered HTTP 503; FlexFactor delivers them again.")));
+				 errhint("Each is answered HTTP 503; FlexFactor delivers them again."),
+				 edata->context ? errcontext("%s", edata->context) : 0));
+		ff_status_error(edata->message);
 		for (int i = 0; i < n; i++)
 		{
 			group[i]->status = MHD_HTTP_SERVICE_UNAVAILABLE;

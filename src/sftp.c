@@ -31,6 +31,7 @@
 #include <libssh2.h>
 #include <libssh2_sftp.h>
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -44,6 +45,8 @@
 #include "sftp.h"
 
 #define UPLOAD_BUFFER_SIZE	(256 * 1024)
+
+FFSftpWaitHook ff_sftp_wait_hook = NULL;
 
 struct FFSftp
 {
@@ -156,6 +159,13 @@ wait_socket(FFSftp *conn, const char *what)
 		events = WL_SOCKET_READABLE;
 
 	(void) wait_for_socket(conn->sock, events, conn->deadline);
+	if (ff_sftp_wait_hook != NULL && !IsTransactionState())
+	{
+		TimestampTz before = GetCurrentTimestamp();
+
+		ff_sftp_wait_hook();
+		conn->deadline += GetCurrentTimestamp() - before;
+	}
 	if (GetCurrentTimestamp() >= conn->deadline)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),

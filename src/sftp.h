@@ -18,6 +18,14 @@ typedef struct FFSftpEntry
 	unsigned long mtime;		/* 0 when the server did not say */
 } FFSftpEntry;
 
+/*
+ * Called while an SFTP call waits for the network with no transaction open
+ * (the worker lets its other phases run there); the time it takes does not
+ * count against flexfactor.sftp_timeout_ms.
+ */
+typedef void (*FFSftpWaitHook) (void);
+extern FFSftpWaitHook ff_sftp_wait_hook;
+
 extern FFSftp *ff_sftp_connect(void);
 extern void ff_sftp_disconnect(FFSftp *conn);
 

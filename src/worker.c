@@ -47,6 +47,7 @@
 #include "batch.h"
 #include "work.h"
 #include "settings.h"
+#include "sftp.h"
 #include "shmem.h"
 #include "transmit.h"
 #include "worker.h"
@@ -465,6 +466,8 @@ ff_worker_main(Datum main_arg)
 
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor worker pass",
 									 ALLOCSET_DEFAULT_SIZES);
+	/* a slow SFTP server must not hold up the transmit queue or late events */
+	ff_sftp_wait_hook = ff_worker_yield;
 	for (;;)
 	{
 		volatile long timeout_ms = EXTENSION_WAIT_MS;

@@ -19,6 +19,7 @@
 #     still uploads at once; once fixed, ff_worker_status() shows no error.
 #  6. No transaction id, snapshot or queue lock held by the worker while a
 #     /transmit answer takes 5 s and while an upload is stalled mid-file.
+#  7. A transmit queued while the upload is stalled is delivered within 4 s.
 use strict;
 use warnings;
 use IO::Socket::INET;
@@ -402,7 +403,8 @@ is(join(',', @seen), '0,0,0,0,0,0', 'network: during the 5 s answer, no xid, no 
 ok($node->poll_query_until('ffdb', "SELECT state = 'delivered' FROM flexfactor.transmit_queue
       WHERE payload::text LIKE '%P-6%'"), 'network: the transmit is then delivered');
 
-reload_worker("ALTER SYSTEM SET flexfactor.sftp_port = " . $relay->port);
+reload_worker("ALTER SYSTEM SET flexfactor.sftp_port = " . $relay->port,
+	"ALTER SYSTEM SET flexfactor.sftp_timeout_ms = 15000");
 $relay->freeze_after(40000);
 enqueue_declines('U', 200);
 my ($stdout, $stderr) = ('', '');
@@ -414,6 +416,15 @@ ok($node->poll_query_until('ffdb', "SELECT query = 'flexfactor: uploading a batc
 @seen = ();
 for (1 .. 5) { push @seen, sq($held); Time::HiRes::sleep(0.3); }
 is(join(',', @seen), '0,0,0,0,0', 'network: during the stalled upload, no xid, no xmin, no lock');
+
+# 7. the stalled upload does not hold up the transmit queue
+$t0 = Time::HiRes::time();
+transmit_payment('P-7');
+ok($node->poll_query_until('ffdb', "SELECT state = 'delivered' FROM flexfactor.transmit_queue
+      WHERE payload::text LIKE '%P-7%'"), 'latency: a transmit queued during the stalled upload is delivered');
+my $latency = Time::HiRes::time() - $t0;
+ok($latency < 4, sprintf('latency: within %.1f s (bound 4 s), the upload still stalled', $latency));
+ok(!$h->pumpable || $stdout eq '', 'latency: ff_export_batch() was still waiting for the upload');
 $relay->pass;    # cuts the frozen connection: the upload is retried
 $h->finish;
 sq("UPDATE flexfactor.batches SET next_attempt_at = now() WHERE state = 'ready'");
