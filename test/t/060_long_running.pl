@@ -19,7 +19,9 @@
 #     still uploads at once; once fixed, ff_worker_status() shows no error.
 #  6. No transaction id, snapshot or queue lock held by the worker while a
 #     /transmit answer takes 5 s and while an upload is stalled mid-file.
-#  7. A transmit queued while the upload is stalled is delivered within 4 s.
+#  7. A transmit queued while the upload is stalled is delivered within 4 s,
+#     and the worker leaves its database mid-upload in time for a RENAME.
+#  8. COMMIT PREPARED wakes the worker.
 use strict;
 use warnings;
 use IO::Socket::INET;
@@ -54,6 +56,7 @@ my $node = ff_node('long060',
 	'flexfactor.webhook_listen_address' => '127.0.0.1',
 	'flexfactor.webhook_port' => $wport,
 	'flexfactor.webhook_key' => $FFSim::WEBHOOK_TEST_KEY,
+	'max_prepared_transactions' => '2',
 	'log_error_verbosity' => 'verbose');    # SQLSTATEs in the server log
 ff_start_serving($node, 'ffdb', "ENCODING 'UTF8' LOCALE 'C' TEMPLATE template0");
 my $lpid = FFSim::wait_for_listener($node, $wport);
@@ -425,10 +428,31 @@ ok($node->poll_query_until('ffdb', "SELECT state = 'delivered' FROM flexfactor.t
 my $latency = Time::HiRes::time() - $t0;
 ok($latency < 4, sprintf('latency: within %.1f s (bound 4 s), the upload still stalled', $latency));
 ok(!$h->pumpable || $stdout eq '', 'latency: ff_export_batch() was still waiting for the upload');
-$relay->pass;    # cuts the frozen connection: the upload is retried
+
+# 8. a worker in a long pass leaves in time for ALTER DATABASE ... RENAME
+sq("SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+     WHERE query LIKE '%ff_export_batch()%' AND pid <> pg_backend_pid()");
 $h->finish;
+$r = ff_run_sql($node, 'postgres', 'ALTER DATABASE ffdb RENAME TO ffdb_renamed');
+is($r->{ret}, 0, 'leave: the worker left its database mid-upload, in time for RENAME') or diag $r->{stderr};
+$node->safe_psql('postgres', 'ALTER DATABASE ffdb_renamed RENAME TO ffdb') if $r->{ret} == 0;
+$relay->pass;    # cuts the frozen connection: the upload is retried
+$wpid = ff_wait_for_worker($node, 'ffdb');
 sq("UPDATE flexfactor.batches SET next_attempt_at = now() WHERE state = 'ready'");
 is(export()->{stdout}, '1', 'network: the batch is uploaded once the server moves again');
+
+# 9. COMMIT PREPARED wakes the worker (its PREPARE ran the commit callbacks)
+transmit_payment('P-9a');
+$node->poll_query_until('ffdb', "SELECT state = 'delivered' FROM flexfactor.transmit_queue WHERE payload::text LIKE '%P-9a%'");
+sq("BEGIN; SELECT flexfactor.ff_transmit(flexfactor.ff_payment('P-9b', 2500, 'USD', 'ptx-P-9b',
+      email => 'jane\@example.com', paid_at => '2026-11-24 09:30+00', subscription_id => 'sub-1',
+      subscription_interval => 'monthly')); PREPARE TRANSACTION 'ff060'");
+$t0 = Time::HiRes::time();
+sq("COMMIT PREPARED 'ff060'");
+ok($node->poll_query_until('ffdb', "SELECT state = 'delivered' FROM flexfactor.transmit_queue
+      WHERE payload::text LIKE '%P-9b%'"), 'prepared: the transmit is delivered');
+$latency = Time::HiRes::time() - $t0;
+ok($latency < 2.5, sprintf('prepared: within %.1f s of COMMIT PREPARED (bound 2.5 s; the worker ticks every 5 s)', $latency));
 
 is(sq('SELECT pg_postmaster_start_time()'), $started, 'the postmaster never reinitialised');
 diag sprintf('060 took %.0f s', Time::HiRes::time() - $t_start);
