@@ -10,24 +10,34 @@
  * and its rows (for declines, a range in queue order; for transmit copies,
  * the rows it claimed) are decided once, by _create_evaluate_batch() and
  * _create_transmit_batch() in SQL.  Uploading streams the lines derived from
- * those rows (flexfactor.batch_file_lines) through a cursor, so memory does
- * not grow with the batch; the first upload records the size and SHA-256 and
+ * those rows (flexfactor.batch_file_lines), read 500 at a time in short
+ * transactions, so neither memory nor any transaction grows with the batch
+ * or spans the network; the first upload records the size and SHA-256 and
  * every later one must match them before the file is renamed into place.  A
  * retried upload therefore writes the same bytes under the same name,
  * replacing any earlier copy.
  *
- * Only the worker exports: it fixes batches in one transaction and uploads
- * each batch in its own, so a crash between an upload and its commit leaves
+ * Only the worker exports, in its SFTP phase (work.c): it fixes batches in
+ * one short transaction, uploads each batch with none open and marks it
+ * uploaded in another, so a crash between an upload and that commit leaves
  * the batch "ready" and it is uploaded again, identically.  ff_export_batch()
  * (SQL, for pg_cron or by hand) asks the worker for a pass and waits for its
  * result, so no caller's transaction can undo an upload.  A failed upload
  * records attempts, the error and the next attempt time (exponential
- * backoff) on the batch; the others wait for the next pass.
+ * backoff) on the batch; the others wait for the next pass.  After
+ * EXPORT_PASS_BUDGET_MS a pass starts no new file, and while it waits for
+ * the network the worker's other phases get their turn (ff_worker_yield), so
+ * a slow SFTP server never holds up the transmit queue.
  *
  * After the uploads, the same connection lists the outbound folder: each
  * result or error file is applied once (the SQL side records it in
  * flexfactor.result_files) and then moved to flexfactor.sftp_processed_dir
- * or deleted.
+ * or deleted.  A file that cannot be applied (larger than
+ * MAX_RESULT_FILE_BYTES, judged from the listing before it is read;
+ * unreadable; not UTF-8; not matching its batch) is warned about once and
+ * skipped while it stays the same, and never keeps the files after it from
+ * being applied.  Everything a pass allocates, the SFTP connection included,
+ * lives in the phase's memory context and goes with it.
  */
 #include "postgres.h"
 

@@ -5,13 +5,16 @@
  * ff_transmit() (SQL) only inserts a row and calls _wake_worker_at_commit(),
  * which sets the worker's latch when, and only if, the transaction commits:
  * the caller never waits on the network and a rolled-back transaction sends
- * nothing.  The worker claims due rows (FOR UPDATE SKIP LOCKED), sends up to
- * flexfactor.transmit_concurrency at once over kept-alive connections, and
- * records each outcome in the same transaction: delivered (with FlexFactor's
- * transmitId), retried later with exponential backoff (transport failures,
- * 408, 429, 5xx), or set aside with its last error (other 4xx answers, or
- * flexfactor.transmit_max_attempts failures).  Every row sends a stable
- * idempotencyKey, so a copy re-sent after a crash is recognisable.
+ * nothing.  The worker claims due rows with a lease in a short transaction,
+ * sends up to flexfactor.transmit_concurrency at once over kept-alive
+ * connections with no transaction open, and records each outcome in another
+ * short transaction: delivered (with FlexFactor's transmitId), retried later
+ * with exponential backoff (transport failures, 408, 429, 5xx), or set aside
+ * with its last error (other 4xx answers, flexfactor.transmit_max_attempts
+ * failures, or an answer that cannot be processed or recorded: one poison
+ * answer never holds up the rest).  Every row sends a stable idempotencyKey,
+ * so a copy re-sent after a crash (once its lease has run out) is
+ * recognisable.
  * Delivered rows are deleted after flexfactor.transmit_retention.  With
  * flexfactor.transmit_via = 'sftp' the rows leave in transmit_ batch files
  * instead (batch.c), and this file only tidies the queue.

@@ -14,10 +14,14 @@
  * The worker connects to the database, waits while the extension is not
  * installed, and then runs one pass per wake-up: on its interval, or when a
  * backend sets its latch.  Each pass runs in a memory context that is reset
- * every loop; an error in a pass is logged, recorded in the status slot, and
- * the loop goes on.  A pass drains the /transmit queue (transmit.c), runs
- * the SFTP pass when due or asked (batch.c), applies webhook events whose
- * order appeared late, and retries failed billing callbacks.
+ * every loop, in three phases, each behind its own error boundary and with
+ * its own backoff (work.c): it drains the /transmit queue (transmit.c), runs
+ * the SFTP export when due or asked (batch.c), and applies webhook events
+ * whose order appeared late and retries failed billing callbacks.  A failing
+ * phase is logged, recorded in the status slot and backs off; the others go
+ * on.  While the export waits for a slow SFTP server, the other two phases
+ * get their turn (ff_worker_yield), and a request to leave the database is
+ * honoured there too.
  *
  * Not here: the per-pass work itself, status reporting (worker_status.c),
  * and the DROP DATABASE handshake (dbguard.c).
