@@ -19,9 +19,10 @@
 #     still uploads at once; once fixed, ff_worker_status() shows no error.
 #  6. No transaction id, snapshot or queue lock held by the worker while a
 #     /transmit answer takes 5 s and while an upload is stalled mid-file.
-#  7. A transmit queued while the upload is stalled is delivered within 4 s,
-#     and the worker leaves its database mid-upload in time for a RENAME.
+#  7. The worker leaves its database mid-upload in time for a RENAME, and a
+#     transmit queued while an upload is stalled is delivered within 4 s.
 #  8. COMMIT PREPARED wakes the worker.
+#  9. One poison answer (jsonb refuses it) sets only its own row aside.
 use strict;
 use warnings;
 use IO::Socket::INET;
@@ -420,24 +421,29 @@ ok($node->poll_query_until('ffdb', "SELECT query = 'flexfactor: uploading a batc
 for (1 .. 5) { push @seen, sq($held); Time::HiRes::sleep(0.3); }
 is(join(',', @seen), '0,0,0,0,0', 'network: during the stalled upload, no xid, no xmin, no lock');
 
-# 7. the stalled upload does not hold up the transmit queue
-$t0 = Time::HiRes::time();
-transmit_payment('P-7');
-ok($node->poll_query_until('ffdb', "SELECT state = 'delivered' FROM flexfactor.transmit_queue
-      WHERE payload::text LIKE '%P-7%'"), 'latency: a transmit queued during the stalled upload is delivered');
-my $latency = Time::HiRes::time() - $t0;
-ok($latency < 4, sprintf('latency: within %.1f s (bound 4 s), the upload still stalled', $latency));
-ok(!$h->pumpable || $stdout eq '', 'latency: ff_export_batch() was still waiting for the upload');
-
-# 8. a worker in a long pass leaves in time for ALTER DATABASE ... RENAME
+# 7. a worker in a long pass leaves in time for ALTER DATABASE ... RENAME
 sq("SELECT pg_cancel_backend(pid) FROM pg_stat_activity
      WHERE query LIKE '%ff_export_batch()%' AND pid <> pg_backend_pid()");
 $h->finish;
 $r = ff_run_sql($node, 'postgres', 'ALTER DATABASE ffdb RENAME TO ffdb_renamed');
 is($r->{ret}, 0, 'leave: the worker left its database mid-upload, in time for RENAME') or diag $r->{stderr};
 $node->safe_psql('postgres', 'ALTER DATABASE ffdb_renamed RENAME TO ffdb') if $r->{ret} == 0;
-$relay->pass;    # cuts the frozen connection: the upload is retried
 $wpid = ff_wait_for_worker($node, 'ffdb');
+
+# 8. a stalled upload does not hold up the transmit queue
+($stdout, $stderr) = ('', '');
+$h = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-d', $node->connstr('ffdb'), '-c',
+		'SELECT flexfactor.ff_export_batch()' ], '>', \$stdout, '2>', \$stderr);
+ok($relay->wait_frozen(30, 2), 'latency: the upload is stalled again');
+$t0 = Time::HiRes::time();
+transmit_payment('P-7');
+ok($node->poll_query_until('ffdb', "SELECT state = 'delivered' FROM flexfactor.transmit_queue
+      WHERE payload::text LIKE '%P-7%'"), 'latency: a transmit queued during the stalled upload is delivered');
+my $latency = Time::HiRes::time() - $t0;
+ok($latency < 4, sprintf('latency: within %.1f s (bound 4 s), the upload still stalled', $latency));
+ok($h->pumpable && $stdout eq '', 'latency: ff_export_batch() was still waiting for the upload');
+$relay->pass;    # cuts the frozen connection: the upload is retried
+$h->finish;
 sq("UPDATE flexfactor.batches SET next_attempt_at = now() WHERE state = 'ready'");
 export();    # (the new worker's first pass may have uploaded it already)
 is(sq("SELECT count(*) FROM flexfactor.batches WHERE state = 'ready'"), '0',
@@ -455,6 +461,18 @@ ok($node->poll_query_until('ffdb', "SELECT state = 'delivered' FROM flexfactor.t
       WHERE payload::text LIKE '%P-9b%'"), 'prepared: the transmit is delivered');
 $latency = Time::HiRes::time() - $t0;
 ok($latency < 2.5, sprintf('prepared: within %.1f s of COMMIT PREPARED (bound 2.5 s; the worker ticks every 5 s)', $latency));
+
+# 10. one poison answer sets only its own row aside
+$sim->fault(endpoint => '/v1/transmit', mode => 'poison', count => 1);
+sq("BEGIN; " . join('; ', map { "SELECT flexfactor.ff_transmit(flexfactor.ff_payment('P-10$_', 2500, 'USD',
+      'ptx-P-10$_', email => 'jane\@example.com', paid_at => '2026-11-24 09:30+00',
+      subscription_id => 'sub-1', subscription_interval => 'monthly'))" } qw(a b c)) . "; COMMIT");
+ok($node->poll_query_until('ffdb', "SELECT count(*) FILTER (WHERE state = 'pending') = 0
+      FROM flexfactor.transmit_queue WHERE payload::text ~ 'P-10[abc]'"), 'poison: the three rows are handled');
+is(sq("SELECT string_agg(state || ':' || coalesce((last_error LIKE 'FlexFactor''s answer could not be processed: %unsupported Unicode escape%')::text, ''),
+         ',' ORDER BY state) FROM flexfactor.transmit_queue WHERE payload::text ~ 'P-10[abc]'"),
+	'delivered:,delivered:,set_aside:true',
+	'poison: the row with the poison answer is set aside with the reason, the others are delivered');
 
 is(sq('SELECT pg_postmaster_start_time()'), $started, 'the postmaster never reinitialised');
 diag sprintf('060 took %.0f s', Time::HiRes::time() - $t_start);
