@@ -158,7 +158,11 @@ wait_socket(FFSftp *conn, const char *what)
 	if (events == 0)
 		events = WL_SOCKET_READABLE;
 
-	(void) wait_for_socket(conn->sock, events, conn->deadline);
+	/* with a hook, wake at least every second so that it gets its turn */
+	(void) wait_for_socket(conn->sock, events,
+						   ff_sftp_wait_hook == NULL ? conn->deadline :
+						   Min(conn->deadline,
+							   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000)));
 	if (ff_sftp_wait_hook != NULL && !IsTransactionState())
 	{
 		TimestampTz before = GetCurrentTimestamp();

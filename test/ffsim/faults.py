@@ -9,7 +9,7 @@
 #              pass (default 120, at most 600); then the connection is closed
 #   hang       hold the request for `seconds` (default 5, at most 120), then answer normally
 #   malformed  answer 200 application/json with a truncated, unparsable JSON body
-#   poison     answer 200 with well-formed JSON that PostgreSQL's jsonb refuses (a \u0000)
+#   poison     answer 200 with well-formed JSON that PostgreSQL's jsonb refuses (1e1000000)
 #   drop       close the connection at once without any answer
 # With "after": true the request is processed first (state changes happen) and the
 # fault replaces the answer: the "response lost" case (500, timeout, malformed, drop).

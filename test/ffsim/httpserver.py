@@ -178,7 +178,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if mode == "malformed":
             return api.Response(200, b'{"success":true,"status":"APPRO', api.JSON_CT)
         if mode == "poison":
-            return api.Response(200, b'{"success":true,"transmitId":"\\u0000"}', api.JSON_CT)
+            return api.Response(200, b'{"success":true,"transmitId":1e1000000}', api.JSON_CT)
         if mode == "timeout":
             self.hold_until_client_gives_up(fault["seconds"], sim)
             return None
