@@ -467,33 +467,10 @@ verify_host_key(FFSftp *conn)
 			 errhint("Add the server's key, obtained from FlexFactor through a trusted channel, to that file.")));
 }
 
-/*
- * Open a verified, authenticated SFTP connection; it is closed when the
- * current memory context is reset or deleted, or by ff_sftp_disconnect().
- */
-FFSftp *
-ff_sftp_connect(void)
+/* TCP, SSH handshake, host key, authentication, SFTP channel. */
+static void
+open_connection(FFSftp *conn)
 {
-	FFSftp	   *conn;
-	static bool initialised = false;
-
-	require_setting(ff_sftp_host, "flexfactor.sftp_host");
-	require_setting(ff_sftp_user, "flexfactor.sftp_user");
-	require_setting(ff_sftp_private_key_file, "flexfactor.sftp_private_key_file");
-	require_setting(ff_sftp_known_hosts_file, "flexfactor.sftp_known_hosts_file");
-	if (!initialised)
-	{
-		if (libssh2_init(0) != 0)
-			ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not initialise libssh2")));
-		initialised = true;
-	}
-
-	conn = palloc0(sizeof(FFSftp));
-	conn->sock = -1;
-	conn->cleanup.func = close_connection;
-	conn->cleanup.arg = conn;
-	MemoryContextRegisterResetCallback(CurrentMemoryContext, &conn->cleanup);
-
 	connect_tcp(conn);
 	conn->session = libssh2_session_init();
 	if (conn->session == NULL)
@@ -527,6 +504,46 @@ ff_sftp_connect(void)
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
 				 errmsg("could not start the SFTP subsystem on %s", ff_sftp_host),
 				 errdetail("%s", session_error(conn->session))));
+}
+
+/*
+ * Open a verified, authenticated SFTP connection; it is closed when the
+ * current memory context is reset or deleted, or by ff_sftp_disconnect().
+ */
+FFSftp *
+ff_sftp_connect(void)
+{
+	FFSftp	   *conn;
+	static bool initialised = false;
+
+	require_setting(ff_sftp_host, "flexfactor.sftp_host");
+	require_setting(ff_sftp_user, "flexfactor.sftp_user");
+	require_setting(ff_sftp_private_key_file, "flexfactor.sftp_private_key_file");
+	require_setting(ff_sftp_known_hosts_file, "flexfactor.sftp_known_hosts_file");
+	if (!initialised)
+	{
+		if (libssh2_init(0) != 0)
+			ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not initialise libssh2")));
+		initialised = true;
+	}
+
+	conn = palloc0(sizeof(FFSftp));
+	conn->sock = -1;
+	conn->cleanup.func = close_connection;
+	conn->cleanup.arg = conn;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, &conn->cleanup);
+
+	PG_TRY();
+	{
+		open_connection(conn);
+	}
+	PG_CATCH();
+	{
+		/* a refused connection goes at once, not only when its context goes */
+		close_connection(conn);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	return conn;
 }
 
