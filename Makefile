@@ -8,6 +8,7 @@ OBJS = \
 	src/settings.o \
 	src/shmem.o \
 	src/dbguard.o \
+	src/work.o \
 	src/worker.o \
 	src/worker_status.o \
 	src/http.o \

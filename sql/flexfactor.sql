@@ -1751,6 +1751,13 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'error file % answers no known batch', error_name USING ERRCODE = 'FF009';
     END IF;
+    -- a batch is answered once: a late error file never rewrites the answer
+    IF b.state = 'answered' THEN
+        RAISE EXCEPTION 'error file % arrived after batch % was answered', error_name, b.id
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('The batch was answered by a result file at %s.', b.result_at),
+                  HINT = 'Nothing was changed; ask FlexFactor about the file.';
+    END IF;
     BEGIN
         reason := flexfactor._scrub(left(coalesce(content::jsonb->>'error', content), 500));
     EXCEPTION WHEN invalid_text_representation THEN

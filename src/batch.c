@@ -10,26 +10,38 @@
  * and its rows (for declines, a range in queue order; for transmit copies,
  * the rows it claimed) are decided once, by _create_evaluate_batch() and
  * _create_transmit_batch() in SQL.  Uploading streams the lines derived from
- * those rows (flexfactor.batch_file_lines) through a cursor, so memory does
- * not grow with the batch; the first upload records the size and SHA-256 and
+ * those rows (flexfactor.batch_file_lines), read 500 at a time in short
+ * transactions, so neither memory nor any transaction grows with the batch
+ * or spans the network; the first upload records the size and SHA-256 and
  * every later one must match them before the file is renamed into place.  A
  * retried upload therefore writes the same bytes under the same name,
  * replacing any earlier copy.
  *
- * Only the worker exports: it fixes batches in one transaction and uploads
- * each batch in its own, so a crash between an upload and its commit leaves
+ * Only the worker exports, in its SFTP phase (work.c): it fixes batches in
+ * one short transaction, uploads each batch with none open and marks it
+ * uploaded in another, so a crash between an upload and that commit leaves
  * the batch "ready" and it is uploaded again, identically.  ff_export_batch()
  * (SQL, for pg_cron or by hand) asks the worker for a pass and waits for its
  * result, so no caller's transaction can undo an upload.  A failed upload
  * records attempts, the error and the next attempt time (exponential
- * backoff) on the batch; the others wait for the next pass.
+ * backoff) on the batch; the others wait for the next pass.  After
+ * EXPORT_PASS_BUDGET_MS a pass starts no new file, and while it waits for
+ * the network the worker's other phases get their turn (ff_worker_yield), so
+ * a slow SFTP server never holds up the transmit queue.
  *
  * After the uploads, the same connection lists the outbound folder: each
  * result or error file is applied once (the SQL side records it in
  * flexfactor.result_files) and then moved to flexfactor.sftp_processed_dir
- * or deleted.
+ * or deleted.  A file that cannot be applied (larger than
+ * MAX_RESULT_FILE_BYTES, judged from the listing before it is read;
+ * unreadable; not UTF-8; not matching its batch) is warned about once and
+ * skipped while it stays the same, and never keeps the files after it from
+ * being applied.  Everything a pass allocates, the SFTP connection included,
+ * lives in the phase's memory context and goes with it.
  */
 #include "postgres.h"
+
+#include <openssl/evp.h>
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -47,6 +59,7 @@
 #include "utils/snapmgr.h"
 
 #include "batch.h"
+#include "work.h"
 #include "worker.h"
 #include "shmem.h"
 #include "compat.h"
@@ -93,8 +106,9 @@ create_one_batch(const char *kind, int64 *after_id)
 		return true;
 
 	types[0] = INT8OID;
+	/* not read_only: that snapshot would not see this transaction's claim */
 	if (SPI_execute_with_args("SELECT max(id) FROM flexfactor.transmit_queue WHERE batch_id = $1",
-							  1, types, &batch, NULL, true, 1) != SPI_OK_SELECT)
+							  1, types, &batch, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read a batch");
 	*after_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_freetuptable(SPI_tuptable);
@@ -169,55 +183,117 @@ hex_digest(const uint8 *digest, char *hex)
 	hex[2 * PG_SHA256_DIGEST_LENGTH] = '\0';
 }
 
+static void
+free_sha256(void *arg)
+{
+	EVP_MD_CTX_free((EVP_MD_CTX *) arg);
+}
+
+/*
+ * A SHA-256 computation (OpenSSL), freed with the current memory context: it
+ * spans transactions, so it cannot belong to a resource owner.
+ */
+static EVP_MD_CTX *
+new_sha256(void)
+{
+	MemoryContextCallback *cb = palloc(sizeof(MemoryContextCallback));
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+
+	if (ctx == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	cb->func = free_sha256;
+	cb->arg = ctx;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
+	if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+		elog(ERROR, "could not start a SHA-256 computation");
+	return ctx;
+}
+
+/*
+ * The next lines of a batch after sequence number *after, at most
+ * LINES_PER_FETCH, in a short transaction of their own; copied into the
+ * current context.  No transaction stays open while they are sent.
+ */
+static List *
+fetch_lines(ReadyBatch *b, int32 *after)
+{
+	Oid			types[3] = {INT8OID, INT4OID, INT4OID};
+	Datum		values[3] = {Int64GetDatum(b->id), Int32GetDatum(*after),
+	Int32GetDatum(LINES_PER_FETCH)};
+	MemoryContext cxt = CurrentMemoryContext;
+	List	   *lines = NIL;
+
+	ff_work_begin("flexfactor: reading a batch's lines");
+	if (SPI_execute_with_args("SELECT sequence_number, line FROM flexfactor.batch_file_lines($1)"
+							  " WHERE sequence_number > $2 ORDER BY sequence_number LIMIT $3",
+							  3, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the lines of batch %lld", (long long) b->id);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		char	   *line = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		*after = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		lines = lappend(lines, MemoryContextStrdup(cxt, line));
+	}
+	ff_work_commit();
+	return lines;
+}
+
 /*
  * Stream the batch's lines to "<name>.part", check them against what the
  * batch recorded (line count; size and SHA-256 after the first upload),
- * rename the file into place and mark the batch uploaded.
+ * rename the file into place and mark the batch uploaded.  The lines are read
+ * in short transactions and sent with none open: the upload holds no
+ * snapshot, lock or transaction id however slow the server.
  */
 static void
 upload_batch(FFSftp *conn, ReadyBatch *b)
 {
 	Oid			types[3] = {INT8OID, TEXTOID, INT8OID};
 	Datum		values[3] = {Int64GetDatum(b->id)};
-	pg_cryptohash_ctx *hash = pg_cryptohash_create(PG_SHA256);
+	EVP_MD_CTX *hash = new_sha256();
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	char		hex[PG_SHA256_DIGEST_STRING_LENGTH];
 	int64		lines = 0;
 	int64		bytes = 0;
+	int32		after = 0;
 	FFSftpUpload *up;
-	Portal		cursor;
+	MemoryContext chunk_cxt = AllocSetContextCreate(CurrentMemoryContext,
+													"flexfactor batch lines",
+													ALLOCSET_DEFAULT_SIZES);
 
-	if (hash == NULL || pg_cryptohash_init(hash) < 0)
-		elog(ERROR, "could not start a SHA-256 computation");
+	pgstat_report_activity(STATE_RUNNING, "flexfactor: uploading a batch");
 	up = ff_sftp_begin_upload(conn, ff_sftp_inbound_dir, b->file_name);
-	cursor = SPI_cursor_open_with_args(NULL,
-									   "SELECT line FROM flexfactor.batch_file_lines($1)",
-									   1, types, values, NULL, true, 0);
 	for (;;)
 	{
-		SPI_cursor_fetch(cursor, true, LINES_PER_FETCH);
-		if (SPI_processed == 0)
+		MemoryContext old = MemoryContextSwitchTo(chunk_cxt);
+		List	   *chunk = fetch_lines(b, &after);
+		ListCell   *lc;
+
+		MemoryContextSwitchTo(old);
+		pgstat_report_activity(STATE_RUNNING, "flexfactor: uploading a batch");
+		if (chunk == NIL)
 			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
+		foreach(lc, chunk)
 		{
-			char	   *line = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			char	   *line = lfirst(lc);
 			size_t		len = strlen(line);
 
 			ff_sftp_write(up, line, len);
 			ff_sftp_write(up, "\n", 1);
-			if (pg_cryptohash_update(hash, (uint8 *) line, len) < 0 ||
-				pg_cryptohash_update(hash, (uint8 *) "\n", 1) < 0)
+			if (EVP_DigestUpdate(hash, line, len) != 1 ||
+				EVP_DigestUpdate(hash, "\n", 1) != 1)
 				elog(ERROR, "could not compute SHA-256");
 			lines++;
 			bytes += len + 1;
-			pfree(line);
 		}
-		SPI_freetuptable(SPI_tuptable);
+		MemoryContextReset(chunk_cxt);
+		ff_worker_yield();
 	}
-	SPI_cursor_close(cursor);
-	if (pg_cryptohash_final(hash, digest, sizeof(digest)) < 0)
+	MemoryContextDelete(chunk_cxt);
+	if (EVP_DigestFinal_ex(hash, digest, NULL) != 1)
 		elog(ERROR, "could not compute SHA-256");
-	pg_cryptohash_free(hash);
 	hex_digest(digest, hex);
 	if (lines != b->line_count || (b->sha256 != NULL && strcmp(hex, b->sha256) != 0))
 		ereport(ERROR,
@@ -231,6 +307,7 @@ upload_batch(FFSftp *conn, ReadyBatch *b)
 
 	ff_sftp_finish_upload(up);
 
+	ff_work_begin("flexfactor: recording an upload");
 	values[1] = CStringGetTextDatum(hex);
 	values[2] = Int64GetDatum(bytes);
 	if (SPI_execute_with_args("UPDATE flexfactor.batches"
@@ -244,6 +321,7 @@ upload_batch(FFSftp *conn, ReadyBatch *b)
 							  " WHERE batch_id = $1 AND state = 'batched'",
 							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not mark batch uploaded");
+	ff_work_commit();
 }
 
 static void
@@ -271,34 +349,24 @@ describe_error(ErrorData *edata)
 
 /* ------------------------------------------------------------ the worker */
 
-/* Catch the current error: log it, keep it in *result, abort the transaction. */
-static void
+/*
+ * Catch the current error: abort the transaction, record it on the batch that
+ * failed (if any), log it with its SQLSTATE, detail, hint and context, and
+ * keep the pass's first failure in *result.
+ */
+static int
 take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch,
 			 const char *activity)
 {
-	ErrorData  *edata;
-
-	MemoryContextSwitchTo(cxt);
-	edata = CopyErrorData();
-	FlushErrorState();
-	AbortCurrentTransaction();
+	ErrorData  *edata = ff_work_catch(cxt);
+	char	   *described = describe_error(edata);
 
 	if (failed_batch != NULL)
 	{
 		ff_work_begin("flexfactor: recording a failed upload");
-		record_failure(failed_batch, describe_error(edata));
+		record_failure(failed_batch, described);
 		ff_work_commit();
 	}
-	ff_status_error(describe_error(edata));
-	ereport(WARNING,
-			(errcode(edata->sqlerrcode),
-			 failed_batch ?
-			 errmsg("flexfactor worker could not upload batch %lld (%s): %s",
-					(long long) failed_batch->id, failed_batch->file_name, edata->message) :
-			 errmsg("flexfactor worker could not %s: %s", activity, edata->message),
-			 edata->detail ? errdetail("%s", edata->detail) : 0,
-			 edata->hint ? errhint("%s", edata->hint) : 0));
-
 	if (result->sqlerrcode == 0)
 	{
 		result->sqlerrcode = edata->sqlerrcode;
@@ -310,9 +378,24 @@ take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch
 		strlcpy(result->detail, edata->detail ? edata->detail : "", FF_ERROR_LEN);
 		strlcpy(result->hint, edata->hint ? edata->hint : "", FF_ERROR_LEN);
 	}
+	if (failed_batch != NULL)
+		edata->message = psprintf("flexfactor worker could not upload batch %lld (%s): %s",
+								  (long long) failed_batch->id, failed_batch->file_name,
+								  edata->message);
+	else
+		edata->message = psprintf("flexfactor worker could not %s: %s", activity, edata->message);
+	ff_status_error(described);
+	edata->elevel = WARNING;
+	ThrowErrorData(edata);
+	return edata->sqlerrcode;
 }
 
-#define MAX_RESULT_FILE_BYTES	(64 * 1024 * 1024)
+/*
+ * A result file answers at most flexfactor.batch_max_rows (2,000) lines of a
+ * few hundred bytes; anything larger is refused from its listed size, before
+ * a byte of it is read, so memory stays bounded whatever lands there.
+ */
+#define MAX_RESULT_FILE_BYTES	(4 * 1024 * 1024)
 
 static bool
 has_suffix(const char *name, const char *suffix)
@@ -324,9 +407,96 @@ has_suffix(const char *name, const char *suffix)
 }
 
 static int
-compare_names(const ListCell *a, const ListCell *b)
+compare_entries(const ListCell *a, const ListCell *b)
 {
-	return strcmp((const char *) lfirst(a), (const char *) lfirst(b));
+	return strcmp(((const FFSftpEntry *) lfirst(a))->name,
+				  ((const FFSftpEntry *) lfirst(b))->name);
+}
+
+/*
+ * Files refused already (oversized, unreadable, not UTF-8, not matching a
+ * batch), as they were listed: skipped without reading them while they stay
+ * the same, so each is warned about once, and forgotten once gone.
+ */
+static MemoryContext refused_cxt = NULL;
+static List *refused_files = NIL;
+
+static bool
+same_entry(const FFSftpEntry *a, const FFSftpEntry *b)
+{
+	return strcmp(a->name, b->name) == 0 && a->size == b->size && a->mtime == b->mtime;
+}
+
+static bool
+refused_already(const FFSftpEntry *e)
+{
+	ListCell   *lc;
+
+	foreach(lc, refused_files)
+		if (same_entry(lfirst(lc), e))
+			return true;
+	return false;
+}
+
+static void
+remember_refused(const FFSftpEntry *e)
+{
+	MemoryContext old = MemoryContextSwitchTo(refused_cxt);
+	FFSftpEntry *copy = palloc(sizeof(FFSftpEntry));
+
+	*copy = *e;
+	copy->name = pstrdup(e->name);
+	refused_files = lappend(refused_files, copy);
+	MemoryContextSwitchTo(old);
+}
+
+/* Forget refused files no longer in the folder (or changed since). */
+static void
+forget_refused_not_in(List *entries)
+{
+	List	   *kept = NIL;
+	ListCell   *lc;
+	MemoryContext old;
+	MemoryContext fresh;
+
+	if (refused_cxt == NULL)
+	{
+		refused_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor refused result files",
+											ALLOCSET_SMALL_SIZES);
+		return;
+	}
+	fresh = AllocSetContextCreate(TopMemoryContext, "flexfactor refused result files",
+								  ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(fresh);
+	foreach(lc, refused_files)
+	{
+		FFSftpEntry *r = lfirst(lc);
+		ListCell   *lc2;
+
+		foreach(lc2, entries)
+			if (same_entry(r, lfirst(lc2)))
+			{
+				FFSftpEntry *copy = palloc(sizeof(FFSftpEntry));
+
+				*copy = *r;
+				copy->name = pstrdup(r->name);
+				kept = lappend(kept, copy);
+				break;
+			}
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(refused_cxt);
+	refused_cxt = fresh;
+	refused_files = kept;
+}
+
+/* Errors that belong to the file itself: it is refused until it changes. */
+static bool
+file_is_at_fault(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_FF_MALFORMED_RESPONSE ||
+		sqlerrcode == ERRCODE_FF_SFTP_IO ||
+		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_DATA_EXCEPTION;
 }
 
 /*
@@ -336,21 +506,30 @@ compare_names(const ListCell *a, const ListCell *b)
  * finds the file "already applied" and removes it then.
  */
 static void
-ingest_file(FFSftp *conn, const char *name)
+ingest_file(FFSftp *conn, const FFSftpEntry *e)
 {
+	const char *name = e->name;
 	char	   *path = psprintf("%s/%s", ff_sftp_outbound_dir, name);
 	size_t		len;
-	char	   *content = ff_sftp_read(conn, path, MAX_RESULT_FILE_BYTES, &len);
+	char	   *content;
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2];
 
+	if (e->size > MAX_RESULT_FILE_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_MALFORMED_RESPONSE),
+				 errmsg("result file \"%s\" is larger than %d bytes", name, MAX_RESULT_FILE_BYTES),
+				 errdetail("It has %llu bytes; it was not read.", (unsigned long long) e->size),
+				 errhint("Result files answer at most 2,000 lines; ask FlexFactor about this one.")));
+	content = ff_sftp_read(conn, path, MAX_RESULT_FILE_BYTES, &len);
 	if (strlen(content) != len || !pg_verifymbstr(content, len, true))
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_MALFORMED_RESPONSE),
 				 errmsg("result file \"%s\" is not valid UTF-8 text", name),
 				 errhint("Nothing was applied; ask FlexFactor about the file.")));
 	values[0] = CStringGetTextDatum(name);
-	values[1] = CStringGetTextDatum(content);
+	values[1] = PointerGetDatum(cstring_to_text_with_len(content, len));
+	pfree(content);
 
 	ff_work_begin("flexfactor: applying a result file");
 	if (SPI_execute_with_args(has_suffix(name, ".error.json") ?
@@ -359,6 +538,7 @@ ingest_file(FFSftp *conn, const char *name)
 							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not apply result file \"%s\"", name);
 	ff_work_commit();
+	pfree(DatumGetPointer(values[1]));
 
 	if (ff_sftp_processed_dir[0] != '\0')
 		ff_sftp_move(conn, path, ff_sftp_processed_dir, name);
@@ -366,16 +546,24 @@ ingest_file(FFSftp *conn, const char *name)
 		ff_sftp_remove(conn, path);
 }
 
-/* Read FlexFactor's answers: every result and error file in the outbound folder. */
+/*
+ * Read FlexFactor's answers: every result and error file in the outbound
+ * folder, each in a memory context reset after it.  A file that cannot be
+ * applied is refused (logged once, skipped while it stays the same) and never
+ * keeps the files after it from being applied; only a lost connection ends
+ * the reading.
+ */
 static void
-ingest_results(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result)
+ingest_results(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
+			   TimestampTz deadline)
 {
-	List	   *volatile names = NIL;
+	List	   *volatile entries = NIL;
 	ListCell   *lc;
+	MemoryContext file_cxt;
 
 	PG_TRY();
 	{
-		names = ff_sftp_list(conn, ff_sftp_outbound_dir);
+		entries = ff_sftp_list(conn, ff_sftp_outbound_dir);
 	}
 	PG_CATCH();
 	{
@@ -383,41 +571,77 @@ ingest_results(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result)
 		return;
 	}
 	PG_END_TRY();
-	list_sort(names, compare_names);
+	list_sort(entries, compare_entries);
+	forget_refused_not_in(entries);
 
-	foreach(lc, names)
+	file_cxt = AllocSetContextCreate(pass_cxt, "flexfactor result file", ALLOCSET_DEFAULT_SIZES);
+	foreach(lc, entries)
 	{
-		const char *name = (const char *) lfirst(lc);
+		FFSftpEntry *e = lfirst(lc);
 		volatile bool stop = false;
 
-		if (!has_suffix(name, ".result.jsonl") && !has_suffix(name, ".error.json"))
+		if (!has_suffix(e->name, ".result.jsonl") && !has_suffix(e->name, ".error.json"))
 			continue;
+		if (refused_already(e))
+			continue;
+		if (GetCurrentTimestamp() >= deadline)
+		{
+			SetLatch(MyLatch);	/* the rest in the next pass, after the queue's turn */
+			break;
+		}
 		ff_status_set("reading result files");
+		MemoryContextSwitchTo(file_cxt);
 		PG_TRY();
 		{
-			ingest_file(conn, name);
+			ingest_file(conn, e);
 		}
 		PG_CATCH();
 		{
-			char	   *activity = psprintf("apply result file \"%s\"", name);
+			int			sqlerrcode;
 
-			take_failure(pass_cxt, result, NULL, activity);
-			/* a transport failure ends the pass; a bad file is skipped */
-			stop = (result->sqlerrcode == ERRCODE_FF_SFTP_CONNECTION ||
-					result->sqlerrcode == ERRCODE_FF_SFTP_IO);
+			sqlerrcode = take_failure(file_cxt, result, NULL,
+									  psprintf("apply result file \"%s\"", e->name));
+			if (sqlerrcode == ERRCODE_FF_SFTP_CONNECTION)
+				stop = true;
+			else if (file_is_at_fault(sqlerrcode))
+				remember_refused(e);
 		}
 		PG_END_TRY();
+		MemoryContextSwitchTo(pass_cxt);
+		MemoryContextReset(file_cxt);
+		ff_worker_yield();
 		if (stop)
 			break;
 	}
+	MemoryContextSwitchTo(pass_cxt);
+	MemoryContextDelete(file_cxt);
+}
+
+/* the SFTP part of a pass gives the rest of the worker its turn after this */
+#define EXPORT_PASS_BUDGET_MS	10000
+
+static FFSftp *
+connect_in(MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	FFSftp	   *conn;
+
+	pgstat_report_activity(STATE_RUNNING, "flexfactor: connecting to the SFTP server");
+	conn = ff_sftp_connect();	/* closed when cxt is reset or deleted */
+	MemoryContextSwitchTo(old);
+	return conn;
 }
 
 /*
- * One SFTP pass of the worker: fix pending declines into batches (one
- * transaction), upload each due batch in a transaction of its own, then read
- * FlexFactor's result files over the same connection.  A failed upload is
- * recorded on its batch and ends the uploads; the first failure is kept in
- * *result; the pass itself never raises an error.
+ * One SFTP pass of the worker: fix pending declines into batches (one short
+ * transaction), upload each due batch (its lines read in short transactions,
+ * none open while bytes travel), then read FlexFactor's result files over the
+ * same connection.  Everything it allocates, the connection included, lives
+ * in the caller's context (the phase's, deleted after it).  A failed upload
+ * is recorded on its batch and ends the uploads; the first failure is kept
+ * in *result; the pass itself never raises an error.  After
+ * EXPORT_PASS_BUDGET_MS it starts no new file: the rest waits for the next
+ * pass, which follows at once.
  */
 static void
 export_pass(FFExportResult *result)
@@ -426,6 +650,8 @@ export_pass(FFExportResult *result)
 	List	   *volatile batches = NIL;
 	ListCell   *lc;
 	FFSftp	   *volatile conn = NULL;
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   EXPORT_PASS_BUDGET_MS);
 
 	memset(result, 0, sizeof(FFExportResult));
 	PG_TRY();
@@ -447,19 +673,17 @@ export_pass(FFExportResult *result)
 		ReadyBatch *b = (ReadyBatch *) lfirst(lc);
 		volatile bool failed = false;
 
+		if (GetCurrentTimestamp() >= deadline)
+		{
+			SetLatch(MyLatch);
+			break;
+		}
 		ff_status_set("uploading batches");
 		PG_TRY();
 		{
-			ff_work_begin("flexfactor: uploading a batch");
 			if (conn == NULL)
-			{
-				MemoryContext old = MemoryContextSwitchTo(pass_cxt);
-
-				conn = ff_sftp_connect();	/* closed when the pass context resets */
-				MemoryContextSwitchTo(old);
-			}
+				conn = connect_in(pass_cxt);
 			upload_batch(conn, b);
-			ff_work_commit();
 			result->uploaded++;
 		}
 		PG_CATCH();
@@ -468,6 +692,7 @@ export_pass(FFExportResult *result)
 			failed = true;
 		}
 		PG_END_TRY();
+		MemoryContextSwitchTo(pass_cxt);
 		if (failed)
 			break;
 	}
@@ -478,66 +703,111 @@ export_pass(FFExportResult *result)
 		PG_TRY();
 		{
 			if (conn == NULL)
-			{
-				MemoryContext old = MemoryContextSwitchTo(pass_cxt);
-
-				conn = ff_sftp_connect();
-				MemoryContextSwitchTo(old);
-			}
+				conn = connect_in(pass_cxt);
 		}
 		PG_CATCH();
 		{
 			take_failure(pass_cxt, result, NULL, "connect to read result files");
 		}
 		PG_END_TRY();
+		MemoryContextSwitchTo(pass_cxt);
 		if (conn != NULL)
-			ingest_results(conn, pass_cxt, result);
+			ingest_results(conn, pass_cxt, result, deadline);
 	}
 	if (conn != NULL)
 		ff_sftp_disconnect(conn);
 }
 
+static bool
+export_requested(uint64 *ticket)
+{
+	bool		requested;
+
+	LWLockAcquire(ff_shared->lock, LW_SHARED);
+	*ticket = ff_shared->export_requested;
+	requested = *ticket > ff_shared->export_completed;
+	LWLockRelease(ff_shared->lock);
+	return requested;
+}
+
+/* Whether ff_export_batch() is waiting for a pass. */
+bool
+ff_export_requested(void)
+{
+	uint64		ticket;
+
+	return export_requested(&ticket);
+}
+
+static void
+publish(uint64 ticket, FFExportResult *result)
+{
+	LWLockAcquire(ff_shared->lock, LW_EXCLUSIVE);
+	ff_shared->export_result = *result;
+	ff_shared->export_completed = Max(ff_shared->export_completed, ticket);
+	if (ff_shared->export_requested > ticket)
+		SetLatch(MyLatch);		/* asked again meanwhile: another pass at once */
+	LWLockRelease(ff_shared->lock);
+	ConditionVariableBroadcast(&ff_shared->export_done);
+}
+
 /*
  * Called by the worker every pass: exports when SFTP is configured, and
  * always when ff_export_batch() asked for it, publishing the result to the
- * callers waiting for it.
+ * callers waiting for it, whatever happened.  Returns false when the last
+ * export (this pass's, or the last one that ran) met a failure.
  */
-void
+bool
 ff_export_if_due(void)
 {
+	static TimestampTz last_scheduled = 0;
+	static bool last_ok = true;
 	FFExportResult result;
 	uint64		ticket;
-	bool		requested;
-
-	static TimestampTz last_scheduled = 0;
+	bool		requested = export_requested(&ticket);
 	TimestampTz now = GetCurrentTimestamp();
 	bool		scheduled;
-
-	LWLockAcquire(ff_shared->lock, LW_SHARED);
-	ticket = ff_shared->export_requested;
-	requested = ticket > ff_shared->export_completed;
-	LWLockRelease(ff_shared->lock);
 
 	/* on its own only every batch_interval seconds (0: only when asked) */
 	scheduled = ff_sftp_host[0] != '\0' && ff_batch_interval > 0 &&
 		TimestampDifferenceExceeds(last_scheduled, now, ff_batch_interval * 1000 - 100);
 	if (!requested && !scheduled)
-		return;
+		return last_ok;
 	if (scheduled)
 		last_scheduled = now;
 
-	export_pass(&result);
+	PG_TRY();
+	{
+		export_pass(&result);
+	}
+	PG_CATCH();
+	{
+		if (requested)
+		{
+			/* the caller waiting in ff_export_batch() hears of it too */
+			MemoryContext cxt = CurrentMemoryContext == ErrorContext ?
+				TopMemoryContext : CurrentMemoryContext;
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+			ErrorData  *edata = CopyErrorData();
+
+			MemoryContextSwitchTo(old);
+			memset(&result, 0, sizeof(result));
+			result.sqlerrcode = edata->sqlerrcode;
+			snprintf(result.message, FF_ERROR_LEN, "the export pass failed: %s", edata->message);
+			strlcpy(result.detail, edata->detail ? edata->detail : "", FF_ERROR_LEN);
+			strlcpy(result.hint, edata->hint ? edata->hint : "", FF_ERROR_LEN);
+			FreeErrorData(edata);
+			publish(ticket, &result);
+		}
+		last_ok = false;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 
 	if (requested)
-	{
-		LWLockAcquire(ff_shared->lock, LW_EXCLUSIVE);
-		ff_shared->export_result = result;
-		ff_shared->export_completed = ticket;
-		if (ff_shared->export_requested > ticket)
-			SetLatch(MyLatch);	/* asked again meanwhile: another pass at once */
-		LWLockRelease(ff_shared->lock);
-		ConditionVariableBroadcast(&ff_shared->export_done);
-	}
+		publish(ticket, &result);
+	last_ok = (result.sqlerrcode == 0);
+	return last_ok;
 }
 
 /* ----------------------------------------------------- ff_export_batch() */

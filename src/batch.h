@@ -5,6 +5,7 @@
 #ifndef FLEXFACTOR_BATCH_H
 #define FLEXFACTOR_BATCH_H
 
-extern void ff_export_if_due(void);
+extern bool ff_export_if_due(void);
+extern bool ff_export_requested(void);
 
 #endif							/* FLEXFACTOR_BATCH_H */

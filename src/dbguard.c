@@ -10,7 +10,8 @@
  * name flexfactor.database and the current user may run them, asks the
  * workers to leave through shared memory,
  * waits briefly for them to go, and keeps them away until shortly after the
- * command ends.  The launcher then finds the database again or waits for it.
+ * command ends.  It also wakes the worker after COMMIT PREPARED, whose
+ * transaction may have queued work.  The launcher then finds the database again or waits for it.
  */
 #include "postgres.h"
 
@@ -22,6 +23,8 @@
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
+#include "pgstat.h"
+#include "storage/condition_variable.h"
 #include "utils/acl.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -134,13 +137,21 @@ set_release(Oid dboid, int duration_ms)
 	LWLockRelease(ff_shared->lock);
 }
 
-/* Wait (briefly) until no worker is connected to the database any more. */
+/*
+ * Wait (briefly) until no worker is connected to the database any more: each
+ * is woken to see the request at once, and a worker leaving broadcasts
+ * worker_exited, so this sleeps instead of polling.
+ */
 static void
 wait_for_worker_exit(void)
 {
-	for (int waited = 0; waited < WAIT_FOR_EXIT_MS; waited += 10)
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), WAIT_FOR_EXIT_MS);
+
+	ConditionVariablePrepareToSleep(&ff_shared->worker_exited);
+	for (;;)
 	{
 		bool		connected = false;
+		long		left;
 
 		for (int role = FF_ROLE_WORKER; role < FF_NUM_ROLES; role++)
 			if (ff_status_pid(role) != 0)
@@ -148,11 +159,14 @@ wait_for_worker_exit(void)
 				connected = true;
 				ff_status_wake(role);
 			}
-		if (!connected)
-			return;
-		CHECK_FOR_INTERRUPTS();
-		pg_usleep(10 * 1000L);
+		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (!connected || left <= 0)
+			break;
+		/* the timeout also covers a worker that died without its exit hook */
+		(void) ConditionVariableTimedSleep(&ff_shared->worker_exited, Min(left, 100),
+										   PG_WAIT_EXTENSION);
 	}
+	ConditionVariableCancelSleep();
 }
 
 static void
@@ -191,6 +205,15 @@ ff_process_utility(PlannedStmt *pstmt, const char *queryString,
 			set_release(dboid, RELEASE_AFTER_MS);
 	}
 	PG_END_TRY();
+
+	/*
+	 * A prepared transaction's commit callbacks ran at PREPARE, where nothing
+	 * is committed yet: whatever it queued (ff_transmit(), declines) becomes
+	 * visible here, so the worker is woken now rather than at its next tick.
+	 */
+	if (ff_shared != NULL && IsA(pstmt->utilityStmt, TransactionStmt) &&
+		((TransactionStmt *) pstmt->utilityStmt)->kind == TRANS_STMT_COMMIT_PREPARED)
+		ff_status_wake(FF_ROLE_WORKER);
 }
 
 void

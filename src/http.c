@@ -21,6 +21,7 @@
 
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/memutils.h"
 #include "utils/wait_event.h"
 
 #include "compat.h"
@@ -66,15 +67,37 @@ ensure_curl(void)
 	}
 }
 
+/*
+ * libcurl calls this from inside curl_multi_perform(): it must never
+ * ereport (an error would longjmp through libcurl's frames), so it grows the
+ * buffer with an allocation that returns NULL instead of raising, and a
+ * failure makes libcurl end the transfer with CURLE_WRITE_ERROR.
+ */
 static size_t
 collect_body(char *data, size_t size, size_t nmemb, void *userdata)
 {
 	FFHttpRequest *req = (FFHttpRequest *) userdata;
+	StringInfo	buf = &req->response;
 	size_t		n = size * nmemb;
 
-	if (req->response.len + n > MAX_RESPONSE_BYTES)
-		return 0;				/* makes libcurl fail with CURLE_WRITE_ERROR */
-	appendBinaryStringInfo(&req->response, data, n);
+	if (buf->len + n > MAX_RESPONSE_BYTES)
+		return 0;
+	if (buf->len + n + 1 > (size_t) buf->maxlen)
+	{
+		size_t		newlen = Max((size_t) buf->maxlen * 2, buf->len + n + 1);
+		char	   *grown = MemoryContextAllocExtended(GetMemoryChunkContext(buf->data),
+													   newlen, MCXT_ALLOC_NO_OOM);
+
+		if (grown == NULL)
+			return 0;
+		memcpy(grown, buf->data, buf->len + 1);
+		pfree(buf->data);
+		buf->data = grown;
+		buf->maxlen = newlen;
+	}
+	memcpy(buf->data + buf->len, data, n);
+	buf->len += n;
+	buf->data[buf->len] = '\0';
 	return n;
 }
 
@@ -115,9 +138,9 @@ append_header(struct curl_slist *list, const char *header)
 {
 	struct curl_slist *grown = curl_slist_append(list, header);
 
+	/* on failure the list stays the slot's, and release_slot() frees it */
 	if (grown == NULL)
 	{
-		curl_slist_free_all(list);
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory building HTTP headers")));
@@ -149,7 +172,9 @@ start_request(HttpSlot *slot, FFHttpRequest *req)
 	req->retry_after[0] = '\0';
 	initStringInfo(&req->response);
 
-	slot->headers = append_header(NULL, "Accept: application/json");
+	curl_slist_free_all(slot->headers);
+	slot->headers = NULL;
+	slot->headers = append_header(slot->headers, "Accept: application/json");
 	slot->headers = append_header(slot->headers, "Expect:");	/* no 100-continue round trip */
 	if (req->body != NULL)
 		slot->headers = append_header(slot->headers, "Content-Type: application/json");
@@ -211,12 +236,15 @@ start_request(HttpSlot *slot, FFHttpRequest *req)
 	slot->req = req;
 }
 
+/*
+ * Detach a slot's handle (if it was started) and free its header list, which
+ * exists from the first header on: a setup that fails half-way leaks nothing.
+ */
 static void
 release_slot(HttpSlot *slot)
 {
-	if (slot->req == NULL)
-		return;
-	curl_multi_remove_handle(multi, slot->easy);
+	if (slot->req != NULL)
+		curl_multi_remove_handle(multi, slot->easy);
 	curl_slist_free_all(slot->headers);
 	slot->headers = NULL;
 	slot->req = NULL;

@@ -65,6 +65,7 @@
 #include "listener.h"
 #include "settings.h"
 #include "webhook.h"
+#include "work.h"
 #include "worker.h"
 #include "worker_status.h"
 
@@ -82,12 +83,15 @@ typedef struct Delivery
 	MemoryContext cxt;
 	StringInfoData body;
 	bool		too_large;
+	unsigned int refuse_status; /* refused from its headers alone */
+	const char *refuse_reason;
 	struct MHD_Connection *connection;	/* while it waits for its group */
 	unsigned int status;		/* the answer, once its group is done */
 	const char *text;
 } Delivery;
 
 static struct MHD_Daemon *daemon_handle = NULL;
+static MemoryContext loop_cxt = NULL;	/* reset every turn of the loop */
 static MemoryContext requests_cxt = NULL;
 static MemoryContext group_cxt = NULL;
 
@@ -153,23 +157,87 @@ insert_rejection(const char *address, unsigned int status, const char *reason)
 		elog(ERROR, "could not record a refused webhook delivery");
 }
 
-/* Record a delivery refused before its body was read, in a transaction of its own. */
-static void
-record_rejection(const char *address, unsigned int status, const char *reason)
+/*
+ * Deliveries refused before their body was read.  The request handler runs
+ * inside MHD_run(), where no database work belongs (an error there would
+ * unwind through libmicrohttpd): it only notes them here, in the loop's
+ * memory, and the loop records them after MHD_run() returns.
+ */
+typedef struct Refused
 {
+	char	   *address;
+	unsigned int status;
+	char	   *reason;
+	Delivery   *delivery;
+	struct MHD_Connection *connection;	/* suspended until recorded */
+} Refused;
+
+static List *refused = NIL;
+
+static const char *
+refusal_text(unsigned int status)
+{
+	return status == MHD_HTTP_NOT_FOUND ? "not found" :
+		status == MHD_HTTP_METHOD_NOT_ALLOWED ? "method not allowed" : "too large";
+}
+
+/* Note a refusal and suspend its connection until it is recorded. */
+static void
+note_rejection(struct MHD_Connection *c, Delivery *d, unsigned int status, const char *reason)
+{
+	Refused    *r = palloc(sizeof(Refused));
+
+	r->address = client_address(c);
+	r->status = status;
+	r->reason = pstrdup(reason);
+	r->delivery = d;
+	r->connection = c;
+	refused = lappend(refused, r);
+	d->connection = c;
+	MHD_suspend_connection(c);
+}
+
+/*
+ * Record the noted refusals in one short transaction, then resume their
+ * connections to be answered: recorded before answered, as deliveries are.
+ * Returns whether any connection was resumed.
+ */
+static bool
+record_rejections(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ListCell   *lc;
+
+	if (refused == NIL)
+		return false;
 	PG_TRY();
 	{
-		ff_work_begin("flexfactor: recording a refused delivery");
-		insert_rejection(address, status, reason);
+		ff_work_begin("flexfactor: recording refused deliveries");
+		foreach(lc, refused)
+		{
+			Refused    *r = lfirst(lc);
+
+			insert_rejection(r->address, r->status, r->reason);
+		}
 		ff_work_commit();
 	}
 	PG_CATCH();
 	{
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
+		ff_work_report(ff_work_catch(cxt), "record refused deliveries");
 	}
 	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	foreach(lc, refused)
+	{
+		Refused    *r = lfirst(lc);
+
+		r->delivery->status = r->status;
+		r->delivery->text = refusal_text(r->status);
+		r->delivery->connection = NULL;
+		MHD_resume_connection(r->connection);
+	}
+	refused = NIL;
+	return true;
 }
 
 static unsigned int
@@ -276,9 +344,12 @@ take_delivery(Delivery *d, MemoryContext cxt)
 	d->status = status_for(edata->sqlerrcode);
 	d->text = status_text(d->status);
 	ereport(d->status >= 500 ? WARNING : LOG,
-			(errmsg("flexfactor webhook listener refused a delivery with HTTP %u: %s",
+			(errcode(edata->sqlerrcode),
+			 errmsg("flexfactor webhook listener refused a delivery with HTTP %u: %s",
 					d->status, edata->message),
-			 edata->detail ? errdetail("%s", edata->detail) : 0));
+			 edata->detail ? errdetail("%s", edata->detail) : 0,
+			 edata->hint ? errhint("%s", edata->hint) : 0,
+			 edata->context ? errcontext("%s", edata->context) : 0));
 	if (d->status >= 500)
 		return;
 	r.address = client_address(d->connection);
@@ -298,6 +369,7 @@ take_delivery(Delivery *d, MemoryContext cxt)
 static void
 take_group(Delivery **group, int n)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext cxt = group_cxt;
 
 	PG_TRY();
@@ -310,6 +382,7 @@ take_group(Delivery **group, int n)
 			take_delivery(group[i], cxt);
 		PopActiveSnapshot();
 		CommitTransactionCommand();		/* durable before acknowledged */
+		ff_status_clear_error();
 	}
 	PG_CATCH();
 	{
@@ -323,7 +396,9 @@ take_group(Delivery **group, int n)
 				(errcode(edata->sqlerrcode),
 				 errmsg("flexfactor webhook listener could not commit %d deliveries: %s", n, edata->message),
 				 edata->detail ? errdetail("%s", edata->detail) : 0,
-				 errhint("Each is answered HTTP 503; FlexFactor delivers them again.")));
+				 errhint("Each is answered HTTP 503; FlexFactor delivers them again."),
+				 edata->context ? errcontext("%s", edata->context) : 0));
+		ff_status_error(edata->message);
 		for (int i = 0; i < n; i++)
 		{
 			group[i]->status = MHD_HTTP_SERVICE_UNAVAILABLE;
@@ -331,9 +406,9 @@ take_group(Delivery **group, int n)
 		}
 	}
 	PG_END_TRY();
-	MemoryContextSwitchTo(TopMemoryContext);
+	MemoryContextSwitchTo(caller);
 	MemoryContextReset(cxt);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	ff_work_idle();
 	ff_status_pass_done();
 }
 
@@ -377,47 +452,43 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 														 MHD_HTTP_HEADER_CONTENT_LENGTH);
 		MemoryContext cxt;
 
-		if (strcmp(url, started_path) != 0)
-		{
-			record_rejection(client_address(c), MHD_HTTP_NOT_FOUND, "unknown path");
-			return respond(c, MHD_HTTP_NOT_FOUND, "not found");
-		}
-		if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
-		{
-			record_rejection(client_address(c), MHD_HTTP_METHOD_NOT_ALLOWED,
-							 psprintf("method %.16s", method));
-			return respond(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
-		}
-		if (length != NULL && strtoull(length, NULL, 10) > MAX_BODY_BYTES)
-		{
-			record_rejection(client_address(c), MHD_HTTP_CONTENT_TOO_LARGE, "body over 64 kB");
-			return respond(c, MHD_HTTP_CONTENT_TOO_LARGE, "too large");
-		}
 		cxt = AllocSetContextCreate(requests_cxt, "flexfactor webhook delivery",
 									ALLOCSET_SMALL_SIZES);
 		d = MemoryContextAllocZero(cxt, sizeof(Delivery));
 		d->cxt = cxt;
 		d->body.data = NULL;
+		if (strcmp(url, started_path) != 0)
+		{
+			d->refuse_status = MHD_HTTP_NOT_FOUND;
+			d->refuse_reason = "unknown path";
+		}
+		else if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+		{
+			d->refuse_status = MHD_HTTP_METHOD_NOT_ALLOWED;
+			d->refuse_reason = MemoryContextStrdup(cxt, psprintf("method %.16s", method));
+		}
+		else if (length != NULL && strtoull(length, NULL, 10) > MAX_BODY_BYTES)
+		{
+			d->refuse_status = MHD_HTTP_CONTENT_TOO_LARGE;
+			d->refuse_reason = "body over 64 kB";
+		}
 		*con_cls = d;
 		return MHD_YES;
 	}
 
 	if (*upload_data_size > 0)
 	{
-		/* more body */
-		if (d->body.data == NULL)
-		{
-			MemoryContext old = MemoryContextSwitchTo(d->cxt);
-
-			initStringInfo(&d->body);
-			MemoryContextSwitchTo(old);
-		}
-		if (d->too_large || d->body.len + *upload_data_size > MAX_BODY_BYTES)
+		/* more body (ignored when it is refused anyway) */
+		if (d->refuse_status != 0)
+			;
+		else if (d->too_large || (d->body.data ? d->body.len : 0) + *upload_data_size > MAX_BODY_BYTES)
 			d->too_large = true;
 		else
 		{
 			MemoryContext old = MemoryContextSwitchTo(d->cxt);
 
+			if (d->body.data == NULL)
+				initStringInfo(&d->body);
 			appendBinaryStringInfo(&d->body, upload_data, *upload_data_size);
 			MemoryContextSwitchTo(old);
 		}
@@ -425,13 +496,19 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 		return MHD_YES;
 	}
 
-	/* the whole body is here, or its group is done and it was resumed */
+	/* the whole body is here, or its group (or its refusal) is done and it was resumed */
 	if (d->status != 0)
 		return respond(c, d->status, d->text);
 	if (d->too_large)
 	{
-		record_rejection(client_address(c), MHD_HTTP_CONTENT_TOO_LARGE, "body over 64 kB");
-		return respond(c, MHD_HTTP_CONTENT_TOO_LARGE, "too large");
+		d->refuse_status = MHD_HTTP_CONTENT_TOO_LARGE;
+		d->refuse_reason = "body over 64 kB";
+	}
+	if (d->refuse_status != 0)
+	{
+		/* answered once recorded, after MHD_run() returns */
+		note_rejection(c, d, d->refuse_status, d->refuse_reason);
+		return MHD_YES;
 	}
 	if (d->body.data == NULL)
 	{
@@ -479,10 +556,15 @@ stop_daemon(int code, Datum arg)
 	 * middle of one) are closed unanswered: nothing of theirs was committed.
 	 * libmicrohttpd must not be stopped with suspended connections.
 	 */
+	ListCell   *lc;
+
 	for (int i = 0; i < n_waiting; i++)
 		if (waiting[i]->connection != NULL)
 			MHD_resume_connection(waiting[i]->connection);
 	n_waiting = 0;
+	foreach(lc, refused)
+		MHD_resume_connection(((Refused *) lfirst(lc))->connection);
+	refused = NIL;
 	if (daemon_handle != NULL)
 		MHD_stop_daemon(daemon_handle);
 	daemon_handle = NULL;
@@ -602,6 +684,8 @@ ff_listener_main(Datum main_arg)
 		proc_exit(0);
 	}
 	pgstat_report_appname("flexfactor webhook listener");
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor webhook loop",
+									 ALLOCSET_DEFAULT_SIZES);
 	requests_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor webhook requests",
 										 ALLOCSET_DEFAULT_SIZES);
 	group_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor webhook group",
@@ -629,6 +713,9 @@ ff_listener_main(Datum main_arg)
 		int			rc;
 
 		CHECK_FOR_INTERRUPTS();
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -657,9 +744,10 @@ ff_listener_main(Datum main_arg)
 		if (rc & WL_LATCH_SET)
 			ResetLatch(MyLatch);
 		MHD_run(daemon_handle);		/* receives; complete deliveries wait */
-		if (n_waiting > 0)
+		if (record_rejections() || n_waiting > 0)
 		{
-			take_waiting();
+			if (n_waiting > 0)
+				take_waiting();
 			MHD_run(daemon_handle); /* answers them */
 		}
 	}

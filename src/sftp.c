@@ -33,6 +33,7 @@
 #include <libssh2.h>
 #include <libssh2_sftp.h>
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -48,6 +49,8 @@
 #include "sftp.h"
 
 #define UPLOAD_BUFFER_SIZE	(256 * 1024)
+
+FFSftpWaitHook ff_sftp_wait_hook = NULL;
 
 struct FFSftp
 {
@@ -82,14 +85,21 @@ close_connection(void *arg)
 {
 	FFSftp	   *conn = (FFSftp *) arg;
 
-	if (conn->sftp)
-		libssh2_sftp_shutdown(conn->sftp);
+	/*
+	 * A short, blocking goodbye: this runs during cleanup, maybe after an
+	 * error, where nothing may throw; a failure is only worth a debug line.
+	 */
 	if (conn->session)
 	{
-		/* a short, blocking goodbye: this runs during cleanup, maybe after an error */
 		libssh2_session_set_blocking(conn->session, 1);
 		libssh2_session_set_timeout(conn->session, 1000);
-		libssh2_session_disconnect(conn->session, "flexfactor done");
+	}
+	if (conn->sftp && libssh2_sftp_shutdown(conn->sftp) != 0)
+		elog(DEBUG1, "flexfactor: SFTP channel shutdown failed: %s", session_error(conn->session));
+	if (conn->session)
+	{
+		if (libssh2_session_disconnect(conn->session, "flexfactor done") != 0)
+			elog(DEBUG1, "flexfactor: SSH disconnect failed: %s", session_error(conn->session));
 		libssh2_session_free(conn->session);
 	}
 	if (conn->sock >= 0)
@@ -153,7 +163,18 @@ wait_socket(FFSftp *conn, const char *what)
 	if (events == 0)
 		events = WL_SOCKET_READABLE;
 
-	(void) wait_for_socket(conn->sock, events, conn->deadline);
+	/* with a hook, wake at least every second so that it gets its turn */
+	(void) wait_for_socket(conn->sock, events,
+						   ff_sftp_wait_hook == NULL ? conn->deadline :
+						   Min(conn->deadline,
+							   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000)));
+	if (ff_sftp_wait_hook != NULL && !IsTransactionState())
+	{
+		TimestampTz before = GetCurrentTimestamp();
+
+		ff_sftp_wait_hook();
+		conn->deadline += GetCurrentTimestamp() - before;
+	}
 	if (GetCurrentTimestamp() >= conn->deadline)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
@@ -188,6 +209,96 @@ require_setting(const char *value, const char *name)
 						 "and sftp_known_hosts_file in postgresql.conf.")));
 }
 
+/* A lookup in glibc's resolver thread, with everything that thread reads. */
+typedef struct Lookup
+{
+	struct gaicb cb;
+	struct addrinfo hints;
+	char		host[NI_MAXHOST];
+	char		port[16];
+} Lookup;
+
+/*
+ * Stop a lookup and release it.  One that cannot be cancelled any more keeps
+ * its block (malloc'd, about 1 kB) for good, rather than have the resolver
+ * thread write into freed memory.
+ */
+static void
+abandon_lookup(Lookup *l)
+{
+	switch (gai_cancel(&l->cb))
+	{
+		case EAI_NOTCANCELED:
+			return;
+		case EAI_ALLDONE:
+			if (gai_error(&l->cb) == 0 && l->cb.ar_result != NULL)
+				freeaddrinfo(l->cb.ar_result);
+			break;
+		default:
+			break;
+	}
+	free(l);
+}
+
+/*
+ * getaddrinfo(), but interruptible and bounded by flexfactor.sftp_timeout_ms:
+ * the lookup runs in glibc's resolver thread (getaddrinfo_a) while this
+ * process waits on its latch, so pg_cancel_backend(), shutdown and a dead
+ * postmaster are seen while DNS is slow.  Returns EAI_AGAIN at the deadline.
+ */
+static int
+resolve(const char *host, const char *port, const struct addrinfo *hints,
+		struct addrinfo **result)
+{
+	Lookup	   *l = calloc(1, sizeof(Lookup));
+	struct gaicb *list[1];
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ff_sftp_timeout_ms);
+	int			rc;
+
+	if (l == NULL)
+		return EAI_MEMORY;
+	l->hints = *hints;
+	strlcpy(l->host, host, sizeof(l->host));
+	strlcpy(l->port, port, sizeof(l->port));
+	l->cb.ar_name = l->host;
+	l->cb.ar_service = l->port;
+	l->cb.ar_request = &l->hints;
+	list[0] = &l->cb;
+	rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+	if (rc != 0)
+	{
+		free(l);
+		return rc;
+	}
+	while ((rc = gai_error(&l->cb)) == EAI_INPROGRESS)
+	{
+		if (GetCurrentTimestamp() >= deadline)
+		{
+			abandon_lookup(l);
+			return EAI_AGAIN;
+		}
+		if (INTERRUPTS_PENDING_CONDITION())
+		{
+			PG_TRY();
+			{
+				CHECK_FOR_INTERRUPTS();
+			}
+			PG_CATCH();
+			{
+				abandon_lookup(l);
+				PG_RE_THROW();
+			}
+			PG_END_TRY();
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 20,
+						 ff_wait_event(FF_WAIT_SFTP));
+		ResetLatch(MyLatch);
+	}
+	*result = l->cb.ar_result;
+	free(l);
+	return rc;
+}
+
 /*
  * TCP connect with a timeout into conn->sock.  The socket belongs to the
  * connection from the moment it exists, so whatever ends the wait (an error,
@@ -211,7 +322,7 @@ connect_tcp(FFSftp *conn)
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	snprintf(port, sizeof(port), "%d", ff_sftp_port);
-	rc = getaddrinfo(ff_sftp_host, port, &hints, &addrs);
+	rc = resolve(ff_sftp_host, port, &hints, &addrs);
 	if (rc != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
@@ -359,33 +470,10 @@ verify_host_key(FFSftp *conn)
 			 errhint("Add the server's key, obtained from FlexFactor through a trusted channel, to that file.")));
 }
 
-/*
- * Open a verified, authenticated SFTP connection; it is closed when the
- * current memory context is reset or deleted, or by ff_sftp_disconnect().
- */
-FFSftp *
-ff_sftp_connect(void)
+/* TCP, SSH handshake, host key, authentication, SFTP channel. */
+static void
+open_connection(FFSftp *conn)
 {
-	FFSftp	   *conn;
-	static bool initialised = false;
-
-	require_setting(ff_sftp_host, "flexfactor.sftp_host");
-	require_setting(ff_sftp_user, "flexfactor.sftp_user");
-	require_setting(ff_sftp_private_key_file, "flexfactor.sftp_private_key_file");
-	require_setting(ff_sftp_known_hosts_file, "flexfactor.sftp_known_hosts_file");
-	if (!initialised)
-	{
-		if (libssh2_init(0) != 0)
-			ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not initialise libssh2")));
-		initialised = true;
-	}
-
-	conn = palloc0(sizeof(FFSftp));
-	conn->sock = -1;
-	conn->cleanup.func = close_connection;
-	conn->cleanup.arg = conn;
-	MemoryContextRegisterResetCallback(CurrentMemoryContext, &conn->cleanup);
-
 	connect_tcp(conn);
 	conn->session = libssh2_session_init();
 	if (conn->session == NULL)
@@ -419,6 +507,46 @@ ff_sftp_connect(void)
 				(errcode(ERRCODE_FF_SFTP_CONNECTION),
 				 errmsg("could not start the SFTP subsystem on the SFTP server"),
 				 errdetail("%s", session_error(conn->session))));
+}
+
+/*
+ * Open a verified, authenticated SFTP connection; it is closed when the
+ * current memory context is reset or deleted, or by ff_sftp_disconnect().
+ */
+FFSftp *
+ff_sftp_connect(void)
+{
+	FFSftp	   *conn;
+	static bool initialised = false;
+
+	require_setting(ff_sftp_host, "flexfactor.sftp_host");
+	require_setting(ff_sftp_user, "flexfactor.sftp_user");
+	require_setting(ff_sftp_private_key_file, "flexfactor.sftp_private_key_file");
+	require_setting(ff_sftp_known_hosts_file, "flexfactor.sftp_known_hosts_file");
+	if (!initialised)
+	{
+		if (libssh2_init(0) != 0)
+			ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not initialise libssh2")));
+		initialised = true;
+	}
+
+	conn = palloc0(sizeof(FFSftp));
+	conn->sock = -1;
+	conn->cleanup.func = close_connection;
+	conn->cleanup.arg = conn;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, &conn->cleanup);
+
+	PG_TRY();
+	{
+		open_connection(conn);
+	}
+	PG_CATCH();
+	{
+		/* a refused connection goes at once, not only when its context goes */
+		close_connection(conn);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	return conn;
 }
 
@@ -525,7 +653,7 @@ ff_sftp_finish_upload(FFSftpUpload *up)
 		raise_io_error(up->conn, "rename to", up->final_path, "flexfactor.sftp_inbound_dir");
 }
 
-/* Names of the regular files in a remote folder (palloc'd, unsorted). */
+/* The regular files in a remote folder (FFSftpEntry, palloc'd, unsorted). */
 List *
 ff_sftp_list(FFSftp *conn, const char *dir)
 {
@@ -547,7 +675,16 @@ ff_sftp_list(FFSftp *conn, const char *dir)
 			break;
 		if ((attrs.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) && !LIBSSH2_SFTP_S_ISREG(attrs.permissions))
 			continue;
-		names = lappend(names, pnstrdup(name, n));
+		{
+			FFSftpEntry *e = palloc0(sizeof(FFSftpEntry));
+
+			e->name = pnstrdup(name, n);
+			if (attrs.flags & LIBSSH2_SFTP_ATTR_SIZE)
+				e->size = attrs.filesize;
+			if (attrs.flags & LIBSSH2_SFTP_ATTR_ACMODTIME)
+				e->mtime = attrs.mtime;
+			names = lappend(names, e);
+		}
 	}
 	(void) SSH_CALL(conn, "close folder", libssh2_sftp_close_handle(h));
 	if (n < 0)

@@ -10,6 +10,22 @@
 typedef struct FFSftp FFSftp;
 typedef struct FFSftpUpload FFSftpUpload;
 
+/* A regular file in a remote folder, as listed. */
+typedef struct FFSftpEntry
+{
+	char	   *name;
+	uint64		size;			/* 0 when the server did not say */
+	unsigned long mtime;		/* 0 when the server did not say */
+} FFSftpEntry;
+
+/*
+ * Called while an SFTP call waits for the network with no transaction open
+ * (the worker lets its other phases run there); the time it takes does not
+ * count against flexfactor.sftp_timeout_ms.
+ */
+typedef void (*FFSftpWaitHook) (void);
+extern FFSftpWaitHook ff_sftp_wait_hook;
+
 extern FFSftp *ff_sftp_connect(void);
 extern void ff_sftp_disconnect(FFSftp *conn);
 

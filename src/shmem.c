@@ -47,6 +47,7 @@ ff_shmem_startup(void)
 		ff_shared->release_dboid = InvalidOid;
 		ConditionVariableInit(&ff_shared->token.fetched);
 		ConditionVariableInit(&ff_shared->export_done);
+		ConditionVariableInit(&ff_shared->worker_exited);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

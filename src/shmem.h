@@ -79,6 +79,7 @@ typedef struct FFShared
 	 */
 	Oid			release_dboid;
 	TimestampTz release_until;
+	ConditionVariable worker_exited;	/* broadcast when a slot is released */
 
 	FFTokenCache token;
 

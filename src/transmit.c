@@ -5,13 +5,16 @@
  * ff_transmit() (SQL) only inserts a row and calls _wake_worker_at_commit(),
  * which sets the worker's latch when, and only if, the transaction commits:
  * the caller never waits on the network and a rolled-back transaction sends
- * nothing.  The worker claims due rows (FOR UPDATE SKIP LOCKED), sends up to
- * flexfactor.transmit_concurrency at once over kept-alive connections, and
- * records each outcome in the same transaction: delivered (with FlexFactor's
- * transmitId), retried later with exponential backoff (transport failures,
- * 408, 429, 5xx), or set aside with its last error (other 4xx answers, or
- * flexfactor.transmit_max_attempts failures).  Every row sends a stable
- * idempotencyKey, so a copy re-sent after a crash is recognisable.
+ * nothing.  The worker claims due rows with a lease in a short transaction,
+ * sends up to flexfactor.transmit_concurrency at once over kept-alive
+ * connections with no transaction open, and records each outcome in another
+ * short transaction: delivered (with FlexFactor's transmitId), retried later
+ * with exponential backoff (transport failures, 408, 429, 5xx), or set aside
+ * with its last error (other 4xx answers, flexfactor.transmit_max_attempts
+ * failures, or an answer that cannot be processed or recorded: one poison
+ * answer never holds up the rest).  Every row sends a stable idempotencyKey,
+ * so a copy re-sent after a crash (once its lease has run out) is
+ * recognisable.
  * Delivered rows are deleted after flexfactor.transmit_retention.  With
  * flexfactor.transmit_via = 'sftp' the rows leave in transmit_ batch files
  * instead (batch.c), and this file only tidies the queue.
@@ -26,6 +29,7 @@
 #include "pgstat.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
 #include "api.h"
@@ -34,6 +38,7 @@
 #include "settings.h"
 #include "token.h"
 #include "transmit.h"
+#include "work.h"
 #include "worker.h"
 #include "worker_status.h"
 
@@ -55,6 +60,7 @@ transmit_xact_callback(XactEvent event, void *arg)
 				ff_status_wake(FF_ROLE_WORKER);
 			wake_at_commit = false;
 			break;
+		case XACT_EVENT_PREPARE:	/* COMMIT PREPARED wakes it (dbguard.c) */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			wake_at_commit = false;
@@ -150,6 +156,8 @@ judge(TransmitRow *row, const FFHttpRequest *req)
 	}
 }
 
+static void judge_all(TransmitRow *rows, FFHttpRequest *reqs, int n);
+
 static void
 send_rows(TransmitRow *rows, int n)
 {
@@ -192,8 +200,7 @@ send_rows(TransmitRow *rows, int n)
 			reqs[index[k]] = again[k];
 	}
 
-	for (int i = 0; i < n; i++)
-		judge(&rows[i], &reqs[i]);
+	judge_all(rows, reqs, n);
 }
 
 static Datum
@@ -251,36 +258,157 @@ record_outcomes(TransmitRow *rows, int n)
 		elog(ERROR, "could not record transmit outcomes");
 }
 
-/* Claim, send and record one batch of due rows; returns how many. */
+static void
+judge_one(TransmitRow *row, FFHttpRequest *req)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		judge(row, req);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		row->state = "set_aside";
+		row->transmit_id = NULL;
+		row->error = psprintf("FlexFactor's answer could not be processed: %s", edata->message);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * judge() for every row, each behind its own boundary: an answer that cannot
+ * be processed (say, a body jsonb refuses) sets its own row aside with the
+ * reason, never the others.  Runs with no transaction open.
+ */
+static void
+judge_all(TransmitRow *rows, FFHttpRequest *reqs, int n)
+{
+	for (int i = 0; i < n; i++)
+		judge_one(&rows[i], &reqs[i]);
+}
+
+static void
+record_one(TransmitRow *row, MemoryContext cxt)
+{
+	PG_TRY();
+	{
+		ff_work_begin("flexfactor: recording a transmit outcome");
+		record_outcomes(row, 1);
+		ff_work_commit();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata = ff_work_catch(cxt);
+
+		row->state = "set_aside";
+		row->transmit_id = NULL;
+		row->error = psprintf("its outcome could not be recorded: %s", edata->message);
+		ff_work_begin("flexfactor: setting a transmit aside");
+		record_outcomes(row, 1);
+		ff_work_commit();
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Record the outcomes in a short transaction.  Should that fail, each row is
+ * recorded in a transaction of its own, and a row that still cannot be is
+ * set aside with the reason, so one poison answer never holds up the queue.
+ */
+static void
+record_all(TransmitRow *rows, int n)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		ff_work_begin("flexfactor: recording transmit outcomes");
+		record_outcomes(rows, n);
+		ff_work_commit();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata = ff_work_catch(cxt);
+
+		ff_work_report(edata, "record transmit outcomes together; recording them one by one");
+		for (int i = 0; i < n; i++)
+			record_one(&rows[i], cxt);
+	}
+	PG_END_TRY();
+}
+
+/* Make claimed rows due again at once. */
+static void
+release_lease(TransmitRow *rows, int n)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
+
+	for (int i = 0; i < n; i++)
+		ids[i] = Int64GetDatum(rows[i].id);
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	ff_work_begin("flexfactor: releasing claimed transmits");
+	if (SPI_execute_with_args("UPDATE flexfactor.transmit_queue SET next_attempt_at = now()"
+							  " WHERE id = ANY($1) AND state = 'pending'",
+							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not release claimed transmits");
+	ff_work_commit();
+}
+
+/*
+ * Claim, send and record one batch of due rows; returns how many.  Three
+ * steps, and no transaction open while requests travel: a short transaction
+ * claims the rows with a lease (their next attempt moves past the time the
+ * requests can take, so nobody else takes them and a crash leaves them due
+ * again later), the requests go out, and another short transaction records
+ * the outcomes.  A row re-sent after a crash carries the same idempotency key.
+ */
 static int
 transmit_batch(void)
 {
-	Oid			types[2] = {INT4OID, TEXTOID};
-	Datum		values[2] = {Int32GetDatum(TRANSMIT_BATCH), CStringGetTextDatum(ff_mid)};
-	TransmitRow *rows;
+	Oid			types[3] = {INT4OID, TEXTOID, FLOAT8OID};
+	Datum		values[3];
+	TransmitRow *volatile rows = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
+	double		lease_s;
 	int			n;
 
-	ff_work_begin("flexfactor: sending queued transmits");
+	/* every request may take the whole timeout, one wave after another, twice (401) */
+	lease_s = 60.0 + 2.0 * (TRANSMIT_BATCH / Max(1, ff_transmit_concurrency) + 1) *
+		(ff_http_timeout_ms / 1000.0);
+	values[0] = Int32GetDatum(TRANSMIT_BATCH);
+	values[1] = CStringGetTextDatum(ff_mid);
+	values[2] = Float8GetDatum(lease_s);
 
+	ff_work_begin("flexfactor: claiming queued transmits");
 	if (SPI_execute_with_args(
-							  "SELECT id, attempts,"
-							  "       (payload"
-							  "        || jsonb_build_object('idempotencyKey', coalesce(payload->>'idempotencyKey',"
-							  "               md5('flexfactor-transmit:' || $2 || ':' || id)::uuid::text))"
-							  "        || CASE WHEN payload ? 'mid' OR $2 = '' THEN '{}'::jsonb"
-							  "                ELSE jsonb_build_object('mid', $2) END)::text"
-							  "  FROM flexfactor.transmit_queue"
-							  " WHERE state = 'pending' AND next_attempt_at <= now()"
-							  " ORDER BY next_attempt_at, id"
-							  " LIMIT $1 FOR UPDATE SKIP LOCKED",
-							  2, types, values, NULL, false, 0) != SPI_OK_SELECT)
+							  "UPDATE flexfactor.transmit_queue q"
+							  "   SET next_attempt_at = now() + make_interval(secs => $3)"
+							  "  FROM (SELECT id FROM flexfactor.transmit_queue"
+							  "         WHERE state = 'pending' AND next_attempt_at <= now()"
+							  "         ORDER BY next_attempt_at, id"
+							  "         LIMIT $1 FOR UPDATE SKIP LOCKED) due"
+							  " WHERE q.id = due.id"
+							  " RETURNING q.id, q.attempts,"
+							  "       (q.payload"
+							  "        || jsonb_build_object('idempotencyKey', coalesce(q.payload->>'idempotencyKey',"
+							  "               md5('flexfactor-transmit:' || $2 || ':' || q.id)::uuid::text))"
+							  "        || CASE WHEN q.payload ? 'mid' OR $2 = '' THEN '{}'::jsonb"
+							  "                ELSE jsonb_build_object('mid', $2) END)::text",
+							  3, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not claim queued transmits");
 
 	n = (int) SPI_processed;
 	if (n > 0)
 	{
-		ff_status_set("sending transmits");
-		rows = palloc0(sizeof(TransmitRow) * n);
+		rows = MemoryContextAllocZero(cxt, sizeof(TransmitRow) * n);
 		for (int i = 0; i < n; i++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[i];
@@ -289,13 +417,30 @@ transmit_batch(void)
 
 			rows[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 			rows[i].attempts = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-			rows[i].body = SPI_getvalue(tup, desc, 3);
+			rows[i].body = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 3));
 		}
-		send_rows(rows, n);
-		record_outcomes(rows, n);
 	}
-
 	ff_work_commit();
+
+	if (n > 0)
+	{
+		ff_status_set("sending transmits");
+		pgstat_report_activity(STATE_RUNNING, "flexfactor: sending queued transmits");
+		PG_TRY();
+		{
+			send_rows(rows, n);
+		}
+		PG_CATCH();
+		{
+			/* nothing was judged (no token, an interrupt): give the rows back */
+			ErrorData  *edata = ff_work_catch(cxt);
+
+			release_lease(rows, n);
+			ReThrowError(edata);
+		}
+		PG_END_TRY();
+		record_all(rows, n);
+	}
 	return n;
 }
 
@@ -310,12 +455,13 @@ tidy_and_find_next_due(void)
 	Datum		d;
 
 	ff_work_begin("flexfactor: tidying the transmit queue");
-	SPI_execute_with_args("DELETE FROM flexfactor.transmit_queue"
+	(void) SPI_execute_with_args("DELETE FROM flexfactor.transmit_queue"
 						  " WHERE state = 'delivered'"
 						  "   AND delivered_at < now() - make_interval(secs => $1)",
 						  1, types, values, NULL, false, 0);
-	SPI_execute("SELECT ceil(extract(epoch FROM min(next_attempt_at) - clock_timestamp()) * 1000)::int8"
-				"  FROM flexfactor.transmit_queue WHERE state = 'pending'", true, 1);
+	if (SPI_execute("SELECT ceil(extract(epoch FROM min(next_attempt_at) - clock_timestamp()) * 1000)::int8"
+				"  FROM flexfactor.transmit_queue WHERE state = 'pending'", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the transmit queue");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		next_due_ms = Max(0, DatumGetInt64(d));
@@ -332,16 +478,24 @@ int
 ff_transmit_pass(long *next_due_ms)
 {
 	int			total = 0;
+	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext round_cxt = AllocSetContextCreate(caller, "flexfactor transmit round",
+													ALLOCSET_DEFAULT_SIZES);
 
 	for (int round = 0; round < MAX_ROUNDS_PER_PASS && ff_transmit_via == FF_TRANSMIT_VIA_API; round++)
 	{
-		int			n = transmit_batch();
+		int			n;
 
+		MemoryContextSwitchTo(round_cxt);
+		n = transmit_batch();
+		MemoryContextSwitchTo(caller);
+		MemoryContextReset(round_cxt);
 		total += n;
 		if (n < TRANSMIT_BATCH)
 			break;
 		CHECK_FOR_INTERRUPTS();
 	}
+	MemoryContextDelete(round_cxt);
 	*next_due_ms = tidy_and_find_next_due();
 	return total;
 }

@@ -14,10 +14,14 @@
  * The worker connects to the database, waits while the extension is not
  * installed, and then runs one pass per wake-up: on its interval, or when a
  * backend sets its latch.  Each pass runs in a memory context that is reset
- * every loop; an error in a pass is logged, recorded in the status slot, and
- * the loop goes on.  A pass drains the /transmit queue (transmit.c), runs
- * the SFTP pass when due or asked (batch.c), applies webhook events whose
- * order appeared late, and retries failed billing callbacks.
+ * every loop, in three phases, each behind its own error boundary and with
+ * its own backoff (work.c): it drains the /transmit queue (transmit.c), runs
+ * the SFTP export when due or asked (batch.c), and applies webhook events
+ * whose order appeared late and retries failed billing callbacks.  A failing
+ * phase is logged, recorded in the status slot and backs off; the others go
+ * on.  While the export waits for a slow SFTP server, the other two phases
+ * get their turn (ff_worker_yield), and a request to leave the database is
+ * honoured there too.
  *
  * Not here: the per-pass work itself, status reporting (worker_status.c),
  * and the DROP DATABASE handshake (dbguard.c).
@@ -46,7 +50,9 @@
 #include "compat.h"
 #include "dbguard.h"
 #include "batch.h"
+#include "work.h"
 #include "settings.h"
+#include "sftp.h"
 #include "shmem.h"
 #include "transmit.h"
 #include "worker.h"
@@ -59,6 +65,7 @@
 #define RELAUNCH_MIN_MS			1000
 #define RELAUNCH_MAX_MS			60000
 #define WORKER_STABLE_MS		60000
+#define YIELD_INTERVAL_MS		1000
 
 static void
 fill_worker_entry(BackgroundWorker *bgw, const char *function, const char *name)
@@ -119,6 +126,7 @@ wait_for_wakeup(long timeout_ms)
 static Oid
 lookup_database(const char *name)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	Oid			dboid = InvalidOid;
 	Relation	rel;
 	TableScanDesc scan;
@@ -141,6 +149,7 @@ lookup_database(const char *name)
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	return dboid;
 }
 
@@ -316,50 +325,85 @@ remember_database_name(void)
 static bool
 extension_installed(void)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	bool		installed;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	installed = OidIsValid(get_extension_oid("flexfactor", true));
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	return installed;
-}
-
-/*
- * One unit of a background process's work in a transaction of its own, with
- * SPI connected and a snapshot pushed; the activity shows in pg_stat_activity.
- * Used by every background process (worker, listener).
- */
-void
-ff_work_begin(const char *activity)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-void
-ff_work_commit(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
 }
 
 /*
  * Webhook events whose order appeared after them (in a transaction they could
  * not see), and billing callbacks that failed and are due again.
  */
-static void
-apply_late_results(void)
+static bool
+apply_late_results(void *arg)
 {
 	ff_work_begin("flexfactor: applying late events and retrying callbacks");
 	if (SPI_execute("SELECT flexfactor._apply_waiting_events(), flexfactor._retry_callbacks()",
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not apply late events");
 	ff_work_commit();
+	return true;
+}
+
+static bool
+transmit_phase(void *arg)
+{
+	ff_transmit_pass((long *) arg);
+	return true;
+}
+
+static bool
+export_phase(void *arg)
+{
+	return ff_export_if_due();
+}
+
+/*
+ * The phases of a pass, each behind its own error boundary and with its own
+ * backoff (work.c): a failing API, SFTP server or callback stops only its own
+ * phase.
+ */
+static FFPhase transmit_ph = {"send queued transmits"};
+static FFPhase export_ph = {"run the SFTP export"};
+static FFPhase late_ph = {"apply late events and retry callbacks"};
+
+/* Leave at once when a backend needs the database to itself. */
+static void
+leave_if_released(void)
+{
+	if (ff_database_released(MyDatabaseId))
+	{
+		ereport(LOG,
+				(errmsg("flexfactor worker is leaving database \"%s\" so that it can be dropped, renamed or copied",
+						my_database_name)));
+		proc_exit(0);
+	}
+}
+
+/*
+ * Called by the SFTP export between files and between chunks of a file, with
+ * no transaction open: a slow SFTP server must not delay the transmit queue
+ * or late webhook events, so they get their turn here at least every second.
+ */
+void
+ff_worker_yield(void)
+{
+	static TimestampTz last_turn = 0;
+	long		next_due_ms = -1;
+
+	CHECK_FOR_INTERRUPTS();
+	leave_if_released();
+	if (!TimestampDifferenceExceeds(last_turn, GetCurrentTimestamp(), YIELD_INTERVAL_MS))
+		return;
+	(void) ff_work_run_phase(&transmit_ph, false, transmit_phase, &next_due_ms);
+	(void) ff_work_run_phase(&late_ph, false, apply_late_results, NULL);
+	last_turn = GetCurrentTimestamp();
 }
 
 /*
@@ -387,10 +431,16 @@ run_pass(void)
 		ereport(LOG, (errmsg("flexfactor worker found the extension and is running")));
 	reported_missing_extension = false;
 
-	ff_transmit_pass(&next_due_ms);
-	ff_export_if_due();
-	apply_late_results();
+	(void) ff_work_run_phase(&transmit_ph, false, transmit_phase, &next_due_ms);
+	leave_if_released();
+	/* asked for by ff_export_batch(): runs even while the phase backs off */
+	(void) ff_work_run_phase(&export_ph, ff_export_requested(), export_phase, NULL);
+	leave_if_released();
+	(void) ff_work_run_phase(&late_ph, false, apply_late_results, NULL);
 
+	/* a pass in which nothing is failing any more leaves no stale error */
+	if (!transmit_ph.failing && !export_ph.failing && !late_ph.failing)
+		ff_status_clear_error();
 	ff_status_set("idle");
 	ff_status_pass_done();
 	/* exports keep their own schedule (batch.c); the rest runs every few seconds */
@@ -421,6 +471,8 @@ ff_worker_main(Datum main_arg)
 
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor worker pass",
 									 ALLOCSET_DEFAULT_SIZES);
+	/* a slow SFTP server must not hold up the transmit queue or late events */
+	ff_sftp_wait_hook = ff_worker_yield;
 	for (;;)
 	{
 		volatile long timeout_ms = EXTENSION_WAIT_MS;
@@ -428,13 +480,7 @@ ff_worker_main(Datum main_arg)
 		CHECK_FOR_INTERRUPTS();
 		reload_settings_if_asked();
 
-		if (ff_database_released(MyDatabaseId))
-		{
-			ereport(LOG,
-					(errmsg("flexfactor worker is leaving database \"%s\" so that it can be dropped, renamed or copied",
-							my_database_name)));
-			proc_exit(0);
-		}
+		leave_if_released();
 
 		MemoryContextReset(pass_cxt);
 		MemoryContextSwitchTo(pass_cxt);
@@ -445,20 +491,16 @@ ff_worker_main(Datum main_arg)
 		}
 		PG_CATCH();
 		{
-			ErrorData  *edata;
+			/* the phases catch their own errors; this is the last resort */
+			ErrorData  *edata = ff_work_catch(pass_cxt);
 
-			MemoryContextSwitchTo(pass_cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			AbortCurrentTransaction();
-			ff_status_error(edata->message);
-			ereport(WARNING,
-					(errmsg("flexfactor worker pass failed: %s", edata->message),
-					 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+			ff_work_report(edata, "finish a pass");
 		}
 		PG_END_TRY();
 		MemoryContextSwitchTo(TopMemoryContext);
-		pgstat_report_activity(STATE_IDLE, NULL);
+		MemoryContextReset(pass_cxt);
+		ff_status_set("idle");
+		ff_work_idle();
 
 		wait_for_wakeup(timeout_ms);
 	}

@@ -8,8 +8,7 @@
 #include "postgres.h"
 
 extern void ff_register_launcher(void);
-extern void ff_work_begin(const char *activity);
-extern void ff_work_commit(void);
+extern void ff_worker_yield(void);
 
 extern PGDLLEXPORT void ff_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void ff_worker_main(Datum main_arg);

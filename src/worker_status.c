@@ -46,6 +46,7 @@ release_slot(int code, Datum arg)
 	}
 	LWLockRelease(ff_shared->lock);
 	my_slot = NULL;
+	ConditionVariableBroadcast(&ff_shared->worker_exited);
 }
 
 /*
@@ -110,6 +111,18 @@ ff_status_error(const char *message)
 	LWLockAcquire(ff_shared->lock, LW_EXCLUSIVE);
 	strlcpy(my_slot->last_error, message ? message : "unknown error", FF_ERROR_LEN);
 	my_slot->last_error_at = GetCurrentTimestamp();
+	LWLockRelease(ff_shared->lock);
+}
+
+/* Nothing is failing any more: the last error is no longer news. */
+void
+ff_status_clear_error(void)
+{
+	if (my_slot == NULL || my_slot->last_error[0] == '\0')
+		return;
+	LWLockAcquire(ff_shared->lock, LW_EXCLUSIVE);
+	my_slot->last_error[0] = '\0';
+	my_slot->last_error_at = 0;
 	LWLockRelease(ff_shared->lock);
 }
 

@@ -12,6 +12,7 @@ extern bool ff_status_claim(FFWorkerRole role, Oid dboid);
 extern void ff_status_set(const char *state);
 extern void ff_status_pass_done(void);
 extern void ff_status_error(const char *message);
+extern void ff_status_clear_error(void);
 extern void ff_status_config_reloaded(void);
 extern void ff_status_count_launch(FFWorkerRole role);
 extern pid_t ff_status_pid(FFWorkerRole role);

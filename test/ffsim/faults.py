@@ -9,12 +9,13 @@
 #              pass (default 120, at most 600); then the connection is closed
 #   hang       hold the request for `seconds` (default 5, at most 120), then answer normally
 #   malformed  answer 200 application/json with a truncated, unparsable JSON body
+#   poison     answer 200 with well-formed JSON that PostgreSQL's jsonb refuses (1e1000000)
 #   drop       close the connection at once without any answer
 # With "after": true the request is processed first (state changes happen) and the
 # fault replaces the answer: the "response lost" case (500, timeout, malformed, drop).
 import fnmatch
 
-MODES = ("500", "429", "timeout", "hang", "malformed", "drop")
+MODES = ("500", "429", "timeout", "hang", "malformed", "poison", "drop")
 MAX_TIMEOUT = 600.0
 MAX_HANG = 120.0
 DEFAULTS = {"timeout": 120.0, "hang": 5.0, "429": 1.0}

@@ -177,6 +177,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return api.problem_response(429, detail="injected fault", headers=[("Retry-After", str(secs))])
         if mode == "malformed":
             return api.Response(200, b'{"success":true,"status":"APPRO', api.JSON_CT)
+        if mode == "poison":
+            return api.Response(200, b'{"success":true,"transmitId":1e1000000}', api.JSON_CT)
         if mode == "timeout":
             self.hold_until_client_gives_up(fault["seconds"], sim)
             return None
