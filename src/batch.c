@@ -233,8 +233,13 @@ fetch_lines(ReadyBatch *b, int32 *after)
 		bool		isnull;
 		char	   *line = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 
+		MemoryContext spi_cxt;
+
 		*after = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		lines = lappend(lines, MemoryContextStrdup(cxt, line));
+		/* the list too, not only its strings: SPI's memory goes at commit */
+		spi_cxt = MemoryContextSwitchTo(cxt);
+		lines = lappend(lines, pstrdup(line));
+		MemoryContextSwitchTo(spi_cxt);
 	}
 	ff_work_commit();
 	return lines;
