@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # demo/run.sh: README's first command -- the whole MIT rescue flow, locally.
 #
-#   sudo bash demo/run.sh            # 10,000 subscriptions; report; stop everything
-#   sudo bash demo/run.sh --quick    # 1,000 subscriptions (what CI runs)
-#   sudo bash demo/run.sh --keep     # leave it all running to explore with psql
-#   sudo bash demo/run.sh --stop     # stop what --keep left running
+#   bash demo/run.sh            # 10,000 subscriptions; report; stop everything
+#   bash demo/run.sh --quick    # 1,000 subscriptions (what CI runs)
+#   bash demo/run.sh --keep     # leave it all running to explore with psql
+#   bash demo/run.sh --stop     # stop what --keep left running
 #
-# It installs what is missing (Debian packages), builds and installs
+# As root (apt-get, make install, and runuser to start the servers as the
+# postgres account); it touches no cluster but its own.  It installs what is missing (Debian packages), builds and installs
 # flexfactor, and starts, all on loopback under $FF_DEMO_DIR (default
 # /tmp/flexfactor-demo): the real OpenSSH server (test/sshd/ffsshd), the
 # FlexFactor simulator (test/ffsim) and a throwaway PostgreSQL cluster that
@@ -24,6 +25,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 demo_dir=${FF_DEMO_DIR:-/tmp/flexfactor-demo}
+src=$demo_dir/src	# the copy of what runs as postgres
 keep=0
 stop_only=0
 subscriptions=10000
@@ -36,7 +38,7 @@ for arg in "$@"; do
 	esac
 done
 if [ "$(id -u)" != 0 ]; then
-	echo "demo: run as root (sudo bash demo/run.sh): it installs packages and the extension" >&2
+	echo "demo: run as root (bash demo/run.sh, or sudo bash demo/run.sh): it installs Debian packages and the extension, and starts the servers as the postgres account" >&2
 	exit 2
 fi
 
@@ -45,7 +47,8 @@ KEY='XRmKBxG5uvt1qWzqvp+T6CAbTo0MB89GTxXZD5cHA56RP7Mj4NbnHQOR1Y8uorUU9YQz8ujaVRU
 export PG_CONFIG=${PG_CONFIG:-pg_config}	# make's too
 pgbin=$("$PG_CONFIG" --bindir 2>/dev/null || true)
 step() { printf '\n== %s\n' "$*"; }
-as_pg() { runuser -u postgres -- "$@"; }
+# as the postgres account, from / (the caller's directory may be closed to it)
+as_pg() { (cd / && runuser -u postgres -- "$@"); }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 stop_all() {
@@ -56,7 +59,7 @@ stop_all() {
 		kill "$pid" 2>/dev/null || true
 		for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 	fi
-	[ -d "$demo_dir/sshd" ] && as_pg "$repo/test/sshd/ffsshd" stop "$demo_dir/sshd" >/dev/null 2>&1 || true
+	[ -d "$demo_dir/sshd" ] && as_pg "$src/test/sshd/ffsshd" stop "$demo_dir/sshd" >/dev/null 2>&1 || true
 }
 
 if [ $stop_only -eq 1 ]; then
@@ -79,10 +82,16 @@ step "starting OpenSSH, the FlexFactor simulator and PostgreSQL in $demo_dir"
 stop_all
 rm -rf "$demo_dir"
 mkdir -p "$demo_dir"
-chown postgres: "$demo_dir"
+# what the postgres account runs or reads, copied where it can: the checkout
+# may be in a directory it cannot enter (root's home is mode 700 on Debian)
+mkdir -p "$src/test" "$src/demo"
+cp -a "$repo/test/sshd" "$repo/test/ffsim" "$src/test/"
+cp -a "$repo/examples" "$src/"
+cp -a "$repo/demo/billing.sql" "$src/demo/"
+chown -R postgres: "$demo_dir"
 trap '[ $keep -eq 1 ] || { step "stopping everything"; stop_all; echo "stopped; logs are in $demo_dir"; }' EXIT
 
-as_pg "$repo/test/sshd/ffsshd" start "$demo_dir/sshd" >/dev/null
+as_pg "$src/test/sshd/ffsshd" start "$demo_dir/sshd" >/dev/null
 # shellcheck disable=SC1091
 . "$demo_dir/sshd/env"
 echo "OpenSSH (SFTP) on 127.0.0.1:$FFSSHD_PORT"
@@ -90,7 +99,7 @@ echo "OpenSSH (SFTP) on 127.0.0.1:$FFSSHD_PORT"
 webhook_port=$(free_port)
 # exec: the pid file names the simulator itself, not a shell or runuser above it
 as_pg sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$demo_dir/sim.pid" \
-	python3 "$repo/test/ffsim/ffsim.py" --port 0 --port-file "$demo_dir/sim.port" \
+	python3 "$src/test/ffsim/ffsim.py" --port 0 --port-file "$demo_dir/sim.port" \
 	--sftp-root "$demo_dir/sftp" --mid "$MID" --scan-interval 0.5 --mit-mode managed \
 	--webhook-url "http://127.0.0.1:$webhook_port/flexfactor/webhook" --webhook-key "$KEY" \
 	>"$demo_dir/sim.log" 2>&1 &
@@ -159,10 +168,10 @@ step "billing run: $subscriptions subscriptions charged, ~8 % declined by the ca
 # the billing schema, trigger and callback of the example integration
 # (examples/; its pg_cron job is left out: here the worker exports every second)
 psql_demo -d billing -v ON_ERROR_STOP=1 -c 'SET client_min_messages = warning' \
-	-f "$repo/examples/01_billing_schema.sql" \
-	-f "$repo/examples/02_flexfactor.sql" >/dev/null
+	-f "$src/examples/01_billing_schema.sql" \
+	-f "$src/examples/02_flexfactor.sql" >/dev/null
 psql_demo -d billing -v ON_ERROR_STOP=1 -v subscriptions="$subscriptions" -v decline_pct=8 \
-	-f "$repo/demo/billing.sql"
+	-f "$src/demo/billing.sql"
 psql_demo -d billing -c "SELECT status, decline_code, count(*) FROM billing.payments GROUP BY 1, 2 ORDER BY 1, 2"
 declines=$(value "SELECT count(*) FROM flexfactor.declines")
 echo "the trigger queued $declines declined recurring charges for FlexFactor"
@@ -228,9 +237,9 @@ SQL
 
 echo "flexfactor ran the whole flow: declines out by SFTP, results and webhooks back, invoices updated."
 if [ $keep -eq 1 ]; then
-	echo "Explore it:  sudo -u postgres psql -h $demo_dir -p $pg_port -d billing"
+	echo "Explore it:  runuser -u postgres -- psql -h $demo_dir -p $pg_port -d billing"
 	echo "             e.g. SELECT * FROM flexfactor.queue_status; SELECT * FROM flexfactor.order_outcomes LIMIT 10;"
-	echo "Stop it:     sudo${FF_DEMO_DIR:+ FF_DEMO_DIR=$demo_dir} bash $repo/demo/run.sh --stop"
+	echo "Stop it:     ${FF_DEMO_DIR:+FF_DEMO_DIR=$demo_dir }bash $repo/demo/run.sh --stop   (as root)"
 else
 	echo "Re-run with --keep to leave everything running and explore it with psql."
 fi
