@@ -15,7 +15,7 @@ use Time::HiRes ();
 
 our @EXPORT = qw(ff_node ff_start_serving ff_worker_pid ff_wait_for_worker
   ff_log_contains ff_log_since ff_wait_until ff_run_sql ff_set_conf
-  ff_reload_and_wait ff_batch_of
+  ff_reload_and_wait ff_batch_of ff_create_batch
   $FF_DECLINE_ARGS $FF_DECLINE_TIMES $FF_PAYMENT_ARGS $FF_PAYMENT_CARD_ARGS
   ff_decline_args ff_payment_args ff_missing_fields ff_refused_ok);
 
@@ -217,6 +217,22 @@ sub ff_batch_of
 	my ($node, $dbname, $prefix) = @_;
 	return $node->safe_psql($dbname, "SELECT string_agg(DISTINCT batch_id::text, ',')
 	    FROM flexfactor.decline_status WHERE order_id LIKE '$prefix-%'");
+}
+
+# Fix a batch the way the worker does ($call: "_create_evaluate_batch(2000)",
+# say) and return its id.  The call returns NULL while a transaction older
+# than the queued rows is still running (the worker storing a result file,
+# say) or while an exporter holds the queue; it is retried for up to $secs
+# seconds (default 120), then the test dies naming the transactions that
+# held the horizon, instead of going on with an empty id.
+sub ff_create_batch
+{
+	my ($node, $dbname, $call, $secs) = @_;
+	my $id = ff_wait_until(sub { $node->safe_psql($dbname, "SELECT flexfactor.$call") }, $secs // 120);
+	return $id if $id;
+	die "flexfactor.$call made no batch within " . ($secs // 120) . " s; transactions with an xid:\n"
+	  . $node->safe_psql($dbname, "SELECT pid, backend_type, backend_xid, xact_start, state, left(query, 80)
+	      FROM pg_stat_activity WHERE backend_xid IS NOT NULL OR backend_xmin IS NOT NULL");
 }
 
 # Server log text written after byte offset $offset.
