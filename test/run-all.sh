@@ -9,7 +9,8 @@
 # PostgreSQL requires), runs on a copy of the tree:
 #   pg_regress suites (make installcheck), TAP suites (make prove_installcheck),
 # then the demo (demo/run.sh --quick) as one more check, and checks its
-# report's figures (test/check_demo_report.py), one check each.  The
+# report's figures (test/check_demo_report.py), one check each; once, the
+# "Try it on your own cluster" command (test/try_it_check.sh).  The
 # FlexFactor simulator's own tests (no PostgreSQL in them) run once.  Around
 # all of it test/host_safety.sh checks that the host's own cluster 15/main
 # stayed online, unrestarted and unchanged (started for the test if it was
@@ -152,6 +153,18 @@ run_version() {
 		failed=$((failed + 1))
 	fi
 	FF_DEMO_DIR="$demo_dir" bash "$repo/demo/run.sh" --stop >/dev/null 2>&1
+
+	if [ "$with_sim" = 1 ]; then
+		echo "== PostgreSQL $version: README's \"Try it on your own cluster\" (tools/try-it.sh, test/try_it_check.sh)"
+		bash "$repo/test/try_it_check.sh" >"$w/try-it.log" 2>&1
+		cat "$w/try-it.log"
+		if n=$(grep -oP '^try it: \K[0-9]+(?= passed)' "$w/try-it.log"); then
+			passed=$((passed + n))
+			failed=$((failed + $(grep -oP '^try it: [0-9]+ passed, \K[0-9]+' "$w/try-it.log")))
+		else
+			failed=$((failed + 1))
+		fi
+	fi
 
 	if [ $suite_failed -ne 0 ] && [ $failed -eq $failed0 ]; then
 		failed=$((failed + 1))	# a suite failed in a way its summary did not count
