@@ -208,6 +208,12 @@ wait_for "orders decided" \
 	"SELECT count(*) = 0 FROM flexfactor.orders WHERE flexfactor.ff_status_rank(status) < 10" \
 	"SELECT count(*) FILTER (WHERE flexfactor.ff_status_rank(status) >= 10) || ' of $declines orders decided' FROM flexfactor.orders" 60
 
+# every event FlexFactor sent (declines, cancellations included) stored
+events=$(curl -s "$sim/_admin/webhooks" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["events"]))')
+wait_for "webhooks stored" \
+	"SELECT count(*) >= $events FROM flexfactor.webhook_events" \
+	"SELECT count(*) || ' of $events webhook events' FROM flexfactor.webhook_events" 60
+
 step "report"
 # the figures once, as JSON (report.json), and printed from that same JSON.
 # charges and card_declines: the billing run; then what FlexFactor did with
