@@ -158,12 +158,17 @@ sub ff_worker_pid
 sub ff_wait_for_worker
 {
 	my ($node, $dbname, $old_pid) = @_;
-	my $cond = "backend_type = 'flexfactor worker' AND datname = '$dbname'";
-	$cond .= " AND pid <> $old_pid" if defined $old_pid;
-	$node->poll_query_until('postgres',
-		"SELECT count(*) = 1 FROM pg_stat_activity WHERE $cond")
-	  or die "timed out waiting for a flexfactor worker in $dbname";
-	return ff_worker_pid($node, $dbname);
+	# one query per try, errors included: after a kill -9 the server restarts
+	# every process, and a connection may fail (or a second query find the
+	# server restarting) just after the new worker was seen
+	my $err = '';
+	my $pid = ff_wait_until(sub {
+			my $p = eval { ff_worker_pid($node, $dbname) };
+			$err = $@ if $@;
+			return (defined $p && $p =~ /^\d+$/ && (!defined $old_pid || $p != $old_pid)) ? $p : undef;
+		}, 180);
+	die "timed out waiting for a flexfactor worker in $dbname" . ($err ? " (last error: $err)" : '') unless $pid;
+	return $pid;
 }
 
 # Poll $cond (a code ref) every 50 ms for at most $secs seconds (60);
