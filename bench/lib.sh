@@ -30,10 +30,10 @@ require_counts() {
 # extension installed; sets pgbin.  $1: the command, for the message.
 bench_prepare() {
 	if [ "$(id -u)" != 0 ]; then
-		echo "run.sh: run as root (sudo bash $1): PostgreSQL and the servers run as postgres" >&2
+		echo "run.sh: run as root (bash $1, or sudo bash $1): it installs packages and the extension; PostgreSQL and the servers run as postgres" >&2
 		exit 2
 	fi
-	"$repo/tools/install-deps.sh" || exit 1
+	"$repo/tools/install-deps.sh" --bench || exit 1
 	if [ "$build" = 1 ]; then
 		echo "== build and install flexfactor"
 		make -C "$repo" -s >/dev/null || exit 1

@@ -1830,19 +1830,24 @@ SELECT date_trunc('day', created_at)::date AS day,
        currency,
        count(*) AS submitted,
        count(*) FILTER (WHERE status IN ('APPROVED', 'REFUNDED')) AS approved,
+       count(*) FILTER (WHERE status IN ('DECLINED', 'REJECTED')) AS declined,
        count(*) FILTER (WHERE status = 'EXPIRED') AS expired,
-       count(*) FILTER (WHERE status IN ('CANCELLED', 'DECLINED', 'REJECTED')) AS cancelled,
+       count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled,
        count(*) FILTER (WHERE status = 'REFUNDED') AS refunded,
        count(*) FILTER (WHERE flexfactor.ff_status_rank(status) < 10) AS pending,
        round(100.0 * count(*) FILTER (WHERE status IN ('APPROVED', 'REFUNDED'))
              / nullif(count(*) FILTER (WHERE flexfactor.ff_status_rank(status) >= 10), 0), 1)
            AS recovery_rate_pct,
+       round(100.0 * coalesce(sum(amount_cents - refunded_cents) FILTER (WHERE status IN ('APPROVED', 'REFUNDED')), 0)
+             / nullif(sum(amount_cents) FILTER (WHERE flexfactor.ff_status_rank(status) >= 10), 0), 1)
+           AS recovery_value_pct,
+       coalesce(sum(amount_cents), 0) AS submitted_cents,
        coalesce(sum(amount_cents - refunded_cents) FILTER (WHERE status IN ('APPROVED', 'REFUNDED')), 0)
            AS recovered_cents
   FROM flexfactor.orders
  GROUP BY 1, 2;
 COMMENT ON VIEW flexfactor.recovery_stats IS
-    'Per day and currency: orders submitted, approved, expired, cancelled, refunded, still pending, recovery rate (approved / decided) and amount recovered net of refunds';
+    'Per day and currency: orders submitted, approved (rescued), declined (refused by FlexFactor: DECLINED or a REJECTED line), expired (rescue window closed), cancelled, refunded, still pending; recovery by count (approved / decided) and by value (recovered / amount decided), amount submitted and recovered net of refunds';
 
 /* ------------------------------------------------------------ privileges */
 

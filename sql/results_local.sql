@@ -235,7 +235,8 @@ SELECT flexfactor.ff_requeue_batch(:xbatch) AS twice;
 SELECT flexfactor.ff_requeue_batch(:batch);
 
 -- recovery statistics
-SELECT currency, submitted, approved, expired, cancelled, refunded, pending, recovery_rate_pct, recovered_cents
+SELECT currency, submitted, approved, declined, expired, cancelled, refunded, pending, recovery_rate_pct,
+       recovery_value_pct, submitted_cents, recovered_cents
   FROM flexfactor.recovery_stats;
 
 RESET flexfactor.mid;

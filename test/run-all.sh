@@ -9,21 +9,34 @@
 # PostgreSQL requires), runs on a copy of the tree:
 #   pg_regress suites (make installcheck), TAP suites (make prove_installcheck),
 # then the demo (demo/run.sh --quick) as one more check, and checks its
-# report's figures (test/check_demo_report.py), one check each.  The
-# FlexFactor simulator's own tests (no PostgreSQL in them) run once.  It
+# report's figures (test/check_demo_report.py), one check each; once, the
+# "Try it on your own cluster" command (test/try_it_check.sh).  The
+# FlexFactor simulator's own tests (no PostgreSQL in them) run once.  Around
+# all of it test/host_safety.sh checks that the host's own cluster 15/main
+# stayed online, unrestarted and unchanged (started for the test if it was
+# down, and stopped again then).  It
 # prints regression.diffs and server logs of failed suites, a subtotal per
 # version, and ends with one line "N passed, N failed" for all of them.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ "$(id -u)" != 0 ]; then
-	echo "run-all.sh: run as root (sudo bash test/run-all.sh): it installs packages and the extension" >&2
+	echo "run-all.sh: run as root (bash test/run-all.sh, or sudo bash test/run-all.sh): it installs Debian packages and the extension, and runs the suites as the postgres account" >&2
 	exit 2
 fi
 
+# the host's own cluster (15/main) must come through untouched: watched from
+# before the dependencies are installed to the end (test/host_safety.sh)
+host_state=$(mktemp /tmp/flexfactor-host-safety.XXXXXX)
+"$repo/test/host_safety.sh" begin "$host_state"
+# (an early exit still stops a cluster that begin started)
+trap '[ -f "$host_state" ] && "$repo/test/host_safety.sh" check "$host_state" >/dev/null 2>&1; rm -f "$host_state"' EXIT
 "$repo/tools/install-deps.sh" || exit 1
+# on a fresh host the packaged cluster appears only now
+[ "$(cat "$host_state")" = none ] && "$repo/test/host_safety.sh" begin "$host_state"
 
-as_pg() { runuser -u postgres -- "$@"; }
+# as the postgres account, from / (the caller's directory may be closed to it)
+as_pg() { (cd / && runuser -u postgres -- "$@"); }
 work=$(mktemp -d /tmp/flexfactor-test.XXXXXX)
 chmod 0755 "$work"
 
@@ -112,7 +125,7 @@ run_version() {
 
 	if [ "$with_sim" = 1 ] && [ -x "$w/test/ffsim/run_tests.sh" ]; then
 		echo "== FlexFactor simulator tests"
-		(cd "$w" && as_pg bash test/ffsim/run_tests.sh) >"$w/ffsim.log" 2>&1
+		as_pg bash "$w/test/ffsim/run_tests.sh" >"$w/ffsim.log" 2>&1
 		rc=$?
 		tail -n 60 "$w/ffsim.log"
 		count_unittest "$w/ffsim.log"
@@ -141,6 +154,18 @@ run_version() {
 	fi
 	FF_DEMO_DIR="$demo_dir" bash "$repo/demo/run.sh" --stop >/dev/null 2>&1
 
+	if [ "$with_sim" = 1 ]; then
+		echo "== PostgreSQL $version: README's \"Try it on your own cluster\" (tools/try-it.sh, test/try_it_check.sh)"
+		bash "$repo/test/try_it_check.sh" >"$w/try-it.log" 2>&1
+		cat "$w/try-it.log"
+		if n=$(grep -oP '^try it: \K[0-9]+(?= passed)' "$w/try-it.log"); then
+			passed=$((passed + n))
+			failed=$((failed + $(grep -oP '^try it: [0-9]+ passed, \K[0-9]+' "$w/try-it.log")))
+		else
+			failed=$((failed + 1))
+		fi
+	fi
+
 	if [ $suite_failed -ne 0 ] && [ $failed -eq $failed0 ]; then
 		failed=$((failed + 1))	# a suite failed in a way its summary did not count
 	fi
@@ -161,6 +186,17 @@ else
 		failed=$((failed + 1))
 	fi
 fi
+
+echo "== the host's own PostgreSQL cluster after all of it (test/host_safety.sh)"
+"$repo/test/host_safety.sh" check "$host_state" >"$work/host-safety.log" 2>&1
+cat "$work/host-safety.log"
+if n=$(grep -oP '^host safety: \K[0-9]+(?= passed)' "$work/host-safety.log"); then
+	passed=$((passed + n))
+	failed=$((failed + $(grep -oP '^host safety: [0-9]+ passed, \K[0-9]+' "$work/host-safety.log")))
+elif ! grep -q '^host safety: skipped' "$work/host-safety.log"; then
+	failed=$((failed + 1))
+fi
+rm -f "$host_state"
 
 echo "test trees kept in $work"
 if [ $skipped -gt 0 ]; then

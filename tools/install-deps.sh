@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
-# install-deps.sh: installs everything flexfactor needs to build, test and
-# demo on Debian 12, from Debian's packages only.  Run as root.  Skips apt
-# when every package is already there.
+# install-deps.sh: installs what flexfactor needs to build, test and demo on
+# Debian 12, from Debian's packages only; with --bench, also what the
+# benchmarks need (nginx-light, wrk).  Skips apt when every package is there.
+#
+# Run as root: apt-get needs it.  It changes nothing else on the host: no
+# PostgreSQL cluster is stopped, started or reconfigured (the tests and the
+# demo use throwaway clusters on free loopback ports), and, with --bench,
+# nginx's package scripts are kept from starting a server on port 80 (the
+# benchmark runs its own nginx on a free loopback port).
 set -euo pipefail
+
+bench=0
+for arg in "$@"; do
+	case "$arg" in
+		--bench) bench=1 ;;
+		*) echo "usage: $0 [--bench]" >&2; exit 2 ;;
+	esac
+done
 
 packages=(
 	build-essential
@@ -12,11 +26,11 @@ packages=(
 	openssh-server openssh-client
 	libipc-run-perl
 	python3 curl ca-certificates
-	nginx-light wrk
 )
+[ $bench -eq 1 ] && packages+=(nginx-light wrk)
 
 if [ "$(id -u)" != 0 ]; then
-	echo "install-deps.sh: run as root (it uses apt-get)" >&2
+	echo "install-deps.sh: run as root: it installs Debian packages with apt-get" >&2
 	exit 2
 fi
 
@@ -27,14 +41,22 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "install-deps.sh: installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
+	# nginx's postinst starts the packaged server (port 80); a policy-rc.d
+	# that denies service starts prevents it, for the length of this install
+	# only, and only when the host has no policy of its own
+	policy=/usr/sbin/policy-rc.d
+	if [[ " ${missing[*]} " == *" nginx-light "* ]] && [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\n# temporary, tools/install-deps.sh --bench\nexit 101\n' >"$policy"
+		chmod 0755 "$policy"
+		trap 'rm -f "$policy"' EXIT
+	fi
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# the packaged cluster is not used by tests or the demo; keep it stopped
-if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q ' online'; then
-	pg_ctlcluster 15 main stop 2>/dev/null || true
+# sshd's privilege-separation directory: test/sshd/ffsshd runs sshd as the
+# postgres account, and OpenSSH checks the directory exists
+if [ ! -d /run/sshd ]; then
+	mkdir -p /run/sshd
+	chmod 0755 /run/sshd
 fi
-# sshd's privilege-separation directory, needed even when run unprivileged
-mkdir -p /run/sshd
-chmod 0755 /run/sshd

@@ -111,12 +111,15 @@ class Admin:
                    "acceptUnknownTokens": "accept_unknown_tokens", "webhookUrl": "webhook_url",
                    "webhookKey": "webhook_key", "asyncDelaySeconds": "async_delay",
                    "captureWindowSeconds": "capture_window", "webhookTimeoutSeconds": "webhook_timeout",
-                   "tokenTtlSeconds": "token_ttl", "refundAnswer": "refund_answer"}
+                   "tokenTtlSeconds": "token_ttl", "refundAnswer": "refund_answer",
+                   "outcomes": "outcomes", "outcomeSeed": "outcome_seed"}
         unknown = [k for k in b if k not in mapping]
         if unknown:
             return self.bad("unknown config keys: %s" % ", ".join(unknown))
         if "mitMode" in b and b["mitMode"] not in ("sync", "managed"):
             return self.bad("mitMode must be sync or managed")
+        if "outcomes" in b and b["outcomes"] not in ("amount", "decline-code"):
+            return self.bad("outcomes must be amount or decline-code")
         if "errorShape" in b and b["errorShape"] not in common.ERROR_SHAPES:
             return self.bad("errorShape must be one of %s" % ", ".join(common.ERROR_SHAPES))
         if "refundAnswer" in b and b["refundAnswer"] not in engine.REFUND_ANSWERS:
@@ -133,7 +136,7 @@ class Admin:
                     v = _bool(v)
                 elif attr in ("async_delay", "capture_window", "webhook_timeout"):
                     v = float(v)
-                elif attr == "token_ttl":
+                elif attr in ("token_ttl", "outcome_seed"):
                     v = int(v)
                 elif attr == "webhook_url":
                     v = v or None

@@ -221,9 +221,15 @@ class Engine:
             now = self.clock.now()
             txn = n.get("transaction") or {}
             auth = str(n.get("transactiontype") or "").upper() == "AUTHORIZATION"
-            d = outcomes.decide(pan, txn.get("amount"), is_mit, auth, cfg.mit_mode, expiry, now,
-                                async_delay=float(cfg.async_delay),
-                                capture_window=float(cfg.capture_window))
+            if cfg.outcomes == "decline-code" and is_mit and not auth:
+                d = outcomes.decide_by_code(txn.get("responsecode"),
+                                            outcomes.draw(cfg.outcome_seed, mid, ext),
+                                            cfg.mit_mode == "managed", expiry, now,
+                                            async_delay=float(cfg.async_delay))
+            else:
+                d = outcomes.decide(pan, txn.get("amount"), is_mit, auth, cfg.mit_mode, expiry, now,
+                                    async_delay=float(cfg.async_delay),
+                                    capture_window=float(cfg.capture_window))
             osk = common.new_guid()
             bill = n.get("billinginformation") or {}
             payer = n.get("payer") or {}
@@ -235,6 +241,7 @@ class Engine:
                 "transactionType": "AUTHORIZATION" if auth else "PURCHASE",
                 "amount": txn.get("amount"), "currency": str(txn.get("currency") or "").upper(),
                 "evaluateStatus": d.status, "state": d.state, "rule": d.rule,
+                "declineCode": txn.get("responsecode"),
                 "finalState": d.final, "finalDue": clock.iso(d.final_due) if d.final_due else None,
                 "expiryDate": clock.iso(expiry) if expiry else None,
                 "createdAt": clock.iso(now), "createdVts": now, "updatedAt": clock.iso(now),

@@ -36,6 +36,11 @@ def parse_args(argv=None):
     p.add_argument("--webhook-key", default=d.webhook_key,
                    help="base64 subscriber key for the HMAC-SHA512 signatures (default: the public test-vector key)")
     p.add_argument("--mit-mode", choices=("managed", "sync"), default=d.mit_mode)
+    p.add_argument("--outcomes", choices=("amount", "decline-code"), default=d.outcomes,
+                   help="how MIT outcomes are decided: amount (the sandbox's rules, default) or "
+                        "decline-code (by the decline code, seeded per order; see README)")
+    p.add_argument("--outcome-seed", type=int, default=d.outcome_seed,
+                   help="seed of the per-order draw of --outcomes decline-code (default %(default)s)")
     p.add_argument("--error-shape", choices=("flat", "wrapped", "problem"), default=d.error_shape,
                    help="validation errors: flat (the recorded map, default), wrapped (the recorded "
                         "2024 {\"status\":\"400\",\"errors\":...} form) or problem (ProblemDetails)")
@@ -79,7 +84,8 @@ def config_from_args(a):
         mit_mode=a.mit_mode, error_shape=a.error_shape, strict=a.strict,
         accept_unknown_tokens=a.accept_unknown, async_delay=a.async_delay,
         capture_window=a.capture_window_minutes * 60, webhook_timeout=a.webhook_timeout,
-        token_ttl=a.token_ttl, scan_interval=a.scan_interval, clock_mode=a.clock, log_cap=a.log_cap)
+        token_ttl=a.token_ttl, scan_interval=a.scan_interval, clock_mode=a.clock, log_cap=a.log_cap,
+        outcomes=a.outcomes, outcome_seed=a.outcome_seed)
 
 
 def write_port_file(path, port):
@@ -110,7 +116,8 @@ def main(argv=None):
     f = s.batches.folders()
     if f:
         print("ffsim sftp inbound %s outbound %s" % (f[0], f[1]), flush=True)
-    print("ffsim mid %s mit-mode %s webhooks %s" % (a.mid, a.mit_mode, a.webhook_url or "(none)"), flush=True)
+    print("ffsim mid %s mit-mode %s outcomes %s webhooks %s" % (a.mid, a.mit_mode, a.outcomes,
+                                                               a.webhook_url or "(none)"), flush=True)
     if not a.strict:
         print("ffsim LENIENT validation (--lenient): for experiments only, the real service "
               "refuses bodies this accepts", flush=True)

@@ -3,7 +3,12 @@
 # Owns: the card allow-list and decide(), which maps (card, amount, CIT/MIT,
 # transactionType, MIT mode, expiry) to the status /evaluate answers now, the order
 # state that goes with it, and the final state the order reaches later on the
-# virtual clock (with its due time). Pure functions: no shared state.
+# virtual clock (with its due time); and decide_by_code(), the opt-in rules
+# (--outcomes decline-code) that decide a merchant-initiated decline by its
+# processor decline code, as rescue services describe their results, with a
+# seeded draw per order. Pure functions: no shared state.
+
+import hashlib
 
 # Whitelisted sandbox test PANs: the three public ones plus common network test PANs.
 ALLOWED_PANS = {
@@ -90,3 +95,59 @@ def decide(pan, amount, is_mit, authorization, mit_mode, expiry_ts, now,
     if is_mit and managed:
         return Decision("SUBMITTED", "PROCESSING", "COMPLETED", later, rule="6:mit-managed")
     return Decision("APPROVED", "COMPLETED", rule="6:approved")
+
+
+# --outcomes decline-code [SIM]: what a rescue service does with a merchant-
+# initiated decline depends on why the issuer declined it.  Soft declines
+# (a temporary state of the account: no funds today, a limit reached, a
+# generic "do not honor") are retried later and often pass; hard declines
+# (the card number is wrong, the card expired, was lost or stolen) fail the
+# same way on every retry, so the service refuses them at once, except an
+# expired card that the card networks' updater can replace now and then.
+# code: (kind, what it means, share rescued).  Other codes: OTHER_CODE.
+DECLINE_CODES = {
+    "51": ("soft", "insufficient funds", 0.70),
+    "61": ("soft", "exceeds withdrawal amount limit", 0.65),
+    "65": ("soft", "exceeds withdrawal frequency limit", 0.65),
+    "05": ("soft", "do not honor", 0.45),
+    "91": ("soft", "issuer unavailable", 0.80),
+    "96": ("soft", "system malfunction", 0.80),
+    "54": ("hard", "expired card", 0.05),
+    "14": ("hard", "invalid card number", 0.0),
+    "15": ("hard", "no such issuer", 0.0),
+    "04": ("hard", "pick up card", 0.0),
+    "07": ("hard", "pick up card, special condition", 0.0),
+    "41": ("hard", "lost card", 0.0),
+    "43": ("hard", "stolen card", 0.0),
+    "57": ("hard", "transaction not permitted to cardholder", 0.02),
+    "62": ("hard", "restricted card", 0.02),
+}
+OTHER_CODE = ("soft", "other decline code", 0.40)
+
+
+def decline_code_class(code):
+    return DECLINE_CODES.get(str(code or "").strip(), OTHER_CODE)
+
+
+def draw(seed, mid, order_id):
+    """A number in [0, 1) fixed by the seed, the merchant and its orderId:
+    the same input file gets the same outcomes on every run."""
+    h = hashlib.sha256(("%s|%s|%s" % (seed, mid, order_id)).encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0 ** 64
+
+
+def decide_by_code(code, x, managed, expiry_ts, now, async_delay=DEFAULT_ASYNC_DELAY):
+    """A merchant-initiated decline decided by its decline code; x: draw().
+    Rescued: COMPLETED one async delay later (managed) or APPROVED now (sync).
+    Not rescued: a soft decline EXPIRED when its rescue window closes
+    (expiryDateUtc), a hard one DECLINED at once."""
+    kind, _, rate = decline_code_class(code)
+    expiry = max(expiry_ts if expiry_ts is not None else now + DEFAULT_EXPIRY_WINDOW, now)
+    tag = "code:%s:%s" % (kind, str(code or "").strip() or "-")
+    if x < rate:
+        if managed:
+            return Decision("SUBMITTED", "PROCESSING", "COMPLETED", now + async_delay, rule=tag + ":rescued")
+        return Decision("APPROVED", "COMPLETED", rule=tag + ":rescued")
+    if kind == "hard":
+        return Decision("DECLINED", "DECLINED", rule=tag + ":declined")
+    return Decision("SUBMITTED", "PROCESSING", "EXPIRED", expiry, rule=tag + ":expired")

@@ -18,7 +18,7 @@ class Config:
     FIELDS = ("mid", "app_key", "app_secret", "tokenization_key", "sftp_root", "webhook_url",
               "webhook_key", "mit_mode", "error_shape", "strict", "accept_unknown_tokens",
               "async_delay", "capture_window", "webhook_timeout", "token_ttl", "scan_interval",
-              "clock_mode", "log_cap", "refund_answer")
+              "clock_mode", "log_cap", "refund_answer", "outcomes", "outcome_seed")
 
     def __init__(self, **kw):
         self.mid = "00000000-0000-4000-8000-000000000001"
@@ -45,6 +45,10 @@ class Config:
         self.log_cap = DEFAULT_LOG_CAP
         # How /orders/{id}/refund answers (REFUND_ANSWERS in engine.py).
         self.refund_answer = "current"
+        # How MIT outcomes are decided: "amount" (the sandbox's rules, section
+        # 11) or "decline-code" (outcomes.decide_by_code, seeded per order).
+        self.outcomes = "amount"
+        self.outcome_seed = 0
         for k, v in kw.items():
             if k not in self.FIELDS:
                 raise TypeError("unknown config field %s" % k)
@@ -61,6 +65,7 @@ class Config:
             "webhookTimeoutSeconds": self.webhook_timeout, "tokenTtlSeconds": self.token_ttl,
             "scanIntervalSeconds": self.scan_interval, "clockMode": self.clock_mode,
             "logCap": self.log_cap, "refundAnswer": self.refund_answer,
+            "outcomes": self.outcomes, "outcomeSeed": self.outcome_seed,
         }
 
 

@@ -15,7 +15,7 @@ use Time::HiRes ();
 
 our @EXPORT = qw(ff_node ff_start_serving ff_worker_pid ff_wait_for_worker
   ff_log_contains ff_log_since ff_wait_until ff_run_sql ff_set_conf
-  ff_reload_and_wait ff_batch_of
+  ff_reload_and_wait ff_batch_of ff_create_batch
   $FF_DECLINE_ARGS $FF_DECLINE_TIMES $FF_PAYMENT_ARGS $FF_PAYMENT_CARD_ARGS
   ff_decline_args ff_payment_args ff_missing_fields ff_refused_ok);
 
@@ -158,12 +158,17 @@ sub ff_worker_pid
 sub ff_wait_for_worker
 {
 	my ($node, $dbname, $old_pid) = @_;
-	my $cond = "backend_type = 'flexfactor worker' AND datname = '$dbname'";
-	$cond .= " AND pid <> $old_pid" if defined $old_pid;
-	$node->poll_query_until('postgres',
-		"SELECT count(*) = 1 FROM pg_stat_activity WHERE $cond")
-	  or die "timed out waiting for a flexfactor worker in $dbname";
-	return ff_worker_pid($node, $dbname);
+	# one query per try, errors included: after a kill -9 the server restarts
+	# every process, and a connection may fail (or a second query find the
+	# server restarting) just after the new worker was seen
+	my $err = '';
+	my $pid = ff_wait_until(sub {
+			my $p = eval { ff_worker_pid($node, $dbname) };
+			$err = $@ if $@;
+			return (defined $p && $p =~ /^\d+$/ && (!defined $old_pid || $p != $old_pid)) ? $p : undef;
+		}, 180);
+	die "timed out waiting for a flexfactor worker in $dbname" . ($err ? " (last error: $err)" : '') unless $pid;
+	return $pid;
 }
 
 # Poll $cond (a code ref) every 50 ms for at most $secs seconds (60);
@@ -217,6 +222,22 @@ sub ff_batch_of
 	my ($node, $dbname, $prefix) = @_;
 	return $node->safe_psql($dbname, "SELECT string_agg(DISTINCT batch_id::text, ',')
 	    FROM flexfactor.decline_status WHERE order_id LIKE '$prefix-%'");
+}
+
+# Fix a batch the way the worker does ($call: "_create_evaluate_batch(2000)",
+# say) and return its id.  The call returns NULL while a transaction older
+# than the queued rows is still running (the worker storing a result file,
+# say) or while an exporter holds the queue; it is retried for up to $secs
+# seconds (default 120), then the test dies naming the transactions that
+# held the horizon, instead of going on with an empty id.
+sub ff_create_batch
+{
+	my ($node, $dbname, $call, $secs) = @_;
+	my $id = ff_wait_until(sub { $node->safe_psql($dbname, "SELECT flexfactor.$call") }, $secs // 120);
+	return $id if $id;
+	die "flexfactor.$call made no batch within " . ($secs // 120) . " s; transactions with an xid:\n"
+	  . $node->safe_psql($dbname, "SELECT pid, backend_type, backend_xid, xact_start, state, left(query, 80)
+	      FROM pg_stat_activity WHERE backend_xid IS NOT NULL OR backend_xmin IS NOT NULL");
 }
 
 # Server log text written after byte offset $offset.

@@ -185,7 +185,7 @@ check_delivered('after FF030', 'D', 5);
 # the server is made a link to /dev/full, where every write fails with
 # ENOSPC, as on a full disk.
 enqueue('F', 300);
-my $bf = sq("SELECT flexfactor._create_evaluate_batch(2000)");
+my $bf = ff_create_batch($node, 'ffdb', '_create_evaluate_batch(2000)');
 my $name_f = sq("SELECT file_name FROM flexfactor.batches WHERE id = $bf");
 symlink('/dev/full', "$inbound/$name_f.part") or die "symlink: $!";
 $r = run_sql("SELECT flexfactor.ff_export_batch()");

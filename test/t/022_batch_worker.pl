@@ -163,11 +163,16 @@ sq("SELECT pg_advisory_lock(hashtext('flexfactor.declines')::bigint);
     BEGIN
         -- until no transaction older than the declines' (the worker reading
         -- a result file, say) holds the batch horizon back
-        FOR i IN 1 .. 600 LOOP
+        -- (bounded: 120 s; a busy machine once took more than 30)
+        FOR i IN 1 .. 2400 LOOP
             b := flexfactor._create_evaluate_batch(2000);
             EXIT WHEN b IS NOT NULL;
             PERFORM pg_sleep(0.05);
         END LOOP;
+        IF b IS NULL THEN
+            RAISE EXCEPTION 'no batch within 120 s: %', (SELECT string_agg(pid || ' ' || backend_type || ' xid '
+                || backend_xid || ' since ' || xact_start, '; ') FROM pg_stat_activity WHERE backend_xid IS NOT NULL);
+        END IF;
         UPDATE flexfactor.batches SET next_attempt_at = now() + interval '3 seconds' WHERE id = b;
     END \$\$;
     SELECT pg_advisory_unlock(hashtext('flexfactor.declines')::bigint)");

@@ -415,10 +415,14 @@ check_acknowledged_stored('reorder');
 # wrong signature, then a stale date: 401, recorded; the retry (IsResent,
 # fresh nonce, date and signature) after the mode is off is applied
 $rej = last_rejection_id();
+# (advance(0) sends what is due from this call, before the mode changes: the
+# simulator's own 50 ms ticker could otherwise send it after the change)
 $sim->webhook_mode(wrong_signature => JSON::PP::true);
 $sim->chargeback($osk{'W-1'}, 2500, '10.4');
+$sim->advance(0);
 $sim->webhook_mode(stale_date => JSON::PP::true);
 $sim->chargeback($osk{'W-3'}, 1503, '13.1');
+$sim->advance(0);
 $w = $sim->wait_for_webhooks(sub { 2 == grep { $_->{event} eq 'payment.chargeback.received' && defined $_->{status} }
 		  @{ $_[0]{attempts} } });
 is(join(',', map { ($_->{wrongSignature} ? 'wrong_signature' : 'stale_date') . ":$_->{status}" }
