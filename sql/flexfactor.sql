@@ -255,7 +255,8 @@ CREATE TABLE flexfactor.webhook_events (
         'duplicate',        -- repeat of an applied event: changed nothing
         'waiting_order',    -- order not known yet; applied when it appears
         'ignored',          -- no state change for this event type
-        'not_applicable'))  -- names no order (payout.*, no OrderId): acknowledged, kept
+        'not_applicable',   -- names no order (payout.*, no OrderId): acknowledged, kept
+        'rejected'))        -- authentic but can never be applied (a value out of range): acknowledged, kept
 );
 CREATE INDEX webhook_events_order_idx ON flexfactor.webhook_events (order_session_key);
 CREATE INDEX webhook_events_pending_idx ON flexfactor.webhook_events (id)
@@ -1596,6 +1597,30 @@ BEGIN
         RETURN 'duplicate';
     END IF;
     RETURN flexfactor._apply_webhook_event(stored);
+END $$;
+
+-- Keeps an authentic delivery that can never be stored or applied (its
+-- content fails the same way on every retry) as 'rejected', with the reason,
+-- so that the listener can acknowledge it.  Its body is kept as received;
+-- the event name is read from it without parsing it as JSON.
+CREATE FUNCTION flexfactor._record_rejected_webhook_event(
+    p_nonce text, p_body text, p_received_via text, p_reason text)
+RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stored bigint;
+BEGIN
+    INSERT INTO flexfactor.webhook_events AS w
+           (event, nonce, body, received_via, apply_state, applied_at, apply_error)
+    VALUES (coalesce(lower(substring(p_body FROM '(?i)"event"\s*:\s*"([a-z0-9._]{1,64})"')), 'unknown'),
+            p_nonce, p_body, p_received_via, 'rejected', now(), left(p_reason, 500))
+    ON CONFLICT (nonce) WHERE nonce IS NOT NULL DO NOTHING
+    RETURNING w.id INTO stored;
+    IF stored IS NULL THEN
+        RAISE EXCEPTION 'webhook delivery refused: its nonce was already used'
+            USING ERRCODE = 'FF042',
+                  DETAIL = 'A delivery with the same x-fc-nonce was accepted before; this one is a replay.';
+    END IF;
 END $$;
 
 -- When an order gets its FlexFactor key, events that came first are applied.

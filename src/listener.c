@@ -25,7 +25,9 @@
  * Refusals: 401 for authenticity (signature, date,
  * replayed nonce), 400 for a malformed body, 404 for another path, 405 for
  * another method, 413 for a body over the limit, 503 when the database
- * cannot take the event (FlexFactor then retries).  4xx refusals are recorded
+ * cannot take the event for now (FlexFactor then retries).  A genuine
+ * delivery that fails because of its content (a value out of range) would
+ * fail on every retry: it is kept as 'rejected' and answered 200.  4xx refusals are recorded
  * in flexfactor.webhook_rejections (reason and address, never headers).
  *
  * Connections are bounded in number (overall and per address), in memory,
@@ -86,6 +88,7 @@ typedef struct Delivery
 	unsigned int refuse_status; /* refused from its headers alone */
 	const char *refuse_reason;
 	struct MHD_Connection *connection;	/* while it waits for its group */
+	bool		authentic;		/* its signature and date were good */
 	unsigned int status;		/* the answer, once its group is done */
 	const char *text;
 } Delivery;
@@ -310,9 +313,28 @@ receive_one(void *arg)
 	h.authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-authorization");
 	h.signature = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-signature");
 
-	outcome = ff_webhook_receive(&h, d->body.data, d->body.len, "listener");
+	outcome = ff_webhook_receive(&h, d->body.data, d->body.len, "listener", &d->authentic);
 	d->text = MemoryContextStrdup(d->cxt, outcome);
 	d->status = MHD_HTTP_OK;
+}
+
+typedef struct Unprocessable
+{
+	Delivery   *delivery;
+	const char *reason;
+} Unprocessable;
+
+/* Store an authentic delivery that can never be applied as 'rejected'. */
+static void
+store_unprocessable(void *arg)
+{
+	Unprocessable *u = arg;
+	struct MHD_Connection *c = u->delivery->connection;
+	FFWebhookHeaders h = {0};
+
+	h.nonce = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-nonce");
+	ff_webhook_store_rejected(&h, u->delivery->body.data, u->delivery->body.len, "listener",
+							  u->reason);
 }
 
 typedef struct Rejection
@@ -341,6 +363,31 @@ take_delivery(Delivery *d, MemoryContext cxt)
 
 	if (edata == NULL)
 		return;
+
+	/*
+	 * A genuine delivery whose content can never be stored or applied (a
+	 * value out of range, say) is kept as 'rejected' and acknowledged:
+	 * answered 503, FlexFactor would send it again and again.
+	 */
+	if (d->authentic && ff_webhook_error_is_permanent(edata->sqlerrcode))
+	{
+		Unprocessable u = {d, edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
+		: edata->message};
+		ErrorData  *stored = in_subtransaction(store_unprocessable, &u, cxt);
+
+		if (stored == NULL)
+		{
+			d->status = MHD_HTTP_OK;
+			d->text = "rejected";
+			ereport(WARNING,
+					(errcode(edata->sqlerrcode),
+					 errmsg("flexfactor webhook listener kept a delivery it cannot apply as rejected: %s",
+							ff_scrub_remote_text(edata->message, strlen(edata->message))),
+					 errdetail("It is stored in flexfactor.webhook_events with apply_state 'rejected' and acknowledged, so that FlexFactor does not send it again.")));
+			return;
+		}
+		edata = stored;			/* answered 503 below */
+	}
 	d->status = status_for(edata->sqlerrcode);
 	d->text = status_text(d->status);
 	ereport(d->status >= 500 ? WARNING : LOG,
