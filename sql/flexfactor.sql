@@ -266,8 +266,10 @@ CREATE UNIQUE INDEX webhook_events_nonce_idx ON flexfactor.webhook_events (nonce
 SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_events', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.webhook_events', 'id'), '');
 
--- Deliveries refused by the listener (bad signature, stale date, ...): the
--- reason only, never the key or the signature.
+-- A sample of the requests refused by the listener (bad signature, stale
+-- date, ...; at most 10 of a reason and 60 in all per minute, kept 7 days):
+-- the reason only, never the key or the signature.  Every refusal is
+-- counted in webhook_refusal_counts.
 CREATE TABLE flexfactor.webhook_rejections (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     received_at  timestamptz NOT NULL DEFAULT now(),
@@ -280,7 +282,30 @@ CREATE INDEX webhook_rejections_received_idx ON flexfactor.webhook_rejections (r
 SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_rejections', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.webhook_rejections', 'id'), '');
 
+-- Every request the listener refused, counted by reason: one row per reason
+-- and minute, added to from shared memory every few seconds (never a commit
+-- per refusal), kept 7 days.  ff_webhook_refusals() shows the live counters.
+CREATE TABLE flexfactor.webhook_refusal_counts (
+    minute       timestamptz NOT NULL,
+    reason       text NOT NULL,
+    http_status  integer,                  -- NULL: the connection was closed unanswered
+    refusals     bigint NOT NULL,
+    PRIMARY KEY (minute, reason),
+    CONSTRAINT webhook_refusal_counts_check CHECK (refusals > 0 AND http_status BETWEEN 400 AND 599)
+);
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_refusal_counts', '');
+
 /* ------------------------------------------------------------- functions */
+
+CREATE FUNCTION flexfactor.ff_webhook_refusals(
+    OUT reason text,
+    OUT http_status integer,
+    OUT refused bigint,
+    OUT not_flushed bigint)
+RETURNS SETOF record LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'ff_webhook_refusals';
+COMMENT ON FUNCTION flexfactor.ff_webhook_refusals() IS
+    'Requests refused by the webhook listener since the server started, by reason, and how many of them are not in webhook_refusal_counts yet.';
 
 CREATE FUNCTION flexfactor.ff_worker_status(
     OUT role text,

@@ -65,6 +65,7 @@
 #include "errors.h"
 #include "scrub.h"
 #include "listener.h"
+#include "refusals.h"
 #include "settings.h"
 #include "webhook.h"
 #include "work.h"
@@ -77,7 +78,6 @@
 #define MAX_PER_ADDRESS			64
 #define CONNECTION_MEMORY		(32 * 1024)
 #define IDLE_TICK_MS			1000
-#define REJECTION_RETENTION		"7 days"
 #define GROUP_MAX				64	/* deliveries per transaction */
 
 typedef struct Delivery
@@ -86,6 +86,7 @@ typedef struct Delivery
 	StringInfoData body;
 	bool		too_large;
 	unsigned int refuse_status; /* refused from its headers alone */
+	FFRefusal	refusal;
 	const char *refuse_reason;
 	struct MHD_Connection *connection;	/* while it waits for its group */
 	bool		authentic;		/* its signature and date were good */
@@ -153,18 +154,16 @@ insert_rejection(const char *address, unsigned int status, const char *reason)
 	CStringGetTextDatum(ff_scrub_remote_text(reason, strlen(reason)))};
 
 	if (SPI_execute_with_args("INSERT INTO flexfactor.webhook_rejections (remote_addr, http_status, reason)"
-							  " VALUES ($1, $2, $3)", 3, types, values, NULL, false, 0) != SPI_OK_INSERT ||
-		SPI_execute("DELETE FROM flexfactor.webhook_rejections"
-					" WHERE received_at < now() - interval '" REJECTION_RETENTION "'",
-					false, 0) != SPI_OK_DELETE)
+							  " VALUES ($1, $2, $3)", 3, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record a refused webhook delivery");
 }
 
 /*
- * Deliveries refused before their body was read.  The request handler runs
- * inside MHD_run(), where no database work belongs (an error there would
- * unwind through libmicrohttpd): it only notes them here, in the loop's
- * memory, and the loop records them after MHD_run() returns.
+ * Refusals kept as samples (see refusals.c; the others are only counted and
+ * answered at once).  The request handler runs inside MHD_run(), where no
+ * database work belongs (an error there would unwind through
+ * libmicrohttpd): it only notes them here, in the loop's memory, and the
+ * loop records them after MHD_run() returns, then answers them.
  */
 typedef struct Refused
 {
@@ -181,10 +180,11 @@ static const char *
 refusal_text(unsigned int status)
 {
 	return status == MHD_HTTP_NOT_FOUND ? "not found" :
-		status == MHD_HTTP_METHOD_NOT_ALLOWED ? "method not allowed" : "too large";
+		status == MHD_HTTP_METHOD_NOT_ALLOWED ? "method not allowed" :
+		status == MHD_HTTP_UNAUTHORIZED ? "unauthorized" : "too large";
 }
 
-/* Note a refusal and suspend its connection until it is recorded. */
+/* Note a sampled refusal of a suspended connection, to be recorded. */
 static void
 note_rejection(struct MHD_Connection *c, Delivery *d, unsigned int status, const char *reason)
 {
@@ -197,7 +197,6 @@ note_rejection(struct MHD_Connection *c, Delivery *d, unsigned int status, const
 	r->connection = c;
 	refused = lappend(refused, r);
 	d->connection = c;
-	MHD_suspend_connection(c);
 }
 
 /*
@@ -241,6 +240,28 @@ record_rejections(void)
 	}
 	refused = NIL;
 	return true;
+}
+
+/* Flush the refusal counters (refusals.c) in a short transaction of their own. */
+static void
+flush_refusals(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	FFRefusalMarks marks;
+
+	PG_TRY();
+	{
+		ff_work_begin("flexfactor: counting refused requests");
+		ff_refusals_flush(&marks);
+		ff_work_commit();
+		ff_refusals_flushed(&marks);
+	}
+	PG_CATCH();
+	{
+		ff_work_report(ff_work_catch(cxt), "count refused requests");
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
 }
 
 static unsigned int
@@ -399,6 +420,11 @@ take_delivery(Delivery *d, MemoryContext cxt)
 			 edata->context ? errcontext("%s", edata->context) : 0));
 	if (d->status >= 500)
 		return;
+	if (!ff_refusal_count(edata->sqlerrcode == ERRCODE_FF_WEBHOOK_REPLAYED ? FF_REFUSAL_REPLAYED :
+						  edata->sqlerrcode == ERRCODE_FF_WEBHOOK_MALFORMED ? FF_REFUSAL_MALFORMED :
+						  edata->sqlerrcode == ERRCODE_FF_WEBHOOK_STALE ? FF_REFUSAL_STALE :
+						  FF_REFUSAL_SIGNATURE))
+		return;					/* counted, not sampled */
 	r.address = client_address(d->connection);
 	r.status = d->status;
 	r.reason = edata->detail ? psprintf("%s: %s", edata->message, edata->detail) : edata->message;
@@ -457,6 +483,63 @@ take_group(Delivery **group, int n)
 	MemoryContextReset(cxt);
 	ff_work_idle();
 	ff_status_pass_done();
+}
+
+/*
+ * Refuse the waiting deliveries whose signature or date is wrong before any
+ * transaction: anyone can send those, as fast as they like, and they must
+ * cost no commit.  Each is counted; a sample is noted to be recorded; the
+ * others are resumed to be answered 401 at once (returns whether there were
+ * such).  (Verification is repeated
+ * in the group's transaction, where the webhook key might have changed in
+ * between: a delivery refused there is refused as before.)
+ */
+static bool
+screen_waiting(void)
+{
+	int			kept = 0;
+	bool		resumed = false;
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < n_waiting; i++)
+	{
+		Delivery   *d = waiting[i];
+		struct MHD_Connection *c = d->connection;
+		FFWebhookHeaders h;
+		const char *reason = NULL;
+		FFWebhookVerdict verdict;
+		FFRefusal	refusal;
+
+		h.nonce = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-nonce");
+		h.date = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-date");
+		h.host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+		h.content_sha512 = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-content-sha512");
+		h.authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-authorization");
+		h.signature = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-signature");
+		verdict = ff_webhook_verify(&h, d->body.data, d->body.len, now, &reason);
+		if (verdict == FF_WEBHOOK_OK || verdict == FF_WEBHOOK_NOT_CONFIGURED)
+		{
+			waiting[kept++] = d;	/* taken (or answered 503) in a group */
+			continue;
+		}
+		refusal = verdict == FF_WEBHOOK_STALE_DATE ? FF_REFUSAL_STALE : FF_REFUSAL_SIGNATURE;
+		if (ff_refusal_count(refusal))
+			note_rejection(c, d, MHD_HTTP_UNAUTHORIZED,
+						   psprintf(refusal == FF_REFUSAL_STALE ?
+									"webhook delivery refused: stale or invalid date: %s." :
+									"webhook delivery refused: not signed by FlexFactor: %s.",
+									reason ? reason : "refused"));
+		else
+		{
+			d->status = MHD_HTTP_UNAUTHORIZED;
+			d->text = status_text(MHD_HTTP_UNAUTHORIZED);
+			d->connection = NULL;
+			MHD_resume_connection(c);
+			resumed = true;
+		}
+	}
+	n_waiting = kept;
+	return resumed;
 }
 
 /*
@@ -553,8 +636,13 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 	}
 	if (d->refuse_status != 0)
 	{
-		/* answered once recorded, after MHD_run() returns */
+		if (!ff_refusal_count(d->refuse_status == MHD_HTTP_NOT_FOUND ? FF_REFUSAL_PATH :
+							  d->refuse_status == MHD_HTTP_METHOD_NOT_ALLOWED ? FF_REFUSAL_METHOD :
+							  FF_REFUSAL_TOO_LARGE))
+			return respond(c, d->refuse_status, refusal_text(d->refuse_status));
+		/* a sample: answered once recorded, after MHD_run() returns */
 		note_rejection(c, d, d->refuse_status, d->refuse_reason);
+		MHD_suspend_connection(c);
 		return MHD_YES;
 	}
 	if (d->body.data == NULL)
@@ -579,6 +667,8 @@ request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 {
 	Delivery   *d = *con_cls;
 
+	if (toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED)
+		ff_refusal_count(FF_REFUSAL_SLOW);
 	if (d != NULL)
 		MemoryContextDelete(d->cxt);
 	*con_cls = NULL;
@@ -758,6 +848,7 @@ ff_listener_main(Datum main_arg)
 		MHD_UNSIGNED_LONG_LONG mhd_timeout;
 		long		timeout_ms = IDLE_TICK_MS;
 		int			rc;
+		bool		answer;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(TopMemoryContext);
@@ -791,11 +882,15 @@ ff_listener_main(Datum main_arg)
 		if (rc & WL_LATCH_SET)
 			ResetLatch(MyLatch);
 		MHD_run(daemon_handle);		/* receives; complete deliveries wait */
-		if (record_rejections() || n_waiting > 0)
+		answer = n_waiting > 0 && screen_waiting();
+		answer |= record_rejections();
+		if (answer || n_waiting > 0)
 		{
 			if (n_waiting > 0)
 				take_waiting();
 			MHD_run(daemon_handle); /* answers them */
 		}
+		if (ff_refusals_flush_due())
+			flush_refusals();	/* at most every few seconds, however many refusals */
 	}
 }

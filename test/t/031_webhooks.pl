@@ -417,6 +417,9 @@ check_acknowledged_stored('reorder');
 $rej = last_rejection_id();
 $sim->webhook_mode(wrong_signature => JSON::PP::true);
 $sim->chargeback($osk{'W-1'}, 2500, '10.4');
+# the simulator's ticker reads the mode when it sends: let it send the first before the mode changes
+$sim->wait_for_webhooks(sub { grep { $_->{event} eq 'payment.chargeback.received' && defined $_->{status} }
+		  @{ $_[0]{attempts} } });
 $sim->webhook_mode(stale_date => JSON::PP::true);
 $sim->chargeback($osk{'W-3'}, 1503, '13.1');
 $w = $sim->wait_for_webhooks(sub { 2 == grep { $_->{event} eq 'payment.chargeback.received' && defined $_->{status} }

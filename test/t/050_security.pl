@@ -7,6 +7,12 @@
 #   FlexFactor would retry for good: the too-deep body and the \u0000 are
 #   refused 400, the amount is kept as 'rejected' and acknowledged 200;
 #   their orders do not change; a replay is refused.
+# - Refusals cost no commit each (item 6): 3,000 refused requests from one
+#   anonymous client (404s and bad signatures on keep-alive connections) add
+#   fewer than 50 commits in the database; every one is counted in
+#   ff_webhook_refusals() and, within seconds, in webhook_refusal_counts; at
+#   most 10 samples of a reason are kept in webhook_rejections, with no
+#   signature in them.
 # The API client's attacks (echoing servers, tokens, invalid text) are in
 # 051_security_api.pl.
 use strict;
@@ -91,6 +97,83 @@ my %osk = map { split /\|/ } split /\n/, sq(q{
 	# an unsigned poisonous body is no more than an anonymous refusal
 	$r = deliver(body => $huge, sign_key => 'AAAA' . substr($key, 4));
 	is($r->{status}, 401, 'amount 1e999 with a bad signature: 401, nothing kept');
+}
+
+# ============================ 6: refusals are counted, not committed one by one
+# $n requests (the exact bytes $req) on keep-alive connections from $from;
+# returns how many were answered $status.
+sub hammer
+{
+	my ($n, $req, $status, $from) = @_;
+	my ($sock, $got) = (undef, 0);
+	for my $i (1 .. $n)
+	{
+		$sock //= IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $wport, Proto => 'tcp',
+			($from ? (LocalAddr => $from) : ()))
+		  or die "connect: $!";
+		syswrite($sock, $req) or do { undef $sock; redo };
+		my $resp = '';
+		while ($resp !~ /\r\n\r\n/ || length($resp) < length($`) + 4 + (($resp =~ /Content-Length: (\d+)/i)[0] // 0))
+		{
+			my $k = sysread($sock, $resp, 4096, length $resp);
+			last unless $k;
+		}
+		$got++ if $resp =~ m{^HTTP/1\.1 $status};
+		undef $sock if $resp =~ /Connection: close/i || $resp eq '';
+	}
+	return $got;
+}
+
+sub refused_by { sq("SELECT refused FROM flexfactor.ff_webhook_refusals() WHERE reason = '$_[0]'") }
+
+sub commits
+{
+	sq('SELECT pg_stat_force_next_flush()') if $node->safe_psql('postgres', 'SHOW server_version_num') >= 150000;
+	return $node->safe_psql('postgres', "SELECT xact_commit FROM pg_stat_database WHERE datname = 'ffdb'");
+}
+
+{
+	my $body = FFSim::webhook_body(Event => 'order.completed', OrderId => $osk{'S-3'});
+	my @h = FFSim::webhook_headers('AAAA' . substr($key, 4), FFSim::webhook_nonce(), FFSim::http_date(time),
+		"127.0.0.1:$wport", $body);
+	my $unsigned = "POST $path HTTP/1.1\r\nHost: 127.0.0.1:$wport\r\n";
+	while (my ($k, $v) = splice(@h, 0, 2)) { $unsigned .= "$k: $v\r\n"; }
+	$unsigned .= 'Content-Length: ' . length($body) . "\r\n\r\n$body";
+	my $nowhere = "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n";
+
+	# let the samples and counts of the attacks above be written first
+	ok($node->poll_query_until('ffdb', 'SELECT sum(not_flushed) = 0 FROM flexfactor.ff_webhook_refusals()'),
+		'refusals: the counts of the attacks above are flushed');
+	my $rej = sq('SELECT coalesce(max(id), 0) FROM flexfactor.webhook_rejections');
+	my ($paths, $sigs) = (refused_by('unknown path'), refused_by('bad signature'));
+	my $before = orders_snapshot();
+	my $c0 = commits();
+	my $wal0 = sq('SELECT pg_current_wal_insert_lsn()');
+	my $t0 = Time::HiRes::time();
+	my $got = hammer(2000, $nowhere, 404) + hammer(1000, $unsigned, 401);
+	my $secs = Time::HiRes::time() - $t0;
+	is($got, 3000, 'refusals: 2,000 requests for another path answered 404, 1,000 unsigned ones 401');
+	my $c1 = commits();
+	my $wal = sq("SELECT pg_current_wal_insert_lsn() - '$wal0'");
+	diag sprintf('refusals: 3,000 in %.1f s (%.0f/s), %d commits in the database and %d bytes of WAL meanwhile',
+		$secs, 3000 / $secs, $c1 - $c0, $wal);
+	cmp_ok($c1 - $c0, '<', 50, 'refusals: 3,000 refusals cost fewer than 50 commits (not one each)');
+	cmp_ok($wal, '<', 65536, 'refusals: and less than 64 kB of WAL');
+	is(refused_by('unknown path') - $paths, 2000, 'refusals: ff_webhook_refusals() counts the 2,000 404s');
+	is(refused_by('bad signature') - $sigs, 1000, 'refusals: and the 1,000 bad signatures');
+	ok($node->poll_query_until('ffdb', "SELECT sum(refusals) FILTER (WHERE reason = 'unknown path') = $paths + 2000
+	                                       AND sum(refusals) FILTER (WHERE reason = 'bad signature') = $sigs + 1000
+	                                      FROM flexfactor.webhook_refusal_counts"),
+		'refusals: within seconds webhook_refusal_counts holds them all, by reason');
+	my $samples = sq("SELECT http_status || ':' || count(*) FROM flexfactor.webhook_rejections WHERE id > $rej
+	                   GROUP BY http_status ORDER BY 1");
+	# (20: the attack may straddle the turn of a minute)
+	like($samples, qr/\A401:([1-9]|1[0-9]|20)\n404:([1-9]|1[0-9]|20)\z/,
+		'refusals: at most 10 samples of each reason a minute are kept one by one') or diag $samples;
+	my ($sig) = $unsigned =~ /Signature=([^\r]+)/;
+	is(sq("SELECT count(*) FROM flexfactor.webhook_rejections WHERE strpos(reason, '$sig') > 0"), '0',
+		'refusals: no signature in the samples');
+	is(orders_snapshot(), $before, 'refusals: nothing changed');
 }
 
 done_testing();
