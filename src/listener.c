@@ -43,6 +43,7 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -74,8 +75,11 @@
 
 #define MAX_BODY_BYTES			(64 * 1024)
 #define CONNECTION_TIMEOUT_S	10
-#define MAX_CONNECTIONS			256
+#define MAX_CONNECTIONS			256 /* libmicrohttpd's own limit */
+#define SOFT_CONNECTIONS		192 /* beyond, a new connection evicts an idle or slow one */
 #define MAX_PER_ADDRESS			64
+#define HEADER_DEADLINE_MS		5000	/* connection (or last answer) to end of headers */
+#define BODY_DEADLINE_MS		10000	/* end of headers to end of body */
 #define CONNECTION_MEMORY		(32 * 1024)
 #define IDLE_TICK_MS			1000
 #define GROUP_MAX				64	/* deliveries per transaction */
@@ -93,6 +97,42 @@ typedef struct Delivery
 	unsigned int status;		/* the answer, once its group is done */
 	const char *text;
 } Delivery;
+
+/*
+ * Every open connection, from libmicrohttpd's connection notifications: what
+ * it is waiting for and since when.  A connection that is not sending a
+ * request fast enough (its headers within HEADER_DEADLINE_MS, its body
+ * within BODY_DEADLINE_MS) is shut down; past SOFT_CONNECTIONS a new
+ * connection has the idle or slowest one shut down to make room.  A
+ * connection whose request is complete (waiting for its group, being
+ * answered) is never shut down.  Shutting a socket down makes
+ * libmicrohttpd see it closed and free it in its next turn.
+ */
+typedef enum ConnPhase
+{
+	CONN_HEADERS,				/* before its headers are complete (idle included) */
+	CONN_BODY,					/* headers in, body coming */
+	CONN_BUSY					/* request complete: taken, answered */
+} ConnPhase;
+
+typedef struct Conn
+{
+	struct Conn *prev;
+	struct Conn *next;
+	int			fd;
+	ConnPhase	phase;
+	TimestampTz since;			/* start of the phase */
+	bool		shut;			/* shut down; libmicrohttpd has not closed it yet */
+} Conn;
+
+static Conn *conns = NULL;		/* oldest first */
+static Conn *conns_tail = NULL;
+static int	n_live = 0;			/* connections not shut down */
+static MemoryContext conns_cxt = NULL;
+
+/* the parsed flexfactor.webhook_allowed_networks; none: any */
+static FFNetwork networks[FF_MAX_NETWORKS];
+static int	n_networks = 0;
 
 static struct MHD_Daemon *daemon_handle = NULL;
 static MemoryContext loop_cxt = NULL;	/* reset every turn of the loop */
@@ -568,6 +608,209 @@ take_waiting(void)
 	n_waiting = 0;
 }
 
+static Conn *
+conn_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *info =
+		MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return info ? (Conn *) info->socket_context : NULL;
+}
+
+static void
+conn_enter(struct MHD_Connection *c, ConnPhase phase)
+{
+	Conn	   *conn = conn_of(c);
+
+	if (conn != NULL)
+	{
+		conn->phase = phase;
+		conn->since = GetCurrentTimestamp();
+	}
+}
+
+static void
+shut_conn(Conn *conn, FFRefusal why)
+{
+	if (conn->shut)
+		return;
+	conn->shut = true;
+	n_live--;
+	ff_refusal_count(why);
+	(void) shutdown(conn->fd, SHUT_RDWR);	/* libmicrohttpd sees it closed */
+}
+
+/* Shut the connection that waits longest for its headers, else for its body. */
+static void
+evict_one(void)
+{
+	Conn	   *victim = NULL;
+
+	for (Conn *conn = conns; conn != NULL; conn = conn->next)
+	{
+		if (conn->shut || conn->phase == CONN_BUSY)
+			continue;
+		if (victim == NULL ||
+			(conn->phase == CONN_HEADERS && victim->phase != CONN_HEADERS) ||
+			(conn->phase == victim->phase && conn->since < victim->since))
+			victim = conn;
+	}
+	if (victim != NULL)
+		shut_conn(victim, FF_REFUSAL_EVICTED);
+}
+
+/* Shut the connections past their deadline (every turn of the loop). */
+static void
+enforce_deadlines(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (Conn *conn = conns; conn != NULL; conn = conn->next)
+	{
+		if (conn->shut || conn->phase == CONN_BUSY)
+			continue;
+		if (TimestampDifferenceExceeds(conn->since, now,
+									   conn->phase == CONN_HEADERS ? HEADER_DEADLINE_MS : BODY_DEADLINE_MS))
+			shut_conn(conn, FF_REFUSAL_SLOW);
+	}
+}
+
+static void
+notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+				  enum MHD_ConnectionNotificationCode toe)
+{
+	Conn	   *conn = *socket_context;
+
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+	{
+		const union MHD_ConnectionInfo *info =
+			MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+		conn = MemoryContextAllocZero(conns_cxt, sizeof(Conn));
+		conn->fd = info ? info->connect_fd : -1;
+		conn->phase = CONN_HEADERS;
+		conn->since = GetCurrentTimestamp();
+		conn->prev = conns_tail;
+		if (conns_tail)
+			conns_tail->next = conn;
+		else
+			conns = conn;
+		conns_tail = conn;
+		*socket_context = conn;
+		if (++n_live > SOFT_CONNECTIONS)
+			evict_one();
+		return;
+	}
+	if (conn == NULL)
+		return;
+	if (!conn->shut)
+		n_live--;
+	if (conn->prev)
+		conn->prev->next = conn->next;
+	else
+		conns = conn->next;
+	if (conn->next)
+		conn->next->prev = conn->prev;
+	else
+		conns_tail = conn->prev;
+	pfree(conn);
+	*socket_context = NULL;
+}
+
+/*
+ * Parse a comma-separated list of addresses and CIDR networks into out[]
+ * (when not NULL); returns how many, or -1 with *bad at the offending entry.
+ */
+int
+ff_parse_networks(const char *text, FFNetwork *out, int max, const char **bad)
+{
+	int			n = 0;
+	const char *p = text ? text : "";
+
+	while (*p)
+	{
+		char		entry[INET6_ADDRSTRLEN + 8];
+		size_t		len;
+		char	   *slash;
+		FFNetwork	net = {0};
+		int			bits;
+
+		while (*p == ' ' || *p == ',')
+			p++;
+		if (*p == '\0')
+			break;
+		len = strcspn(p, ", ");
+		*bad = p;
+		if (len >= sizeof(entry) || n >= FF_MAX_NETWORKS)
+			return -1;
+		memcpy(entry, p, len);
+		entry[len] = '\0';
+		p += len;
+		slash = strchr(entry, '/');
+		if (slash)
+			*slash = '\0';
+		if (inet_pton(AF_INET, entry, net.addr) == 1)
+			net.family = AF_INET, bits = 32;
+		else if (inet_pton(AF_INET6, entry, net.addr) == 1)
+			net.family = AF_INET6, bits = 128;
+		else
+			return -1;
+		net.prefix = bits;
+		if (slash)
+		{
+			char	   *end;
+			long		v = strtol(slash + 1, &end, 10);
+
+			if (slash[1] == '\0' || *end != '\0' || v < 0 || v > bits)
+				return -1;
+			net.prefix = (int) v;
+		}
+		if (out != NULL && n < max)
+			out[n] = net;
+		n++;
+	}
+	return n;
+}
+
+static bool
+network_contains(const FFNetwork *net, const struct sockaddr *addr)
+{
+	const unsigned char *a;
+	int			full = net->prefix / 8;
+	int			rest = net->prefix % 8;
+
+	if (addr->sa_family != net->family)
+		return false;
+	a = net->family == AF_INET ?
+		(const unsigned char *) &((const struct sockaddr_in *) addr)->sin_addr :
+		(const unsigned char *) &((const struct sockaddr_in6 *) addr)->sin6_addr;
+	if (memcmp(a, net->addr, full) != 0)
+		return false;
+	return rest == 0 || ((a[full] ^ net->addr[full]) & (0xff << (8 - rest)) & 0xff) == 0;
+}
+
+/* libmicrohttpd's accept policy: the allowed networks, if any */
+static enum MHD_Result
+accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+	if (n_networks == 0)
+		return MHD_YES;
+	for (int i = 0; i < n_networks; i++)
+		if (network_contains(&networks[i], addr))
+			return MHD_YES;
+	ff_refusal_count(FF_REFUSAL_NETWORK);
+	return MHD_NO;
+}
+
+static void
+load_networks(void)
+{
+	const char *bad = NULL;
+	int			n = ff_parse_networks(ff_webhook_allowed_networks, networks, FF_MAX_NETWORKS, &bad);
+
+	n_networks = Max(n, 0);		/* the setting's check hook refused a bad list */
+}
+
 static enum MHD_Result
 handle_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 			   const char *version, const char *upload_data, size_t *upload_data_size,
@@ -587,6 +830,7 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 		d = MemoryContextAllocZero(cxt, sizeof(Delivery));
 		d->cxt = cxt;
 		d->body.data = NULL;
+		conn_enter(c, CONN_BODY);
 		if (strcmp(url, started_path) != 0)
 		{
 			d->refuse_status = MHD_HTTP_NOT_FOUND;
@@ -627,6 +871,7 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 	}
 
 	/* the whole body is here, or its group (or its refusal) is done and it was resumed */
+	conn_enter(c, CONN_BUSY);
 	if (d->status != 0)
 		return respond(c, d->status, d->text);
 	if (d->too_large)
@@ -669,6 +914,7 @@ request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 	if (toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED)
 		ff_refusal_count(FF_REFUSAL_SLOW);
+	conn_enter(c, CONN_HEADERS);	/* keep-alive: the next request's headers */
 	if (d != NULL)
 		MemoryContextDelete(d->cxt);
 	*con_cls = NULL;
@@ -742,6 +988,7 @@ start_daemon(void)
 		{MHD_OPTION_PER_IP_CONNECTION_LIMIT, MAX_PER_ADDRESS, NULL},
 		{MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONNECTION_MEMORY, NULL},
 		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) request_completed, NULL},
+		{MHD_OPTION_NOTIFY_CONNECTION, (intptr_t) notify_connection, NULL},
 		{MHD_OPTION_EXTERNAL_LOGGER, (intptr_t) log_from_daemon, NULL},
 		{MHD_OPTION_END, 0, NULL},	/* or the certificate, with TLS */
 		{MHD_OPTION_END, 0, NULL},	/* or its key */
@@ -775,12 +1022,12 @@ start_daemon(void)
 					 errmsg("this libmicrohttpd has no TLS support"),
 					 errhint("Serve plain HTTP on 127.0.0.1 behind a TLS reverse proxy instead.")));
 		key = read_pem(started_key_file, "flexfactor.webhook_tls_key_file");
-		options[7] = (struct MHD_OptionItem) {MHD_OPTION_HTTPS_MEM_CERT, 0,
+		options[8] = (struct MHD_OptionItem) {MHD_OPTION_HTTPS_MEM_CERT, 0,
 			read_pem(started_cert_file, "flexfactor.webhook_tls_cert_file")};
-		options[8] = (struct MHD_OptionItem) {MHD_OPTION_HTTPS_MEM_KEY, 0, key};
+		options[9] = (struct MHD_OptionItem) {MHD_OPTION_HTTPS_MEM_KEY, 0, key};
 		flags |= MHD_USE_TLS;
 	}
-	daemon_handle = MHD_start_daemon(flags, (uint16_t) started_port, NULL, NULL,
+	daemon_handle = MHD_start_daemon(flags, (uint16_t) started_port, accept_policy, NULL,
 									 handle_request, NULL,
 									 MHD_OPTION_ARRAY, options, MHD_OPTION_END);
 	if (key != NULL)
@@ -827,6 +1074,9 @@ ff_listener_main(Datum main_arg)
 										 ALLOCSET_DEFAULT_SIZES);
 	group_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor webhook group",
 									  ALLOCSET_DEFAULT_SIZES);
+	conns_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor webhook connections",
+									  ALLOCSET_SMALL_SIZES);
+	load_networks();
 	started_address = pstrdup(ff_webhook_listen_address);
 	started_port = ff_webhook_port;
 	started_path = pstrdup(ff_webhook_path);
@@ -859,6 +1109,7 @@ ff_listener_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			ff_status_config_reloaded();
+			load_networks();
 			if (settings_changed())
 			{
 				ereport(LOG, (errmsg("flexfactor webhook listener restarts for its new address, port or path")));
@@ -882,6 +1133,7 @@ ff_listener_main(Datum main_arg)
 		if (rc & WL_LATCH_SET)
 			ResetLatch(MyLatch);
 		MHD_run(daemon_handle);		/* receives; complete deliveries wait */
+		enforce_deadlines();
 		answer = n_waiting > 0 && screen_waiting();
 		answer |= record_rejections();
 		if (answer || n_waiting > 0)

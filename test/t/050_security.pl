@@ -13,6 +13,13 @@
 #   ff_webhook_refusals() and, within seconds, in webhook_refusal_counts; at
 #   most 10 samples of a reason are kept in webhook_rejections, with no
 #   signature in them.
+# - Slow and idle connections do not starve deliveries (item 5): while 4
+#   addresses hold 64 slowloris connections each (a header byte a second)
+#   and 40 others hold 2,000 idle connections, reconnecting when dropped,
+#   signed deliveries from another address are each answered 200 and stored
+#   within 2 s; the slow and idle connections are shut down (counted as
+#   'too slow' and 'evicted').  With flexfactor.webhook_allowed_networks a
+#   connection from elsewhere is closed at once, unanswered.
 # The API client's attacks (echoing servers, tokens, invalid text) are in
 # 051_security_api.pl.
 use strict;
@@ -174,6 +181,161 @@ sub commits
 	is(sq("SELECT count(*) FROM flexfactor.webhook_rejections WHERE strpos(reason, '$sig') > 0"), '0',
 		'refusals: no signature in the samples');
 	is(orders_snapshot(), $before, 'refusals: nothing changed');
+}
+
+# ===================================== 5: slow and idle connections, deliveries
+# A child process holding connections from each address of @from ($per
+# each) for $secs seconds; slowloris ones send a header byte a second, idle
+# ones nothing.  A dropped connection is opened again (once a second).
+sub attacker
+{
+	my ($kind, $per, $secs, @from) = @_;
+	pipe(my $r, my $w) or die "pipe: $!";
+	my $pid = fork() // die "fork: $!";
+	if ($pid)
+	{
+		close $w;
+		my $ready = <$r>;    # once the connections are open
+		close $r;
+		return $pid;
+	}
+	close $r;
+	local $SIG{PIPE} = 'IGNORE';
+	my @socks;
+	my $open = sub {
+		my ($addr) = @_;
+		my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $wport, Proto => 'tcp',
+			LocalAddr => $addr, Blocking => 0);
+		if ($s && $kind eq 'slow')
+		{
+			syswrite($s, "POST $path HTTP/1.1\r\nHost: 127.0.0.1:$wport\r\n");
+		}
+		return $s;
+	};
+	for my $addr (@from) { push @socks, [ $addr, $open->($addr) ] for 1 .. $per; }
+	syswrite($w, "ready\n");
+	close $w;
+	my $until = time + $secs;
+	while (time < $until)
+	{
+		sleep 1;
+		for my $c (@socks)
+		{
+			my $s = $c->[1];
+			my $dead = !$s;
+			if ($s)
+			{
+				my $buf;
+				my $n = sysread($s, $buf, 4096);
+				$dead = 1 if defined $n && $n == 0;    # closed by the listener
+				$dead = 1 if $kind eq 'slow' && !defined syswrite($s, 'X');
+			}
+			$c->[1] = $open->($c->[0]) if $dead;
+		}
+	}
+	exit 0;
+}
+
+# $n signed deliveries, one a second, while the attack goes on: how many were
+# answered 200 within 2 s and stored, and the slowest
+sub deliveries_through
+{
+	my ($what, $n) = @_;
+	my ($worst, $ok, @nonces) = (0, 0);
+	for my $i (1 .. $n)
+	{
+		sleep 1;
+		my $r = deliver(body => FFSim::webhook_body(Event => 'payment.chargeback.received',
+				OrderId => $osk{'S-1'}, ExternalOrderId => 'S-1', ConfirmationId => "CB-$what-$i"), timeout => 10);
+		$ok++ if ($r->{status} // 0) == 200 && $r->{elapsed} < 2;
+		$worst = $r->{elapsed} if $r->{elapsed} > $worst;
+		push @nonces, $r->{nonce};
+		diag "$what: delivery $i: " . ($r->{status} // $r->{error}) . sprintf(' in %.2f s', $r->{elapsed})
+		  unless ($r->{status} // 0) == 200;
+	}
+	my $stored = sq("SELECT count(*) FROM flexfactor.webhook_events WHERE nonce IN ("
+		  . join(',', map { "'$_'" } @nonces) . ')');
+	return ($ok, $stored, $worst);
+}
+
+sub established
+{
+	my $n = `ss -Htn state established '( sport = :$wport )' 2>/dev/null | wc -l`;
+	chomp $n;
+	return $n;
+}
+
+{
+	my @slow = map { "127.0.0.$_" } 2 .. 5;
+	my @idle = map { "127.0.1.$_" } 1 .. 40;
+
+	# slowloris alone: 4 addresses x 64
+	my $slow0 = refused_by('too slow') + refused_by('evicted');
+	my $too_slow0 = refused_by('too slow');
+	my @kids = (attacker('slow', 64, 14, @slow));
+	my ($ok, $stored, $worst) = deliveries_through('slowloris', 8);
+	diag sprintf('slowloris: %d connections established; the slowest delivery took %.2f s', established(), $worst);
+	is("$ok $stored", '8 8', 'under 4 x 64 slowloris connections, each of 8 deliveries is answered 200 within 2 s and stored');
+	kill 'TERM', @kids;
+	waitpid($_, 0) for @kids;
+	cmp_ok(refused_by('too slow') + refused_by('evicted') - $slow0, '>=', 128,
+		'slowloris: the connections beyond 192 evicted the oldest slow ones, again and again');
+
+	# one slow client alone (no eviction): shut down when its headers are not in after 5 s
+	my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $wport, Proto => 'tcp',
+		LocalAddr => '127.0.0.6') or die "connect: $!";
+	syswrite($s, "POST $path HTTP/1.1\r\nHost: 127.0.0.1:$wport\r\n");
+	my $t0 = Time::HiRes::time();
+	my $closed;
+	local $SIG{PIPE} = 'IGNORE';
+	while (Time::HiRes::time() - $t0 < 15)
+	{
+		sleep 1;
+		my $n = syswrite($s, 'X');
+		last unless defined $n;
+		if (IO::Select->new($s)->can_read(0)) { my $k = sysread($s, my $buf, 100); last if !$k; }
+	}
+	$closed = Time::HiRes::time() - $t0;
+	close $s;
+	ok($closed >= 4 && $closed < 8, sprintf('a lone slow client sending a header byte a second is dropped after '
+		  . 'the 5 s header deadline (%.1f s)', $closed));
+	cmp_ok(refused_by('too slow') - $too_slow0, '>=', 1, "and counted as 'too slow'");
+
+	# 2,000 idle connections from 40 addresses, and the slowloris again
+	my $shut0 = refused_by('too slow') + refused_by('evicted');
+	@kids = (attacker('slow', 64, 14, @slow),
+		attacker('idle', 50, 14, @idle[0 .. 13]),
+		attacker('idle', 50, 14, @idle[14 .. 26]),
+		attacker('idle', 50, 14, @idle[27 .. 39]));
+	my $during = established();
+	($ok, $stored, $worst) = deliveries_through('idle', 8);
+	diag sprintf('idle: %d connections established at the start, %d at the end; the slowest delivery took %.2f s',
+		$during, established(), $worst);
+	is("$ok $stored", '8 8',
+		'under 2,000 idle connections from 40 addresses and the slowloris, each of 8 deliveries is answered 200 within 2 s and stored');
+	kill 'TERM', @kids;
+	waitpid($_, 0) for @kids;
+	cmp_ok(refused_by('too slow') + refused_by('evicted') - $shut0, '>=', 2000,
+		'idle: the idle and slow connections were evicted or shut down (at most 192 kept)');
+	cmp_ok($during, '<=', 192 + 64, 'idle: the listener never held more than its 192 connections (and those closing)');
+	is(FFSim::listener_pid($node), $lpid, 'the listener survived the attacks');
+}
+
+# the allow-list: a connection from another network is closed unanswered
+{
+	FFSim::reload_listener($node, 'ffdb', "ALTER SYSTEM SET flexfactor.webhook_allowed_networks = '127.0.0.1/32, ::1'");
+	my $n0 = refused_by('network not allowed');
+	my $r = deliver(body => FFSim::webhook_body(Event => 'order.completed', OrderId => $osk{'S-1'}),
+		local_address => '127.0.0.9');
+	ok(!defined $r->{status}, 'allowed networks: a delivery from 127.0.0.9 is closed unanswered')
+	  or diag explain $r;
+	is(refused_by('network not allowed') - $n0, 1, "allowed networks: counted as 'network not allowed'");
+	$r = deliver(body => FFSim::webhook_body(Event => 'payment.chargeback.received', OrderId => $osk{'S-1'},
+			ConfirmationId => 'CB-allowed'));
+	is($r->{status}, 200, 'allowed networks: a delivery from 127.0.0.1 is taken');
+	my $e = FFSim::sql_error($node, 'ffdb', "ALTER SYSTEM SET flexfactor.webhook_allowed_networks = '10.0.0.0/33'");
+	is($e->{sqlstate}, '22023', 'allowed networks: a bad prefix is refused');
+	FFSim::reload_listener($node, 'ffdb', 'ALTER SYSTEM RESET flexfactor.webhook_allowed_networks');
 }
 
 done_testing();
