@@ -111,7 +111,8 @@ class Admin:
                    "acceptUnknownTokens": "accept_unknown_tokens", "webhookUrl": "webhook_url",
                    "webhookKey": "webhook_key", "asyncDelaySeconds": "async_delay",
                    "captureWindowSeconds": "capture_window", "webhookTimeoutSeconds": "webhook_timeout",
-                   "tokenTtlSeconds": "token_ttl", "refundAnswer": "refund_answer"}
+                   "tokenTtlSeconds": "token_ttl", "refundAnswer": "refund_answer",
+                   "tokenExpires": "token_expires"}
         unknown = [k for k in b if k not in mapping]
         if unknown:
             return self.bad("unknown config keys: %s" % ", ".join(unknown))
@@ -135,8 +136,8 @@ class Admin:
                     v = float(v)
                 elif attr == "token_ttl":
                     v = int(v)
-                elif attr == "webhook_url":
-                    v = v or None
+                elif attr in ("webhook_url", "token_expires"):
+                    v = str(v) if v else None
                 setattr(cfg, attr, v)
         return self.ok(cfg.public())
 

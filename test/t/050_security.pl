@@ -7,6 +7,9 @@
 #   FlexFactor would retry for good: the too-deep body and the \u0000 are
 #   refused 400, the amount is kept as 'rejected' and acknowledged 200;
 #   their orders do not change; a replay is refused.
+# - 13.12: a method, a path or a signed body that is not UTF-8 is refused,
+#   nothing invalid is stored, COPY of webhook_rejections and webhook_events
+#   succeeds.
 # - Refusals cost no commit each (item 6): 3,000 refused requests from one
 #   anonymous client (404s and bad signatures on keep-alive connections) add
 #   fewer than 50 commits in the database; every one is counted in
@@ -104,6 +107,35 @@ my %osk = map { split /\|/ } split /\n/, sq(q{
 	# an unsigned poisonous body is no more than an anonymous refusal
 	$r = deliver(body => $huge, sign_key => 'AAAA' . substr($key, 4));
 	is($r->{status}, 401, 'amount 1e999 with a bad signature: 401, nothing kept');
+}
+
+# ================================ 13.12: bytes that are not UTF-8, anonymously
+{
+	my $rej = sq('SELECT coalesce(max(id), 0) FROM flexfactor.webhook_rejections');
+	my $events = sq('SELECT count(*) FROM flexfactor.webhook_events');
+	my @answers;
+	for my $raw ("P\xffST $path HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+		"GE\xc3 $path HTTP/1.1\r\nHost: x\r\n\r\n",
+		"POST /flexfactor/\xfe\xff HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+		"POST $path\xc3\x28 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+	{
+		my $r = FFSim::http_request(port => $wport, raw => $raw);
+		push @answers, $r->{status} // 'closed';
+	}
+	like(join(',', @answers), qr/^((4\d\d|closed),){3}(4\d\d|closed)$/,
+		'not UTF-8: a method or a path that is not UTF-8 is refused (' . join(',', @answers) . ')');
+	my $r = deliver(body => '{"Event":"order.completed","OrderId":"' . $osk{'S-3'} . '","ExternalOrderId":"S-3\xff\xfe"}');
+	is($r->{status}, 400, 'not UTF-8: a signed body with bytes that are not UTF-8 is refused 400');
+	is(sq("SELECT count(*) FROM flexfactor.webhook_events") - $events, 0, 'not UTF-8: no event stored');
+	cmp_ok(sq("SELECT count(*) FROM flexfactor.webhook_rejections WHERE id > $rej"), '>=', 3,
+		'not UTF-8: the refusals are kept as samples');
+	is(sq("SELECT count(*) FROM flexfactor.webhook_rejections WHERE NOT (reason || coalesce(remote_addr, '')) IS NORMALIZED"),
+		'0', 'not UTF-8: every sample is valid text');
+	for my $table (qw(webhook_rejections webhook_events))
+	{
+		my ($ret, $out, $err) = $node->psql('ffdb', "COPY flexfactor.$table TO STDOUT");
+		is($ret, 0, "not UTF-8: COPY flexfactor.$table TO STDOUT succeeds") or diag $err;
+	}
 }
 
 # ============================ 6: refusals are counted, not committed one by one
