@@ -27,11 +27,16 @@
  * another method, 413 for a body over the limit, 503 when the database
  * cannot take the event for now (FlexFactor then retries).  A genuine
  * delivery that fails because of its content (a value out of range) would
- * fail on every retry: it is kept as 'rejected' and answered 200.  4xx refusals are recorded
- * in flexfactor.webhook_rejections (reason and address, never headers).
+ * fail on every retry: it is kept as 'rejected' and answered 200.  Every
+ * refusal is counted in shared memory and only a bounded sample is written
+ * to flexfactor.webhook_rejections (refusals.c); a wrong signature or date
+ * is refused before any transaction begins, so refusals cost no commit each.
  *
- * Connections are bounded in number (overall and per address), in memory,
- * and in idle time, so slow or flooding clients cannot exhaust the worker.
+ * Connections are bounded per address, in all (past SOFT_CONNECTIONS a new
+ * one evicts the idle or slowest), in memory, and in time (deadlines for the
+ * headers and the body), and may be limited to allowed source networks
+ * (flexfactor.webhook_allowed_networks), so slow, idle or flooding clients
+ * cannot keep a delivery out.
  * With flexfactor.webhook_tls_cert_file and webhook_tls_key_file it serves
  * HTTPS (libmicrohttpd's GnuTLS); otherwise plain HTTP, meant for 127.0.0.1
  * behind a TLS reverse proxy.  The listener leaves its database when it must
