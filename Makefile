@@ -24,6 +24,7 @@ OBJS = \
 	src/scrub.o \
 	src/webhook_verify.o \
 	src/webhook.o \
+	src/refusals.o \
 	src/listener.o
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql

@@ -255,7 +255,8 @@ CREATE TABLE flexfactor.webhook_events (
         'duplicate',        -- repeat of an applied event: changed nothing
         'waiting_order',    -- order not known yet; applied when it appears
         'ignored',          -- no state change for this event type
-        'not_applicable'))  -- names no order (payout.*, no OrderId): acknowledged, kept
+        'not_applicable',   -- names no order (payout.*, no OrderId): acknowledged, kept
+        'rejected'))        -- authentic but can never be applied (a value out of range): acknowledged, kept
 );
 CREATE INDEX webhook_events_order_idx ON flexfactor.webhook_events (order_session_key);
 CREATE INDEX webhook_events_pending_idx ON flexfactor.webhook_events (id)
@@ -265,8 +266,10 @@ CREATE UNIQUE INDEX webhook_events_nonce_idx ON flexfactor.webhook_events (nonce
 SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_events', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.webhook_events', 'id'), '');
 
--- Deliveries refused by the listener (bad signature, stale date, ...): the
--- reason only, never the key or the signature.
+-- A sample of the requests refused by the listener (bad signature, stale
+-- date, ...; at most 10 of a reason and 60 in all per minute, kept 7 days):
+-- the reason only, never the key or the signature.  Every refusal is
+-- counted in webhook_refusal_counts.
 CREATE TABLE flexfactor.webhook_rejections (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     received_at  timestamptz NOT NULL DEFAULT now(),
@@ -279,7 +282,30 @@ CREATE INDEX webhook_rejections_received_idx ON flexfactor.webhook_rejections (r
 SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_rejections', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.webhook_rejections', 'id'), '');
 
+-- Every request the listener refused, counted by reason: one row per reason
+-- and minute, added to from shared memory every few seconds (never a commit
+-- per refusal), kept 7 days.  ff_webhook_refusals() shows the live counters.
+CREATE TABLE flexfactor.webhook_refusal_counts (
+    minute       timestamptz NOT NULL,
+    reason       text NOT NULL,
+    http_status  integer,                  -- NULL: the connection was closed unanswered
+    refusals     bigint NOT NULL,
+    PRIMARY KEY (minute, reason),
+    CONSTRAINT webhook_refusal_counts_check CHECK (refusals > 0 AND http_status BETWEEN 400 AND 599)
+);
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_refusal_counts', '');
+
 /* ------------------------------------------------------------- functions */
+
+CREATE FUNCTION flexfactor.ff_webhook_refusals(
+    OUT reason text,
+    OUT http_status integer,
+    OUT refused bigint,
+    OUT not_flushed bigint)
+RETURNS SETOF record LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'ff_webhook_refusals';
+COMMENT ON FUNCTION flexfactor.ff_webhook_refusals() IS
+    'Requests refused by the webhook listener since the server started, by reason, and how many of them are not in webhook_refusal_counts yet.';
 
 CREATE FUNCTION flexfactor.ff_worker_status(
     OUT role text,
@@ -1596,6 +1622,30 @@ BEGIN
         RETURN 'duplicate';
     END IF;
     RETURN flexfactor._apply_webhook_event(stored);
+END $$;
+
+-- Keeps an authentic delivery that can never be stored or applied (its
+-- content fails the same way on every retry) as 'rejected', with the reason,
+-- so that the listener can acknowledge it.  Its body is kept as received;
+-- the event name is read from it without parsing it as JSON.
+CREATE FUNCTION flexfactor._record_rejected_webhook_event(
+    p_nonce text, p_body text, p_received_via text, p_reason text)
+RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stored bigint;
+BEGIN
+    INSERT INTO flexfactor.webhook_events AS w
+           (event, nonce, body, received_via, apply_state, applied_at, apply_error)
+    VALUES (coalesce(lower(substring(p_body FROM '(?i)"event"\s*:\s*"([a-z0-9._]{1,64})"')), 'unknown'),
+            p_nonce, p_body, p_received_via, 'rejected', now(), left(p_reason, 500))
+    ON CONFLICT (nonce) WHERE nonce IS NOT NULL DO NOTHING
+    RETURNING w.id INTO stored;
+    IF stored IS NULL THEN
+        RAISE EXCEPTION 'webhook delivery refused: its nonce was already used'
+            USING ERRCODE = 'FF042',
+                  DETAIL = 'A delivery with the same x-fc-nonce was accepted before; this one is a replay.';
+    END IF;
 END $$;
 
 -- When an order gets its FlexFactor key, events that came first are applied.

@@ -25,11 +25,18 @@
  * Refusals: 401 for authenticity (signature, date,
  * replayed nonce), 400 for a malformed body, 404 for another path, 405 for
  * another method, 413 for a body over the limit, 503 when the database
- * cannot take the event (FlexFactor then retries).  4xx refusals are recorded
- * in flexfactor.webhook_rejections (reason and address, never headers).
+ * cannot take the event for now (FlexFactor then retries).  A genuine
+ * delivery that fails because of its content (a value out of range) would
+ * fail on every retry: it is kept as 'rejected' and answered 200.  Every
+ * refusal is counted in shared memory and only a bounded sample is written
+ * to flexfactor.webhook_rejections (refusals.c); a wrong signature or date
+ * is refused before any transaction begins, so refusals cost no commit each.
  *
- * Connections are bounded in number (overall and per address), in memory,
- * and in idle time, so slow or flooding clients cannot exhaust the worker.
+ * Connections are bounded per address, in all (past SOFT_CONNECTIONS a new
+ * one evicts the idle or slowest), in memory, and in time (deadlines for the
+ * headers and the body), and may be limited to allowed source networks
+ * (flexfactor.webhook_allowed_networks), so slow, idle or flooding clients
+ * cannot keep a delivery out.
  * With flexfactor.webhook_tls_cert_file and webhook_tls_key_file it serves
  * HTTPS (libmicrohttpd's GnuTLS); otherwise plain HTTP, meant for 127.0.0.1
  * behind a TLS reverse proxy.  The listener leaves its database when it must
@@ -41,6 +48,7 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -63,6 +71,7 @@
 #include "errors.h"
 #include "scrub.h"
 #include "listener.h"
+#include "refusals.h"
 #include "settings.h"
 #include "webhook.h"
 #include "work.h"
@@ -71,11 +80,13 @@
 
 #define MAX_BODY_BYTES			(64 * 1024)
 #define CONNECTION_TIMEOUT_S	10
-#define MAX_CONNECTIONS			256
+#define MAX_CONNECTIONS			256 /* libmicrohttpd's own limit */
+#define SOFT_CONNECTIONS		192 /* beyond, a new connection evicts an idle or slow one */
 #define MAX_PER_ADDRESS			64
+#define HEADER_DEADLINE_MS		5000	/* connection (or last answer) to end of headers */
+#define BODY_DEADLINE_MS		10000	/* end of headers to end of body */
 #define CONNECTION_MEMORY		(32 * 1024)
 #define IDLE_TICK_MS			1000
-#define REJECTION_RETENTION		"7 days"
 #define GROUP_MAX				64	/* deliveries per transaction */
 
 typedef struct Delivery
@@ -84,11 +95,49 @@ typedef struct Delivery
 	StringInfoData body;
 	bool		too_large;
 	unsigned int refuse_status; /* refused from its headers alone */
+	FFRefusal	refusal;
 	const char *refuse_reason;
 	struct MHD_Connection *connection;	/* while it waits for its group */
+	bool		authentic;		/* its signature and date were good */
 	unsigned int status;		/* the answer, once its group is done */
 	const char *text;
 } Delivery;
+
+/*
+ * Every open connection, from libmicrohttpd's connection notifications: what
+ * it is waiting for and since when.  A connection that is not sending a
+ * request fast enough (its headers within HEADER_DEADLINE_MS, its body
+ * within BODY_DEADLINE_MS) is shut down; past SOFT_CONNECTIONS a new
+ * connection has the idle or slowest one shut down to make room.  A
+ * connection whose request is complete (waiting for its group, being
+ * answered) is never shut down.  Shutting a socket down makes
+ * libmicrohttpd see it closed and free it in its next turn.
+ */
+typedef enum ConnPhase
+{
+	CONN_HEADERS,				/* before its headers are complete (idle included) */
+	CONN_BODY,					/* headers in, body coming */
+	CONN_BUSY					/* request complete: taken, answered */
+} ConnPhase;
+
+typedef struct Conn
+{
+	struct Conn *prev;
+	struct Conn *next;
+	int			fd;
+	ConnPhase	phase;
+	TimestampTz since;			/* start of the phase */
+	bool		shut;			/* shut down; libmicrohttpd has not closed it yet */
+} Conn;
+
+static Conn *conns = NULL;		/* oldest first */
+static Conn *conns_tail = NULL;
+static int	n_live = 0;			/* connections not shut down */
+static MemoryContext conns_cxt = NULL;
+
+/* the parsed flexfactor.webhook_allowed_networks; none: any */
+static FFNetwork networks[FF_MAX_NETWORKS];
+static int	n_networks = 0;
 
 static struct MHD_Daemon *daemon_handle = NULL;
 static MemoryContext loop_cxt = NULL;	/* reset every turn of the loop */
@@ -150,18 +199,16 @@ insert_rejection(const char *address, unsigned int status, const char *reason)
 	CStringGetTextDatum(ff_scrub_remote_text(reason, strlen(reason)))};
 
 	if (SPI_execute_with_args("INSERT INTO flexfactor.webhook_rejections (remote_addr, http_status, reason)"
-							  " VALUES ($1, $2, $3)", 3, types, values, NULL, false, 0) != SPI_OK_INSERT ||
-		SPI_execute("DELETE FROM flexfactor.webhook_rejections"
-					" WHERE received_at < now() - interval '" REJECTION_RETENTION "'",
-					false, 0) != SPI_OK_DELETE)
+							  " VALUES ($1, $2, $3)", 3, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record a refused webhook delivery");
 }
 
 /*
- * Deliveries refused before their body was read.  The request handler runs
- * inside MHD_run(), where no database work belongs (an error there would
- * unwind through libmicrohttpd): it only notes them here, in the loop's
- * memory, and the loop records them after MHD_run() returns.
+ * Refusals kept as samples (see refusals.c; the others are only counted and
+ * answered at once).  The request handler runs inside MHD_run(), where no
+ * database work belongs (an error there would unwind through
+ * libmicrohttpd): it only notes them here, in the loop's memory, and the
+ * loop records them after MHD_run() returns, then answers them.
  */
 typedef struct Refused
 {
@@ -178,10 +225,11 @@ static const char *
 refusal_text(unsigned int status)
 {
 	return status == MHD_HTTP_NOT_FOUND ? "not found" :
-		status == MHD_HTTP_METHOD_NOT_ALLOWED ? "method not allowed" : "too large";
+		status == MHD_HTTP_METHOD_NOT_ALLOWED ? "method not allowed" :
+		status == MHD_HTTP_UNAUTHORIZED ? "unauthorized" : "too large";
 }
 
-/* Note a refusal and suspend its connection until it is recorded. */
+/* Note a sampled refusal of a suspended connection, to be recorded. */
 static void
 note_rejection(struct MHD_Connection *c, Delivery *d, unsigned int status, const char *reason)
 {
@@ -194,7 +242,6 @@ note_rejection(struct MHD_Connection *c, Delivery *d, unsigned int status, const
 	r->connection = c;
 	refused = lappend(refused, r);
 	d->connection = c;
-	MHD_suspend_connection(c);
 }
 
 /*
@@ -238,6 +285,28 @@ record_rejections(void)
 	}
 	refused = NIL;
 	return true;
+}
+
+/* Flush the refusal counters (refusals.c) in a short transaction of their own. */
+static void
+flush_refusals(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	FFRefusalMarks marks;
+
+	PG_TRY();
+	{
+		ff_work_begin("flexfactor: counting refused requests");
+		ff_refusals_flush(&marks);
+		ff_work_commit();
+		ff_refusals_flushed(&marks);
+	}
+	PG_CATCH();
+	{
+		ff_work_report(ff_work_catch(cxt), "count refused requests");
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
 }
 
 static unsigned int
@@ -310,9 +379,28 @@ receive_one(void *arg)
 	h.authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-authorization");
 	h.signature = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-signature");
 
-	outcome = ff_webhook_receive(&h, d->body.data, d->body.len, "listener");
+	outcome = ff_webhook_receive(&h, d->body.data, d->body.len, "listener", &d->authentic);
 	d->text = MemoryContextStrdup(d->cxt, outcome);
 	d->status = MHD_HTTP_OK;
+}
+
+typedef struct Unprocessable
+{
+	Delivery   *delivery;
+	const char *reason;
+} Unprocessable;
+
+/* Store an authentic delivery that can never be applied as 'rejected'. */
+static void
+store_unprocessable(void *arg)
+{
+	Unprocessable *u = arg;
+	struct MHD_Connection *c = u->delivery->connection;
+	FFWebhookHeaders h = {0};
+
+	h.nonce = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-nonce");
+	ff_webhook_store_rejected(&h, u->delivery->body.data, u->delivery->body.len, "listener",
+							  u->reason);
 }
 
 typedef struct Rejection
@@ -341,6 +429,31 @@ take_delivery(Delivery *d, MemoryContext cxt)
 
 	if (edata == NULL)
 		return;
+
+	/*
+	 * A genuine delivery whose content can never be stored or applied (a
+	 * value out of range, say) is kept as 'rejected' and acknowledged:
+	 * answered 503, FlexFactor would send it again and again.
+	 */
+	if (d->authentic && ff_webhook_error_is_permanent(edata->sqlerrcode))
+	{
+		Unprocessable u = {d, edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
+		: edata->message};
+		ErrorData  *stored = in_subtransaction(store_unprocessable, &u, cxt);
+
+		if (stored == NULL)
+		{
+			d->status = MHD_HTTP_OK;
+			d->text = "rejected";
+			ereport(WARNING,
+					(errcode(edata->sqlerrcode),
+					 errmsg("flexfactor webhook listener kept a delivery it cannot apply as rejected: %s",
+							ff_scrub_remote_text(edata->message, strlen(edata->message))),
+					 errdetail("It is stored in flexfactor.webhook_events with apply_state 'rejected' and acknowledged, so that FlexFactor does not send it again.")));
+			return;
+		}
+		edata = stored;			/* answered 503 below */
+	}
 	d->status = status_for(edata->sqlerrcode);
 	d->text = status_text(d->status);
 	ereport(d->status >= 500 ? WARNING : LOG,
@@ -352,6 +465,11 @@ take_delivery(Delivery *d, MemoryContext cxt)
 			 edata->context ? errcontext("%s", edata->context) : 0));
 	if (d->status >= 500)
 		return;
+	if (!ff_refusal_count(edata->sqlerrcode == ERRCODE_FF_WEBHOOK_REPLAYED ? FF_REFUSAL_REPLAYED :
+						  edata->sqlerrcode == ERRCODE_FF_WEBHOOK_MALFORMED ? FF_REFUSAL_MALFORMED :
+						  edata->sqlerrcode == ERRCODE_FF_WEBHOOK_STALE ? FF_REFUSAL_STALE :
+						  FF_REFUSAL_SIGNATURE))
+		return;					/* counted, not sampled */
 	r.address = client_address(d->connection);
 	r.status = d->status;
 	r.reason = edata->detail ? psprintf("%s: %s", edata->message, edata->detail) : edata->message;
@@ -413,6 +531,63 @@ take_group(Delivery **group, int n)
 }
 
 /*
+ * Refuse the waiting deliveries whose signature or date is wrong before any
+ * transaction: anyone can send those, as fast as they like, and they must
+ * cost no commit.  Each is counted; a sample is noted to be recorded; the
+ * others are resumed to be answered 401 at once (returns whether there were
+ * such).  (Verification is repeated
+ * in the group's transaction, where the webhook key might have changed in
+ * between: a delivery refused there is refused as before.)
+ */
+static bool
+screen_waiting(void)
+{
+	int			kept = 0;
+	bool		resumed = false;
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < n_waiting; i++)
+	{
+		Delivery   *d = waiting[i];
+		struct MHD_Connection *c = d->connection;
+		FFWebhookHeaders h;
+		const char *reason = NULL;
+		FFWebhookVerdict verdict;
+		FFRefusal	refusal;
+
+		h.nonce = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-nonce");
+		h.date = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-date");
+		h.host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+		h.content_sha512 = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-content-sha512");
+		h.authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-authorization");
+		h.signature = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-signature");
+		verdict = ff_webhook_verify(&h, d->body.data, d->body.len, now, &reason);
+		if (verdict == FF_WEBHOOK_OK || verdict == FF_WEBHOOK_NOT_CONFIGURED)
+		{
+			waiting[kept++] = d;	/* taken (or answered 503) in a group */
+			continue;
+		}
+		refusal = verdict == FF_WEBHOOK_STALE_DATE ? FF_REFUSAL_STALE : FF_REFUSAL_SIGNATURE;
+		if (ff_refusal_count(refusal))
+			note_rejection(c, d, MHD_HTTP_UNAUTHORIZED,
+						   psprintf(refusal == FF_REFUSAL_STALE ?
+									"webhook delivery refused: stale or invalid date: %s." :
+									"webhook delivery refused: not signed by FlexFactor: %s.",
+									reason ? reason : "refused"));
+		else
+		{
+			d->status = MHD_HTTP_UNAUTHORIZED;
+			d->text = status_text(MHD_HTTP_UNAUTHORIZED);
+			d->connection = NULL;
+			MHD_resume_connection(c);
+			resumed = true;
+		}
+	}
+	n_waiting = kept;
+	return resumed;
+}
+
+/*
  * Take every waiting delivery, GROUP_MAX to a transaction, and resume the
  * connections: the request handler then answers each with its status.
  */
@@ -438,6 +613,209 @@ take_waiting(void)
 	n_waiting = 0;
 }
 
+static Conn *
+conn_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *info =
+		MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return info ? (Conn *) info->socket_context : NULL;
+}
+
+static void
+conn_enter(struct MHD_Connection *c, ConnPhase phase)
+{
+	Conn	   *conn = conn_of(c);
+
+	if (conn != NULL)
+	{
+		conn->phase = phase;
+		conn->since = GetCurrentTimestamp();
+	}
+}
+
+static void
+shut_conn(Conn *conn, FFRefusal why)
+{
+	if (conn->shut)
+		return;
+	conn->shut = true;
+	n_live--;
+	ff_refusal_count(why);
+	(void) shutdown(conn->fd, SHUT_RDWR);	/* libmicrohttpd sees it closed */
+}
+
+/* Shut the connection that waits longest for its headers, else for its body. */
+static void
+evict_one(void)
+{
+	Conn	   *victim = NULL;
+
+	for (Conn *conn = conns; conn != NULL; conn = conn->next)
+	{
+		if (conn->shut || conn->phase == CONN_BUSY)
+			continue;
+		if (victim == NULL ||
+			(conn->phase == CONN_HEADERS && victim->phase != CONN_HEADERS) ||
+			(conn->phase == victim->phase && conn->since < victim->since))
+			victim = conn;
+	}
+	if (victim != NULL)
+		shut_conn(victim, FF_REFUSAL_EVICTED);
+}
+
+/* Shut the connections past their deadline (every turn of the loop). */
+static void
+enforce_deadlines(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (Conn *conn = conns; conn != NULL; conn = conn->next)
+	{
+		if (conn->shut || conn->phase == CONN_BUSY)
+			continue;
+		if (TimestampDifferenceExceeds(conn->since, now,
+									   conn->phase == CONN_HEADERS ? HEADER_DEADLINE_MS : BODY_DEADLINE_MS))
+			shut_conn(conn, FF_REFUSAL_SLOW);
+	}
+}
+
+static void
+notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+				  enum MHD_ConnectionNotificationCode toe)
+{
+	Conn	   *conn = *socket_context;
+
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+	{
+		const union MHD_ConnectionInfo *info =
+			MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+		conn = MemoryContextAllocZero(conns_cxt, sizeof(Conn));
+		conn->fd = info ? info->connect_fd : -1;
+		conn->phase = CONN_HEADERS;
+		conn->since = GetCurrentTimestamp();
+		conn->prev = conns_tail;
+		if (conns_tail)
+			conns_tail->next = conn;
+		else
+			conns = conn;
+		conns_tail = conn;
+		*socket_context = conn;
+		if (++n_live > SOFT_CONNECTIONS)
+			evict_one();
+		return;
+	}
+	if (conn == NULL)
+		return;
+	if (!conn->shut)
+		n_live--;
+	if (conn->prev)
+		conn->prev->next = conn->next;
+	else
+		conns = conn->next;
+	if (conn->next)
+		conn->next->prev = conn->prev;
+	else
+		conns_tail = conn->prev;
+	pfree(conn);
+	*socket_context = NULL;
+}
+
+/*
+ * Parse a comma-separated list of addresses and CIDR networks into out[]
+ * (when not NULL); returns how many, or -1 with *bad at the offending entry.
+ */
+int
+ff_parse_networks(const char *text, FFNetwork *out, int max, const char **bad)
+{
+	int			n = 0;
+	const char *p = text ? text : "";
+
+	while (*p)
+	{
+		char		entry[INET6_ADDRSTRLEN + 8];
+		size_t		len;
+		char	   *slash;
+		FFNetwork	net = {0};
+		int			bits;
+
+		while (*p == ' ' || *p == ',')
+			p++;
+		if (*p == '\0')
+			break;
+		len = strcspn(p, ", ");
+		*bad = p;
+		if (len >= sizeof(entry) || n >= FF_MAX_NETWORKS)
+			return -1;
+		memcpy(entry, p, len);
+		entry[len] = '\0';
+		p += len;
+		slash = strchr(entry, '/');
+		if (slash)
+			*slash = '\0';
+		if (inet_pton(AF_INET, entry, net.addr) == 1)
+			net.family = AF_INET, bits = 32;
+		else if (inet_pton(AF_INET6, entry, net.addr) == 1)
+			net.family = AF_INET6, bits = 128;
+		else
+			return -1;
+		net.prefix = bits;
+		if (slash)
+		{
+			char	   *end;
+			long		v = strtol(slash + 1, &end, 10);
+
+			if (slash[1] == '\0' || *end != '\0' || v < 0 || v > bits)
+				return -1;
+			net.prefix = (int) v;
+		}
+		if (out != NULL && n < max)
+			out[n] = net;
+		n++;
+	}
+	return n;
+}
+
+static bool
+network_contains(const FFNetwork *net, const struct sockaddr *addr)
+{
+	const unsigned char *a;
+	int			full = net->prefix / 8;
+	int			rest = net->prefix % 8;
+
+	if (addr->sa_family != net->family)
+		return false;
+	a = net->family == AF_INET ?
+		(const unsigned char *) &((const struct sockaddr_in *) addr)->sin_addr :
+		(const unsigned char *) &((const struct sockaddr_in6 *) addr)->sin6_addr;
+	if (memcmp(a, net->addr, full) != 0)
+		return false;
+	return rest == 0 || ((a[full] ^ net->addr[full]) & (0xff << (8 - rest)) & 0xff) == 0;
+}
+
+/* libmicrohttpd's accept policy: the allowed networks, if any */
+static enum MHD_Result
+accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+	if (n_networks == 0)
+		return MHD_YES;
+	for (int i = 0; i < n_networks; i++)
+		if (network_contains(&networks[i], addr))
+			return MHD_YES;
+	ff_refusal_count(FF_REFUSAL_NETWORK);
+	return MHD_NO;
+}
+
+static void
+load_networks(void)
+{
+	const char *bad = NULL;
+	int			n = ff_parse_networks(ff_webhook_allowed_networks, networks, FF_MAX_NETWORKS, &bad);
+
+	n_networks = Max(n, 0);		/* the setting's check hook refused a bad list */
+}
+
 static enum MHD_Result
 handle_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 			   const char *version, const char *upload_data, size_t *upload_data_size,
@@ -457,6 +835,7 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 		d = MemoryContextAllocZero(cxt, sizeof(Delivery));
 		d->cxt = cxt;
 		d->body.data = NULL;
+		conn_enter(c, CONN_BODY);
 		if (strcmp(url, started_path) != 0)
 		{
 			d->refuse_status = MHD_HTTP_NOT_FOUND;
@@ -497,6 +876,7 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 	}
 
 	/* the whole body is here, or its group (or its refusal) is done and it was resumed */
+	conn_enter(c, CONN_BUSY);
 	if (d->status != 0)
 		return respond(c, d->status, d->text);
 	if (d->too_large)
@@ -506,8 +886,13 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 	}
 	if (d->refuse_status != 0)
 	{
-		/* answered once recorded, after MHD_run() returns */
+		if (!ff_refusal_count(d->refuse_status == MHD_HTTP_NOT_FOUND ? FF_REFUSAL_PATH :
+							  d->refuse_status == MHD_HTTP_METHOD_NOT_ALLOWED ? FF_REFUSAL_METHOD :
+							  FF_REFUSAL_TOO_LARGE))
+			return respond(c, d->refuse_status, refusal_text(d->refuse_status));
+		/* a sample: answered once recorded, after MHD_run() returns */
 		note_rejection(c, d, d->refuse_status, d->refuse_reason);
+		MHD_suspend_connection(c);
 		return MHD_YES;
 	}
 	if (d->body.data == NULL)
@@ -532,6 +917,9 @@ request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 {
 	Delivery   *d = *con_cls;
 
+	if (toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED)
+		ff_refusal_count(FF_REFUSAL_SLOW);
+	conn_enter(c, CONN_HEADERS);	/* keep-alive: the next request's headers */
 	if (d != NULL)
 		MemoryContextDelete(d->cxt);
 	*con_cls = NULL;
@@ -605,6 +993,7 @@ start_daemon(void)
 		{MHD_OPTION_PER_IP_CONNECTION_LIMIT, MAX_PER_ADDRESS, NULL},
 		{MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONNECTION_MEMORY, NULL},
 		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) request_completed, NULL},
+		{MHD_OPTION_NOTIFY_CONNECTION, (intptr_t) notify_connection, NULL},
 		{MHD_OPTION_EXTERNAL_LOGGER, (intptr_t) log_from_daemon, NULL},
 		{MHD_OPTION_END, 0, NULL},	/* or the certificate, with TLS */
 		{MHD_OPTION_END, 0, NULL},	/* or its key */
@@ -638,12 +1027,12 @@ start_daemon(void)
 					 errmsg("this libmicrohttpd has no TLS support"),
 					 errhint("Serve plain HTTP on 127.0.0.1 behind a TLS reverse proxy instead.")));
 		key = read_pem(started_key_file, "flexfactor.webhook_tls_key_file");
-		options[7] = (struct MHD_OptionItem) {MHD_OPTION_HTTPS_MEM_CERT, 0,
+		options[8] = (struct MHD_OptionItem) {MHD_OPTION_HTTPS_MEM_CERT, 0,
 			read_pem(started_cert_file, "flexfactor.webhook_tls_cert_file")};
-		options[8] = (struct MHD_OptionItem) {MHD_OPTION_HTTPS_MEM_KEY, 0, key};
+		options[9] = (struct MHD_OptionItem) {MHD_OPTION_HTTPS_MEM_KEY, 0, key};
 		flags |= MHD_USE_TLS;
 	}
-	daemon_handle = MHD_start_daemon(flags, (uint16_t) started_port, NULL, NULL,
+	daemon_handle = MHD_start_daemon(flags, (uint16_t) started_port, accept_policy, NULL,
 									 handle_request, NULL,
 									 MHD_OPTION_ARRAY, options, MHD_OPTION_END);
 	if (key != NULL)
@@ -690,6 +1079,9 @@ ff_listener_main(Datum main_arg)
 										 ALLOCSET_DEFAULT_SIZES);
 	group_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor webhook group",
 									  ALLOCSET_DEFAULT_SIZES);
+	conns_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor webhook connections",
+									  ALLOCSET_SMALL_SIZES);
+	load_networks();
 	started_address = pstrdup(ff_webhook_listen_address);
 	started_port = ff_webhook_port;
 	started_path = pstrdup(ff_webhook_path);
@@ -711,6 +1103,7 @@ ff_listener_main(Datum main_arg)
 		MHD_UNSIGNED_LONG_LONG mhd_timeout;
 		long		timeout_ms = IDLE_TICK_MS;
 		int			rc;
+		bool		answer;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(TopMemoryContext);
@@ -721,6 +1114,7 @@ ff_listener_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			ff_status_config_reloaded();
+			load_networks();
 			if (settings_changed())
 			{
 				ereport(LOG, (errmsg("flexfactor webhook listener restarts for its new address, port or path")));
@@ -744,11 +1138,16 @@ ff_listener_main(Datum main_arg)
 		if (rc & WL_LATCH_SET)
 			ResetLatch(MyLatch);
 		MHD_run(daemon_handle);		/* receives; complete deliveries wait */
-		if (record_rejections() || n_waiting > 0)
+		enforce_deadlines();
+		answer = n_waiting > 0 && screen_waiting();
+		answer |= record_rejections();
+		if (answer || n_waiting > 0)
 		{
 			if (n_waiting > 0)
 				take_waiting();
 			MHD_run(daemon_handle); /* answers them */
 		}
+		if (ff_refusals_flush_due())
+			flush_refusals();	/* at most every few seconds, however many refusals */
 	}
 }

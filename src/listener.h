@@ -7,6 +7,17 @@
 
 #include "postgres.h"
 
+#define FF_MAX_NETWORKS	64
+
+/* one network of flexfactor.webhook_allowed_networks */
+typedef struct FFNetwork
+{
+	int			family;			/* AF_INET or AF_INET6 */
+	unsigned char addr[16];
+	int			prefix;			/* bits */
+} FFNetwork;
+
 extern PGDLLEXPORT void ff_listener_main(Datum main_arg);
+extern int	ff_parse_networks(const char *text, FFNetwork *out, int max, const char **bad);
 
 #endif							/* FLEXFACTOR_LISTENER_H */

@@ -20,6 +20,7 @@
 
 #include "compat.h"
 #include "settings.h"
+#include "listener.h"
 
 char	   *ff_api_url = NULL;
 char	   *ff_app_key = NULL;
@@ -69,6 +70,7 @@ char	   *ff_sftp_outbound_dir = NULL;
 char	   *ff_webhook_listen_address = NULL;
 int			ff_webhook_port = 8480;
 char	   *ff_webhook_path = NULL;
+char	   *ff_webhook_allowed_networks = NULL;
 char	   *ff_webhook_key = NULL;
 char	   *ff_webhook_key_previous = NULL;
 int			ff_webhook_max_skew = 300;
@@ -238,6 +240,19 @@ check_listen_address(char **newval, void **extra, GucSource source)
 		return true;
 	GUC_check_errdetail("The value must be empty (listener off) or a numeric IPv4 or IPv6 address.");
 	GUC_check_errhint("Use \"127.0.0.1\" behind a reverse proxy, or \"0.0.0.0\" to listen on every IPv4 interface.");
+	return false;
+}
+
+static bool
+check_allowed_networks(char **newval, void **extra, GucSource source)
+{
+	const char *bad = NULL;
+
+	if (ff_parse_networks(*newval, NULL, 0, &bad) >= 0)
+		return true;
+	GUC_check_errdetail("\"%.64s\" is not an address or a network such as \"192.0.2.0/24\" or \"2001:db8::/32\".",
+						bad ? bad : "");
+	GUC_check_errhint("Separate the networks with commas; at most %d.", FF_MAX_NETWORKS);
 	return false;
 }
 
@@ -422,6 +437,10 @@ ff_define_settings(void)
 							   "URL path the webhook listener accepts deliveries on.",
 							   NULL, &ff_webhook_path, "/flexfactor/webhook",
 							   PGC_SIGHUP, 0, check_webhook_path, NULL, NULL);
+	DefineCustomStringVariable("flexfactor.webhook_allowed_networks",
+							   "Source networks the webhook listener accepts connections from (comma-separated CIDR); empty: any.",
+							   NULL, &ff_webhook_allowed_networks, "",
+							   PGC_SIGHUP, 0, check_allowed_networks, NULL, NULL);
 	DefineCustomStringVariable("flexfactor.webhook_key",
 							   "Webhook subscriber key (base64). Secret: never shown.",
 							   NULL, &ff_webhook_key, "",

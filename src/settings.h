@@ -67,6 +67,7 @@ extern char *ff_webhook_key_previous;
 extern int	ff_webhook_max_skew;
 extern char *ff_webhook_tls_cert_file;
 extern char *ff_webhook_tls_key_file;
+extern char *ff_webhook_allowed_networks;
 
 /* results */
 extern char *ff_on_order_status;

@@ -48,6 +48,7 @@ ff_shmem_startup(void)
 		ConditionVariableInit(&ff_shared->token.fetched);
 		ConditionVariableInit(&ff_shared->export_done);
 		ConditionVariableInit(&ff_shared->worker_exited);
+		ff_refusals_init(&ff_shared->refusals);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

@@ -14,6 +14,8 @@
 #include "storage/lwlock.h"
 #include "utils/timestamp.h"
 
+#include "refusals.h"
+
 typedef enum FFWorkerRole
 {
 	FF_ROLE_LAUNCHER = 0,
@@ -92,6 +94,8 @@ typedef struct FFShared
 	uint64		export_completed;
 	FFExportResult export_result;
 	ConditionVariable export_done;
+
+	FFRefusalCounters refusals; /* see refusals.c */
 } FFShared;
 
 extern FFShared *ff_shared;

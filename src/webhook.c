@@ -24,8 +24,11 @@
 
 #include "api.h"
 #include "errors.h"
+#include "scrub.h"
 #include "webhook.h"
 #include "webhook_verify.h"
+
+#define MAX_JSON_DEPTH	64
 
 /* SELECT flexfactor._record_webhook_event(...), kept for the life of the process */
 static SPIPlanPtr record_plan = NULL;
@@ -61,6 +64,45 @@ raise_verdict(FFWebhookVerdict verdict, const char *reason)
 	}
 }
 
+/*
+ * Refuse a body nested deeper than MAX_JSON_DEPTH before parsing it: the
+ * parser recurses once per level, and a signed body of 20,000 levels would
+ * otherwise fail with "stack depth limit exceeded" on every retry.  Strings
+ * are skipped, escapes included.
+ */
+static void
+check_nesting(const char *body, size_t len)
+{
+	int			depth = 0;
+	bool		in_string = false;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = body[i];
+
+		if (in_string)
+		{
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+		}
+		else if (c == '"')
+			in_string = true;
+		else if (c == '{' || c == '[')
+		{
+			if (++depth > MAX_JSON_DEPTH)
+				ereport(ERROR,
+						(errcode(ERRCODE_FF_WEBHOOK_MALFORMED),
+						 errmsg("webhook delivery refused: the body is nested deeper than %d levels",
+								MAX_JSON_DEPTH),
+						 errdetail("FlexFactor webhooks are a few levels deep; this one can never be stored.")));
+		}
+		else if (c == '}' || c == ']')
+			depth--;
+	}
+}
+
 static char *
 required_text(JsonbContainer *body, const char *key)
 {
@@ -78,10 +120,12 @@ required_text(JsonbContainer *body, const char *key)
 /*
  * Verify, store and apply one delivery; returns what became of the event
  * ("applied", "duplicate", "waiting_order", "ignored" or "not_applicable").
+ * *authentic (when not NULL) is set once the signature and date were found
+ * good: a later error is then about the content of a genuine delivery.
  */
 char *
 ff_webhook_receive(const FFWebhookHeaders *headers, const char *body, size_t body_len,
-				   const char *received_via)
+				   const char *received_via, bool *authentic)
 {
 	const char *reason = NULL;
 	FFWebhookVerdict verdict;
@@ -100,7 +144,10 @@ ff_webhook_receive(const FFWebhookHeaders *headers, const char *body, size_t bod
 	verdict = ff_webhook_verify(headers, body, body_len, GetCurrentTimestamp(), &reason);
 
 	raise_verdict(verdict, reason);
+	if (authentic != NULL)
+		*authentic = true;
 
+	check_nesting(body, body_len);
 	json = ff_json_parse_or_null(body, body_len);
 	if (json == NULL || !JB_ROOT_IS_OBJECT(json))
 		ereport(ERROR,
@@ -159,6 +206,54 @@ ff_webhook_receive(const FFWebhookHeaders *headers, const char *body, size_t bod
 	return result;
 }
 
+/*
+ * Whether an error met while storing or applying an authentic delivery comes
+ * from the delivery itself, so that it would fail the same way on every
+ * retry: a value out of range or of the wrong form (class 22), a program
+ * limit (54: too complex, too deep), an integrity constraint other than a
+ * unique one (a unique violation can be a race with a concurrent delivery).
+ * Everything else (the database unavailable, read-only, out of resources, a
+ * serialization failure, a lock, a missing setting or object) may pass.
+ */
+bool
+ff_webhook_error_is_permanent(int sqlerrcode)
+{
+	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
+
+	return category == ERRCODE_DATA_EXCEPTION ||
+		category == ERRCODE_PROGRAM_LIMIT_EXCEEDED ||
+		(category == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION &&
+		 sqlerrcode != ERRCODE_UNIQUE_VIOLATION);
+}
+
+/*
+ * Store an authentic delivery that can never be applied (see
+ * ff_webhook_error_is_permanent) as 'rejected', with the reason, so that it
+ * can be acknowledged instead of retried for good.  Its nonce is kept: a
+ * replay of it is refused as any other.
+ */
+void
+ff_webhook_store_rejected(const FFWebhookHeaders *headers, const char *body, size_t body_len,
+						  const char *received_via, const char *reason)
+{
+	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[4];
+	char		nulls[4] = "    ";
+
+	if (headers->nonce != NULL)
+		values[0] = CStringGetTextDatum(headers->nonce);
+	else
+		nulls[0] = 'n';
+	values[1] = PointerGetDatum(cstring_to_text_with_len(body, body_len));
+	values[2] = CStringGetTextDatum(received_via);
+	values[3] = CStringGetTextDatum(ff_scrub_remote_text(reason, strlen(reason)));
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT flexfactor._record_rejected_webhook_event($1, $2, $3, $4)",
+							  4, types, values, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not record the rejected webhook event");
+	SPI_finish();
+}
+
 /* headers jsonb (names in any case) to the fields verification needs */
 static void
 headers_from_jsonb(Jsonb *headers, FFWebhookHeaders *h)
@@ -187,7 +282,7 @@ ff_ingest_webhook(PG_FUNCTION_ARGS)
 
 	headers_from_jsonb(PG_GETARG_JSONB_P(0), &h);
 	PG_RETURN_TEXT_P(cstring_to_text(ff_webhook_receive(&h, VARDATA_ANY(body),
-														VARSIZE_ANY_EXHDR(body), "sql")));
+														VARSIZE_ANY_EXHDR(body), "sql", NULL)));
 }
 
 PG_FUNCTION_INFO_V1(ff_webhook_check);

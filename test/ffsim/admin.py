@@ -112,7 +112,8 @@ class Admin:
                    "webhookKey": "webhook_key", "asyncDelaySeconds": "async_delay",
                    "captureWindowSeconds": "capture_window", "webhookTimeoutSeconds": "webhook_timeout",
                    "tokenTtlSeconds": "token_ttl", "refundAnswer": "refund_answer",
-                   "outcomes": "outcomes", "outcomeSeed": "outcome_seed"}
+                   "outcomes": "outcomes", "outcomeSeed": "outcome_seed",
+                   "tokenExpires": "token_expires"}
         unknown = [k for k in b if k not in mapping]
         if unknown:
             return self.bad("unknown config keys: %s" % ", ".join(unknown))
@@ -138,8 +139,8 @@ class Admin:
                     v = float(v)
                 elif attr in ("token_ttl", "outcome_seed"):
                     v = int(v)
-                elif attr == "webhook_url":
-                    v = v or None
+                elif attr in ("webhook_url", "token_expires"):
+                    v = str(v) if v else None
                 setattr(cfg, attr, v)
         return self.ok(cfg.public())
 

@@ -149,7 +149,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 resp = self.process(sim, req)
                 req.hang_point()
             if fault is not None and fault["mode"] != "hang":
-                resp = self.apply_fault(fault, sim)
+                resp = self.apply_fault(fault, sim, req)
             if resp is None:  # timeout / drop: no answer at all
                 entry["status"] = None
                 self.close_connection = True
@@ -168,7 +168,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             traceback.print_exc()
             return api.problem_response(500, detail="simulator error: %s: %s" % (type(e).__name__, e))
 
-    def apply_fault(self, fault, sim):
+    def apply_fault(self, fault, sim, req=None):
         mode = fault["mode"]
         if mode == "500":
             return api.problem_response(500, detail="injected fault")
@@ -179,6 +179,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return api.Response(200, b'{"success":true,"status":"APPRO', api.JSON_CT)
         if mode == "poison":
             return api.Response(200, b'{"success":true,"transmitId":1e1000000}', api.JSON_CT)
+        if mode == "badutf8":
+            return api.Response(200, b'{"success":true,"status":"APPROVED","message":"caf\xe9 \xff\xfe\xc3"}',
+                                api.JSON_CT)
+        if mode == "echo":
+            body = req.body.decode("utf-8", "replace") if req is not None and req.body else ""
+            auth = (req.headers.get("Authorization") if req is not None else None) or ""
+            return api.Response(400, {"TraceId": ["00-echo-01"], "Authorization": [auth], "Request": [body]},
+                                api.JSON_CT)
         if mode == "timeout":
             self.hold_until_client_gives_up(fault["seconds"], sim)
             return None

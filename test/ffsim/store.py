@@ -17,7 +17,7 @@ class Config:
 
     FIELDS = ("mid", "app_key", "app_secret", "tokenization_key", "sftp_root", "webhook_url",
               "webhook_key", "mit_mode", "error_shape", "strict", "accept_unknown_tokens",
-              "async_delay", "capture_window", "webhook_timeout", "token_ttl", "scan_interval",
+              "async_delay", "capture_window", "webhook_timeout", "token_ttl", "token_expires", "scan_interval",
               "clock_mode", "log_cap", "refund_answer", "outcomes", "outcome_seed")
 
     def __init__(self, **kw):
@@ -40,6 +40,9 @@ class Config:
         self.capture_window = 1440 * 60.0
         self.webhook_timeout = 10.0
         self.token_ttl = 600
+        # The token answer's `expires` as raw JSON text ("1e999", "9223372036854775807");
+        # None: issued-at + ttl, as the service does.
+        self.token_expires = None
         self.scan_interval = 0.2
         self.clock_mode = "frozen"
         self.log_cap = DEFAULT_LOG_CAP
@@ -63,7 +66,7 @@ class Config:
             "acceptUnknownTokens": self.accept_unknown_tokens,
             "asyncDelaySeconds": self.async_delay, "captureWindowSeconds": self.capture_window,
             "webhookTimeoutSeconds": self.webhook_timeout, "tokenTtlSeconds": self.token_ttl,
-            "scanIntervalSeconds": self.scan_interval, "clockMode": self.clock_mode,
+            "tokenExpires": self.token_expires, "scanIntervalSeconds": self.scan_interval, "clockMode": self.clock_mode,
             "logCap": self.log_cap, "refundAnswer": self.refund_answer,
             "outcomes": self.outcomes, "outcomeSeed": self.outcome_seed,
         }

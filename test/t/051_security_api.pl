@@ -1,0 +1,155 @@
+# Attacks through the API client's remote server, each asserting that
+# nothing was stored or leaked:
+#
+# - 13.8, a server that echoes the request back in its 400 error body (the
+#   simulator's fault mode "echo": the Authorization header and the body):
+#   the token request's body (app key, app secret), the bearer JWT of an
+#   order look-up, a 16-digit run of an /evaluate and a /transmit body.  No
+#   secret, token or digit run reaches the error's message or DETAIL,
+#   transmit_queue.last_error or the server log.
+# - 13.12, an API answer with bytes that are not UTF-8 (fault mode
+#   "badutf8"): the call fails cleanly with FF009 and nothing invalid is
+#   stored.
+# - 13.10, the cached bearer token: moving flexfactor.api_url to another
+#   server (postgresql.conf and a reload) fetches a token there and never
+#   sends the first server's; an absurd `expires` (1e999, 2^63-1) is
+#   trusted for at most 10 minutes, without an error.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes ();
+use FlexFactorTest;
+use FFSim;
+
+my $mid = '7b2f4d3e-0c8e-4f32-9d4b-1e6f8a0b2c35';
+my $secret = 'tap-sec-secret-5e1d7c9a-never-log';
+my $tokkey = 'tap-sec-tokkey-2a4c6e80-never-log';
+my $sim = FFSim->start(name => 'ffsim_051', mid => $mid, app_key => 'tap-sec-app-key',
+	app_secret => $secret, tokenization_key => $tokkey);
+my $sim2 = FFSim->start(name => 'ffsim_051b', mid => $mid, app_key => 'tap-sec-app-key',
+	app_secret => $secret, tokenization_key => $tokkey);
+
+my $node = ff_node('security051', $sim->node_settings(
+		'flexfactor.database' => 'ffdb',
+		'flexfactor.http_timeout_ms' => '10000'));
+ff_start_serving($node, 'ffdb');
+
+sub sq { $node->safe_psql('ffdb', $_[0]) }
+
+my $seen = '';    # every error text a client saw
+sub err
+{
+	my ($sql) = @_;
+	my $e = FFSim::sql_error($node, 'ffdb', $sql);
+	$seen .= $e->{stderr};
+	return $e;
+}
+
+sub payment
+{
+	my ($order) = @_;
+	return "flexfactor.ff_payment('$order', 1999, 'USD', 'tx-" . lc($order) . "', " . ff_payment_args() . ")";
+}
+
+my $log0 = -s $node->logfile;
+
+# ===================================================== 13.8: echoing servers
+# the app secret and key, echoed from the first token request
+$sim->fault(endpoint => '/v1/oauth2/token', mode => 'echo');
+my $e = err("SELECT flexfactor.ff_order('00000000-0000-4000-8000-00000000000a')");
+ok($e->{sqlstate}, "echo, token request: fails ($e->{sqlstate})");
+$sim->clear_faults;
+
+# a token, and the order the look-ups ask for
+my $ev = FFSim->decode_json(sq("SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('SEC-1', 1501, 'USD', 'tok-sec1',
+    'tx-sec1', " . ff_decline_args() . "))"));
+my $osk = $ev->{orderSessionKey};
+ok($osk, 'setup: an order evaluated');
+my @jwts = map { $_->{accessToken} } @{ $sim->tokens->{tokens} // [] };
+ok(@jwts, 'setup: the simulator issued a bearer token (' . scalar(@jwts) . ')');
+
+# the bearer token, echoed from an order look-up
+$sim->fault(endpoint => '/v1/orders/*', mode => 'echo');
+$e = err("SELECT flexfactor.ff_order('$osk')");
+ok($e->{sqlstate}, "echo, order look-up: fails ($e->{sqlstate})");
+my ($fault_log) = grep { ($_->{fault} // '') eq 'echo' } @{ $sim->requests(path => "/v1/orders/$osk") };
+like($fault_log ? $fault_log->{status} : '', qr/^400$/, 'echo: the simulator answered 400 with the echo');
+
+# a 16-digit run (not a card number) echoed from /evaluate's body
+$sim->fault(endpoint => '/v1/evaluate', mode => 'echo');
+$e = err("SELECT flexfactor.ff_evaluate(flexfactor.ff_decline('SEC-2', 1502, 'USD', 'tok-sec2',
+    'tx-9876543210987654', " . ff_decline_args() . "))");
+ok($e->{sqlstate}, "echo, /evaluate: fails ($e->{sqlstate})");
+like($e->{detail} // $e->{message} // '', qr/\S/, 'echo, /evaluate: the error says something');
+
+
+# a /transmit row set aside by an echoed 400
+$sim->clear_faults;
+$sim->fault(endpoint => '/v1/transmit', mode => 'echo', count => 100);
+sq('SELECT flexfactor.ff_transmit(' . payment('EC-9876543210987654') . ')');
+ok($node->poll_query_until('ffdb', "SELECT count(*) = 1 FROM flexfactor.transmit_queue
+      WHERE payload->>'orderId' = 'EC-9876543210987654' AND state = 'set_aside' AND last_error IS NOT NULL"),
+	'echo, /transmit: the row is set aside with its last_error');
+my $last_error = sq("SELECT last_error FROM flexfactor.transmit_queue WHERE payload->>'orderId' = 'EC-9876543210987654'");
+$sim->clear_faults;
+@jwts = (@jwts, map { $_->{accessToken} } @{ $sim->tokens->{tokens} // [] });
+
+# what the server wrote, less the test's own statements that log_statement echoes
+my $log = join "\n", grep { !/LOG:  statement:|STATEMENT:|^\s/ } split /\n/, ff_log_since($node, $log0);
+for my $where ([ 'the errors the client saw', $seen ], [ 'transmit_queue.last_error', $last_error ],
+	[ 'the server log', $log ])
+{
+	my ($what, $text) = @$where;
+	unlike($text, qr/\Q$secret\E/, "echo: no app secret in $what");
+	unlike($text, qr/\Q$tokkey\E/, "echo: no tokenization key in $what");
+	is(scalar(grep { index($text, $_) >= 0 } @jwts), 0, "echo: no bearer token in $what");
+	unlike($text, qr/eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}/, "echo: nothing shaped like a JWT in $what");
+	unlike($text, qr/\d{12}/, "echo: no run of 12 digits in $what");
+}
+
+# ===================================================== 13.12: invalid UTF-8
+$sim->fault(endpoint => '/v1/orders/*', mode => 'badutf8');
+my $orders_before = sq("SELECT md5(string_agg(o::text, '|' ORDER BY id)) FROM flexfactor.orders o");
+$e = err("SELECT flexfactor.ff_order('$osk')");
+is($e->{sqlstate}, 'FF009', 'an API answer that is not UTF-8: fails cleanly with FF009');
+is(sq("SELECT md5(string_agg(o::text, '|' ORDER BY id)) FROM flexfactor.orders o"), $orders_before,
+	'not UTF-8: the order is unchanged');
+$sim->clear_faults;
+for my $table (qw(orders transmit_queue webhook_rejections webhook_events))
+{
+	my ($ret, $out, $err) = $node->psql('ffdb', "COPY flexfactor.$table TO STDOUT");
+	is($ret, 0, "not UTF-8: COPY flexfactor.$table TO STDOUT succeeds") or diag $err;
+}
+
+# ============================================ 13.10: the bearer token's server
+sq("SELECT flexfactor.ff_order('$osk')");    # a token from the first server
+my $first = [ map { $_->{accessToken} } @{ $sim->tokens->{tokens} // [] } ];
+my $issued1 = $sim->token_count;
+$node->append_conf('postgresql.conf', "flexfactor.api_url = '" . $sim2->url . "'\n");
+$node->reload;
+$node->poll_query_until('ffdb', "SELECT current_setting('flexfactor.api_url') = '" . $sim2->url . "'");
+$e = err("SELECT flexfactor.ff_order('$osk')");    # unknown there: 404, but after a token
+is($sim2->token_count, 1, 'new api_url: the second server issued its own token');
+my @auths = map { $_->{headers}{Authorization} // $_->{headers}{authorization} // '' }
+  @{ $sim2->requests() };
+is(scalar(grep { my $a = $_; grep { index($a, $_) >= 0 } @$first } @auths), 0,
+	"new api_url: the second server never received the first one's token");
+is($sim->token_count, $issued1, 'new api_url: the first server was not asked again');
+
+# an absurd `expires`
+for my $expires ('1e999', '9223372036854775807')
+{
+	$sim2->config({ tokenExpires => $expires });
+	$sim2->revoke_tokens;
+	sq("SELECT pg_reload_conf()");
+	my ($ret, $out, $stderr) = $node->psql('ffdb', "SELECT flexfactor.ff_order('$osk')");
+	my $status = sq("SELECT has_token || ' ' || (expires_at <= now() + interval '10 minutes 5 seconds')
+	                   FROM flexfactor.ff_token_status()");
+	is($status, 'true true', "expires $expires: the token is trusted for at most 10 minutes")
+	  or diag $stderr;
+}
+$sim2->config({ tokenExpires => '' });
+
+done_testing();
