@@ -146,6 +146,8 @@ for my $i (0 .. $#deliveries)
 }
 qa(q{INSERT INTO flexfactor.webhook_rejections (remote_addr, http_status, reason)
      VALUES ('127.0.0.1', 401, 'bad signature'), ('127.0.0.1', 400, 'stale x-fc-date')});
+qa(q{INSERT INTO flexfactor.webhook_refusal_counts (minute, reason, http_status, refusals)
+     VALUES (date_trunc('minute', now()), 'bad signature', 401, 3)});
 
 # ------------------------------------------------- everything is registered
 my @tables = split /\n/, qa(q{SELECT c.relname FROM pg_class c
@@ -209,7 +211,7 @@ for my $k (sort keys %$before)
 }
 
 # new rows continue after the restored ids
-for my $t (grep { $_ ne 'batch_lines' && $_ ne 'result_files' } @tables)
+for my $t (grep { !/^(batch_lines|result_files|webhook_refusal_counts)$/ } @tables)
 {
 	is(qb("SELECT nextval(pg_get_serial_sequence('flexfactor.$t', 'id')) > max(id) FROM flexfactor.$t"), 't',
 		"B: the next id of flexfactor.$t comes after the restored ones");
