@@ -374,23 +374,36 @@ ff_api_require_configured(void)
  */
 PG_FUNCTION_INFO_V1(ff_api_call_sql);
 
-Datum
-ff_api_call_sql(PG_FUNCTION_ARGS)
+/*
+ * The method, path and body of an _api_call*() call (arguments 0-2): a GET
+ * or POST of a relative path inside the API, with an optional JSON body.
+ */
+static void
+sql_call_request(FunctionCallInfo fcinfo, char **method, char **path, char **body)
 {
-	char	   *method = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *path = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *body = NULL;
-
-	if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
-		elog(ERROR, "unsupported HTTP method \"%s\"", method);
-	if (path[0] == '/' || strstr(path, "..") != NULL)
+	*method = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	*path = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	*body = NULL;
+	if (strcmp(*method, "GET") != 0 && strcmp(*method, "POST") != 0)
+		elog(ERROR, "unsupported HTTP method \"%s\"", *method);
+	if ((*path)[0] == '/' || strstr(*path, "..") != NULL)
 		elog(ERROR, "invalid API path");
 	if (!PG_ARGISNULL(2))
 	{
 		Jsonb	   *jb = PG_GETARG_JSONB_P(2);
 
-		body = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+		*body = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
 	}
+}
+
+Datum
+ff_api_call_sql(PG_FUNCTION_ARGS)
+{
+	char	   *method;
+	char	   *path;
+	char	   *body;
+
+	sql_call_request(fcinfo, &method, &path, &body);
 	ff_api_require_configured();
 	PG_RETURN_JSONB_P(ff_api_call(method, path, body, FF_API_BEARER));
 }
@@ -407,9 +420,9 @@ PG_FUNCTION_INFO_V1(ff_api_call_answer_sql);
 Datum
 ff_api_call_answer_sql(PG_FUNCTION_ARGS)
 {
-	char	   *method = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *path = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *body = NULL;
+	char	   *method;
+	char	   *path;
+	char	   *body;
 	int		   *statuses = NULL;
 	int			n_statuses = 0;
 	long		status = 0;
@@ -420,16 +433,7 @@ ff_api_call_answer_sql(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
-		elog(ERROR, "unsupported HTTP method \"%s\"", method);
-	if (path[0] == '/' || strstr(path, "..") != NULL)
-		elog(ERROR, "invalid API path");
-	if (!PG_ARGISNULL(2))
-	{
-		Jsonb	   *jb = PG_GETARG_JSONB_P(2);
-
-		body = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
-	}
+	sql_call_request(fcinfo, &method, &path, &body);
 	if (!PG_ARGISNULL(3))
 	{
 		ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(3);
