@@ -32,6 +32,7 @@ use IO::Socket::INET;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use POSIX ();
 use Time::HiRes ();
 use FlexFactorTest;
 use FFSim;
@@ -232,6 +233,9 @@ sub attacker
 		return $pid;
 	}
 	close $r;
+	# the child must never run the test's END blocks (they stop the node) nor
+	# its "death by signal" handler: it ends by signal or by _exit only
+	$SIG{TERM} = $SIG{INT} = 'DEFAULT';
 	local $SIG{PIPE} = 'IGNORE';
 	my @socks;
 	my $open = sub {
@@ -265,7 +269,7 @@ sub attacker
 			$c->[1] = $open->($c->[0]) if $dead;
 		}
 	}
-	exit 0;
+	POSIX::_exit(0);
 }
 
 # $n signed deliveries, one a second, while the attack goes on: how many were
