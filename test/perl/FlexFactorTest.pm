@@ -17,7 +17,7 @@ our @EXPORT = qw(ff_node ff_start_serving ff_worker_pid ff_wait_for_worker
   ff_log_contains ff_log_since ff_wait_until ff_run_sql ff_set_conf
   ff_reload_and_wait ff_batch_of ff_create_batch
   $FF_DECLINE_ARGS $FF_DECLINE_TIMES $FF_PAYMENT_ARGS $FF_PAYMENT_CARD_ARGS
-  ff_decline_args ff_payment_args ff_missing_fields ff_refused_ok);
+  @FF_EVALUATE_REQUIRED ff_decline_args ff_payment_args ff_missing_fields ff_refused_ok);
 
 # ---- complete request bodies (flexfactor-api.md 12a)
 #
@@ -86,6 +86,17 @@ our $FF_DECLINE_ARGS = join ', ',
 our $FF_DECLINE_TIMES = join ', ', map { "$_ => $FF_DECLINE_DEFAULTS{$_}" } qw(declined_at expiry);
 our $FF_PAYMENT_CARD_ARGS = join ', ', map { "$_ => $FF_PAYMENT_DEFAULTS{$_}" } @PAYMENT_CARD;
 our $FF_PAYMENT_ARGS = join ', ', map { "$_ => $FF_PAYMENT_DEFAULTS{$_}" } @PAYMENT_ORDER;
+
+# every field of an /evaluate body (and so of a batch line) that the real
+# service requires, as dot paths: removed in turn, each is refused locally
+our @FF_EVALUATE_REQUIRED = qw(orderId isMIT isRecurring
+  transaction.id transaction.amount transaction.currency transaction.timestampUtc
+  transaction.responseCode transaction.responseCodeSource transaction.avsResultCode
+  transaction.cvvResultCode transaction.cavvResultCode
+  payer.email billingInformation.firstName billingInformation.lastName
+  billingInformation.addressLine1 billingInformation.city billingInformation.country
+  billingInformation.countryCode paymentMethod.cardNumber
+  subscription.subscriptionId subscription.interval expiryDateUtc);
 
 # The named arguments that complete an ff_decline(order_id, amount_cents,
 # currency, card_token, transaction_id) call: $FF_DECLINE_ARGS and

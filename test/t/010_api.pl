@@ -411,15 +411,7 @@ sub refused_locally
 }
 
 my $complete = decline('INC-1', 1999, 'tx-inc1');
-my @evaluate_required = qw(orderId isMIT isRecurring
-  transaction.id transaction.amount transaction.currency transaction.timestampUtc
-  transaction.responseCode transaction.responseCodeSource transaction.avsResultCode
-  transaction.cvvResultCode transaction.cavvResultCode
-  payer.email billingInformation.firstName billingInformation.lastName
-  billingInformation.addressLine1 billingInformation.city billingInformation.country
-  billingInformation.countryCode paymentMethod.cardNumber
-  subscription.subscriptionId subscription.interval expiryDateUtc);
-for my $field (@evaluate_required)
+for my $field (@FF_EVALUATE_REQUIRED)
 {
 	my $path = '{' . join(',', split /\./, $field) . '}';
 	refused_locally("SELECT flexfactor.ff_evaluate($complete #- '$path')", "/evaluate without $field", $field);

@@ -179,15 +179,7 @@ sub refused_locally
 }
 
 my $complete = "flexfactor.ff_decline('INC-1', 1999, 'USD', 'tok-inc-1', 'tx-inc-1', " . ff_decline_args() . ")";
-my @batch_required = qw(orderId isMIT isRecurring
-  transaction.id transaction.amount transaction.currency transaction.timestampUtc
-  transaction.responseCode transaction.responseCodeSource transaction.avsResultCode
-  transaction.cvvResultCode transaction.cavvResultCode
-  payer.email billingInformation.firstName billingInformation.lastName
-  billingInformation.addressLine1 billingInformation.city billingInformation.country
-  billingInformation.countryCode paymentMethod.cardNumber
-  subscription.subscriptionId subscription.interval expiryDateUtc);
-for my $field (@batch_required)
+for my $field (@FF_EVALUATE_REQUIRED)
 {
 	my $path = '{' . join(',', split /\./, $field) . '}';
 	refused_locally("SELECT flexfactor.ff_enqueue_decline($complete #- '$path')", "batch line without $field", $field);
