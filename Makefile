@@ -29,10 +29,10 @@ OBJS = \
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 
-# pg_regress suites (sql/*.sql + expected/*.out) on a throwaway instance
-# that preloads the library.
+# pg_regress suites (test/sql/*.sql + test/expected/*.out) on a throwaway
+# instance that preloads the library.
 REGRESS = settings secrets schema privileges security api_local batch_local results_local
-REGRESS_OPTS = --temp-instance=tmp_check_regress \
+REGRESS_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/regress.conf
 
 # TAP suites (PostgreSQL::Test::Cluster) under test/t; our helpers in test/perl.
@@ -59,9 +59,11 @@ PROVE_FLAGS += -I $(srcdir)/test/perl
 # silent memory bug).
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
 
-# One SQL source of truth, copied to the versioned install script.
-$(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql $(EXTENSION).control
-	cp $< $@
+# The install script is built from the files of sql/install, by concern,
+# concatenated in name order (00_header.sql first).
+INSTALL_SQL = $(sort $(wildcard $(srcdir)/sql/install/*.sql))
+$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_SQL) $(EXTENSION).control
+	cat $(INSTALL_SQL) > $@
 
 .PHONY: print-version check-version
 print-version:

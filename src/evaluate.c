@@ -228,7 +228,7 @@ ff_evaluate(PG_FUNCTION_ARGS)
 
 	/*
 	 * The function runs as the extension owner (SECURITY DEFINER) with SET
-	 * search_path = pg_catalog, pg_temp (sql/flexfactor.sql): its queries name
+	 * search_path = pg_catalog, pg_temp (sql/install/05_api.sql): its queries name
 	 * flexfactor's objects explicitly and find the rest in pg_catalog, and the
 	 * functions they reach keep their own SET search_path.
 	 */

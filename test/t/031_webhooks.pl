@@ -7,7 +7,7 @@
 # in webhook_rejections and no change of state; duplicates, resends,
 # out-of-order delivery and late events; refusals the simulator retries;
 # the key rotation; an event racing the transaction that stores its order.
-# Verification and application without HTTP are in sql/results_local.sql;
+# Verification and application without HTTP are in test/sql/results_local.sql;
 # crashes, restarts and slow clients are in 032_webhook_faults.pl.
 use strict;
 use warnings;

@@ -1,0 +1,358 @@
+-- sql/install/06_batches_and_trigger.sql: SFTP batches (naming, fixing queued declines and transmits into batches, their lines) and the decline trigger's SQL side.
+/* ------------------------------------------------------- SFTP batches */
+
+-- Queues one declined merchant-initiated charge for the next evaluate batch.
+-- A second call for the same attempt (orderId + transaction.id) returns the
+-- queued row instead of adding one.
+CREATE FUNCTION flexfactor.ff_enqueue_decline(payload jsonb)
+RETURNS bigint LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mid    text := coalesce(payload->>'mid', nullif(current_setting('flexfactor.mid'), ''));
+    queued bigint;
+BEGIN
+    PERFORM flexfactor._check_body(payload, 'batch', 'ff_enqueue_decline');
+    IF lower(coalesce(payload->>'isMIT', 'true')) <> 'true' THEN
+        RAISE EXCEPTION 'ff_enqueue_decline() takes merchant-initiated charges only'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The payload has isMIT = false; SFTP batches carry MIT declines.',
+                  HINT = 'Send customer-initiated declines with ff_evaluate().';
+    END IF;
+
+    INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
+    VALUES (payload->>'orderId', payload #>> '{transaction,id}',
+            coalesce((payload->>'idempotencyKey')::uuid,
+                     flexfactor.ff_attempt_key('evaluate', mid, payload->>'orderId',
+                                               payload #>> '{transaction,id}')),
+            (payload - '{idempotencyKey,mid,sequenceNumber}'::text[]) || jsonb_build_object('isMIT', true))
+    ON CONFLICT (order_id, transaction_id) DO NOTHING
+    RETURNING id INTO queued;
+    IF queued IS NULL THEN
+        SELECT d.id INTO queued FROM flexfactor.declines d
+         WHERE d.order_id = $1->>'orderId' AND d.transaction_id = $1 #>> '{transaction,id}';
+    END IF;
+    RETURN queued;
+END $$;
+
+-- Batch files are named after, and carry, the merchant id.
+CREATE FUNCTION flexfactor._batch_mid()
+RETURNS text LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF nullif(current_setting('flexfactor.mid'), '') IS NULL THEN
+        RAISE EXCEPTION 'flexfactor.mid is not set'
+            USING ERRCODE = 'FF013',
+                  HINT = 'Batch files are named after, and carry, the merchant id; set flexfactor.mid.';
+    END IF;
+    RETURN current_setting('flexfactor.mid');
+END $$;
+
+-- A new batch row, named <kind>_<mid>_<UTC stamp>_<id>.jsonl; an evaluate
+-- batch also gets its range of declines.
+CREATE FUNCTION flexfactor._new_batch(kind text, mid text, line_count integer,
+                                      first_xid xid8 DEFAULT NULL, first_id bigint DEFAULT NULL,
+                                      last_xid xid8 DEFAULT NULL, last_id bigint DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    batch bigint := nextval(pg_get_serial_sequence('flexfactor.batches', 'id'));
+BEGIN
+    INSERT INTO flexfactor.batches (id, kind, mid, file_name, line_count, first_xid, first_id, last_xid, last_id)
+    OVERRIDING SYSTEM VALUE
+    VALUES (batch, kind, mid,
+            format('%s_%s_%s_%s.jsonl', kind, mid,
+                   to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"'), batch),
+            line_count, first_xid, first_id, last_xid, last_id);
+    RETURN batch;
+END $$;
+
+-- Fixes the next (up to) max_rows queued declines, in queue order, into one
+-- evaluate batch: its file name and its range of rows are decided here, once.
+-- Only declines of transactions older than every running one are taken, so
+-- no decline can ever commit inside a closed range; one exporter at a time
+-- (a second one finds the lock taken and takes nothing).  Returns the batch
+-- id, or NULL when nothing is ready.
+CREATE FUNCTION flexfactor._create_evaluate_batch(max_rows integer)
+RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mid       text := flexfactor._batch_mid();
+    done_xid  xid8;
+    done_id   bigint;
+    horizon   xid8;
+    n         integer;
+    f_xid     xid8;
+    f_id      bigint;
+    l_xid     xid8;
+    l_id      bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('flexfactor.declines')::bigint) THEN
+        RETURN NULL;
+    END IF;
+    -- a fresh snapshot after the lock: batches fixed by an exporter that just committed
+    SELECT b.last_xid, b.last_id INTO done_xid, done_id
+      FROM flexfactor.batches b WHERE b.kind = 'evaluate'
+     ORDER BY b.last_xid DESC, b.last_id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        done_xid := '0'::xid8;
+        done_id := 0;
+    END IF;
+    horizon := pg_snapshot_xmin(pg_current_snapshot());
+
+    WITH next AS MATERIALIZED (
+        SELECT d.enqueue_xid, d.id FROM flexfactor.declines d
+         WHERE (d.enqueue_xid, d.id) > (done_xid, done_id) AND d.enqueue_xid < horizon
+         ORDER BY d.enqueue_xid, d.id
+         LIMIT max_rows)
+    SELECT (SELECT count(*) FROM next), f.enqueue_xid, f.id, l.enqueue_xid, l.id
+      INTO n, f_xid, f_id, l_xid, l_id
+      FROM (SELECT * FROM next ORDER BY enqueue_xid, id LIMIT 1) f,
+           (SELECT * FROM next ORDER BY enqueue_xid DESC, id DESC LIMIT 1) l;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    RETURN flexfactor._new_batch('evaluate', mid, n, f_xid, f_id, l_xid, l_id);
+END $$;
+
+-- The transmit counterpart (flexfactor.transmit_via = 'sftp'): fixes pending
+-- /transmit copies into one transmit_ batch (each row records its batch).
+-- A caller fixing several batches in one transaction passes the last id it
+-- claimed, so the claim skips the index entries of rows it already batched.
+CREATE FUNCTION flexfactor._create_transmit_batch(max_rows integer, after_id bigint DEFAULT 0)
+RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mid    text := flexfactor._batch_mid();
+    ids    bigint[];
+    batch  bigint;
+BEGIN
+    -- two exporters never take the same row
+    SELECT array_agg(id ORDER BY id) INTO ids
+      FROM (SELECT id FROM flexfactor.transmit_queue
+             WHERE state = 'pending' AND id > after_id
+             ORDER BY id
+             LIMIT max_rows
+               FOR UPDATE SKIP LOCKED) AS claimed;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    batch := flexfactor._new_batch('transmit', mid, cardinality(ids));
+    UPDATE flexfactor.transmit_queue SET state = 'batched', batch_id = batch WHERE id = ANY (ids);
+    RETURN batch;
+END $$;
+
+-- The lines of a batch file, in file order: each row's payload plus its
+-- sequenceNumber, the merchant id and its idempotencyKey (a transmit row
+-- carries the key the API path would send for it).  Derived from rows that
+-- never change, so every call gives the same bytes.
+CREATE FUNCTION flexfactor.batch_file_lines(batch_id bigint)
+RETURNS TABLE (sequence_number integer, decline_id bigint, transmit_queue_id bigint, line text)
+LANGUAGE sql STABLE
+-- a standard SQL body: names and operators are bound here, whatever the
+-- caller's search_path, and the planner inlines it into the calling query
+BEGIN ATOMIC
+    -- the payload's own text, then the three fields (it has none of them)
+    SELECT d.n::integer, d.id, NULL::bigint,
+           CASE WHEN d.payload = '{}' THEN '{' ELSE left(d.payload::text, -1) || ', ' END
+           || '"sequenceNumber": ' || d.n || ', "mid": ' || to_json(b.mid)::text
+           || ', "idempotencyKey": "' || d.idempotency_key::text || '"}'
+      FROM flexfactor.batches b
+     CROSS JOIN LATERAL (
+           -- walk the queue index from the first row: a btree stops a row
+           -- comparison's scan on its leading column only, so the upper
+           -- bound alone would read on to the end of that transaction's rows
+           SELECT r.id, r.payload, r.idempotency_key,
+                  row_number() OVER (ORDER BY r.enqueue_xid, r.id) AS n
+             FROM (SELECT q.id, q.payload, q.idempotency_key, q.enqueue_xid
+                     FROM flexfactor.declines q
+                    WHERE (q.enqueue_xid, q.id) >= (b.first_xid, b.first_id)
+                      AND (q.enqueue_xid, q.id) <= (b.last_xid, b.last_id)
+                    ORDER BY q.enqueue_xid, q.id
+                    LIMIT b.line_count) r) d
+     WHERE b.id = batch_file_lines.batch_id AND b.kind = 'evaluate'
+    UNION ALL
+    SELECT t.n::integer, NULL::bigint, t.id,
+           (t.payload || jsonb_build_object(
+                'sequenceNumber', t.n, 'mid', b.mid,
+                'idempotencyKey', coalesce(t.payload->>'idempotencyKey',
+                                           md5('flexfactor-transmit:' || b.mid || ':' || t.id)::uuid::text)))::text
+      FROM flexfactor.batches b
+     CROSS JOIN LATERAL (
+           SELECT q.id, q.payload, row_number() OVER (ORDER BY q.id) AS n
+             FROM flexfactor.transmit_queue q WHERE q.batch_id = b.id) t
+     WHERE b.id = batch_file_lines.batch_id AND b.kind = 'transmit'
+     ORDER BY 1;
+END;
+COMMENT ON FUNCTION flexfactor.batch_file_lines(bigint) IS
+    'The exact lines of a batch file, in order, each without its trailing newline';
+
+-- Queued declines cannot be changed, and cannot be removed while their batch
+-- file may still be uploaded or answered: the file's bytes and its
+-- sequence numbers come from them.
+CREATE FUNCTION flexfactor._declines_frozen()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF (NEW.id, NEW.order_id, NEW.transaction_id, NEW.idempotency_key, NEW.payload, NEW.enqueue_xid)
+           IS DISTINCT FROM
+           (OLD.id, OLD.order_id, OLD.transaction_id, OLD.idempotency_key, OLD.payload, OLD.enqueue_xid) THEN
+            RAISE EXCEPTION 'a queued decline cannot be changed'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = format('Decline %s (order %s) is a line of a batch file, as it was queued.', OLD.id, OLD.order_id),
+                      HINT = 'Queue a new attempt with its own transaction.id instead.';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF EXISTS (SELECT 1 FROM flexfactor.batches b
+                WHERE b.kind = 'evaluate' AND b.state IN ('ready', 'uploaded')
+                  AND (OLD.enqueue_xid, OLD.id) BETWEEN (b.first_xid, b.first_id) AND (b.last_xid, b.last_id)) THEN
+        RAISE EXCEPTION 'decline % is in a batch file not answered yet', OLD.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Order %s is a line of a batch that is still to be uploaded or answered.', OLD.order_id),
+                  HINT = 'Wait for the result file (see flexfactor.batch_status).';
+    END IF;
+    RETURN OLD;
+END $$;
+CREATE TRIGGER declines_frozen BEFORE UPDATE OR DELETE ON flexfactor.declines
+    FOR EACH ROW EXECUTE FUNCTION flexfactor._declines_frozen();
+
+-- What a decline trigger's enrich function may add to the body it builds
+-- (flexfactor-api.md 4.3.2): the payer, the addresses, the gateway's result
+-- codes, the subscription's details and the card's description.  Never the
+-- order id, the transaction id, the amount, the currency or the card token,
+-- which come from the mapped columns.  Values it gives replace the 'NA'
+-- placeholders; NULLs are ignored.
+CREATE FUNCTION flexfactor._merge_decline_details(body jsonb, details jsonb)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    allowed constant jsonb := '{
+        "payer": null, "billingInformation": null, "shippingInformation": null,
+        "transaction": ["responseCode", "responseCodeSource", "responseDescription", "responseSubStatus",
+                        "processorName", "avsResultCode", "cvvResultCode", "cavvResultCode",
+                        "dynamicDescriptor"],
+        "subscription": ["subscriptionId", "interval", "paymentNumber", "totalPayments"],
+        "paymentMethod": ["holderName", "cardType", "cardBrand", "cardCountry", "cardIssuer", "cardLevel",
+                          "expirationMonth", "expirationYear", "cardBinNumber", "cardLast4Digits"],
+        "expiryDateUtc": null, "customerIp": null, "senseKey": null, "orderItems": null,
+        "additionalFields": null}';
+    k   text;
+    v   jsonb;
+    sub text;
+BEGIN
+    IF details IS NULL OR details = 'null' THEN
+        RETURN body;
+    END IF;
+    IF jsonb_typeof(details) <> 'object' THEN
+        RAISE EXCEPTION 'the decline trigger''s enrich function returned a JSON %, not an object', jsonb_typeof(details)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Return jsonb such as {"payer": {"email": ...}, "billingInformation": {...}}.';
+    END IF;
+    FOR k, v IN SELECT * FROM jsonb_each(jsonb_strip_nulls(details)) LOOP
+        IF NOT allowed ? k THEN
+            RAISE EXCEPTION 'the decline trigger''s enrich function returned "%", which it may not set', k
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'The order id, transaction id, amount, currency and card token come from the mapped columns.',
+                      HINT = format('It may return: %s.', (SELECT string_agg(key, ', ') FROM jsonb_object_keys(allowed) key));
+        END IF;
+        IF jsonb_typeof(allowed -> k) = 'array' THEN
+            IF jsonb_typeof(v) <> 'object' THEN
+                RAISE EXCEPTION 'the decline trigger''s enrich function returned a JSON % as "%", not an object', jsonb_typeof(v), k
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            FOR sub IN SELECT jsonb_object_keys(v) LOOP
+                IF NOT (allowed -> k) ? sub THEN
+                    RAISE EXCEPTION 'the decline trigger''s enrich function returned "%.%", which it may not set', k, sub
+                        USING ERRCODE = 'invalid_parameter_value',
+                              HINT = format('In "%s" it may return: %s.', k,
+                                            (SELECT string_agg(e, ', ') FROM jsonb_array_elements_text(allowed -> k) e));
+                END IF;
+            END LOOP;
+            body := jsonb_set(body, ARRAY[k], coalesce(body -> k, '{}') || v);
+        ELSIF jsonb_typeof(v) = 'object' AND jsonb_typeof(body -> k) = 'object' THEN
+            body := jsonb_set(body, ARRAY[k], (body -> k) || v);
+        ELSE
+            body := jsonb_set(body, ARRAY[k], v);
+        END IF;
+    END LOOP;
+    RETURN body;
+END $$;
+
+-- The one privileged step of the decline trigger (C, decline_trigger.c),
+-- which itself runs with the rights of whoever writes the billing row: the
+-- row's mapped values, already read and turned into text by the trigger, and
+-- what the DBA's enrich function returned, become an /evaluate body
+-- (ff_decline) that is checked and queued (ff_enqueue_decline).  Only data
+-- comes in; nothing of the caller's is run here.  Granted to nobody: the
+-- trigger calls it directly.
+CREATE FUNCTION flexfactor._queue_mapped_decline(f jsonb, details jsonb)
+RETURNS bigint LANGUAGE sql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN flexfactor.ff_enqueue_decline(flexfactor._merge_decline_details(
+    flexfactor.ff_decline(
+        order_id => f->>'order_id',
+        amount_cents => coalesce((f->>'amount')::bigint, round((f->>'amount_dollars')::numeric * 100)::bigint),
+        currency => f->>'currency',
+        card_token => f->>'token',
+        transaction_id => coalesce(f->>'transaction_id', f->>'order_id'),
+        decline_code => f->>'decline_code',
+        decline_message => f->>'decline_message',
+        response_code_source => f->>'response_code_source',
+        avs_result_code => f->>'avs_result_code',
+        cvv_result_code => f->>'cvv_result_code',
+        cavv_result_code => f->>'cavv_result_code',
+        email => f->>'email',
+        phone => f->>'phone',
+        first_name => f->>'first_name',
+        last_name => f->>'last_name',
+        address_line1 => f->>'address_line1',
+        address_line2 => f->>'address_line2',
+        city => f->>'city',
+        state => f->>'state',
+        zip_code => f->>'zip_code',
+        country_code => f->>'country_code',
+        country => f->>'country',
+        subscription_id => f->>'subscription_id',
+        subscription_interval => f->>'subscription_interval',
+        is_recurring => true,
+        expiry => coalesce((f->>'expiry')::timestamptz,
+                           now() + make_interval(days => (f->>'expiry_days')::integer)),
+        declined_at => coalesce((f->>'declined_at')::timestamptz, now()),
+        holder_name => f->>'holder_name',
+        card_brand => f->>'card_brand',
+        card_bin => f->>'card_bin',
+        card_last4 => f->>'card_last4',
+        expiration_month => (f->>'expiration_month')::integer,
+        expiration_year => (f->>'expiration_year')::integer)
+    || jsonb_strip_nulls(jsonb_build_object('senseKey', f->>'sense_key')),
+    details));
+
+-- Trigger helper for any billing table: queues a row as a declined recurring
+-- charge (C, decline_trigger.c).  It runs with the rights of the role that
+-- writes the row.  Arguments, parsed once per statement:
+--   field=column   a column of the row (read by attribute number)
+--   field='text'   a constant
+--   required: order_id, amount (cents) or amount_dollars, currency, token
+--   optional: transaction_id (default: order_id), decline_code,
+--             decline_message, response_code_source, avs_result_code,
+--             cvv_result_code, cavv_result_code, email, phone, first_name,
+--             last_name, address_line1, address_line2, city, state,
+--             zip_code, country_code, country, subscription_id,
+--             subscription_interval, expiry (timestamptz), declined_at
+--             (default: now()), holder_name, card_brand, card_bin,
+--             card_last4, expiration_month, expiration_year, sense_key
+--   expiry_days=N  the rescue window when there is no expiry column
+--   enrich=function  a function(<the table's row type>) returning jsonb with
+--             what lives in other tables (payer, billingInformation, the
+--             gateway's codes ...), called with the writer's rights
+--   conditions (all must hold; a WHEN clause on the trigger works too):
+--             declined_if=column:value   (the column's text equals value)
+--             recurring_if=column        (a boolean column is true)
+-- A row that fails a condition costs two column reads.  It never touches
+-- the network: the worker exports the queue.
+CREATE FUNCTION flexfactor.ff_decline_trigger()
+RETURNS trigger AS 'MODULE_PATHNAME', 'ff_decline_trigger' LANGUAGE C;
+

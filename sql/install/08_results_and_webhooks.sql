@@ -1,0 +1,524 @@
+-- sql/install/08_results_and_webhooks.sql: results come home: status changes and the billing callback, webhook events, result and error files.
+/* ------------------------------------------------------- results come home */
+
+-- Every change of an order's status, with the state of the billing callback.
+CREATE TABLE flexfactor.order_events (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_ref        bigint NOT NULL REFERENCES flexfactor.orders (id) ON DELETE CASCADE,
+    old_status       text,
+    new_status       text NOT NULL,
+    changed_at       timestamptz NOT NULL DEFAULT now(),
+    callback_state   text NOT NULL DEFAULT 'none',
+    callback_attempts integer NOT NULL DEFAULT 0,
+    callback_error   text,
+    next_callback_at timestamptz,
+    CONSTRAINT order_events_callback_check CHECK (callback_state IN (
+        'none',             -- no callback configured
+        'done',             -- the callback returned
+        'failed',           -- it raised an error; retried by the worker
+        'gave_up'))         -- failed 10 times; see callback_error
+);
+CREATE INDEX order_events_order_idx ON flexfactor.order_events (order_ref);
+CREATE INDEX order_events_retry_idx ON flexfactor.order_events (next_callback_at)
+    WHERE callback_state = 'failed';
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.order_events', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.order_events', 'id'), '');
+
+-- Result and error files read from the outbound folder, applied once each.
+CREATE TABLE flexfactor.result_files (
+    file_name   text PRIMARY KEY,
+    kind        text NOT NULL,
+    batch_id    bigint REFERENCES flexfactor.batches (id),
+    sha256      text NOT NULL,
+    line_count  integer NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT result_files_kind_check CHECK (kind IN ('result', 'error'))
+);
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.result_files', '');
+
+-- Runs the callback as its owner, never with the rights of the process that
+-- applies the change (C, callback.c).  Granted to nobody.
+CREATE FUNCTION flexfactor._invoke_callback(fn regprocedure, o flexfactor.orders)
+RETURNS void AS 'MODULE_PATHNAME', 'ff_invoke_callback' LANGUAGE C STRICT;
+
+-- Calls the function named in flexfactor.on_order_status with the order, in
+-- a subtransaction: a failing callback is recorded (and retried by the
+-- worker), never lost and never allowed to undo the status change.
+CREATE FUNCTION flexfactor._run_callback(event_id bigint, o flexfactor.orders)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    setting text := nullif(current_setting('flexfactor.on_order_status', true), '');
+    fn      regprocedure;
+    outcome text := 'done';
+    problem text;
+BEGIN
+    IF setting IS NULL THEN
+        RETURN 'none';
+    END IF;
+    fn := to_regprocedure(setting || '(flexfactor.orders)');
+    IF fn IS NULL THEN
+        outcome := 'failed';
+        problem := format('function %s(flexfactor.orders) does not exist', setting);
+    ELSE
+        BEGIN
+            PERFORM flexfactor._invoke_callback(fn, o);
+        EXCEPTION WHEN OTHERS THEN
+            outcome := 'failed';
+            problem := SQLERRM;
+        END;
+    END IF;
+    UPDATE flexfactor.order_events
+       SET callback_state = CASE WHEN outcome = 'failed' AND callback_attempts + 1 >= 10
+                                 THEN 'gave_up' ELSE outcome END,
+           callback_attempts = callback_attempts + 1,
+           callback_error = problem,
+           next_callback_at = CASE WHEN outcome = 'failed'
+                                   THEN now() + make_interval(secs => least(5 * power(2, callback_attempts), 3600)) END
+     WHERE id = event_id;
+    IF outcome = 'failed' THEN
+        RAISE WARNING 'flexfactor.on_order_status callback failed for order %: %', o.order_id, problem;
+    END IF;
+    RETURN outcome;
+END $$;
+
+-- After a status change: log it, NOTIFY flexfactor_order, run the callback.
+CREATE FUNCTION flexfactor._orders_status_changed()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    event_id bigint;
+    previous text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END;
+BEGIN
+    INSERT INTO flexfactor.order_events (order_ref, old_status, new_status)
+    VALUES (NEW.id, previous, NEW.status) RETURNING id INTO event_id;
+    -- any role may LISTEN: the payload is the order's row id and its status
+    -- only; what the order is needs SELECT on flexfactor.orders
+    PERFORM pg_notify('flexfactor_order', json_build_object('id', NEW.id, 'status', NEW.status)::text);
+    PERFORM flexfactor._run_callback(event_id, NEW);
+    RETURN NULL;
+END $$;
+-- The AFTER INSERT triggers act on orders created by the inserting
+-- transaction (created_at is its now(): nothing of ours sets it).  A row
+-- that comes with an older created_at was created elsewhere: the data of a
+-- pg_dump restored after CREATE EXTENSION, whose order_events, callbacks and
+-- applied webhooks came with it and must not be made, run or applied again.
+CREATE TRIGGER orders_10_status_set
+    AFTER INSERT ON flexfactor.orders
+    FOR EACH ROW WHEN (NEW.status <> 'PENDING' AND NEW.created_at = now())
+    EXECUTE FUNCTION flexfactor._orders_status_changed();
+CREATE TRIGGER orders_10_status_changed
+    AFTER UPDATE OF status ON flexfactor.orders
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION flexfactor._orders_status_changed();
+
+-- Applies events that wait for an order which exists by now.  The order's
+-- trigger applies them when it inserts the order, but cannot see an event
+-- stored by a transaction that was not committed yet; the worker sweeps
+-- those up every pass.
+CREATE FUNCTION flexfactor._apply_waiting_events(max_events integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    waiting bigint;
+    n integer := 0;
+BEGIN
+    FOR waiting IN SELECT w.id FROM flexfactor.webhook_events w
+                    WHERE w.apply_state = 'waiting_order'
+                      AND EXISTS (SELECT 1 FROM flexfactor.orders o
+                                   WHERE o.order_session_key = w.order_session_key)
+                    ORDER BY w.id LIMIT max_events
+                      FOR UPDATE OF w SKIP LOCKED LOOP
+        PERFORM flexfactor._apply_webhook_event(waiting);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- Retries failed callbacks that are due (the worker calls this every pass).
+CREATE FUNCTION flexfactor._retry_callbacks(max_events integer DEFAULT 100)
+RETURNS integer LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e record;
+    n integer := 0;
+BEGIN
+    FOR e IN SELECT ev.id, o AS ord
+               FROM flexfactor.order_events ev
+               JOIN flexfactor.orders o ON o.id = ev.order_ref
+              WHERE ev.callback_state = 'failed' AND ev.next_callback_at <= now()
+              ORDER BY ev.id LIMIT max_events
+                FOR UPDATE OF ev SKIP LOCKED LOOP
+        PERFORM flexfactor._run_callback(e.id, e.ord);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- Applies one stored webhook event to its order, forward-only.
+CREATE FUNCTION flexfactor._apply_webhook_event(event_id bigint)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e       flexfactor.webhook_events;
+    o       flexfactor.orders;
+    target  text;
+    cents   bigint;
+    outcome text := 'applied';
+BEGIN
+    SELECT * INTO e FROM flexfactor.webhook_events WHERE id = event_id;
+    SELECT * INTO o FROM flexfactor.orders WHERE order_session_key = e.order_session_key FOR UPDATE;
+    IF NOT FOUND THEN
+        UPDATE flexfactor.webhook_events SET apply_state = 'waiting_order' WHERE id = event_id;
+        RETURN 'waiting_order';
+    END IF;
+
+    target := CASE e.event
+        WHEN 'order.completed' THEN 'APPROVED'
+        WHEN 'order.expired' THEN 'EXPIRED'
+        WHEN 'order.cancelled' THEN 'CANCELLED'
+        WHEN 'order.refunded' THEN 'REFUNDED'
+        WHEN 'order.capturerequired' THEN 'CAPTUREREQUIRED'
+    END;
+    IF e.event = 'payment.chargeback.received' THEN
+        UPDATE flexfactor.orders SET chargeback_at = coalesce(chargeback_at, e.event_time, now())
+         WHERE id = o.id;
+    ELSIF target IS NULL THEN
+        outcome := 'ignored';
+    ELSE
+        IF e.event = 'order.refunded' AND jsonb_typeof(e.event_data->'amount') = 'number' THEN
+            cents := round((e.event_data->>'amount')::numeric * 100);
+            IF cents > 0 THEN
+                INSERT INTO flexfactor.refunds (order_ref, amount_cents, idempotency_key, transaction_id, response)
+                VALUES (o.id, cents,
+                        flexfactor.ff_attempt_key('refund-webhook', e.order_session_key::text,
+                                                  coalesce(e.event_data->>'refundTransactionId', e.nonce)),
+                        e.event_data->>'refundTransactionId', e.event_data)
+                ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    UPDATE flexfactor.orders SET refunded_cents = least(amount_cents, refunded_cents + cents)
+                     WHERE id = o.id;
+                END IF;
+            END IF;
+        END IF;
+        UPDATE flexfactor.orders
+           SET status = flexfactor.ff_next_status(status, target),
+               confirmation_id = coalesce(e.confirmation_id, confirmation_id)
+         WHERE id = o.id;
+    END IF;
+    UPDATE flexfactor.webhook_events SET apply_state = outcome, applied_at = now() WHERE id = event_id;
+    RETURN outcome;
+END $$;
+
+-- Stores one verified delivery (refusing a replayed nonce), recognises a
+-- repeat of an event already stored, and applies it.  Called by
+-- ff_ingest_webhook() and the listener after verification.
+CREATE FUNCTION flexfactor._record_webhook_event(
+    p_event text, p_order_key text, p_external_order_id text, p_confirmation_id text,
+    p_event_time text, p_event_data jsonb, p_is_resent boolean, p_nonce text, p_body text,
+    p_received_via text)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key      uuid;
+    stored   bigint;
+    at       timestamptz;
+BEGIN
+    -- an event that names no order (payout.created, payout.updated, ...) is
+    -- kept and acknowledged, never refused: FlexFactor would retry it for good
+    IF p_order_key IS NULL THEN
+        BEGIN
+            at := p_event_time::timestamptz;
+        EXCEPTION WHEN OTHERS THEN
+            at := NULL;
+        END;
+        INSERT INTO flexfactor.webhook_events AS w
+               (event, external_order_id, confirmation_id, event_time, event_data, is_resent, nonce,
+                body, received_via, apply_state, applied_at, apply_error)
+        VALUES (lower(p_event), p_external_order_id, p_confirmation_id,
+                at, p_event_data, p_is_resent, p_nonce, p_body, p_received_via, 'not_applicable', now(),
+                format('%s names no order (no OrderId): recorded, not applied', lower(p_event)))
+        ON CONFLICT (nonce) WHERE nonce IS NOT NULL DO NOTHING
+        RETURNING w.id INTO stored;
+        IF stored IS NULL THEN
+            RAISE EXCEPTION 'webhook delivery refused: its nonce was already used'
+                USING ERRCODE = 'FF042',
+                      DETAIL = 'A delivery with the same x-fc-nonce was accepted before; this one is a replay.';
+        END IF;
+        RETURN 'not_applicable';
+    END IF;
+    IF p_order_key !~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$' THEN
+        RAISE EXCEPTION 'webhook delivery refused: OrderId is not a GUID'
+            USING ERRCODE = 'FF043';
+    END IF;
+    key := p_order_key::uuid;
+    BEGIN
+        at := p_event_time::timestamptz;
+    EXCEPTION WHEN OTHERS THEN
+        at := NULL;
+    END;
+    INSERT INTO flexfactor.webhook_events AS w
+           (event, order_session_key, external_order_id, confirmation_id, event_time,
+            event_data, is_resent, nonce, body, received_via)
+    VALUES (lower(p_event), key, p_external_order_id, p_confirmation_id, at,
+            p_event_data, p_is_resent, p_nonce, p_body, p_received_via)
+    ON CONFLICT (nonce) WHERE nonce IS NOT NULL DO NOTHING
+    RETURNING w.id INTO stored;
+    IF stored IS NULL THEN
+        RAISE EXCEPTION 'webhook delivery refused: its nonce was already used'
+            USING ERRCODE = 'FF042',
+                  DETAIL = 'A delivery with the same x-fc-nonce was accepted before; this one is a replay.';
+    END IF;
+
+    -- a repeat of an event already stored (a resend, a duplicate delivery) changes nothing
+    IF EXISTS (SELECT 1 FROM flexfactor.webhook_events w
+                WHERE w.id <> stored AND w.order_session_key = key AND w.event = lower(p_event)
+                  AND w.confirmation_id IS NOT DISTINCT FROM p_confirmation_id
+                  AND w.apply_state <> 'duplicate') THEN
+        UPDATE flexfactor.webhook_events SET apply_state = 'duplicate', applied_at = now()
+         WHERE id = stored;
+        RETURN 'duplicate';
+    END IF;
+    RETURN flexfactor._apply_webhook_event(stored);
+END $$;
+
+-- Keeps an authentic delivery that can never be stored or applied (its
+-- content fails the same way on every retry) as 'rejected', with the reason,
+-- so that the listener can acknowledge it.  Its body is kept as received;
+-- the event name is read from it without parsing it as JSON.
+CREATE FUNCTION flexfactor._record_rejected_webhook_event(
+    p_nonce text, p_body text, p_received_via text, p_reason text)
+RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stored bigint;
+BEGIN
+    INSERT INTO flexfactor.webhook_events AS w
+           (event, nonce, body, received_via, apply_state, applied_at, apply_error)
+    VALUES (coalesce(lower(substring(p_body FROM '(?i)"event"\s*:\s*"([a-z0-9._]{1,64})"')), 'unknown'),
+            p_nonce, p_body, p_received_via, 'rejected', now(), left(p_reason, 500))
+    ON CONFLICT (nonce) WHERE nonce IS NOT NULL DO NOTHING
+    RETURNING w.id INTO stored;
+    IF stored IS NULL THEN
+        RAISE EXCEPTION 'webhook delivery refused: its nonce was already used'
+            USING ERRCODE = 'FF042',
+                  DETAIL = 'A delivery with the same x-fc-nonce was accepted before; this one is a replay.';
+    END IF;
+END $$;
+
+-- When an order gets its FlexFactor key, events that came first are applied.
+-- (Triggers on one event fire in name order: orders_10_* record the order's
+-- own status change before orders_20_* apply the events that waited for it.)
+CREATE FUNCTION flexfactor._orders_key_known()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    waiting bigint;
+BEGIN
+    FOR waiting IN SELECT id FROM flexfactor.webhook_events
+                    WHERE order_session_key = NEW.order_session_key AND apply_state = 'waiting_order'
+                    ORDER BY id LOOP
+        PERFORM flexfactor._apply_webhook_event(waiting);
+    END LOOP;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER orders_20_key_set
+    AFTER INSERT ON flexfactor.orders
+    FOR EACH ROW WHEN (NEW.order_session_key IS NOT NULL AND NEW.created_at = now())   -- see orders_10_status_set
+    EXECUTE FUNCTION flexfactor._orders_key_known();
+CREATE TRIGGER orders_20_key_known
+    AFTER UPDATE OF order_session_key ON flexfactor.orders
+    FOR EACH ROW WHEN (NEW.order_session_key IS NOT NULL
+                       AND OLD.order_session_key IS DISTINCT FROM NEW.order_session_key)
+    EXECUTE FUNCTION flexfactor._orders_key_known();
+
+CREATE FUNCTION flexfactor.ff_ingest_webhook(headers jsonb, body text)
+RETURNS text AS 'MODULE_PATHNAME', 'ff_ingest_webhook' LANGUAGE C VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION flexfactor.ff_ingest_webhook(jsonb, text) IS
+    'Verifies a FlexFactor webhook delivery (headers as received, raw body), stores and applies it';
+
+CREATE FUNCTION flexfactor.ff_webhook_check(headers jsonb, body text, at timestamptz DEFAULT now())
+RETURNS text AS 'MODULE_PATHNAME', 'ff_webhook_check' LANGUAGE C STABLE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION flexfactor.ff_webhook_check(jsonb, text, timestamptz) IS
+    'Says whether a delivery passes the signature and date checks ("ok" or the reason); stores nothing';
+
+-- Applies a result file (<batch base>.result.jsonl) to its batch, once:
+-- each line's orderSessionKey and status go to the batch line; accepted
+-- evaluate lines become orders (source 'batch'); REJECTED lines set their
+-- decline aside with FlexFactor's errors; transmit lines record transmitId.
+CREATE FUNCTION flexfactor._apply_result_file(result_name text, content text)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b      flexfactor.batches;
+    lines  jsonb[];
+    stored bigint;
+BEGIN
+    IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = result_name) THEN
+        RETURN 'already applied';
+    END IF;
+    SELECT * INTO b FROM flexfactor.batches
+     WHERE file_name = regexp_replace(result_name, '\.result\.jsonl$', '.jsonl') FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'result file % answers no known batch', result_name
+            USING ERRCODE = 'FF009',
+                  HINT = 'Only files named <batch file name without .jsonl>.result.jsonl are applied.';
+    END IF;
+    BEGIN
+        SELECT array_agg(l::jsonb ORDER BY n) INTO lines
+          FROM regexp_split_to_table(content, E'\n') WITH ORDINALITY AS t(l, n)
+         WHERE l <> '';
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'result file % is not JSON Lines', result_name
+            USING ERRCODE = 'FF009';
+    END;
+
+    -- each result line answers the order on the same line of the batch: the
+    -- lines are stored where sequenceNumber and orderId agree, and the file
+    -- is refused whole (nothing stored) unless every line of the batch is
+    IF coalesce(cardinality(lines), 0) <> b.line_count
+       OR (SELECT count(DISTINCT j->>'sequenceNumber') FROM unnest(lines) AS j) <> b.line_count THEN
+        stored := -1;
+    ELSE
+        INSERT INTO flexfactor.batch_lines AS bl
+               (batch_id, sequence_number, decline_id, transmit_queue_id, order_session_key, status, errors)
+        SELECT b.id, f.sequence_number, f.decline_id, f.transmit_queue_id,
+               CASE WHEN j->>'orderSessionKey' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
+                    THEN (j->>'orderSessionKey')::uuid END,
+               upper(j->>'status'),
+               CASE WHEN jsonb_typeof(j->'errors') = 'array' AND jsonb_array_length(j->'errors') = 0
+                    THEN j->'errors' ELSE flexfactor._scrub_json(j->'errors') END
+          FROM unnest(lines) AS j
+          JOIN flexfactor.batch_file_lines(b.id) f ON f.sequence_number = (j->>'sequenceNumber')::integer
+         WHERE NOT (j ? 'orderId' AND j->>'orderId' IS DISTINCT FROM f.line::jsonb->>'orderId');
+        GET DIAGNOSTICS stored = ROW_COUNT;
+    END IF;
+    IF stored <> b.line_count THEN
+        RAISE EXCEPTION 'result file % does not match batch %', result_name, b.id
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('The batch has %s lines; the file has %s, or a line''s sequenceNumber/orderId differs from the batch line it answers.',
+                                  b.line_count, coalesce(cardinality(lines), 0)),
+                  HINT = 'Nothing was applied; ask FlexFactor about the file.';
+    END IF;
+
+    IF b.kind = 'evaluate' THEN
+        INSERT INTO flexfactor.orders AS o
+               (order_id, order_session_key, transaction_id, idempotency_key, source, is_mit,
+                amount_cents, currency, expiry_date_utc, status)
+        SELECT d.order_id, bl.order_session_key, d.transaction_id, d.idempotency_key, 'batch', true,
+               (d.payload #>> '{transaction,amount}')::bigint, upper(d.payload #>> '{transaction,currency}'),
+               (d.payload->>'expiryDateUtc')::timestamptz,
+               flexfactor.ff_next_status('PENDING', bl.status)
+          FROM flexfactor.batch_lines bl JOIN flexfactor.declines d ON d.id = bl.decline_id
+         WHERE bl.batch_id = b.id AND bl.status <> 'REJECTED'
+        ON CONFLICT (order_id) DO UPDATE
+           SET order_session_key = coalesce(EXCLUDED.order_session_key, o.order_session_key),
+               -- an order's amount, currency and transaction never change once sent
+               transaction_id = coalesce(o.transaction_id, EXCLUDED.transaction_id),
+               idempotency_key = EXCLUDED.idempotency_key,
+               source = 'batch',
+               status = flexfactor.ff_next_status(o.status, EXCLUDED.status);
+        UPDATE flexfactor.declines d
+           SET set_aside_reason = format('FlexFactor rejected line %s of %s: %s', bl.sequence_number,
+                                         b.file_name, coalesce(bl.errors::text, 'no reason given'))
+          FROM flexfactor.batch_lines bl
+         WHERE bl.batch_id = b.id AND bl.decline_id = d.id AND bl.status = 'REJECTED';
+    ELSE
+        UPDATE flexfactor.transmit_queue t
+           SET transmit_id = j->>'transmitId'
+          FROM unnest(lines) AS j, flexfactor.batch_lines bl
+         WHERE bl.batch_id = b.id AND bl.sequence_number = (j->>'sequenceNumber')::integer
+           AND t.id = bl.transmit_queue_id;
+    END IF;
+
+    UPDATE flexfactor.batches SET state = 'answered', result_at = now() WHERE id = b.id;
+    INSERT INTO flexfactor.result_files (file_name, kind, batch_id, sha256, line_count)
+    VALUES (result_name, 'result', b.id, encode(sha256(convert_to(content, 'UTF8')), 'hex'),
+            coalesce(cardinality(lines), 0));
+    RETURN format('applied %s lines to batch %s', coalesce(cardinality(lines), 0), b.id);
+END $$;
+
+-- Applies <batch base>.error.json, a whole-file rejection, once.  Policy:
+-- the batch becomes 'rejected' and its rows are set aside with FlexFactor's
+-- reason (a rejected file is not re-sent as it is); ff_requeue_batch()
+-- queues them again once the cause is fixed.
+CREATE FUNCTION flexfactor._apply_error_file(error_name text, content text)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b      flexfactor.batches;
+    reason text;
+BEGIN
+    IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = error_name) THEN
+        RETURN 'already applied';
+    END IF;
+    SELECT * INTO b FROM flexfactor.batches
+     WHERE file_name = regexp_replace(error_name, '\.error\.json$', '.jsonl') FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'error file % answers no known batch', error_name USING ERRCODE = 'FF009';
+    END IF;
+    -- a batch is answered once: a late error file never rewrites the answer
+    IF b.state = 'answered' THEN
+        RAISE EXCEPTION 'error file % arrived after batch % was answered', error_name, b.id
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('The batch was answered by a result file at %s.', b.result_at),
+                  HINT = 'Nothing was changed; ask FlexFactor about the file.';
+    END IF;
+    BEGIN
+        reason := flexfactor._scrub(left(coalesce(content::jsonb->>'error', content), 500));
+    EXCEPTION WHEN invalid_text_representation THEN
+        reason := flexfactor._scrub(left(content, 500));
+    END;
+    UPDATE flexfactor.batches SET state = 'rejected', result_at = now(),
+           last_error = 'rejected whole by FlexFactor: ' || reason
+     WHERE id = b.id;
+    UPDATE flexfactor.declines SET set_aside_reason = format('batch file %s rejected whole: %s', b.file_name, reason)
+     WHERE id IN (SELECT f.decline_id FROM flexfactor.batch_file_lines(b.id) f);
+    UPDATE flexfactor.transmit_queue SET state = 'set_aside',
+           last_error = format('batch file %s rejected whole: %s', b.file_name, reason)
+     WHERE batch_id = b.id AND state IN ('batched', 'delivered');
+    INSERT INTO flexfactor.result_files (file_name, kind, batch_id, sha256, line_count)
+    VALUES (error_name, 'error', b.id, encode(sha256(convert_to(content, 'UTF8')), 'hex'), 0);
+    RETURN format('batch %s rejected: %s', b.id, reason);
+END $$;
+
+-- Queues the rows of a batch FlexFactor rejected whole again, once the cause
+-- is fixed: they leave in a new batch (for declines, a new file over the same
+-- range of rows).  Returns how many rows.
+CREATE FUNCTION flexfactor.ff_requeue_batch(batch_id bigint)
+RETURNS integer LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b        flexfactor.batches;
+    again    bigint;
+    requeued integer;
+BEGIN
+    SELECT * INTO b FROM flexfactor.batches WHERE id = $1 FOR UPDATE;
+    IF NOT FOUND OR b.state <> 'rejected' OR b.requeued_as IS NOT NULL THEN
+        RAISE EXCEPTION 'batch % was not rejected by FlexFactor, or is queued again already', $1
+            USING ERRCODE = 'FF020',
+                  HINT = 'Only the rows of a batch in state ''rejected'' can be queued again, once.';
+    END IF;
+    IF b.kind = 'evaluate' THEN
+        UPDATE flexfactor.declines d SET set_aside_reason = NULL
+         WHERE d.id IN (SELECT f.decline_id FROM flexfactor.batch_file_lines(b.id) f);
+        GET DIAGNOSTICS requeued = ROW_COUNT;
+        IF requeued = 0 THEN
+            RAISE EXCEPTION 'batch % has no rows left to queue again', $1
+                USING ERRCODE = 'FF020',
+                      DETAIL = 'Its declines were deleted from flexfactor.declines.';
+        END IF;
+        again := flexfactor._new_batch('evaluate', b.mid, requeued,
+                                       b.first_xid, b.first_id, b.last_xid, b.last_id);
+    ELSE
+        UPDATE flexfactor.transmit_queue t
+           SET state = 'pending', batch_id = NULL, last_error = NULL, delivered_at = NULL
+         WHERE t.batch_id = $1 AND t.state = 'set_aside';
+        GET DIAGNOSTICS requeued = ROW_COUNT;
+    END IF;
+    UPDATE flexfactor.batches SET requeued_as = again WHERE id = b.id;
+    RETURN requeued;
+END $$;
+
