@@ -69,10 +69,14 @@ $(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_SQL) $(EXTENSION).control
 print-version:
 	@echo $(EXTVERSION)
 
-# META.json repeats the version for PGXN; this keeps it equal to the control file's.
+# META.json (for PGXN) and debian/changelog (the Debian package, whose first
+# entry is <version>-<Debian revision>) repeat the version; this keeps them
+# equal to the control file's.
 check-version:
 	@grep -q '"version": "$(EXTVERSION)"' META.json || \
 		{ echo "META.json does not carry version $(EXTVERSION) of flexfactor.control" >&2; exit 1; }
+	@head -n 1 debian/changelog | grep -qF ' ($(EXTVERSION)-' || \
+		{ echo "debian/changelog's first entry is not version $(EXTVERSION)-N of flexfactor.control: add an entry for $(EXTVERSION)-1 at its top" >&2; exit 1; }
 
 # `make installcheck` runs pg_regress and then the TAP suites; this runs the
 # TAP suites alone (PROVE_TESTS=test/t/001_worker_lifecycle.pl for one).

@@ -10,7 +10,11 @@
 #   pg_regress suites (make installcheck), TAP suites (make prove_installcheck),
 # then the demo (demo/run.sh --quick) as one more check, and checks its
 # report's figures (test/check_demo_report.py), one check each; once, the
-# "Try it on your own cluster" command (test/try_it_check.sh).  The
+# "Try it on your own cluster" command (test/try_it_check.sh).  After the 15
+# suites, in the two-version run, the Debian package (test/package_check.sh):
+# built from a copy of the tree, installed with apt into Debian's 15 (the
+# flexfactor files make install put there moved aside meanwhile), checked,
+# the pg_regress suites run against it, and removed again.  The
 # FlexFactor simulator's own tests (no PostgreSQL in them) run once.  Around
 # all of it test/host_safety.sh checks that the host's own cluster 15/main
 # stayed online, unrestarted and unchanged (started for the test if it was
@@ -65,6 +69,13 @@ count_prove() {		# prove summary: "Files=F, Tests=N", failures in the report
 	dubious=$(grep -c 'Parse errors: No plan found' "$log" || true)
 	passed=$((passed + n - bad)); failed=$((failed + bad + dubious))
 	skipped=$((skipped + $(grep -c '\.\. skipped: ' "$log")))
+}
+
+count_summary() {	# "$2: N passed, M failed" in log $1; false when it has none
+	local n
+	n=$(grep -oP "^$2: \K[0-9]+(?= passed)" "$1") || return 1
+	passed=$((passed + n))
+	failed=$((failed + $(grep -oP "^$2: [0-9]+ passed, \K[0-9]+" "$1")))
 }
 
 count_unittest() {	# unittest: "Ran N tests", "FAILED (failures=a, errors=b)"
@@ -135,16 +146,13 @@ run_version() {
 	echo "== PostgreSQL $version: the demo (README's main job), short mode, and its report checked"
 	# kept running (in the test tree) so that its figures can be checked against
 	# the database and the simulator's records, then stopped
-	local demo_dir="$w/demo" n
+	local demo_dir="$w/demo"
 	if FF_DEMO_DIR="$demo_dir" bash "$repo/demo/run.sh" --quick --keep >"$w/demo.log" 2>&1; then
 		sed -n '/== report/,/^flexfactor ran/p' "$w/demo.log"
 		passed=$((passed + 1))
 		python3 "$repo/test/check_demo_report.py" "$demo_dir" >"$w/demo-check.log" 2>&1
 		grep -E '^(not ok|demo report:)|Error|Traceback' "$w/demo-check.log" || true
-		if n=$(grep -oP '^demo report: \K[0-9]+(?= passed)' "$w/demo-check.log"); then
-			passed=$((passed + n))
-			failed=$((failed + $(grep -oP '^demo report: [0-9]+ passed, \K[0-9]+' "$w/demo-check.log")))
-		else
+		if ! count_summary "$w/demo-check.log" 'demo report'; then
 			tail -n 30 "$w/demo-check.log"
 			failed=$((failed + 1))
 		fi
@@ -158,12 +166,7 @@ run_version() {
 		echo "== PostgreSQL $version: README's \"Try it on your own cluster\" (tools/try-it.sh, test/try_it_check.sh)"
 		bash "$repo/test/try_it_check.sh" >"$w/try-it.log" 2>&1
 		cat "$w/try-it.log"
-		if n=$(grep -oP '^try it: \K[0-9]+(?= passed)' "$w/try-it.log"); then
-			passed=$((passed + n))
-			failed=$((failed + $(grep -oP '^try it: [0-9]+ passed, \K[0-9]+' "$w/try-it.log")))
-		else
-			failed=$((failed + 1))
-		fi
+		count_summary "$w/try-it.log" 'try it' || failed=$((failed + 1))
 	fi
 
 	if [ $suite_failed -ne 0 ] && [ $failed -eq $failed0 ]; then
@@ -172,10 +175,25 @@ run_version() {
 	echo "-- PostgreSQL $version: $((passed - passed0)) tests passed and $((failed - failed0)) failed"
 }
 
+# the Debian package on Debian's PostgreSQL 15 (test/package_check.sh)
+run_package() {
+	echo "== the Debian package postgresql-15-flexfactor: build, install, pg_regress against it, remove (test/package_check.sh)"
+	bash "$repo/test/package_check.sh" >"$work/package.log" 2>&1
+	cat "$work/package.log"
+	if count_summary "$work/package.log" package; then
+		:
+	elif grep -q '^package: skipped' "$work/package.log"; then
+		skipped=$((skipped + 1))
+	else
+		failed=$((failed + 1))
+	fi
+}
+
 if [ -n "${PG_CONFIG:-}" ]; then
 	run_version "$PG_CONFIG" 1
 else
 	run_version "${FF_PG15_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" 1
+	run_package
 	echo "== PostgreSQL 18 (tools/pg18.sh: built from Debian's source package once, then cached)"
 	t0=$SECONDS
 	if pg18=$("$repo/tools/pg18.sh"); then
@@ -190,10 +208,8 @@ fi
 echo "== the host's own PostgreSQL cluster after all of it (test/host_safety.sh)"
 "$repo/test/host_safety.sh" check "$host_state" >"$work/host-safety.log" 2>&1
 cat "$work/host-safety.log"
-if n=$(grep -oP '^host safety: \K[0-9]+(?= passed)' "$work/host-safety.log"); then
-	passed=$((passed + n))
-	failed=$((failed + $(grep -oP '^host safety: [0-9]+ passed, \K[0-9]+' "$work/host-safety.log")))
-elif ! grep -q '^host safety: skipped' "$work/host-safety.log"; then
+if ! count_summary "$work/host-safety.log" 'host safety' &&
+	! grep -q '^host safety: skipped' "$work/host-safety.log"; then
 	failed=$((failed + 1))
 fi
 rm -f "$host_state"

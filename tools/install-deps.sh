@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # install-deps.sh: installs what flexfactor needs to build, test and demo on
-# Debian 12, from Debian's packages only; with --bench, also what the
+# Debian 12, from Debian's packages only, including the tools that build the
+# Debian package (debhelper, pg_buildext); with --bench, also what the
 # benchmarks need (nginx-light, wrk).  Skips apt when every package is there.
 #
 # Run as root: apt-get needs it.  It changes nothing else on the host: no
@@ -26,6 +27,7 @@ packages=(
 	openssh-server openssh-client
 	libipc-run-perl
 	python3 curl ca-certificates
+	debhelper postgresql-server-dev-all
 )
 [ $bench -eq 1 ] && packages+=(nginx-light wrk)
 
@@ -41,16 +43,34 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "install-deps.sh: installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	# nginx's postinst starts the packaged server (port 80); a policy-rc.d
-	# that denies service starts prevents it, for the length of this install
-	# only, and only when the host has no policy of its own
+	apt-get update -qq
+	deny_starts=0
+	[[ " ${missing[*]} " == *" nginx-light "* ]] && deny_starts=1
+	# postgresql-server-dev-all requires postgresql-common of exactly its own
+	# version: the newest one would upgrade an installed postgresql-common,
+	# whose postinst starts every cluster that is down.  Ask for the installed
+	# postgresql-common's version; when the archive no longer has it, services
+	# are kept from starting instead (below).
+	common=$(dpkg-query -W -f='${Status} ${Version}' postgresql-common 2>/dev/null |
+		awk '/install ok installed/ { print $4 }')
+	for i in "${!missing[@]}"; do
+		[ "${missing[$i]}" = postgresql-server-dev-all ] && [ -n "$common" ] || continue
+		if apt-cache madison postgresql-server-dev-all | awk -F' [|] ' '{ print $2 }' | grep -qxF "$common"; then
+			missing[$i]="postgresql-server-dev-all=$common"
+		else
+			deny_starts=1
+		fi
+	done
+	# nginx's postinst starts the packaged server (port 80), postgresql-common's
+	# the clusters; a policy-rc.d that denies service starts prevents it, for
+	# the length of this install only, and only when the host has no policy of
+	# its own
 	policy=/usr/sbin/policy-rc.d
-	if [[ " ${missing[*]} " == *" nginx-light "* ]] && [ ! -e "$policy" ]; then
-		printf '#!/bin/sh\n# temporary, tools/install-deps.sh --bench\nexit 101\n' >"$policy"
+	if [ $deny_starts -eq 1 ] && [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\n# temporary, tools/install-deps.sh\nexit 101\n' >"$policy"
 		chmod 0755 "$policy"
 		trap 'rm -f "$policy"' EXIT
 	fi
-	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
