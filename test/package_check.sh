@@ -172,7 +172,8 @@ fi
 
 if command -v lintian >/dev/null; then
 	lintian "$deb" >"$dir/lintian.log" 2>&1
-	check $? "lintian finds no error ($(grep -c '^[EW]: ' "$dir/lintian.log") errors and warnings: $(grep -oP '^[EW]: \S+ \K\S+' "$dir/lintian.log" | sort -u | tr '\n' ' '))"
+	check $? "lintian finds no error (warnings: $(grep -oP '^W: \S+ \K\S+' "$dir/lintian.log" | sort -u | paste -sd ' '))"
+	grep '^E: ' "$dir/lintian.log"
 fi
 
 apt_ remove "$pkg" >"$dir/remove.log" 2>&1
