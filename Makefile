@@ -31,7 +31,7 @@ DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites (test/sql/*.sql + test/expected/*.out) on a throwaway
 # instance that preloads the library.
-REGRESS = settings secrets schema privileges security api_local batch_local results_local
+REGRESS = settings secrets schema drop_extension privileges security api_local batch_local results_local
 REGRESS_OPTS = --inputdir=$(srcdir)/test --temp-instance=tmp_check_regress \
 	--temp-config=$(srcdir)/test/regress.conf
 

@@ -5,6 +5,11 @@
 --   1. the extension, and what each billing role may use of it;
 --   2. the trigger: declined recurring charges are queued for FlexFactor;
 --   3. the callback: FlexFactor's outcomes update invoices and subscriptions.
+--
+-- It can be run again: after DROP EXTENSION flexfactor CASCADE (which drops
+-- the trigger, the callback and every grant on flexfactor's objects, see
+-- docs/operations.md), running it again creates the extension and the
+-- wiring anew.
 
 CREATE EXTENSION IF NOT EXISTS flexfactor;
 
@@ -31,7 +36,7 @@ SET ROLE billing_owner;
 -- trigger for each declined renewal only and with the rights of whoever
 -- inserts the payment, returns them; the processor's codes are mapped from
 -- the row itself, and the ones it did not give are sent as 'NA'.
-CREATE FUNCTION billing.flexfactor_decline_details(p billing.payments) RETURNS jsonb
+CREATE OR REPLACE FUNCTION billing.flexfactor_decline_details(p billing.payments) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object(
                'payer', jsonb_build_object('email', c.email),
@@ -46,7 +51,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      WHERE s.id = p.subscription_id
 $$;
 
-CREATE TRIGGER payments_to_flexfactor
+CREATE OR REPLACE TRIGGER payments_to_flexfactor
     AFTER INSERT OR UPDATE ON billing.payments
     FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
         'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency',
@@ -67,7 +72,7 @@ CREATE TRIGGER payments_to_flexfactor
 -- (a failed call is retried), so every branch is idempotent.  An error here
 -- does not undo the status change: it is recorded in
 -- flexfactor.order_events.callback_error and retried with backoff.
-CREATE FUNCTION billing.on_flexfactor_order(o flexfactor.orders) RETURNS void
+CREATE OR REPLACE FUNCTION billing.on_flexfactor_order(o flexfactor.orders) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     inv billing.invoices;
