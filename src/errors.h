@@ -3,7 +3,7 @@
  *		flexfactor's own SQLSTATEs (class FF), so that callers can tell a
  *		timeout from a validation error from bad credentials.
  *
- * README lists them with what the DBA should do about each one.
+ * docs/reference.md (Errors) lists them with what the DBA should do about each one.
  */
 #ifndef FLEXFACTOR_ERRORS_H
 #define FLEXFACTOR_ERRORS_H

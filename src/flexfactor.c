@@ -4,7 +4,7 @@
  *		preloaded, reserves shared memory, installs hooks and registers the
  *		background launcher.
  *
- * Owns nothing else; each concern lives in its own file (see README).
+ * Owns nothing else; each concern lives in its own file (see docs/layout.md).
  */
 #include "postgres.h"
 

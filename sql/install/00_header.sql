@@ -5,7 +5,7 @@
  * Owns the schema flexfactor: the order book, the outbound queues (declines
  * for SFTP batches, transmit copies), the batches and their lines, received
  * webhook events and rejected deliveries.  Nothing here is granted to PUBLIC;
- * README shows the GRANTs a billing role needs.
+ * docs/security.md shows the GRANTs a billing role needs.
  *
  * Every table is state, so each is registered with pg_extension_config_dump
  * right after its definition, with the sequence behind its identity column

@@ -1,5 +1,5 @@
 -- Privileges: nothing is granted to PUBLIC; a role without grants can do
--- nothing, and the README's GRANTs give a billing role exactly what it needs.
+-- nothing, and the GRANTs of docs/security.md give a billing role exactly what it needs.
 \set VERBOSITY terse
 
 SELECT count(*) AS public_table_grants
@@ -35,7 +35,7 @@ SELECT nextval('flexfactor.orders_id_seq');
 RESET ROLE;
 REVOKE USAGE ON SCHEMA flexfactor FROM ff_nobody;
 
--- the README's grants for a monitoring role
+-- the grants of docs/security.md for a monitoring role
 CREATE ROLE ff_monitor;
 GRANT USAGE ON SCHEMA flexfactor TO ff_monitor;
 GRANT SELECT ON flexfactor.orders, flexfactor.batches TO ff_monitor;

@@ -1,4 +1,4 @@
--- Attacks by an unprivileged role with the README's grants, each asserting
+-- Attacks by an unprivileged role with the grants of docs/security.md, each asserting
 -- that nothing was gained, changed or stored (issue 13).
 \set VERBOSITY default
 \set SHOW_CONTEXT never

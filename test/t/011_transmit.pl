@@ -252,7 +252,7 @@ is(sq("SELECT count(*) FROM flexfactor.transmit_queue WHERE payload->>'orderId' 
 	'no row for any refused body');
 
 # complete bodies are accepted: without card details (none at all is
-# complete), a customer-initiated copy (no subscription), and the README's
+# complete), a customer-initiated copy (no subscription), and docs/reference.md's
 # call with every field named
 my $nocard = sq("SELECT flexfactor.ff_transmit(flexfactor.ff_payment('OK-NOCARD', 1999, 'USD', 'tx-ok-nocard', "
 	  . ff_payment_args(map { $_ => undef } qw(holder_name card_type card_brand card_country expiration_month
@@ -266,7 +266,7 @@ my $readme = sq(q{SELECT flexfactor.ff_transmit(flexfactor.ff_payment(
 	holder_name => 'Jane Roe', card_type => 'credit', card_brand => 'visa', card_country => 'US',
 	expiration_month => 3, expiration_year => 2030, card_bin => '411111', card_last4 => '1111'))});
 ok(wait_state("id IN ($nocard, $cit, $readme)", 'delivered', 3),
-	"complete bodies (no card details; customer-initiated; the README's ff_transmit(ff_payment(...))) are delivered");
+	"complete bodies (no card details; customer-initiated; docs/reference.md's ff_transmit(ff_payment(...))) are delivered");
 is(scalar @{ sim_transmits(qr/^(OK-NOCARD|OK-CIT|INV-1002)$/) }, 3, 'and recorded by FlexFactor');
 
 # ------------------------------------------------------------------

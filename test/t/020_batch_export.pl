@@ -56,7 +56,7 @@ sub set_conf { ff_set_conf($node, 'ffdb', @_) }
 # ------------------------------------------------------------------
 # 1. A few declines: the file, byte for byte and field by field
 # ------------------------------------------------------------------
-# the README's call, every field named: complete
+# docs/reference.md's call, every field named: complete
 sq(q{SELECT flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
         order_id => 'INV-1001', amount_cents => 4950, currency => 'usd',
         card_token => 'd3e10716-6aac-4eb8-a74d-c1a3027f1d96', transaction_id => 'gw-7781',
@@ -294,7 +294,7 @@ $e = refused_locally(q{INSERT INTO billing.payments (invoice_no, customer_id, am
 	  billingInformation.city billingInformation.country billingInformation.countryCode));
 is(sq("SELECT count(*) FROM billing.payments WHERE invoice_no = 'P-8'"), '0', 'trigger: and the INSERT failed');
 # the trigger and its enrich function run with the rights of the role that
-# writes the row: a billing application granted what README's privileges
+# writes the row: a billing application granted what docs/security.md's privileges
 # section grants (USAGE on the schema), but not SELECT on the customers
 # table, cannot have its declines enriched from it
 sq(q{CREATE ROLE ff_billing_app LOGIN;

@@ -9,7 +9,7 @@
 # answer, a transmit batch still to upload, webhook events with their
 # nonces (applied, waiting, not applicable), rejections, order events with
 # the billing callback's record.  It is dumped (custom format) and restored
-# with `pg_restore --single-transaction` into node B, as README says; B's
+# with `pg_restore --single-transaction` into node B, as docs/operations.md says; B's
 # worker serves another database during the restore, then is pointed at the
 # restored one with a real SFTP server: it uploads the batch that was still
 # to upload and nothing that was delivered.
@@ -255,7 +255,7 @@ is(qb("SELECT string_agg(b::text, E'\\n' ORDER BY id) FROM flexfactor.batches b 
 
 TODO:
 {
-	local $TODO = 'queue positions are transaction ids of the dumped cluster (README, Backup and restore)';
+	local $TODO = 'queue positions are transaction ids of the dumped cluster (docs/operations.md, Backup and restore)';
 	enqueue_declines($nb, 'DECB', 1);
 	qb('SELECT flexfactor.ff_export_batch()');
 	is(qb(q{SELECT string_agg(order_id || ' ' || state, ', ' ORDER BY order_id) FROM flexfactor.decline_status
