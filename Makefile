@@ -8,6 +8,7 @@ OBJS = \
 	src/settings.o \
 	src/shmem.o \
 	src/dbguard.o \
+	src/ext_version.o \
 	src/work.o \
 	src/worker.o \
 	src/worker_status.o \
@@ -28,6 +29,10 @@ OBJS = \
 	src/listener.o
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+# The install scripts of past releases, frozen (CREATE EXTENSION ... VERSION
+# and the upgrade test install them), and one upgrade script per release:
+# sql/flexfactor--A--B.sql (docs/upgrading.md).
+DATA = $(patsubst $(srcdir)/%,%,$(wildcard $(srcdir)/sql/$(EXTENSION)--*.sql))
 
 # pg_regress suites (test/sql/*.sql + test/expected/*.out) on a throwaway
 # instance that preloads the library.
