@@ -1,0 +1,1048 @@
+/*
+ * flexfactor--0.1.0--0.2.0.sql -- ALTER EXTENSION flexfactor UPDATE from the
+ * released 0.1.0 to 0.2.0 (docs/upgrading.md).
+ *
+ * Brings a 0.1.0 database to exactly what CREATE EXTENSION flexfactor makes in
+ * 0.2.0 (test/t/070_upgrade.pl compares the two with pg_dump), keeping every
+ * row: two new tables (captures, webhook_refusal_counts), two more states of
+ * a webhook event, every table and identity sequence registered with
+ * pg_extension_config_dump (0.1.0 registered none, so pg_dump lost their
+ * rows), the complete request bodies of ff_decline()/ff_payment() (new
+ * arguments, all with defaults), the decline trigger function in C with the
+ * writer's rights (same name and signature: a merchant's trigger keeps
+ * calling it), ff_capture(), the refusal counters, and the functions and
+ * views that changed.  Functions whose arguments changed are dropped and
+ * created again; EXECUTE granted on them to the merchant's roles is reported
+ * below, to be granted again.
+ *
+ * Frozen once released: a later change goes in the next release's script.
+ */
+\echo Use "ALTER EXTENSION flexfactor UPDATE TO '0.2.0'" to load this file. \quit
+
+/* ---------------------------------------------------------------- tables */
+
+-- Captures of CAPTUREREQUIRED orders sent with ff_capture(), one row per
+-- capture FlexFactor confirmed; what was captured is what can be refunded.
+CREATE TABLE flexfactor.captures (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_ref          bigint NOT NULL REFERENCES flexfactor.orders (id),
+    amount_cents       bigint NOT NULL,
+    idempotency_key    uuid NOT NULL,          -- sent with the capture
+    response           jsonb,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT captures_amount_check CHECK (amount_cents > 0),
+    CONSTRAINT captures_idempotency_key_key UNIQUE (idempotency_key)
+);
+CREATE INDEX captures_order_idx ON flexfactor.captures (order_ref);
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.captures', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.captures', 'id'), '');
+
+-- Every request the listener refused, counted by reason and minute.
+CREATE TABLE flexfactor.webhook_refusal_counts (
+    minute       timestamptz NOT NULL,
+    reason       text NOT NULL,
+    http_status  integer,                  -- NULL: the connection was closed unanswered
+    refusals     bigint NOT NULL,
+    PRIMARY KEY (minute, reason),
+    CONSTRAINT webhook_refusal_counts_check CHECK (refusals > 0 AND http_status BETWEEN 400 AND 599)
+);
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_refusal_counts', '');
+
+-- Two more outcomes of a webhook event: not_applicable (names no order) and
+-- rejected (authentic but never applicable); every 0.1.0 state stays valid.
+ALTER TABLE flexfactor.webhook_events DROP CONSTRAINT webhook_events_apply_state_check;
+ALTER TABLE flexfactor.webhook_events ADD CONSTRAINT webhook_events_apply_state_check CHECK (apply_state IN (
+        'pending',          -- stored, not applied yet
+        'applied',          -- order updated
+        'duplicate',        -- repeat of an applied event: changed nothing
+        'waiting_order',    -- order not known yet; applied when it appears
+        'ignored',          -- no state change for this event type
+        'not_applicable',   -- names no order (payout.*, no OrderId): acknowledged, kept
+        'rejected'));       -- authentic but can never be applied (a value out of range): acknowledged, kept
+
+-- Every table is state: pg_dump keeps its rows, and its identity sequence's
+-- position (0.1.0 registered none).
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.orders', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.orders', 'id'), '');
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.refunds', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.refunds', 'id'), '');
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.batches', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.batches', 'id'), '');
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.declines', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.declines', 'id'), '');
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.transmit_queue', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.transmit_queue', 'id'), '');
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.batch_lines', '');
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_events', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.webhook_events', 'id'), '');
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.webhook_rejections', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.webhook_rejections', 'id'), '');
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.order_events', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.order_events', 'id'), '');
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.result_files', '');
+
+/* ------------------------------------------------------------- functions */
+
+-- Functions whose arguments changed cannot be replaced in place.  EXECUTE
+-- granted on them by the DBA is lost with them: say to whom, and how to
+-- grant it again (granting it here would make it part of the extension's
+-- initial privileges, which pg_dump does not dump).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT p.oid::regprocedure AS old_fn, p.proname, a.grantee::regrole AS grantee
+          FROM pg_catalog.pg_proc p
+         CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) a
+         WHERE p.oid IN ('flexfactor.ff_decline(text,bigint,text,text,text,text,text,timestamptz,text,boolean,timestamptz)'::regprocedure,
+                         'flexfactor.ff_payment(text,bigint,text,text,text,timestamptz,text,text,boolean)'::regprocedure,
+                         'flexfactor.ff_status_from_order(jsonb)'::regprocedure)
+           AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner
+    LOOP
+        RAISE WARNING 'EXECUTE on % granted to % is dropped with the function', r.old_fn, r.grantee
+            USING DETAIL = format('flexfactor 0.2.0 replaces %s with a version that takes more arguments.', r.old_fn),
+                  HINT = format('After the update: GRANT EXECUTE ON FUNCTION flexfactor.%I TO %s;', r.proname, r.grantee);
+    END LOOP;
+END $$;
+
+DROP FUNCTION flexfactor.ff_decline(text, bigint, text, text, text, text, text, timestamptz, text, boolean, timestamptz);
+DROP FUNCTION flexfactor.ff_payment(text, bigint, text, text, text, timestamptz, text, text, boolean);
+DROP FUNCTION flexfactor.ff_status_from_order(jsonb);
+-- replaced by _check_body(payload, kind, caller)
+DROP FUNCTION flexfactor._check_evaluate_body(jsonb, text);
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_webhook_refusals(
+    OUT reason text,
+    OUT http_status integer,
+    OUT refused bigint,
+    OUT not_flushed bigint)
+RETURNS SETOF record LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'ff_webhook_refusals';
+
+COMMENT ON FUNCTION flexfactor.ff_webhook_refusals() IS
+    'Requests refused by the webhook listener since the server started, by reason, and how many of them are not in webhook_refusal_counts yet.';
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_next_status(current text, incoming text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE
+    WHEN incoming IS NULL OR incoming = current
+         OR flexfactor.ff_status_rank(incoming) IS NULL THEN current
+    WHEN incoming = 'REFUNDED' THEN
+        CASE WHEN current IN ('APPROVED', 'DECLINED') OR flexfactor.ff_status_rank(current) < 10
+             THEN 'REFUNDED' ELSE current END
+    WHEN current = 'DECLINED' AND incoming IN ('APPROVED', 'CAPTUREREQUIRED') THEN incoming
+    WHEN flexfactor.ff_status_rank(current) >= 10 THEN current
+    WHEN flexfactor.ff_status_rank(incoming) > flexfactor.ff_status_rank(current) THEN incoming
+    ELSE current
+END;
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_status_from_order(answer jsonb, at timestamptz DEFAULT now(),
+                                                sent_expiry timestamptz DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    name    text := upper(CASE WHEN jsonb_typeof(answer->'statusName') = 'string'
+                               THEN answer->>'statusName' END);
+    expiry  timestamptz := sent_expiry;
+    stamp   text := CASE WHEN jsonb_typeof(answer->'expiryDate') = 'string' THEN answer->>'expiryDate' END;
+BEGIN
+    IF name IS NULL OR name NOT IN ('COMPLETED', 'CANCELLED', 'RETURNED', 'CAPTUREREQUIRED',
+                                    'PROCESSING', 'ONHOLD', 'DRAFT') THEN
+        name := CASE CASE WHEN jsonb_typeof(answer->'status') = 'number' THEN answer->>'status' END
+                    WHEN '0' THEN 'DRAFT' WHEN '2' THEN 'CANCELLED' WHEN '4' THEN 'PROCESSING'
+                    WHEN '5' THEN 'CAPTUREREQUIRED' WHEN '6' THEN 'RETURNED' WHEN '7' THEN 'COMPLETED' END;
+    END IF;
+    IF name = 'CANCELLED' THEN
+        IF stamp ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}' THEN
+            BEGIN
+                -- a date without an offset is UTC, as the service's own dates are
+                expiry := CASE WHEN stamp ~ '(Z|[+-]\d{2}(:?\d{2})?)$' THEN stamp ELSE stamp || 'Z' END;
+            EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+                NULL;   -- unreadable: keep what we sent
+            END;
+        END IF;
+        RETURN CASE WHEN expiry <= at THEN 'EXPIRED' ELSE 'CANCELLED' END;
+    END IF;
+    RETURN CASE name
+        WHEN 'COMPLETED' THEN 'APPROVED'
+        WHEN 'RETURNED' THEN 'REFUNDED'
+        WHEN 'CAPTUREREQUIRED' THEN 'CAPTUREREQUIRED'
+        WHEN 'PROCESSING' THEN 'PROCESSING'
+        WHEN 'ONHOLD' THEN 'PROCESSING'
+        WHEN 'DRAFT' THEN 'SUBMITTED'
+    END;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._check_body(payload jsonb, kind text, caller text)
+RETURNS void AS 'MODULE_PATHNAME', 'ff_check_body_sql' LANGUAGE C STABLE STRICT;
+
+CREATE OR REPLACE FUNCTION flexfactor._scrub(remote text)
+RETURNS text AS 'MODULE_PATHNAME', 'ff_scrub_sql' LANGUAGE C STABLE STRICT;
+
+CREATE OR REPLACE FUNCTION flexfactor._scrub_json(remote jsonb)
+RETURNS jsonb LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN flexfactor._scrub(remote::text)::jsonb;
+EXCEPTION WHEN invalid_text_representation THEN
+    RETURN to_jsonb(flexfactor._scrub(remote::text));
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_decline(
+    order_id text,
+    amount_cents bigint,
+    currency text,
+    card_token text,
+    transaction_id text,
+    decline_code text DEFAULT NULL,
+    email text DEFAULT NULL,
+    expiry timestamptz DEFAULT NULL,
+    subscription_id text DEFAULT NULL,
+    is_recurring boolean DEFAULT true,
+    declined_at timestamptz DEFAULT NULL,
+    response_code_source text DEFAULT NULL,
+    avs_result_code text DEFAULT NULL,
+    cvv_result_code text DEFAULT NULL,
+    cavv_result_code text DEFAULT NULL,
+    decline_message text DEFAULT NULL,
+    first_name text DEFAULT NULL,
+    last_name text DEFAULT NULL,
+    address_line1 text DEFAULT NULL,
+    address_line2 text DEFAULT NULL,
+    city text DEFAULT NULL,
+    state text DEFAULT NULL,
+    zip_code text DEFAULT NULL,
+    country_code text DEFAULT NULL,
+    country text DEFAULT NULL,
+    phone text DEFAULT NULL,
+    subscription_interval text DEFAULT NULL,
+    holder_name text DEFAULT NULL,
+    card_brand text DEFAULT NULL,
+    card_bin text DEFAULT NULL,
+    card_last4 text DEFAULT NULL,
+    expiration_month integer DEFAULT NULL,
+    expiration_year integer DEFAULT NULL)
+RETURNS jsonb LANGUAGE sql STABLE
+RETURN jsonb_strip_nulls(jsonb_build_object(
+    'orderId', order_id,
+    'isMIT', true,
+    'isDeclined', true,
+    'isRecurring', is_recurring,
+    'expiryDateUtc', to_char(expiry AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+    'transaction', jsonb_build_object(
+        'id', transaction_id,
+        'amount', amount_cents,
+        'currency', upper(currency),
+        'timestampUtc', to_char(declined_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'timezoneUtcOffset', 0,
+        'responseCode', coalesce(nullif(decline_code, ''), 'NA'),
+        'responseCodeSource', coalesce(nullif(response_code_source, ''), 'NA'),
+        'responseDescription', decline_message,
+        'responseStatus', 'DECLINED',
+        'avsResultCode', coalesce(nullif(avs_result_code, ''), 'NA'),
+        'cvvResultCode', coalesce(nullif(cvv_result_code, ''), 'NA'),
+        'cavvResultCode', coalesce(nullif(cavv_result_code, ''), 'NA'),
+        'cardNotPresent', true),
+    'payer', jsonb_build_object('email', email, 'phone', phone),
+    'billingInformation', jsonb_build_object(
+        'firstName', first_name, 'lastName', last_name,
+        'addressLine1', address_line1, 'addressLine2', address_line2,
+        'city', city, 'state', state, 'zipCode', zip_code,
+        'countryCode', upper(country_code), 'country', coalesce(country, upper(country_code)),
+        'phone', phone),
+    'paymentMethod', jsonb_build_object(
+        'cardNumber', card_token, 'token', true, 'holderName', holder_name,
+        'cardBrand', upper(card_brand), 'cardBinNumber', card_bin, 'cardLast4Digits', card_last4,
+        'expirationMonth', expiration_month, 'expirationYear', expiration_year),
+    'subscription', CASE WHEN is_recurring THEN jsonb_build_object(
+        'subscriptionId', subscription_id, 'interval', subscription_interval,
+        'price', amount_cents, 'currency', upper(currency)) END));
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_payment(
+    order_id text,
+    amount_cents bigint,
+    currency text,
+    transaction_id text,
+    email text DEFAULT NULL,
+    paid_at timestamptz DEFAULT NULL,
+    card_bin text DEFAULT NULL,
+    card_last4 text DEFAULT NULL,
+    is_mit boolean DEFAULT true,
+    is_recurring boolean DEFAULT true,
+    subscription_id text DEFAULT NULL,
+    subscription_interval text DEFAULT NULL,
+    response_code text DEFAULT NULL,
+    response_code_source text DEFAULT NULL,
+    avs_result_code text DEFAULT NULL,
+    cvv_result_code text DEFAULT NULL,
+    cavv_result_code text DEFAULT NULL,
+    phone text DEFAULT NULL,
+    holder_name text DEFAULT NULL,
+    card_type text DEFAULT NULL,
+    card_brand text DEFAULT NULL,
+    card_country text DEFAULT NULL,
+    expiration_month integer DEFAULT NULL,
+    expiration_year integer DEFAULT NULL,
+    first_name text DEFAULT NULL,
+    last_name text DEFAULT NULL,
+    address_line1 text DEFAULT NULL,
+    city text DEFAULT NULL,
+    state text DEFAULT NULL,
+    zip_code text DEFAULT NULL,
+    country_code text DEFAULT NULL)
+RETURNS jsonb LANGUAGE sql STABLE
+RETURN jsonb_strip_nulls(jsonb_build_object(
+    'orderId', order_id,
+    'isMIT', is_mit,
+    'isDeclined', false,
+    'isRecurring', CASE WHEN is_mit THEN is_recurring END,
+    'transaction', jsonb_build_object(
+        'id', transaction_id,
+        'amount', amount_cents,
+        'currency', upper(currency),
+        'timestampUtc', to_char(paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'timezoneUtcOffset', 0,
+        'responseCode', coalesce(nullif(response_code, ''), 'NA'),
+        'responseCodeSource', coalesce(nullif(response_code_source, ''), 'NA'),
+        'responseStatus', 'APPROVED',
+        'avsResultCode', coalesce(nullif(avs_result_code, ''), 'NA'),
+        'cvvResultCode', coalesce(nullif(cvv_result_code, ''), 'NA'),
+        'cavvResultCode', coalesce(nullif(cavv_result_code, ''), 'NA')),
+    'payer', jsonb_build_object('email', email, 'phone', phone),
+    'billingInformation', CASE WHEN coalesce(first_name, last_name, address_line1, city, country_code) IS NOT NULL
+        THEN jsonb_build_object('firstName', first_name, 'lastName', last_name,
+                                'addressLine1', address_line1, 'city', city, 'state', state,
+                                'zipCode', zip_code, 'countryCode', upper(country_code),
+                                'country', upper(country_code)) END,
+    'paymentMethod', jsonb_build_object(
+        'holderName', holder_name, 'cardType', upper(card_type), 'cardBrand', upper(card_brand),
+        'cardCountry', upper(card_country), 'expirationMonth', expiration_month,
+        'expirationYear', expiration_year, 'cardBinNumber', card_bin, 'cardLast4Digits', card_last4),
+    'subscription', CASE WHEN is_mit THEN jsonb_build_object(
+        'subscriptionId', subscription_id, 'interval', subscription_interval,
+        'price', amount_cents, 'currency', upper(currency)) END));
+
+CREATE OR REPLACE FUNCTION flexfactor._api_call_answer(method text, path text, body jsonb,
+                                            answer_statuses integer[],
+                                            OUT http_status integer, OUT answer jsonb)
+RETURNS record AS 'MODULE_PATHNAME', 'ff_api_call_answer_sql' LANGUAGE C VOLATILE;
+
+CREATE OR REPLACE FUNCTION flexfactor._refusal_detail(http_status integer, answer jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+RETURN format('HTTP %s, responseCode %s: %s', http_status,
+              coalesce(nullif(answer->>'responseCode', ''), answer #>> '{errors,0,item2}', 'none'),
+              -- card-number-like digit runs are masked, as in every remote message
+              regexp_replace(left(coalesce(nullif(answer->>'responseMessage', ''),
+                                           answer #>> '{errors,0,item1}', answer->>'title',
+                                           'no message'), 500),
+                             '[0-9]{12,}', '[digits removed]', 'g'));
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_evaluate(payload jsonb)
+RETURNS jsonb AS 'MODULE_PATHNAME', 'ff_evaluate' LANGUAGE C VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_order(order_session_key text)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key     uuid := flexfactor._uuid_arg($1, 'order_session_key');
+    answer  jsonb;
+BEGIN
+    answer := flexfactor._api_call('GET', 'orders/' || key, NULL);
+    UPDATE flexfactor.orders o
+       SET status = flexfactor.ff_next_status(o.status,
+                        flexfactor.ff_status_from_order(answer, now(), o.expiry_date_utc)),
+           last_response = answer
+     WHERE o.order_session_key = key;
+    RETURN answer;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_refund(order_session_key text, amount_cents bigint DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key       uuid := flexfactor._uuid_arg($1, 'order_session_key');
+    o         flexfactor.orders := flexfactor._order_for_update(key);
+    -- what was captured, for an order captured with ff_capture(); else all of it
+    captured  bigint := coalesce((SELECT sum(c.amount_cents) FROM flexfactor.captures c
+                                   WHERE c.order_ref = o.id), o.amount_cents);
+    remaining bigint := captured - o.refunded_cents;
+    amount    bigint := coalesce($2, remaining);
+    idem      uuid;
+    reply     record;
+    answer    jsonb;
+    said      text;
+BEGIN
+    IF o.status NOT IN ('APPROVED', 'REFUNDED') THEN
+        RAISE EXCEPTION 'cannot refund order %: its status is %', key, o.status
+            USING ERRCODE = 'FF020',
+                  DETAIL = 'Only APPROVED orders (or partly refunded ones) can be refunded.',
+                  HINT = 'Use ff_cancel() for a pending order; ff_order() refreshes the status.';
+    END IF;
+    IF remaining <= 0 THEN
+        RAISE EXCEPTION 'nothing is left to refund on order %', key
+            USING ERRCODE = 'FF021',
+                  DETAIL = format('The order is %s cents and all of it is already refunded.', captured);
+    END IF;
+    IF amount <= 0 THEN
+        RAISE EXCEPTION 'refund amount must be positive, not % cents', amount
+            USING ERRCODE = 'FF021',
+                  DETAIL = format('%s cents are left to refund on order %s.', remaining, key),
+                  HINT = 'Pass the amount in cents, or NULL to refund what is left.';
+    END IF;
+    IF amount > remaining THEN
+        RAISE EXCEPTION 'refund of % cents is more than order % allows', amount, key
+            USING ERRCODE = 'FF021',
+                  DETAIL = format('The order is %s cents, %s cents are already refunded, %s cents are left.',
+                                  captured, o.refunded_cents, remaining),
+                  HINT = 'Refund at most what is left; NULL refunds all of it.';
+    END IF;
+
+    -- the local identity of this refund (refunds.idempotency_key); not sent
+    idem := flexfactor.ff_attempt_key('refund', key::text, o.refunded_cents::text, amount::text);
+    SELECT * INTO reply
+      FROM flexfactor._api_call_answer('POST', 'orders/' || key || '/refund',
+               jsonb_build_object('amountToRefund', flexfactor.ff_cents_to_dollars(amount)::numeric,
+                                  'isPartialRefund', amount < remaining),
+               '{400,402,409,422}');
+    answer := reply.answer;
+    said := upper(coalesce(answer->>'responseMessage', ''));
+
+    IF reply.http_status NOT BETWEEN 200 AND 299
+       OR lower(coalesce(answer->>'success', '')) <> 'true'
+       OR upper(coalesce(answer->>'status', '')) NOT IN ('SUCCESS', 'APPROVED')
+       OR nullif(answer->>'responseCode', '') IS NOT NULL THEN
+        RAISE EXCEPTION 'FlexFactor refused the refund of order %', key
+            USING ERRCODE = 'FF012',
+                  DETAIL = flexfactor._refusal_detail(reply.http_status, answer),
+                  HINT = 'Nothing was booked; ff_order() shows what FlexFactor holds for the order.';
+    END IF;
+    IF said ~ 'DECLINED' THEN
+        -- the sandbox's 2024 answer to a refund that did happen
+        RAISE EXCEPTION 'FlexFactor''s answer to the refund of order % is ambiguous', key
+            USING ERRCODE = 'FF012',
+                  DETAIL = format('%s (success true with responseMessage %s).',
+                                  flexfactor._refusal_detail(reply.http_status, answer), answer->>'responseMessage'),
+                  HINT = 'Nothing was booked.  Check with ff_order() whether FlexFactor refunded the order '
+                         '(statusName RETURNED); its order.refunded webhook books the refund.';
+    END IF;
+
+    -- a repeated refund FlexFactor de-duplicated answers with the refund it
+    -- already made: booked once (by an earlier call or its webhook)
+    IF answer->>'transactionId' IS NOT NULL
+       AND EXISTS (SELECT 1 FROM flexfactor.refunds r WHERE r.transaction_id = answer->>'transactionId') THEN
+        RAISE NOTICE 'FlexFactor answered with refund % of order %, which is booked already', answer->>'transactionId', key;
+        UPDATE flexfactor.orders SET last_response = answer WHERE id = o.id;
+        RETURN answer;
+    END IF;
+    INSERT INTO flexfactor.refunds (order_ref, amount_cents, idempotency_key, transaction_id, response)
+    VALUES (o.id, amount, idem, answer->>'transactionId', answer);
+    UPDATE flexfactor.orders
+       SET refunded_cents = refunded_cents + amount,
+           status = flexfactor.ff_next_status(status, 'REFUNDED'),
+           last_response = answer
+     WHERE id = o.id;
+    RETURN answer;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_capture(order_session_key text, amount_cents bigint DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key     uuid := flexfactor._uuid_arg($1, 'order_session_key');
+    o       flexfactor.orders := flexfactor._order_for_update(key);
+    amount  bigint := coalesce($2, o.amount_cents);
+    idem    uuid;
+    reply   record;
+    answer  jsonb;
+BEGIN
+    IF o.status <> 'CAPTUREREQUIRED' THEN
+        RAISE EXCEPTION 'cannot capture order %: its status is %', key, o.status
+            USING ERRCODE = 'FF020',
+                  DETAIL = 'Only CAPTUREREQUIRED orders (authorised, sent with transactionType AUTHORIZATION) can be captured.',
+                  HINT = 'ff_order() refreshes the status; an order not captured in time is voided by FlexFactor.';
+    END IF;
+    IF amount <= 0 THEN
+        RAISE EXCEPTION 'capture amount must be positive, not % cents', amount
+            USING ERRCODE = 'FF021',
+                  DETAIL = format('Order %s is authorised for %s cents.', key, o.amount_cents),
+                  HINT = 'Pass the amount in cents, or NULL to capture all of it.';
+    END IF;
+    IF amount > o.amount_cents THEN
+        RAISE EXCEPTION 'capture of % cents is more than order % allows', amount, key
+            USING ERRCODE = 'FF021',
+                  DETAIL = format('The order is authorised for %s cents.', o.amount_cents),
+                  HINT = 'Capture at most the authorised amount; NULL captures all of it.';
+    END IF;
+
+    idem := flexfactor.ff_attempt_key('capture', key::text, amount::text);
+    SELECT * INTO reply
+      FROM flexfactor._api_call_answer('POST', 'capture',
+               jsonb_build_object('idempotencyKey', idem, 'orderId', key, 'amount', amount,
+                                  'currency', o.currency),
+               '{400,402,409,422}');
+    answer := reply.answer;
+    IF reply.http_status NOT BETWEEN 200 AND 299
+       OR lower(coalesce(answer->>'success', 'true')) = 'false'
+       OR upper(coalesce(answer->>'captureStatus', answer->>'status', '')) <> 'SUCCESS'
+       OR upper(coalesce(answer->>'status', 'SUCCESS')) <> 'SUCCESS' THEN
+        RAISE EXCEPTION 'FlexFactor refused the capture of order %', key
+            USING ERRCODE = 'FF012',
+                  DETAIL = flexfactor._refusal_detail(reply.http_status, answer),
+                  HINT = 'Nothing was recorded; ff_order() shows what FlexFactor holds for the order '
+                         '(an order not captured within the capture window is voided).';
+    END IF;
+
+    INSERT INTO flexfactor.captures (order_ref, amount_cents, idempotency_key, response)
+    VALUES (o.id, amount, idem, answer);
+    UPDATE flexfactor.orders
+       SET status = flexfactor.ff_next_status(status, 'APPROVED'),
+           last_response = answer
+     WHERE id = o.id;
+    RETURN answer;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_transmit(payload jsonb)
+RETURNS bigint LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    queued bigint;
+BEGIN
+    IF jsonb_typeof(payload) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'ff_transmit() expects a JSON object'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Build the body with flexfactor.ff_payment(...).';
+    END IF;
+    PERFORM flexfactor._check_body(payload, 'transmit', 'ff_transmit');
+    INSERT INTO flexfactor.transmit_queue (payload) VALUES (payload) RETURNING id INTO queued;
+    PERFORM flexfactor._wake_worker_at_commit();
+    RETURN queued;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_enqueue_decline(payload jsonb)
+RETURNS bigint LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mid    text := coalesce(payload->>'mid', nullif(current_setting('flexfactor.mid'), ''));
+    queued bigint;
+BEGIN
+    PERFORM flexfactor._check_body(payload, 'batch', 'ff_enqueue_decline');
+    IF lower(coalesce(payload->>'isMIT', 'true')) <> 'true' THEN
+        RAISE EXCEPTION 'ff_enqueue_decline() takes merchant-initiated charges only'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The payload has isMIT = false; SFTP batches carry MIT declines.',
+                  HINT = 'Send customer-initiated declines with ff_evaluate().';
+    END IF;
+
+    INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
+    VALUES (payload->>'orderId', payload #>> '{transaction,id}',
+            coalesce((payload->>'idempotencyKey')::uuid,
+                     flexfactor.ff_attempt_key('evaluate', mid, payload->>'orderId',
+                                               payload #>> '{transaction,id}')),
+            (payload - '{idempotencyKey,mid,sequenceNumber}'::text[]) || jsonb_build_object('isMIT', true))
+    ON CONFLICT (order_id, transaction_id) DO NOTHING
+    RETURNING id INTO queued;
+    IF queued IS NULL THEN
+        SELECT d.id INTO queued FROM flexfactor.declines d
+         WHERE d.order_id = $1->>'orderId' AND d.transaction_id = $1 #>> '{transaction,id}';
+    END IF;
+    RETURN queued;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._new_batch(kind text, mid text, line_count integer,
+                                      first_xid xid8 DEFAULT NULL, first_id bigint DEFAULT NULL,
+                                      last_xid xid8 DEFAULT NULL, last_id bigint DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    batch bigint := nextval(pg_get_serial_sequence('flexfactor.batches', 'id'));
+BEGIN
+    INSERT INTO flexfactor.batches (id, kind, mid, file_name, line_count, first_xid, first_id, last_xid, last_id)
+    OVERRIDING SYSTEM VALUE
+    VALUES (batch, kind, mid,
+            format('%s_%s_%s_%s.jsonl', kind, mid,
+                   to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"'), batch),
+            line_count, first_xid, first_id, last_xid, last_id);
+    RETURN batch;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._declines_frozen()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF (NEW.id, NEW.order_id, NEW.transaction_id, NEW.idempotency_key, NEW.payload, NEW.enqueue_xid)
+           IS DISTINCT FROM
+           (OLD.id, OLD.order_id, OLD.transaction_id, OLD.idempotency_key, OLD.payload, OLD.enqueue_xid) THEN
+            RAISE EXCEPTION 'a queued decline cannot be changed'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = format('Decline %s (order %s) is a line of a batch file, as it was queued.', OLD.id, OLD.order_id),
+                      HINT = 'Queue a new attempt with its own transaction.id instead.';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF EXISTS (SELECT 1 FROM flexfactor.batches b
+                WHERE b.kind = 'evaluate' AND b.state IN ('ready', 'uploaded')
+                  AND (OLD.enqueue_xid, OLD.id) BETWEEN (b.first_xid, b.first_id) AND (b.last_xid, b.last_id)) THEN
+        RAISE EXCEPTION 'decline % is in a batch file not answered yet', OLD.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Order %s is a line of a batch that is still to be uploaded or answered.', OLD.order_id),
+                  HINT = 'Wait for the result file (see flexfactor.batch_status).';
+    END IF;
+    RETURN OLD;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._merge_decline_details(body jsonb, details jsonb)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    allowed constant jsonb := '{
+        "payer": null, "billingInformation": null, "shippingInformation": null,
+        "transaction": ["responseCode", "responseCodeSource", "responseDescription", "responseSubStatus",
+                        "processorName", "avsResultCode", "cvvResultCode", "cavvResultCode",
+                        "dynamicDescriptor"],
+        "subscription": ["subscriptionId", "interval", "paymentNumber", "totalPayments"],
+        "paymentMethod": ["holderName", "cardType", "cardBrand", "cardCountry", "cardIssuer", "cardLevel",
+                          "expirationMonth", "expirationYear", "cardBinNumber", "cardLast4Digits"],
+        "expiryDateUtc": null, "customerIp": null, "senseKey": null, "orderItems": null,
+        "additionalFields": null}';
+    k   text;
+    v   jsonb;
+    sub text;
+BEGIN
+    IF details IS NULL OR details = 'null' THEN
+        RETURN body;
+    END IF;
+    IF jsonb_typeof(details) <> 'object' THEN
+        RAISE EXCEPTION 'the decline trigger''s enrich function returned a JSON %, not an object', jsonb_typeof(details)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Return jsonb such as {"payer": {"email": ...}, "billingInformation": {...}}.';
+    END IF;
+    FOR k, v IN SELECT * FROM jsonb_each(jsonb_strip_nulls(details)) LOOP
+        IF NOT allowed ? k THEN
+            RAISE EXCEPTION 'the decline trigger''s enrich function returned "%", which it may not set', k
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'The order id, transaction id, amount, currency and card token come from the mapped columns.',
+                      HINT = format('It may return: %s.', (SELECT string_agg(key, ', ') FROM jsonb_object_keys(allowed) key));
+        END IF;
+        IF jsonb_typeof(allowed -> k) = 'array' THEN
+            IF jsonb_typeof(v) <> 'object' THEN
+                RAISE EXCEPTION 'the decline trigger''s enrich function returned a JSON % as "%", not an object', jsonb_typeof(v), k
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            FOR sub IN SELECT jsonb_object_keys(v) LOOP
+                IF NOT (allowed -> k) ? sub THEN
+                    RAISE EXCEPTION 'the decline trigger''s enrich function returned "%.%", which it may not set', k, sub
+                        USING ERRCODE = 'invalid_parameter_value',
+                              HINT = format('In "%s" it may return: %s.', k,
+                                            (SELECT string_agg(e, ', ') FROM jsonb_array_elements_text(allowed -> k) e));
+                END IF;
+            END LOOP;
+            body := jsonb_set(body, ARRAY[k], coalesce(body -> k, '{}') || v);
+        ELSIF jsonb_typeof(v) = 'object' AND jsonb_typeof(body -> k) = 'object' THEN
+            body := jsonb_set(body, ARRAY[k], (body -> k) || v);
+        ELSE
+            body := jsonb_set(body, ARRAY[k], v);
+        END IF;
+    END LOOP;
+    RETURN body;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._queue_mapped_decline(f jsonb, details jsonb)
+RETURNS bigint LANGUAGE sql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN flexfactor.ff_enqueue_decline(flexfactor._merge_decline_details(
+    flexfactor.ff_decline(
+        order_id => f->>'order_id',
+        amount_cents => coalesce((f->>'amount')::bigint, round((f->>'amount_dollars')::numeric * 100)::bigint),
+        currency => f->>'currency',
+        card_token => f->>'token',
+        transaction_id => coalesce(f->>'transaction_id', f->>'order_id'),
+        decline_code => f->>'decline_code',
+        decline_message => f->>'decline_message',
+        response_code_source => f->>'response_code_source',
+        avs_result_code => f->>'avs_result_code',
+        cvv_result_code => f->>'cvv_result_code',
+        cavv_result_code => f->>'cavv_result_code',
+        email => f->>'email',
+        phone => f->>'phone',
+        first_name => f->>'first_name',
+        last_name => f->>'last_name',
+        address_line1 => f->>'address_line1',
+        address_line2 => f->>'address_line2',
+        city => f->>'city',
+        state => f->>'state',
+        zip_code => f->>'zip_code',
+        country_code => f->>'country_code',
+        country => f->>'country',
+        subscription_id => f->>'subscription_id',
+        subscription_interval => f->>'subscription_interval',
+        is_recurring => true,
+        expiry => coalesce((f->>'expiry')::timestamptz,
+                           now() + make_interval(days => (f->>'expiry_days')::integer)),
+        declined_at => coalesce((f->>'declined_at')::timestamptz, now()),
+        holder_name => f->>'holder_name',
+        card_brand => f->>'card_brand',
+        card_bin => f->>'card_bin',
+        card_last4 => f->>'card_last4',
+        expiration_month => (f->>'expiration_month')::integer,
+        expiration_year => (f->>'expiration_year')::integer)
+    || jsonb_strip_nulls(jsonb_build_object('senseKey', f->>'sense_key')),
+    details));
+
+-- Same name and signature, now in C and with the writer's rights (no longer
+-- SECURITY DEFINER): a merchant's trigger created with 0.1.0 calls it from now
+-- on, with the same arguments (0.2.0 takes more; see docs/upgrading.md).
+CREATE OR REPLACE FUNCTION flexfactor.ff_decline_trigger()
+RETURNS trigger AS 'MODULE_PATHNAME', 'ff_decline_trigger' LANGUAGE C;
+
+-- A trigger created with 0.1.0 now runs this function with its 0.1.0
+-- arguments, which cannot name what 0.2.0 requires of every queued decline:
+-- say so for each, and what to do.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT t.tgname, t.tgrelid::regclass AS rel
+          FROM pg_catalog.pg_trigger t
+         WHERE t.tgfoid = 'flexfactor.ff_decline_trigger()'::regprocedure
+         ORDER BY 2, 1
+    LOOP
+        RAISE WARNING 'trigger % on % was created with flexfactor 0.1.0 and needs the arguments of 0.2.0', r.tgname, r.rel
+            USING DETAIL = '0.2.0 queues only complete declines (the payer''s email, the billing name and address, the subscription id and interval); 0.1.0''s arguments cannot name them, so a decline written through this trigger now fails with FF023 naming what is missing.',
+                  HINT = 'Create the trigger again with the new arguments (field=column, field=''constant'' or enrich=function), best in the transaction of ALTER EXTENSION flexfactor UPDATE: see docs/upgrading.md.';
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._invoke_callback(fn regprocedure, o flexfactor.orders)
+RETURNS void AS 'MODULE_PATHNAME', 'ff_invoke_callback' LANGUAGE C STRICT;
+
+CREATE OR REPLACE FUNCTION flexfactor._run_callback(event_id bigint, o flexfactor.orders)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    setting text := nullif(current_setting('flexfactor.on_order_status', true), '');
+    fn      regprocedure;
+    outcome text := 'done';
+    problem text;
+BEGIN
+    IF setting IS NULL THEN
+        RETURN 'none';
+    END IF;
+    fn := to_regprocedure(setting || '(flexfactor.orders)');
+    IF fn IS NULL THEN
+        outcome := 'failed';
+        problem := format('function %s(flexfactor.orders) does not exist', setting);
+    ELSE
+        BEGIN
+            PERFORM flexfactor._invoke_callback(fn, o);
+        EXCEPTION WHEN OTHERS THEN
+            outcome := 'failed';
+            problem := SQLERRM;
+        END;
+    END IF;
+    UPDATE flexfactor.order_events
+       SET callback_state = CASE WHEN outcome = 'failed' AND callback_attempts + 1 >= 10
+                                 THEN 'gave_up' ELSE outcome END,
+           callback_attempts = callback_attempts + 1,
+           callback_error = problem,
+           next_callback_at = CASE WHEN outcome = 'failed'
+                                   THEN now() + make_interval(secs => least(5 * power(2, callback_attempts), 3600)) END
+     WHERE id = event_id;
+    IF outcome = 'failed' THEN
+        RAISE WARNING 'flexfactor.on_order_status callback failed for order %: %', o.order_id, problem;
+    END IF;
+    RETURN outcome;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._orders_status_changed()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    event_id bigint;
+    previous text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END;
+BEGIN
+    INSERT INTO flexfactor.order_events (order_ref, old_status, new_status)
+    VALUES (NEW.id, previous, NEW.status) RETURNING id INTO event_id;
+    -- any role may LISTEN: the payload is the order's row id and its status
+    -- only; what the order is needs SELECT on flexfactor.orders
+    PERFORM pg_notify('flexfactor_order', json_build_object('id', NEW.id, 'status', NEW.status)::text);
+    PERFORM flexfactor._run_callback(event_id, NEW);
+    RETURN NULL;
+END $$;
+
+-- The AFTER INSERT triggers act only on orders created by the inserting
+-- transaction (created_at = now()): rows reloaded by a pg_dump restore are
+-- not reported, called back or applied again.
+DROP TRIGGER orders_10_status_set ON flexfactor.orders;
+CREATE TRIGGER orders_10_status_set
+    AFTER INSERT ON flexfactor.orders
+    FOR EACH ROW WHEN (NEW.status <> 'PENDING' AND NEW.created_at = now())
+    EXECUTE FUNCTION flexfactor._orders_status_changed();
+
+DROP TRIGGER orders_20_key_set ON flexfactor.orders;
+CREATE TRIGGER orders_20_key_set
+    AFTER INSERT ON flexfactor.orders
+    FOR EACH ROW WHEN (NEW.order_session_key IS NOT NULL AND NEW.created_at = now())   -- see orders_10_status_set
+    EXECUTE FUNCTION flexfactor._orders_key_known();
+
+CREATE OR REPLACE FUNCTION flexfactor._record_webhook_event(
+    p_event text, p_order_key text, p_external_order_id text, p_confirmation_id text,
+    p_event_time text, p_event_data jsonb, p_is_resent boolean, p_nonce text, p_body text,
+    p_received_via text)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key      uuid;
+    stored   bigint;
+    at       timestamptz;
+BEGIN
+    -- an event that names no order (payout.created, payout.updated, ...) is
+    -- kept and acknowledged, never refused: FlexFactor would retry it for good
+    IF p_order_key IS NULL THEN
+        BEGIN
+            at := p_event_time::timestamptz;
+        EXCEPTION WHEN OTHERS THEN
+            at := NULL;
+        END;
+        INSERT INTO flexfactor.webhook_events AS w
+               (event, external_order_id, confirmation_id, event_time, event_data, is_resent, nonce,
+                body, received_via, apply_state, applied_at, apply_error)
+        VALUES (lower(p_event), p_external_order_id, p_confirmation_id,
+                at, p_event_data, p_is_resent, p_nonce, p_body, p_received_via, 'not_applicable', now(),
+                format('%s names no order (no OrderId): recorded, not applied', lower(p_event)))
+        ON CONFLICT (nonce) WHERE nonce IS NOT NULL DO NOTHING
+        RETURNING w.id INTO stored;
+        IF stored IS NULL THEN
+            RAISE EXCEPTION 'webhook delivery refused: its nonce was already used'
+                USING ERRCODE = 'FF042',
+                      DETAIL = 'A delivery with the same x-fc-nonce was accepted before; this one is a replay.';
+        END IF;
+        RETURN 'not_applicable';
+    END IF;
+    IF p_order_key !~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$' THEN
+        RAISE EXCEPTION 'webhook delivery refused: OrderId is not a GUID'
+            USING ERRCODE = 'FF043';
+    END IF;
+    key := p_order_key::uuid;
+    BEGIN
+        at := p_event_time::timestamptz;
+    EXCEPTION WHEN OTHERS THEN
+        at := NULL;
+    END;
+    INSERT INTO flexfactor.webhook_events AS w
+           (event, order_session_key, external_order_id, confirmation_id, event_time,
+            event_data, is_resent, nonce, body, received_via)
+    VALUES (lower(p_event), key, p_external_order_id, p_confirmation_id, at,
+            p_event_data, p_is_resent, p_nonce, p_body, p_received_via)
+    ON CONFLICT (nonce) WHERE nonce IS NOT NULL DO NOTHING
+    RETURNING w.id INTO stored;
+    IF stored IS NULL THEN
+        RAISE EXCEPTION 'webhook delivery refused: its nonce was already used'
+            USING ERRCODE = 'FF042',
+                  DETAIL = 'A delivery with the same x-fc-nonce was accepted before; this one is a replay.';
+    END IF;
+
+    -- a repeat of an event already stored (a resend, a duplicate delivery) changes nothing
+    IF EXISTS (SELECT 1 FROM flexfactor.webhook_events w
+                WHERE w.id <> stored AND w.order_session_key = key AND w.event = lower(p_event)
+                  AND w.confirmation_id IS NOT DISTINCT FROM p_confirmation_id
+                  AND w.apply_state <> 'duplicate') THEN
+        UPDATE flexfactor.webhook_events SET apply_state = 'duplicate', applied_at = now()
+         WHERE id = stored;
+        RETURN 'duplicate';
+    END IF;
+    RETURN flexfactor._apply_webhook_event(stored);
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._record_rejected_webhook_event(
+    p_nonce text, p_body text, p_received_via text, p_reason text)
+RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stored bigint;
+BEGIN
+    INSERT INTO flexfactor.webhook_events AS w
+           (event, nonce, body, received_via, apply_state, applied_at, apply_error)
+    VALUES (coalesce(lower(substring(p_body FROM '(?i)"event"\s*:\s*"([a-z0-9._]{1,64})"')), 'unknown'),
+            p_nonce, p_body, p_received_via, 'rejected', now(), left(p_reason, 500))
+    ON CONFLICT (nonce) WHERE nonce IS NOT NULL DO NOTHING
+    RETURNING w.id INTO stored;
+    IF stored IS NULL THEN
+        RAISE EXCEPTION 'webhook delivery refused: its nonce was already used'
+            USING ERRCODE = 'FF042',
+                  DETAIL = 'A delivery with the same x-fc-nonce was accepted before; this one is a replay.';
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._apply_result_file(result_name text, content text)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b      flexfactor.batches;
+    lines  jsonb[];
+    stored bigint;
+BEGIN
+    IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = result_name) THEN
+        RETURN 'already applied';
+    END IF;
+    SELECT * INTO b FROM flexfactor.batches
+     WHERE file_name = regexp_replace(result_name, '\.result\.jsonl$', '.jsonl') FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'result file % answers no known batch', result_name
+            USING ERRCODE = 'FF009',
+                  HINT = 'Only files named <batch file name without .jsonl>.result.jsonl are applied.';
+    END IF;
+    BEGIN
+        SELECT array_agg(l::jsonb ORDER BY n) INTO lines
+          FROM regexp_split_to_table(content, E'\n') WITH ORDINALITY AS t(l, n)
+         WHERE l <> '';
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'result file % is not JSON Lines', result_name
+            USING ERRCODE = 'FF009';
+    END;
+
+    -- each result line answers the order on the same line of the batch: the
+    -- lines are stored where sequenceNumber and orderId agree, and the file
+    -- is refused whole (nothing stored) unless every line of the batch is
+    IF coalesce(cardinality(lines), 0) <> b.line_count
+       OR (SELECT count(DISTINCT j->>'sequenceNumber') FROM unnest(lines) AS j) <> b.line_count THEN
+        stored := -1;
+    ELSE
+        INSERT INTO flexfactor.batch_lines AS bl
+               (batch_id, sequence_number, decline_id, transmit_queue_id, order_session_key, status, errors)
+        SELECT b.id, f.sequence_number, f.decline_id, f.transmit_queue_id,
+               CASE WHEN j->>'orderSessionKey' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
+                    THEN (j->>'orderSessionKey')::uuid END,
+               upper(j->>'status'),
+               CASE WHEN jsonb_typeof(j->'errors') = 'array' AND jsonb_array_length(j->'errors') = 0
+                    THEN j->'errors' ELSE flexfactor._scrub_json(j->'errors') END
+          FROM unnest(lines) AS j
+          JOIN flexfactor.batch_file_lines(b.id) f ON f.sequence_number = (j->>'sequenceNumber')::integer
+         WHERE NOT (j ? 'orderId' AND j->>'orderId' IS DISTINCT FROM f.line::jsonb->>'orderId');
+        GET DIAGNOSTICS stored = ROW_COUNT;
+    END IF;
+    IF stored <> b.line_count THEN
+        RAISE EXCEPTION 'result file % does not match batch %', result_name, b.id
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('The batch has %s lines; the file has %s, or a line''s sequenceNumber/orderId differs from the batch line it answers.',
+                                  b.line_count, coalesce(cardinality(lines), 0)),
+                  HINT = 'Nothing was applied; ask FlexFactor about the file.';
+    END IF;
+
+    IF b.kind = 'evaluate' THEN
+        INSERT INTO flexfactor.orders AS o
+               (order_id, order_session_key, transaction_id, idempotency_key, source, is_mit,
+                amount_cents, currency, expiry_date_utc, status)
+        SELECT d.order_id, bl.order_session_key, d.transaction_id, d.idempotency_key, 'batch', true,
+               (d.payload #>> '{transaction,amount}')::bigint, upper(d.payload #>> '{transaction,currency}'),
+               (d.payload->>'expiryDateUtc')::timestamptz,
+               flexfactor.ff_next_status('PENDING', bl.status)
+          FROM flexfactor.batch_lines bl JOIN flexfactor.declines d ON d.id = bl.decline_id
+         WHERE bl.batch_id = b.id AND bl.status <> 'REJECTED'
+        ON CONFLICT (order_id) DO UPDATE
+           SET order_session_key = coalesce(EXCLUDED.order_session_key, o.order_session_key),
+               -- an order's amount, currency and transaction never change once sent
+               transaction_id = coalesce(o.transaction_id, EXCLUDED.transaction_id),
+               idempotency_key = EXCLUDED.idempotency_key,
+               source = 'batch',
+               status = flexfactor.ff_next_status(o.status, EXCLUDED.status);
+        UPDATE flexfactor.declines d
+           SET set_aside_reason = format('FlexFactor rejected line %s of %s: %s', bl.sequence_number,
+                                         b.file_name, coalesce(bl.errors::text, 'no reason given'))
+          FROM flexfactor.batch_lines bl
+         WHERE bl.batch_id = b.id AND bl.decline_id = d.id AND bl.status = 'REJECTED';
+    ELSE
+        UPDATE flexfactor.transmit_queue t
+           SET transmit_id = j->>'transmitId'
+          FROM unnest(lines) AS j, flexfactor.batch_lines bl
+         WHERE bl.batch_id = b.id AND bl.sequence_number = (j->>'sequenceNumber')::integer
+           AND t.id = bl.transmit_queue_id;
+    END IF;
+
+    UPDATE flexfactor.batches SET state = 'answered', result_at = now() WHERE id = b.id;
+    INSERT INTO flexfactor.result_files (file_name, kind, batch_id, sha256, line_count)
+    VALUES (result_name, 'result', b.id, encode(sha256(convert_to(content, 'UTF8')), 'hex'),
+            coalesce(cardinality(lines), 0));
+    RETURN format('applied %s lines to batch %s', coalesce(cardinality(lines), 0), b.id);
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._apply_error_file(error_name text, content text)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b      flexfactor.batches;
+    reason text;
+BEGIN
+    IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = error_name) THEN
+        RETURN 'already applied';
+    END IF;
+    SELECT * INTO b FROM flexfactor.batches
+     WHERE file_name = regexp_replace(error_name, '\.error\.json$', '.jsonl') FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'error file % answers no known batch', error_name USING ERRCODE = 'FF009';
+    END IF;
+    -- a batch is answered once: a late error file never rewrites the answer
+    IF b.state = 'answered' THEN
+        RAISE EXCEPTION 'error file % arrived after batch % was answered', error_name, b.id
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('The batch was answered by a result file at %s.', b.result_at),
+                  HINT = 'Nothing was changed; ask FlexFactor about the file.';
+    END IF;
+    BEGIN
+        reason := flexfactor._scrub(left(coalesce(content::jsonb->>'error', content), 500));
+    EXCEPTION WHEN invalid_text_representation THEN
+        reason := flexfactor._scrub(left(content, 500));
+    END;
+    UPDATE flexfactor.batches SET state = 'rejected', result_at = now(),
+           last_error = 'rejected whole by FlexFactor: ' || reason
+     WHERE id = b.id;
+    UPDATE flexfactor.declines SET set_aside_reason = format('batch file %s rejected whole: %s', b.file_name, reason)
+     WHERE id IN (SELECT f.decline_id FROM flexfactor.batch_file_lines(b.id) f);
+    UPDATE flexfactor.transmit_queue SET state = 'set_aside',
+           last_error = format('batch file %s rejected whole: %s', b.file_name, reason)
+     WHERE batch_id = b.id AND state IN ('batched', 'delivered');
+    INSERT INTO flexfactor.result_files (file_name, kind, batch_id, sha256, line_count)
+    VALUES (error_name, 'error', b.id, encode(sha256(convert_to(content, 'UTF8')), 'hex'), 0);
+    RETURN format('batch %s rejected: %s', b.id, reason);
+END $$;
+
+/* ----------------------------------------------------------------- views */
+
+-- New columns in the middle (declined, recovery by value, amount submitted):
+-- dropped and created again.
+DROP VIEW flexfactor.recovery_stats;
+CREATE VIEW flexfactor.recovery_stats AS
+SELECT date_trunc('day', created_at)::date AS day,
+       currency,
+       count(*) AS submitted,
+       count(*) FILTER (WHERE status IN ('APPROVED', 'REFUNDED')) AS approved,
+       count(*) FILTER (WHERE status IN ('DECLINED', 'REJECTED')) AS declined,
+       count(*) FILTER (WHERE status = 'EXPIRED') AS expired,
+       count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled,
+       count(*) FILTER (WHERE status = 'REFUNDED') AS refunded,
+       count(*) FILTER (WHERE flexfactor.ff_status_rank(status) < 10) AS pending,
+       round(100.0 * count(*) FILTER (WHERE status IN ('APPROVED', 'REFUNDED'))
+             / nullif(count(*) FILTER (WHERE flexfactor.ff_status_rank(status) >= 10), 0), 1)
+           AS recovery_rate_pct,
+       round(100.0 * coalesce(sum(amount_cents - refunded_cents) FILTER (WHERE status IN ('APPROVED', 'REFUNDED')), 0)
+             / nullif(sum(amount_cents) FILTER (WHERE flexfactor.ff_status_rank(status) >= 10), 0), 1)
+           AS recovery_value_pct,
+       coalesce(sum(amount_cents), 0) AS submitted_cents,
+       coalesce(sum(amount_cents - refunded_cents) FILTER (WHERE status IN ('APPROVED', 'REFUNDED')), 0)
+           AS recovered_cents
+  FROM flexfactor.orders
+ GROUP BY 1, 2;
+
+COMMENT ON VIEW flexfactor.recovery_stats IS
+    'Per day and currency: orders submitted, approved (rescued), declined (refused by FlexFactor: DECLINED or a REJECTED line), expired (rescue window closed), cancelled, refunded, still pending; recovery by count (approved / decided) and by value (recovered / amount decided), amount submitted and recovered net of refunds';
+
+/* ------------------------------------------------------------ privileges */
+
+-- nothing granted to PUBLIC, the new objects included
+REVOKE ALL ON ALL TABLES IN SCHEMA flexfactor FROM PUBLIC;   -- views included
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA flexfactor FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA flexfactor FROM PUBLIC;
