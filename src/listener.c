@@ -69,6 +69,7 @@
 #include "compat.h"
 #include "dbguard.h"
 #include "errors.h"
+#include "ext_version.h"
 #include "scrub.h"
 #include "listener.h"
 #include "refusals.h"
@@ -480,6 +481,54 @@ take_delivery(Delivery *d, MemoryContext cxt)
 						edata->message)));
 }
 
+/* the extension was found at the library's version: no more checks */
+static bool sql_ready = false;
+static TimestampTz sql_checked_at = 0;
+static FFExtensionState sql_reported = FF_EXTENSION_READY;
+
+/*
+ * Whether the extension's SQL objects here are of the library's version.
+ * Until they are (not created yet, or a package upgrade not followed by
+ * ALTER EXTENSION flexfactor UPDATE), deliveries are answered 503 without a
+ * transaction, so that FlexFactor delivers them again, and refusal counts
+ * stay in shared memory; this is logged once.  Checked with no transaction
+ * open, for every group of deliveries (a short read of pg_extension) but at
+ * most once a second for the refusal counts, and never again once they are:
+ * the library cannot change without a restart.
+ */
+static bool
+extension_ready(bool for_deliveries)
+{
+	char	   *version;
+	FFExtensionState state;
+
+	if (sql_ready)
+		return true;
+	if (!for_deliveries &&
+		!TimestampDifferenceExceeds(sql_checked_at, GetCurrentTimestamp(), 1000))
+		return false;
+	state = ff_extension_state(&version);
+	sql_checked_at = GetCurrentTimestamp();
+	if (state == FF_EXTENSION_READY)
+	{
+		if (sql_reported != FF_EXTENSION_READY)
+			ereport(LOG, (errmsg("flexfactor webhook listener found the extension at version %s and takes deliveries",
+								 FLEXFACTOR_VERSION)));
+		sql_ready = true;
+		return true;
+	}
+	if (state != sql_reported)
+		ereport(LOG,
+				(errmsg("flexfactor webhook listener answers 503 until the extension in its database is %s",
+						state == FF_EXTENSION_MISSING ? "created" :
+						psprintf("updated from version %s to %s", version, FLEXFACTOR_VERSION)),
+				 errdetail("FlexFactor delivers the refused webhooks again."),
+				 errhint("%s", state == FF_EXTENSION_MISSING ? "Run CREATE EXTENSION flexfactor in that database." :
+						 "Run ALTER EXTENSION flexfactor UPDATE in that database; the listener takes deliveries again by itself.")));
+	sql_reported = state;
+	return false;
+}
+
 /*
  * Take a group of deliveries in one transaction and set each one's answer:
  * its own when the transaction committed, 503 for all when it did not.
@@ -490,6 +539,15 @@ take_group(Delivery **group, int n)
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext cxt = group_cxt;
 
+	if (!extension_ready(true))
+	{
+		for (int i = 0; i < n; i++)
+		{
+			group[i]->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+			group[i]->text = status_text(MHD_HTTP_SERVICE_UNAVAILABLE);
+		}
+		return;
+	}
 	PG_TRY();
 	{
 		SetCurrentStatementStartTimestamp();
@@ -1147,7 +1205,7 @@ ff_listener_main(Datum main_arg)
 				take_waiting();
 			MHD_run(daemon_handle); /* answers them */
 		}
-		if (ff_refusals_flush_due())
+		if (ff_refusals_flush_due() && extension_ready(false))
 			flush_refusals();	/* at most every few seconds, however many refusals */
 	}
 }

@@ -34,7 +34,6 @@
 #include "access/xact.h"
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -49,6 +48,7 @@
 
 #include "compat.h"
 #include "dbguard.h"
+#include "ext_version.h"
 #include "batch.h"
 #include "work.h"
 #include "settings.h"
@@ -305,8 +305,12 @@ ff_launcher_main(Datum main_arg)
 
 /* ------------------------------------------------------------------ worker */
 
-/* so that "waiting for the extension" is logged once, not every pass */
-static bool reported_missing_extension = false;
+/*
+ * What the worker last logged about the extension, so that "waiting for the
+ * extension" (not created, or not updated to the library's version) is
+ * logged once, not every pass.
+ */
+static FFExtensionState reported_extension_state = FF_EXTENSION_READY;
 
 /* name of the worker's database, for messages (read once, in a transaction) */
 static char my_database_name[NAMEDATALEN];
@@ -322,18 +326,49 @@ remember_database_name(void)
 	CommitTransactionCommand();
 }
 
+/*
+ * Whether the extension is installed here at the library's version.  Until
+ * it is, the worker does nothing: its SQL objects may be missing, or be an
+ * older release's (the package was upgraded, ALTER EXTENSION flexfactor
+ * UPDATE not run yet), which this library's queries do not fit.  Each
+ * change of state is logged once; the update is seen at the next pass, with
+ * no restart.
+ */
 static bool
-extension_installed(void)
+extension_ready(void)
 {
-	MemoryContext caller = CurrentMemoryContext;
-	bool		installed;
+	char	   *version;
+	FFExtensionState state = ff_extension_state(&version);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	installed = OidIsValid(get_extension_oid("flexfactor", true));
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(caller);
-	return installed;
+	if (state == FF_EXTENSION_MISSING)
+		ff_status_set("waiting for extension");
+	else if (state == FF_EXTENSION_OTHER_VERSION)
+		ff_status_set("waiting for extension update");
+	if (state == reported_extension_state)
+		return state == FF_EXTENSION_READY;
+	reported_extension_state = state;
+	switch (state)
+	{
+		case FF_EXTENSION_MISSING:
+			ereport(LOG,
+					(errmsg("flexfactor worker is waiting for the extension to be created in database \"%s\"",
+							my_database_name),
+					 errhint("Run CREATE EXTENSION flexfactor in that database.")));
+			return false;
+		case FF_EXTENSION_OTHER_VERSION:
+			ereport(LOG,
+					(errmsg("flexfactor worker is waiting for the extension in database \"%s\" to be updated from version %s to %s",
+							my_database_name, version, FLEXFACTOR_VERSION),
+					 errdetail("The flexfactor library is version %s; the extension's SQL objects in that database are version %s.",
+							   FLEXFACTOR_VERSION, version),
+					 errhint("Run ALTER EXTENSION flexfactor UPDATE in that database; the worker starts by itself.")));
+			return false;
+		case FF_EXTENSION_READY:
+			ereport(LOG, (errmsg("flexfactor worker found the extension at version %s and is running",
+								 FLEXFACTOR_VERSION)));
+			return true;
+	}
+	return false;
 }
 
 /*
@@ -416,20 +451,8 @@ run_pass(void)
 	long		next_due_ms = -1;
 	long		timeout_ms;
 
-	if (!extension_installed())
-	{
-		ff_status_set("waiting for extension");
-		if (!reported_missing_extension)
-			ereport(LOG,
-					(errmsg("flexfactor worker is waiting for the extension to be created in database \"%s\"",
-							my_database_name),
-					 errhint("Run CREATE EXTENSION flexfactor in that database.")));
-		reported_missing_extension = true;
+	if (!extension_ready())
 		return EXTENSION_WAIT_MS;
-	}
-	if (reported_missing_extension)
-		ereport(LOG, (errmsg("flexfactor worker found the extension and is running")));
-	reported_missing_extension = false;
 
 	(void) ff_work_run_phase(&transmit_ph, false, transmit_phase, &next_due_ms);
 	leave_if_released();
@@ -499,7 +522,8 @@ ff_worker_main(Datum main_arg)
 		PG_END_TRY();
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(pass_cxt);
-		ff_status_set("idle");
+		if (reported_extension_state == FF_EXTENSION_READY)
+			ff_status_set("idle");	/* else it says what it waits for */
 		ff_work_idle();
 
 		wait_for_wakeup(timeout_ms);
