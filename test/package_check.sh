@@ -109,7 +109,7 @@ check $? "Depends carries PostgreSQL 15 and the shared libraries ($depends)${mis
 
 version=$(sed -n "s/^default_version *= *'\(.*\)'/\1/p" "$repo/flexfactor.control")
 want="$libdir/flexfactor.so $extdir/flexfactor.control $extdir/flexfactor--$version.sql"
-for f in "$repo"/sql/flexfactor--*--*.sql; do
+for f in "$repo"/sql/flexfactor--*.sql; do    # upgrade scripts, earlier releases' install scripts
 	[ -e "$f" ] && want="$want $extdir/$(basename "$f")"
 done
 contents=$(dpkg-deb -c "$deb" | awk '{ print substr($6, 2) }')
