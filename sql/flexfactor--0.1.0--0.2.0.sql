@@ -698,23 +698,27 @@ RETURN flexfactor.ff_enqueue_decline(flexfactor._merge_decline_details(
 CREATE OR REPLACE FUNCTION flexfactor.ff_decline_trigger()
 RETURNS trigger AS 'MODULE_PATHNAME', 'ff_decline_trigger' LANGUAGE C;
 
--- A trigger created with 0.1.0 now runs this function with its 0.1.0
+-- A trigger created with 0.1.0 would run this function with its 0.1.0
 -- arguments, which cannot name what 0.2.0 requires of every queued decline:
--- say so for each, and what to do.
+-- every declined payment written through it would then fail.  Rather than
+-- let the merchant's billing writes fail after the update, the update is
+-- refused while such a trigger exists: drop it, update and create it again
+-- with the new arguments, in one transaction (docs/upgrading.md).  A decline
+-- written meanwhile waits for that transaction (DROP TRIGGER locks the table).
 DO $$
 DECLARE
-    r record;
+    found text;
 BEGIN
-    FOR r IN
-        SELECT t.tgname, t.tgrelid::regclass AS rel
-          FROM pg_catalog.pg_trigger t
-         WHERE t.tgfoid = 'flexfactor.ff_decline_trigger()'::regprocedure
-         ORDER BY 2, 1
-    LOOP
-        RAISE WARNING 'trigger % on % was created with flexfactor 0.1.0 and needs the arguments of 0.2.0', r.tgname, r.rel
-            USING DETAIL = '0.2.0 queues only complete declines (the payer''s email, the billing name and address, the subscription id and interval); 0.1.0''s arguments cannot name them, so a decline written through this trigger now fails with FF023 naming what is missing.',
-                  HINT = 'Create the trigger again with the new arguments (field=column, field=''constant'' or enrich=function), best in the transaction of ALTER EXTENSION flexfactor UPDATE: see docs/upgrading.md.';
-    END LOOP;
+    SELECT string_agg(format('%I on %s', t.tgname, t.tgrelid::regclass), ', ' ORDER BY t.tgrelid::regclass::text, t.tgname)
+      INTO found
+      FROM pg_catalog.pg_trigger t
+     WHERE t.tgfoid = 'flexfactor.ff_decline_trigger()'::regprocedure;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'flexfactor 0.2.0 cannot be installed over decline triggers created with 0.1.0'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Triggers: %s.  0.2.0 queues only complete declines (the payer''s email, the billing name and address, the subscription id and interval), which 0.1.0''s trigger arguments cannot name: every decline written through them would fail with FF023.', found),
+                  HINT = 'In one transaction: DROP TRIGGER each of them, ALTER EXTENSION flexfactor UPDATE, CREATE TRIGGER each again with the new arguments (field=column, field=''constant'' or enrich=function); see docs/upgrading.md.';
+    END IF;
 END $$;
 
 CREATE OR REPLACE FUNCTION flexfactor._invoke_callback(fn regprocedure, o flexfactor.orders)

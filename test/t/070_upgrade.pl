@@ -188,13 +188,36 @@ is_deeply($sim->inbound_files, [], 'and exported nothing while waiting');
 # 2. ALTER EXTENSION flexfactor UPDATE
 # ------------------------------------------------------------------
 $offset = -s $node->logfile;
-$r = ff_run_sql($node, 'ffdb', "BEGIN;\nALTER EXTENSION flexfactor UPDATE;\n$rows_sql $seqs_sql;\nCOMMIT;");
+# refused while a 0.1.0 decline trigger exists: it would make every declined
+# payment written through it fail after the update
+$r = ff_run_sql($node, 'ffdb', 'ALTER EXTENSION flexfactor UPDATE');
+like($r->{stderr}, qr/ERROR:  55000: flexfactor 0\.2\.0 cannot be installed over decline triggers created with 0\.1\.0\nDETAIL:  Triggers: payments_flexfactor on billing\.payments\./,
+	"the update is refused while a $previous decline trigger exists, naming it (55000)");
+like($r->{stderr}, qr/HINT:  In one transaction: DROP TRIGGER each of them, ALTER EXTENSION flexfactor UPDATE, CREATE TRIGGER each again/,
+	'... with the way through in its hint');
+is(sq("SELECT extversion FROM pg_extension WHERE extname = 'flexfactor'"), $previous, "... still at $previous");
+$r = ff_run_sql($node, 'ffdb', "INSERT INTO billing.payments (invoice_no, amount, currency, card_token, email, status)
+                               VALUES ('OLD-AFTER-REFUSAL', 3.00, 'USD', 'tok-0', 'd\@example.com', 'declined')");
+is($r->{ret}, 0, '... and the trigger still queues declines (no billing write fails)') or diag $r->{stderr};
+is(sq("SELECT count(*) FROM flexfactor.declines WHERE order_id = 'OLD-AFTER-REFUSAL'"), '1', '... queued');
+%before = map { (split / /, $_, 2) } split /\n/, sq($rows_sql);
+$seqs_before = sq($seqs_sql);
+
+# the way docs/upgrading.md gives: drop, update, create again, in one transaction
+my $new_trigger = q{
+CREATE TRIGGER payments_flexfactor AFTER INSERT OR UPDATE ON billing.payments
+    FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+        'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency',
+        'token=card_token', 'email=email', 'transaction_id=id', 'declined_at=created_at',
+        'first_name=''Jane''', 'last_name=''Roe''', 'address_line1=''1 Main St''', 'city=''Springfield''',
+        'country_code=''US''', 'subscription_id=invoice_no', 'subscription_interval=''monthly''',
+        'expiry_days=14', 'declined_if=status:declined');
+};
+$r = ff_run_sql($node, 'ffdb', "BEGIN;\nDROP TRIGGER payments_flexfactor ON billing.payments;\nALTER EXTENSION flexfactor UPDATE;\n$new_trigger\n$rows_sql $seqs_sql;\nCOMMIT;");
 is($r->{ret}, 0, "ALTER EXTENSION flexfactor UPDATE from $previous to $current") or diag $r->{stderr};
 is(sq("SELECT extversion FROM pg_extension WHERE extname = 'flexfactor'"), $current, "now at $current");
 like($r->{stderr}, qr/WARNING:  01000: EXECUTE on flexfactor\.ff_decline\(text,bigint,[^)]*\) granted to billing_app is dropped with the function\n.*\n.*HINT:  After the update: GRANT EXECUTE ON FUNCTION flexfactor\.ff_decline TO billing_app;/,
 	'a WARNING names the grant on a replaced function and how to grant it again');
-like($r->{stderr}, qr/WARNING:  01000: trigger payments_flexfactor on billing\.payments was created with flexfactor \Q$previous\E/,
-	'a WARNING names the merchant trigger that needs the new arguments');
 
 # the same schema as a fresh install
 $node->safe_psql('fresh', 'CREATE EXTENSION flexfactor');
@@ -265,31 +288,16 @@ is($seqs_after, $seqs_before, 'every sequence kept its position');
 # ------------------------------------------------------------------
 is(sq("SELECT p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'c') AND NOT p.prosecdef
          FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgname = 'payments_flexfactor'"), 't',
-	"the merchant's trigger now calls ${current}'s ff_decline_trigger (C, the writer's rights)");
-$r = ff_run_sql($node, 'ffdb', "INSERT INTO billing.payments (invoice_no, amount, currency, card_token, email, status)
-                               VALUES ('NEW-0', 3.00, 'USD', 'tok-0', 'd\@example.com', 'declined')");
-like($r->{stderr}, qr/ERROR:  FF023: .*billingInformation\.firstName/,
-	"with ${previous}'s arguments it refuses a decline it cannot complete (FF023, naming the billing address)");
-is(sq("SELECT count(*) FROM billing.payments WHERE invoice_no = 'NEW-0'"), '0', '... and the statement wrote nothing');
+	"the merchant's trigger, created again in the update's transaction, calls ${current}'s ff_decline_trigger (C, the writer's rights)");
 is(sq("INSERT INTO billing.payments (invoice_no, amount, currency, card_token, status)
        VALUES ('NEW-PAID', 3.00, 'USD', 'tok-0', 'paid') RETURNING invoice_no"), 'NEW-PAID',
 	'a row that is not a decline is written as before');
-
-# re-created with the new arguments (docs/upgrading.md)
 sq(q{
-DROP TRIGGER payments_flexfactor ON billing.payments;
-CREATE TRIGGER payments_flexfactor AFTER INSERT OR UPDATE ON billing.payments
-    FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
-        'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency',
-        'token=card_token', 'email=email', 'transaction_id=id', 'declined_at=created_at',
-        'first_name=''Jane''', 'last_name=''Roe''', 'address_line1=''1 Main St''', 'city=''Springfield''',
-        'country_code=''US''', 'subscription_id=invoice_no', 'subscription_interval=''monthly''',
-        'expiry_days=14', 'declined_if=status:declined');
 INSERT INTO billing.payments (invoice_no, amount, currency, card_token, email, status)
 VALUES ('NEW-1', 3.00, 'USD', 'tok-n1', 'd@example.com', 'declined');
 });
 is(sq("SELECT payload #>> '{billingInformation,city}' FROM flexfactor.declines WHERE order_id = 'NEW-1'"), 'Springfield',
-	're-created with the new arguments, it queues complete declines');
+	'with the new arguments it queues complete declines');
 sq("GRANT EXECUTE ON FUNCTION flexfactor.ff_decline TO billing_app");
 is(sq("SELECT has_function_privilege('billing_app', 'flexfactor.ff_decline(text,bigint,text,text,text,text,text,timestamptz,text,boolean,timestamptz,text,text,text,text,text,text,text,text,text,text,text,text,text,text,text,text,text,text,text,text,integer,integer)', 'EXECUTE')"),
 	't', 'the GRANT the warning gave works');
@@ -302,11 +310,12 @@ $node->wait_for_log(qr/flexfactor worker found the extension at version \Q$curre
 pass('the worker says it found the extension updated and is running');
 is(ff_worker_pid($node, 'ffdb'), $wpid, 'the same worker process (no restart)');
 ok($node->poll_query_until('ffdb',
-		"SELECT count(*) = 4 FROM flexfactor.decline_status d JOIN flexfactor.batches b ON b.id = d.batch_id
+		"SELECT count(*) = 5 FROM flexfactor.decline_status d JOIN flexfactor.batches b ON b.id = d.batch_id
 		  WHERE b.state = 'uploaded'"),
-	"the worker uploaded the $previous batch and the decline queued after the update");
+	"the worker uploaded the $previous batch, the decline queued while the update was refused and the one queued after it");
 my @files = grep { /^evaluate_.*\.jsonl$/ } @{ $sim->inbound_files };
-is(scalar @files, 2, 'two evaluate files in the inbound folder') or diag explain \@files;
+is(scalar @files, sq("SELECT count(*) FROM flexfactor.batches WHERE kind = 'evaluate' AND state = 'uploaded'"),
+	'one evaluate file in the inbound folder per uploaded batch') or diag explain \@files;
 is(sq("SELECT state FROM flexfactor.ff_worker_status() WHERE role = 'worker'"), 'idle', 'ff_worker_status: idle');
 is(sq("SELECT count(*) FROM flexfactor.batches WHERE last_error IS NOT NULL"), '0', 'no batch has an error');
 
