@@ -435,7 +435,7 @@ ff_check_body(Jsonb *payload, FFBodyKind kind, const char *caller)
 					p.invalid.len > 0 ? psprintf("%sinvalid %s",
 												 p.missing.len > 0 ? "; " : "",
 												 p.invalid.data) : ""),
-			 errdetail("FlexFactor answers 400 to such a body (flexfactor's README lists the rules); nothing was sent or queued."),
+			 errdetail("FlexFactor answers 400 to such a body (flexfactor's docs/request-bodies.md lists them); nothing was sent or queued."),
 			 p.args.len > 0 ?
 			 errhint("Pass %s to %s()%s; a result code you do not have is sent as 'NA'.",
 					 p.args.data, builder,
