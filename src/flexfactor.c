@@ -1,8 +1,11 @@
 /*
  * flexfactor.c
- *		Module entry point: defines the settings and, when the library is
- *		preloaded, reserves shared memory, installs hooks and registers the
- *		background launcher.
+ *		Module entry point: when the library is preloaded, defines the
+ *		settings, reserves shared memory, installs hooks and registers the
+ *		background launcher.  Loaded any other way (CREATE EXTENSION, LOAD,
+ *		a call of one of its functions in a server that did not preload it)
+ *		it raises one clear ERROR before registering anything; in
+ *		binary-upgrade mode (pg_upgrade) it loads and does nothing.
  *
  * Owns nothing else; each concern lives in its own file (see docs/layout.md).
  */
@@ -37,11 +40,23 @@ ff_version(PG_FUNCTION_ARGS)
 void
 _PG_init(void)
 {
-	ff_define_settings();
-
-	if (!process_shared_preload_libraries_in_progress)
+	/*
+	 * pg_upgrade restores the functions (which loads the library) in servers
+	 * started in binary-upgrade mode: nothing may run or be required there.
+	 */
+	if (IsBinaryUpgrade)
 		return;
 
+	/*
+	 * Before anything is registered: core refuses to define a PGC_POSTMASTER
+	 * setting after start-up with a FATAL error, and an error half-way would
+	 * leave some settings defined.  The library is not remembered as loaded
+	 * after an error here, so every later attempt raises the same ERROR.
+	 */
+	if (!process_shared_preload_libraries_in_progress)
+		ff_report_not_preloaded();
+
+	ff_define_settings();
 	ff_shmem_install_hooks();
 	ff_dbguard_install_hook();
 	ff_register_launcher();

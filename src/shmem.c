@@ -12,6 +12,7 @@
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 
+#include "compat.h"
 #include "shmem.h"
 
 #define FF_LWLOCK_TRANCHE	"flexfactor"
@@ -62,14 +63,31 @@ ff_shmem_install_hooks(void)
 	shmem_startup_hook = ff_shmem_startup;
 }
 
+/*
+ * flexfactor needs what only a library loaded at server start can have:
+ * shared memory, background workers and its settings of context
+ * PGC_POSTMASTER (defining one later is a FATAL error in core, which would
+ * drop the connection).  _PG_init() raises this before it registers
+ * anything, so CREATE EXTENSION, LOAD and every call of one of its functions
+ * in a server that did not preload it fail with this ERROR and leave the
+ * session usable.
+ */
+void
+ff_report_not_preloaded(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("flexfactor must be loaded through shared_preload_libraries"),
+			 errdetail("Its background workers, shared memory and server-start settings can be set up only at server start."),
+			 errhint("Add flexfactor to shared_preload_libraries in postgresql.conf (or with ALTER SYSTEM), "
+					 "keeping the libraries listed there already, and restart PostgreSQL.")));
+	pg_unreachable();
+}
+
 FFShared *
 ff_shared_or_error(void)
 {
 	if (ff_shared == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("flexfactor is not loaded through shared_preload_libraries"),
-				 errdetail("The background workers and the shared token cache need the library at server start."),
-				 errhint("Add 'flexfactor' to shared_preload_libraries in postgresql.conf and restart PostgreSQL.")));
+		ff_report_not_preloaded();
 	return ff_shared;
 }

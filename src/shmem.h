@@ -9,6 +9,7 @@
 #ifndef FLEXFACTOR_SHMEM_H
 #define FLEXFACTOR_SHMEM_H
 
+#include "compat.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -102,5 +103,6 @@ extern FFShared *ff_shared;
 
 extern void ff_shmem_install_hooks(void);
 extern FFShared *ff_shared_or_error(void);
+extern pg_noreturn void ff_report_not_preloaded(void);
 
 #endif							/* FLEXFACTOR_SHMEM_H */
