@@ -19,6 +19,7 @@ OBJS = \
 	src/evaluate.o \
 	src/transmit.o \
 	src/sftp.o \
+	src/sftp_files.o \
 	src/batch.o \
 	src/decline_trigger.o \
 	src/callback.o \

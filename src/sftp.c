@@ -6,7 +6,11 @@
  * pass.  Connecting: TCP connect with a timeout, SSH handshake, the server's
  * host key checked against flexfactor.sftp_known_hosts_file (an unknown or
  * changed key refuses the connection, before any authentication), then
- * public-key authentication with flexfactor.sftp_private_key_file.
+ * public-key authentication with flexfactor.sftp_private_key_file.  The
+ * local files are checked first, as the server account (sftp_files.c), so a
+ * missing or unreadable file or a missing passphrase is reported as such,
+ * and a failed authentication says whether the passphrase did not unlock the
+ * key or the server refused it.
  * Messages name the settings, never their values: they are stored where a
  * monitoring role can read them, and the host and port are hidden from it.
  * Uploading: written to "<name>.part" in large writes (libssh2 pipelines
@@ -47,6 +51,7 @@
 #include "scrub.h"
 #include "settings.h"
 #include "sftp.h"
+#include "sftp_files.h"
 
 #define UPLOAD_BUFFER_SIZE	(256 * 1024)
 
@@ -58,6 +63,7 @@ struct FFSftp
 	TimestampTz deadline;		/* of the libssh2 call in progress */
 	LIBSSH2_SESSION *session;
 	LIBSSH2_SFTP *sftp;
+	FFKeyKind	key_kind;		/* what the private key file holds */
 	MemoryContextCallback cleanup;
 };
 
@@ -446,8 +452,8 @@ verify_host_key(FFSftp *conn)
 				(errcode(ERRCODE_FF_SFTP_HOST_KEY),
 				 errmsg("could not read flexfactor.sftp_known_hosts_file"),
 				 errdetail("%s", session_error(conn->session)),
-				 errhint("The file must exist, be readable by the server account, and hold the "
-						 "server's key in OpenSSH known_hosts format.")));
+				 errhint("The file must hold the server's key in OpenSSH known_hosts format "
+						 "(\"[host]:port type key\" lines).")));
 	}
 	check = libssh2_knownhost_checkp(known, ff_sftp_host, ff_sftp_port, key, key_len,
 									 LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
@@ -470,10 +476,51 @@ verify_host_key(FFSftp *conn)
 			 errhint("Add the server's key, obtained from FlexFactor through a trusted channel, to that file.")));
 }
 
+/*
+ * Public-key authentication failed.  The key files were readable before the
+ * connection (sftp_files.c), so libssh2's LIBSSH2_ERROR_FILE means their
+ * content: a passphrase that does not unlock the key, or a file libssh2
+ * cannot read as a key.  Otherwise the server refused the key, or the
+ * connection failed during the exchange.
+ */
+static void
+raise_auth_error(FFSftp *conn, int rc)
+{
+	if (rc == LIBSSH2_ERROR_FILE && conn->key_kind == FF_KEY_ENCRYPTED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_AUTH),
+				 errmsg("flexfactor.sftp_passphrase does not unlock the SFTP private key"),
+				 errdetail("The key in flexfactor.sftp_private_key_file is encrypted, and libssh2 could not decrypt it: %s",
+						   session_error(conn->session)),
+				 errhint("Set flexfactor.sftp_passphrase to the key's passphrase, then reload the configuration.")));
+	if (rc == LIBSSH2_ERROR_FILE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_AUTH),
+				 errmsg("could not use the SFTP private key (flexfactor.sftp_private_key_file)"),
+				 errdetail("libssh2 could not read it as a private key: %s", session_error(conn->session)),
+				 errhint("The file must hold a private key in OpenSSH or PEM format; if "
+						 "flexfactor.sftp_public_key_file is set, it must be that key's public key.")));
+	if (rc == LIBSSH2_ERROR_AUTHENTICATION_FAILED || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_AUTH),
+				 errmsg("SFTP authentication failed for user \"%s\": the server refused the key", ff_sftp_user),
+				 errdetail("%s", session_error(conn->session)),
+				 errhint("FlexFactor must hold the public key of flexfactor.sftp_private_key_file for "
+						 "flexfactor.sftp_user; check both settings, and send FlexFactor the public key.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_FF_SFTP_AUTH),
+			 errmsg("SFTP authentication failed for user \"%s\"", ff_sftp_user),
+			 errdetail("%s", session_error(conn->session)),
+			 errhint("Check flexfactor.sftp_user, sftp_private_key_file and sftp_passphrase, and that "
+					 "FlexFactor has the matching public key.")));
+}
+
 /* TCP, SSH handshake, host key, authentication, SFTP channel. */
 static void
 open_connection(FFSftp *conn)
 {
+	int			rc;
+
 	connect_tcp(conn);
 	conn->session = libssh2_session_init();
 	if (conn->session == NULL)
@@ -489,17 +536,13 @@ open_connection(FFSftp *conn)
 
 	verify_host_key(conn);
 
-	if (SSH_CALL(conn, "authentication",
-				 libssh2_userauth_publickey_fromfile_ex(conn->session, ff_sftp_user, strlen(ff_sftp_user),
-														ff_sftp_public_key_file[0] ? ff_sftp_public_key_file : NULL,
-														ff_sftp_private_key_file,
-														ff_sftp_passphrase[0] ? ff_sftp_passphrase : NULL)) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FF_SFTP_AUTH),
-				 errmsg("SFTP authentication failed for user \"%s\"", ff_sftp_user),
-				 errdetail("%s", session_error(conn->session)),
-				 errhint("Check flexfactor.sftp_user, sftp_private_key_file (readable by the server account) "
-						 "and sftp_passphrase, and that FlexFactor has the matching public key.")));
+	rc = SSH_CALL(conn, "authentication",
+				  libssh2_userauth_publickey_fromfile_ex(conn->session, ff_sftp_user, strlen(ff_sftp_user),
+														 ff_sftp_public_key_file[0] ? ff_sftp_public_key_file : NULL,
+														 ff_sftp_private_key_file,
+														 ff_sftp_passphrase[0] ? ff_sftp_passphrase : NULL));
+	if (rc != 0)
+		raise_auth_error(conn, rc);
 
 	conn->sftp = SSH_OPEN(conn, "subsystem start", libssh2_sftp_init(conn->session));
 	if (conn->sftp == NULL)
@@ -517,12 +560,14 @@ FFSftp *
 ff_sftp_connect(void)
 {
 	FFSftp	   *conn;
+	FFKeyKind	key_kind;
 	static bool initialised = false;
 
 	require_setting(ff_sftp_host, "flexfactor.sftp_host");
 	require_setting(ff_sftp_user, "flexfactor.sftp_user");
 	require_setting(ff_sftp_private_key_file, "flexfactor.sftp_private_key_file");
 	require_setting(ff_sftp_known_hosts_file, "flexfactor.sftp_known_hosts_file");
+	key_kind = ff_sftp_check_files();
 	if (!initialised)
 	{
 		if (libssh2_init(0) != 0)
@@ -532,6 +577,7 @@ ff_sftp_connect(void)
 
 	conn = palloc0(sizeof(FFSftp));
 	conn->sock = -1;
+	conn->key_kind = key_kind;
 	conn->cleanup.func = close_connection;
 	conn->cleanup.arg = conn;
 	MemoryContextRegisterResetCallback(CurrentMemoryContext, &conn->cleanup);
