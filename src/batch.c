@@ -57,6 +57,7 @@
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "batch.h"
 #include "work.h"
@@ -622,6 +623,84 @@ ingest_results(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
 	MemoryContextDelete(file_cxt);
 }
 
+/*
+ * ff_export_batch(retry_now => true), after the DBA fixed a setting: what
+ * waits for a retry after a failure is due at once.  Ready batch files are
+ * uploaded by this pass; queued transmits and failed billing callbacks by
+ * the worker's next steps, whose own backoff is cleared too.  Only the worker
+ * runs this, between its steps, so no transmit is in flight: a future
+ * next_attempt_at of a pending transmit is a backoff or the lease of a
+ * worker that died, and the row carries the same idempotency key either way.
+ * Runs in the caller's transaction.
+ */
+static void
+make_waiting_due(FFExportResult *result)
+{
+	bool		isnull;
+
+	if (SPI_execute("WITH b AS (UPDATE flexfactor.batches SET next_attempt_at = now()"
+					"            WHERE state = 'ready' AND next_attempt_at > now() RETURNING 1),"
+					"     t AS (UPDATE flexfactor.transmit_queue SET next_attempt_at = now()"
+					"            WHERE state = 'pending' AND next_attempt_at > now() RETURNING 1),"
+					"     c AS (UPDATE flexfactor.order_events SET next_callback_at = now()"
+					"            WHERE callback_state = 'failed' AND next_callback_at > now() RETURNING 1)"
+					" SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM t), (SELECT count(*) FROM c)",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not make waiting work due");
+	result->retried_batches = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	result->retried_transmits = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	result->retried_callbacks = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * The batch files still waiting for a later attempt after this pass (their
+ * backoff after a failure), the soonest first, for ff_export_batch() to say
+ * what waits until when.
+ */
+static void
+list_waiting(FFExportResult *result)
+{
+	ff_work_begin("flexfactor: listing waiting batches");
+	if (SPI_execute("SELECT id, file_name, attempts, next_attempt_at, count(*) OVER ()"
+					"  FROM flexfactor.batches WHERE state = 'ready' AND next_attempt_at > now()"
+					" ORDER BY next_attempt_at, id LIMIT " CppAsString2(FF_WAITING_SHOWN),
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list waiting batches");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		FFWaitingBatch *w = &result->waiting_first[i];
+		bool		isnull;
+
+		w->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		strlcpy(w->file_name, SPI_getvalue(tup, desc, 2), sizeof(w->file_name));
+		w->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		w->next_attempt_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		result->waiting = (int32) DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	}
+	ff_work_commit();
+}
+
+/* The same, behind an error boundary: a failure only costs the NOTICE. */
+static void
+collect_waiting(FFExportResult *result)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		list_waiting(result);
+	}
+	PG_CATCH();
+	{
+		take_failure(cxt, result, NULL, "list the batches waiting for a retry");
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+}
+
 /* the SFTP part of a pass gives the rest of the worker its turn after this */
 #define EXPORT_PASS_BUDGET_MS	10000
 
@@ -649,7 +728,7 @@ connect_in(MemoryContext cxt)
  * pass, which follows at once.
  */
 static void
-export_pass(FFExportResult *result)
+export_pass(FFExportResult *result, bool retry_now)
 {
 	MemoryContext pass_cxt = CurrentMemoryContext;
 	List	   *volatile batches = NIL;
@@ -663,6 +742,8 @@ export_pass(FFExportResult *result)
 	{
 		ff_work_begin("flexfactor: fixing batches");
 		create_batches();
+		if (retry_now)
+			make_waiting_due(result);
 		batches = ready_batches(pass_cxt, false);
 		ff_work_commit();
 	}
@@ -672,6 +753,8 @@ export_pass(FFExportResult *result)
 		return;
 	}
 	PG_END_TRY();
+	if (retry_now)
+		ff_worker_retry_now();
 
 	foreach(lc, batches)
 	{
@@ -723,14 +806,19 @@ export_pass(FFExportResult *result)
 		ff_sftp_disconnect(conn);
 }
 
+/*
+ * Whether a caller of ff_export_batch() waits for a pass (*ticket: the last
+ * ticket taken) and whether one of them asked for retry_now.
+ */
 static bool
-export_requested(uint64 *ticket)
+export_requested(uint64 *ticket, bool *retry_now)
 {
 	bool		requested;
 
 	LWLockAcquire(ff_shared->lock, LW_SHARED);
 	*ticket = ff_shared->export_requested;
 	requested = *ticket > ff_shared->export_completed;
+	*retry_now = ff_shared->export_retry > ff_shared->export_completed;
 	LWLockRelease(ff_shared->lock);
 	return requested;
 }
@@ -740,8 +828,9 @@ bool
 ff_export_requested(void)
 {
 	uint64		ticket;
+	bool		retry_now;
 
-	return export_requested(&ticket);
+	return export_requested(&ticket, &retry_now);
 }
 
 static void
@@ -769,7 +858,8 @@ ff_export_if_due(void)
 	static bool last_ok = true;
 	FFExportResult result;
 	uint64		ticket;
-	bool		requested = export_requested(&ticket);
+	bool		retry_now;
+	bool		requested = export_requested(&ticket, &retry_now);
 	TimestampTz now = GetCurrentTimestamp();
 	bool		scheduled;
 
@@ -783,7 +873,10 @@ ff_export_if_due(void)
 
 	PG_TRY();
 	{
-		export_pass(&result);
+		export_pass(&result, requested && retry_now);
+		/* the callers hear what still waits, and until when */
+		if (requested)
+			collect_waiting(&result);
 	}
 	PG_CATCH();
 	{
@@ -823,20 +916,82 @@ ff_export_if_due(void)
 PG_FUNCTION_INFO_V1(ff_export_batch);
 
 /*
+ * After an export: which batch files still wait for their next attempt and
+ * until when, in the caller's time zone; a NOTICE, so that 0 files uploaded
+ * is never silent about them.
+ */
+static void
+report_waiting(const FFExportResult *result, bool retry_now)
+{
+	StringInfoData list;
+	int			shown = Min(result->waiting, FF_WAITING_SHOWN);
+
+	if (result->waiting <= 0)
+		return;
+	initStringInfo(&list);
+	for (int i = 0; i < shown; i++)
+	{
+		const FFWaitingBatch *w = &result->waiting_first[i];
+
+		appendStringInfo(&list, "%sbatch %lld (%s): attempt %d at %s",
+						 i > 0 ? "; " : "", (long long) w->id, w->file_name, w->attempts + 1,
+						 timestamptz_to_str(w->next_attempt_at));
+	}
+	if (result->waiting > shown)
+		appendStringInfo(&list, "; and %d more", result->waiting - shown);
+	ereport(NOTICE,
+			(errmsg_plural("%d batch file waits for its next upload attempt, at %s",
+						   "%d batch files wait for their next upload attempt, the first at %s",
+						   result->waiting, result->waiting,
+						   timestamptz_to_str(result->waiting_first[0].next_attempt_at)),
+			 errdetail("%s.", list.data),
+			 retry_now ?
+			 errhint("They failed again in this export; flexfactor.batch_status shows why.") :
+			 errhint("After fixing what made them fail (flexfactor.batch_status shows it), "
+					 "upload them now with SELECT flexfactor.ff_export_batch(retry_now => true).")));
+}
+
+/* What retry_now made due at once. */
+static void
+report_retried(const FFExportResult *result)
+{
+	if (result->retried_batches + result->retried_transmits + result->retried_callbacks == 0)
+		return;
+	ereport(NOTICE,
+			(errmsg("retry now: %lld %s, %lld %s and %lld %s that waited for a later attempt are due at once",
+					(long long) result->retried_batches,
+					result->retried_batches == 1 ? "batch file" : "batch files",
+					(long long) result->retried_transmits,
+					result->retried_transmits == 1 ? "queued transmit" : "queued transmits",
+					(long long) result->retried_callbacks,
+					result->retried_callbacks == 1 ? "failed billing callback" : "failed billing callbacks"),
+			 errdetail("The batch files were tried in this export; the worker sends the transmits and "
+					   "runs the callbacks next.")));
+}
+
+/*
  * ff_export_batch() returns integer: asks the worker for an export pass now
  * and waits for it; returns the number of batch files uploaded.  The worker
  * fixes and uploads in transactions of its own, so the caller's transaction
  * can neither undo an upload nor make one twice; declines the caller has not
  * committed yet are not seen.  The pass's first failure is re-raised here as
- * a WARNING with its SQLSTATE.  Waiting is interruptible; a cancelled caller
- * leaves the worker to finish (or retry) the same files.
+ * a WARNING with its SQLSTATE, and the batch files still waiting for a later
+ * attempt are named in a NOTICE with that attempt's time.  Waiting is
+ * interruptible; a cancelled caller leaves the worker to finish (or retry)
+ * the same files.
+ *
+ * ff_export_batch(retry_now boolean), the same C function: with true, the
+ * pass first makes everything that waits for a retry after a failure due
+ * (batch files, queued transmits, failed billing callbacks), for use after
+ * fixing a setting.
  */
 Datum
 ff_export_batch(PG_FUNCTION_ARGS)
 {
 	FFShared   *sh = ff_shared_or_error();
 	FFWorkerSlot *worker = &sh->slots[FF_ROLE_WORKER];
-	FFExportResult result;
+	bool		retry_now = PG_NARGS() > 0 && !PG_ARGISNULL(0) && PG_GETARG_BOOL(0);
+	FFExportResult *result = palloc(sizeof(FFExportResult));
 	uint64		ticket;
 	pid_t		pid;
 	char	   *dbname;
@@ -852,6 +1007,8 @@ ff_export_batch(PG_FUNCTION_ARGS)
 
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	ticket = ++sh->export_requested;
+	if (retry_now)
+		sh->export_retry = ticket;
 	LWLockRelease(sh->lock);
 	ff_status_wake(FF_ROLE_WORKER);
 
@@ -863,7 +1020,7 @@ ff_export_batch(PG_FUNCTION_ARGS)
 		LWLockAcquire(sh->lock, LW_SHARED);
 		done = sh->export_completed >= ticket;
 		if (done)
-			result = sh->export_result;
+			*result = sh->export_result;
 		pid = worker->pid;
 		LWLockRelease(sh->lock);
 		if (done)
@@ -884,11 +1041,14 @@ ff_export_batch(PG_FUNCTION_ARGS)
 	}
 	ConditionVariableCancelSleep();
 
-	if (result.sqlerrcode != 0)
+	if (retry_now)
+		report_retried(result);
+	if (result->sqlerrcode != 0)
 		ereport(WARNING,
-				(errcode(result.sqlerrcode),
-				 errmsg("%s", result.message),
-				 result.detail[0] ? errdetail("%s", result.detail) : 0,
-				 result.hint[0] ? errhint("%s", result.hint) : 0));
-	PG_RETURN_INT32(result.uploaded);
+				(errcode(result->sqlerrcode),
+				 errmsg("%s", result->message),
+				 result->detail[0] ? errdetail("%s", result->detail) : 0,
+				 result->hint[0] ? errhint("%s", result->hint) : 0));
+	report_waiting(result, retry_now);
+	PG_RETURN_INT32(result->uploaded);
 }

@@ -60,6 +60,17 @@ typedef struct FFTokenCache
 	ConditionVariable fetched;	/* broadcast when a fetch ends */
 } FFTokenCache;
 
+/* A batch file that waits for its next upload attempt after a failure. */
+typedef struct FFWaitingBatch
+{
+	int64		id;
+	int32		attempts;		/* failed so far */
+	TimestampTz next_attempt_at;
+	char		file_name[128];
+} FFWaitingBatch;
+
+#define FF_WAITING_SHOWN	5
+
 /* What one export pass achieved; see batch.c. */
 typedef struct FFExportResult
 {
@@ -68,6 +79,15 @@ typedef struct FFExportResult
 	char		message[FF_ERROR_LEN];
 	char		detail[FF_ERROR_LEN];
 	char		hint[FF_ERROR_LEN];
+
+	/* made due at once by ff_export_batch(retry_now => true) */
+	int64		retried_batches;
+	int64		retried_transmits;
+	int64		retried_callbacks;
+
+	/* batch files still waiting for a later attempt after the pass */
+	int32		waiting;
+	FFWaitingBatch waiting_first[FF_WAITING_SHOWN];	/* the soonest */
 } FFExportResult;
 
 typedef struct FFShared
@@ -90,9 +110,12 @@ typedef struct FFShared
 	 * ff_export_batch() asks the worker for an export pass by taking a ticket
 	 * (export_requested); the worker serves every ticket taken before its pass
 	 * started, publishes the pass's result and broadcasts export_done.
+	 * export_retry is the last ticket taken with retry_now: the pass serving
+	 * it first makes everything that waits for a retry due.
 	 */
 	uint64		export_requested;
 	uint64		export_completed;
+	uint64		export_retry;
 	FFExportResult export_result;
 	ConditionVariable export_done;
 

@@ -408,6 +408,24 @@ static FFPhase transmit_ph = {"send queued transmits"};
 static FFPhase export_ph = {"run the SFTP export"};
 static FFPhase late_ph = {"apply late events and retry callbacks"};
 
+/*
+ * ff_export_batch(retry_now => true), from the export phase: the other
+ * phases' backoff is cleared too, and the next pass follows at once, so the
+ * transmits and callbacks that the export made due go out now.
+ */
+void
+ff_worker_retry_now(void)
+{
+	FFPhase    *phases[] = {&transmit_ph, &late_ph};
+
+	for (int i = 0; i < lengthof(phases); i++)
+	{
+		phases[i]->not_before = 0;
+		phases[i]->backoff_ms = 0;
+	}
+	SetLatch(MyLatch);
+}
+
 /* Leave at once when a backend needs the database to itself. */
 static void
 leave_if_released(void)

@@ -60,10 +60,21 @@ COMMENT ON VIEW flexfactor.batch_status IS
 -- Exports now (for pg_cron or by hand): asks the worker for an export pass
 -- (fix pending declines into batches, upload every due batch, each in its own
 -- transaction) and waits for it; returns the number of files uploaded.  The
--- pass's first failure is recorded on its batch and re-raised as a WARNING.
--- Declines the caller has not committed yet are left for a later pass.
+-- pass's first failure is recorded on its batch and re-raised as a WARNING;
+-- batch files still waiting for a later attempt are named, with its time, in
+-- a NOTICE.  Declines the caller has not committed yet are left for a later
+-- pass.
 CREATE FUNCTION flexfactor.ff_export_batch()
 RETURNS integer AS 'MODULE_PATHNAME', 'ff_export_batch' LANGUAGE C VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- The same; with retry_now => true, after fixing a setting, everything that
+-- waits for a retry after a failure is due at once: batch files (tried in
+-- this export), queued transmits and failed billing callbacks (the worker's
+-- next steps).  An overload, so that ff_export_batch() keeps its grants and
+-- pg_cron jobs.
+CREATE FUNCTION flexfactor.ff_export_batch(retry_now boolean)
+RETURNS integer AS 'MODULE_PATHNAME', 'ff_export_batch' LANGUAGE C VOLATILE STRICT
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 
