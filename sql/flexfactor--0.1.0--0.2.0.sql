@@ -10,10 +10,10 @@
  * rows), the complete request bodies of ff_decline()/ff_payment() (new
  * arguments, all with defaults), the decline trigger function in C with the
  * writer's rights (same name and signature: a merchant's trigger keeps
- * calling it), ff_capture(), the refusal counters, and the functions and
- * views that changed.  Functions whose arguments changed are dropped and
- * created again; EXECUTE granted on them to the merchant's roles is reported
- * below, to be granted again.
+ * calling it), ff_capture(), the refusal counters, ff_export_batch(retry_now),
+ * and the functions and views that changed.  Functions whose arguments
+ * changed are dropped and created again; EXECUTE granted on them to the
+ * merchant's roles is reported below, to be granted again.
  *
  * Frozen once released: a later change goes in the next release's script.
  */
@@ -1013,6 +1013,14 @@ BEGIN
     VALUES (error_name, 'error', b.id, encode(sha256(convert_to(content, 'UTF8')), 'hex'), 0);
     RETURN format('batch %s rejected: %s', b.id, reason);
 END $$;
+
+-- New: after fixing a setting, everything that waits for a retry after a
+-- failure is due at once: batch files (tried in this export), queued
+-- transmits and failed billing callbacks (the worker's next steps).  An
+-- overload, so that ff_export_batch() keeps its grants and pg_cron jobs.
+CREATE FUNCTION flexfactor.ff_export_batch(retry_now boolean)
+RETURNS integer AS 'MODULE_PATHNAME', 'ff_export_batch_retry' LANGUAGE C VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 /* ----------------------------------------------------------------- views */
 

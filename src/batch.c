@@ -914,6 +914,7 @@ ff_export_if_due(void)
 #define WORKER_ABSENT_LIMIT_MS	30000
 
 PG_FUNCTION_INFO_V1(ff_export_batch);
+PG_FUNCTION_INFO_V1(ff_export_batch_retry);
 
 /*
  * After an export: which batch files still wait for their next attempt and
@@ -980,17 +981,16 @@ report_retried(const FFExportResult *result)
  * interruptible; a cancelled caller leaves the worker to finish (or retry)
  * the same files.
  *
- * ff_export_batch(retry_now boolean), the same C function: with true, the
+ * ff_export_batch(retry_now boolean) (ff_export_batch_retry): with true, the
  * pass first makes everything that waits for a retry after a failure due
  * (batch files, queued transmits, failed billing callbacks), for use after
  * fixing a setting.
  */
-Datum
-ff_export_batch(PG_FUNCTION_ARGS)
+static int32
+export_batch(bool retry_now)
 {
 	FFShared   *sh = ff_shared_or_error();
 	FFWorkerSlot *worker = &sh->slots[FF_ROLE_WORKER];
-	bool		retry_now = PG_NARGS() > 0 && !PG_ARGISNULL(0) && PG_GETARG_BOOL(0);
 	FFExportResult *result = palloc(sizeof(FFExportResult));
 	uint64		ticket;
 	pid_t		pid;
@@ -1050,5 +1050,17 @@ ff_export_batch(PG_FUNCTION_ARGS)
 				 result->detail[0] ? errdetail("%s", result->detail) : 0,
 				 result->hint[0] ? errhint("%s", result->hint) : 0));
 	report_waiting(result, retry_now);
-	PG_RETURN_INT32(result->uploaded);
+	return result->uploaded;
+}
+
+Datum
+ff_export_batch(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(export_batch(false));
+}
+
+Datum
+ff_export_batch_retry(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(export_batch(PG_GETARG_BOOL(0)));
 }

@@ -74,7 +74,7 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 -- next steps).  An overload, so that ff_export_batch() keeps its grants and
 -- pg_cron jobs.
 CREATE FUNCTION flexfactor.ff_export_batch(retry_now boolean)
-RETURNS integer AS 'MODULE_PATHNAME', 'ff_export_batch' LANGUAGE C VOLATILE STRICT
+RETURNS integer AS 'MODULE_PATHNAME', 'ff_export_batch_retry' LANGUAGE C VOLATILE STRICT
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 
