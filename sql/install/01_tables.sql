@@ -5,6 +5,21 @@
 CREATE SCHEMA flexfactor;
 REVOKE ALL ON SCHEMA flexfactor FROM PUBLIC;
 
+-- The era of this installation of the extension: the time CREATE EXTENSION
+-- ran, in microseconds, written into the function's body here.  A pg_dump
+-- restore runs CREATE EXTENSION again and so starts a later era, while
+-- pg_upgrade and a standby keep the function as it is.  The era leads a
+-- decline's queue position (see flexfactor.declines), so the rows of a
+-- restored dump sort before every row queued after the restore, whatever
+-- the transaction ids of either cluster.  IMMUTABLE: a column default that
+-- calls it is folded to the constant when an INSERT is planned.
+DO $era$
+BEGIN
+    EXECUTE format('CREATE FUNCTION flexfactor._queue_era() RETURNS bigint'
+                   ' LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN %s::bigint',
+                   floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
+END $era$;
+
 /* ---------------------------------------------------------------- orders */
 
 -- The order states; see ff_next_status() for the forward-only rule.  Domains
@@ -114,14 +129,17 @@ CREATE TABLE flexfactor.batches (
     uploaded_at      timestamptz,
     result_at        timestamptz,
     mid              text NOT NULL,           -- carried by every line
-    -- an evaluate batch's declines: queue positions first..last, inclusive
+    -- an evaluate batch's declines: those of era `era` (never two eras in
+    -- one batch) at queue positions (first_xid, first_id)..(last_xid,
+    -- last_id), inclusive
     first_xid        xid8,
     first_id         bigint,
     last_xid         xid8,
     last_id          bigint,
     requeued_as      bigint REFERENCES flexfactor.batches (id),
+    era              bigint,
     CONSTRAINT batches_file_name_key UNIQUE (file_name),
-    CONSTRAINT batches_range_check CHECK ((kind = 'evaluate') = (num_nonnulls(first_xid, first_id, last_xid, last_id) = 4)),
+    CONSTRAINT batches_range_check CHECK ((kind = 'evaluate') = (num_nonnulls(era, first_xid, first_id, last_xid, last_id) = 5)),
     CONSTRAINT batches_kind_check CHECK (kind IN ('evaluate', 'transmit')),
     CONSTRAINT batches_line_count_check CHECK (line_count BETWEEN 1 AND 2000),
     CONSTRAINT batches_sha256_check CHECK (sha256 IS NULL OR sha256 ~ '^[0-9a-f]{64}$'),
@@ -134,7 +152,7 @@ CREATE TABLE flexfactor.batches (
 );
 CREATE INDEX batches_upload_queue_idx ON flexfactor.batches (next_attempt_at)
     WHERE state = 'ready';
-CREATE INDEX batches_queue_position_idx ON flexfactor.batches (last_xid, last_id)
+CREATE INDEX batches_queue_position_idx ON flexfactor.batches (era, last_xid, last_id)
     WHERE kind = 'evaluate';
 SELECT pg_catalog.pg_extension_config_dump('flexfactor.batches', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.batches', 'id'), '');
@@ -144,12 +162,17 @@ SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('fl
 -- Declined merchant-initiated charges queued for evaluate batches.
 --
 -- A row never changes once queued (only set_aside_reason may be set later),
--- and a batch is a range of rows in queue order (enqueue_xid, id): fixing a
--- batch writes one batches row and nothing per decline, and the batch file's
--- lines are derived from its rows the same way at every upload
--- (flexfactor.batch_file_lines).  enqueue_xid is the inserting transaction's
--- id, so a range is only closed below the oldest transaction still running:
--- no decline can later commit inside it.
+-- and a batch is a range of rows in queue order (enqueue_era, enqueue_xid,
+-- id): fixing a batch writes one batches row and nothing per decline, and
+-- the batch file's lines are derived from its rows the same way at every
+-- upload (flexfactor.batch_file_lines).  enqueue_xid is the inserting
+-- transaction's id, so a range of this era is only closed below the oldest
+-- transaction still running: no decline can later commit inside it.
+-- enqueue_era is the installation's era (flexfactor._queue_era()): rows
+-- restored from a dump keep the era, and the transaction ids, of the
+-- cluster they were queued in; they sort before the rows queued here, and
+-- are all committed.  The insert path writes neither column: both defaults
+-- are what it must be.
 CREATE TABLE flexfactor.declines (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     order_id          text NOT NULL,
@@ -159,13 +182,14 @@ CREATE TABLE flexfactor.declines (
     enqueue_xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
     set_aside_reason  text,                   -- why FlexFactor refused it
     enqueued_at       timestamptz NOT NULL DEFAULT now(),
+    enqueue_era       bigint NOT NULL DEFAULT flexfactor._queue_era(),
     CONSTRAINT declines_attempt_key UNIQUE (order_id, transaction_id),
     CONSTRAINT declines_idempotency_key_key UNIQUE (idempotency_key),
     -- the batch line adds these three, from the batch and the row
     CONSTRAINT declines_payload_check CHECK (jsonb_typeof(payload) = 'object'
                                              AND NOT payload ?| '{idempotencyKey,mid,sequenceNumber}')
 );
-CREATE INDEX declines_queue_order_idx ON flexfactor.declines (enqueue_xid, id);
+CREATE INDEX declines_queue_order_idx ON flexfactor.declines (enqueue_era, enqueue_xid, id);
 SELECT pg_catalog.pg_extension_config_dump('flexfactor.declines', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.declines', 'id'), '');
 

@@ -48,8 +48,9 @@ BEGIN
 END $$;
 
 -- A new batch row, named <kind>_<mid>_<UTC stamp>_<id>.jsonl; an evaluate
--- batch also gets its range of declines.
+-- batch also gets its range of declines: an era, and queue positions in it.
 CREATE FUNCTION flexfactor._new_batch(kind text, mid text, line_count integer,
+                                      era bigint DEFAULT NULL,
                                       first_xid xid8 DEFAULT NULL, first_id bigint DEFAULT NULL,
                                       last_xid xid8 DEFAULT NULL, last_id bigint DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
@@ -57,28 +58,34 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     batch bigint := nextval(pg_get_serial_sequence('flexfactor.batches', 'id'));
 BEGIN
-    INSERT INTO flexfactor.batches (id, kind, mid, file_name, line_count, first_xid, first_id, last_xid, last_id)
+    INSERT INTO flexfactor.batches (id, kind, mid, file_name, line_count, era, first_xid, first_id, last_xid, last_id)
     OVERRIDING SYSTEM VALUE
     VALUES (batch, kind, mid,
             format('%s_%s_%s_%s.jsonl', kind, mid,
                    to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"'), batch),
-            line_count, first_xid, first_id, last_xid, last_id);
+            line_count, era, first_xid, first_id, last_xid, last_id);
     RETURN batch;
 END $$;
 
 -- Fixes the next (up to) max_rows queued declines, in queue order, into one
 -- evaluate batch: its file name and its range of rows are decided here, once.
--- Only declines of transactions older than every running one are taken, so
--- no decline can ever commit inside a closed range; one exporter at a time
--- (a second one finds the lock taken and takes nothing).  Returns the batch
--- id, or NULL when nothing is ready.
+-- Queue order is (enqueue_era, enqueue_xid, id).  Declines of this
+-- installation's era are taken only from transactions older than every
+-- running one, so no decline can ever commit inside a closed range; those
+-- of an earlier era (restored from a dump) were all committed where they
+-- were queued, and come first.  A batch never spans two eras.  One exporter
+-- at a time (a second one finds the lock taken and takes nothing).  Returns
+-- the batch id, or NULL when nothing is ready.
 CREATE FUNCTION flexfactor._create_evaluate_batch(max_rows integer)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     mid       text := flexfactor._batch_mid();
+    here      bigint := flexfactor._queue_era();
+    done_era  bigint;
     done_xid  xid8;
     done_id   bigint;
+    next_era  bigint;
     horizon   xid8;
     n         integer;
     f_xid     xid8;
@@ -90,18 +97,40 @@ BEGIN
         RETURN NULL;
     END IF;
     -- a fresh snapshot after the lock: batches fixed by an exporter that just committed
-    SELECT b.last_xid, b.last_id INTO done_xid, done_id
+    SELECT b.era, b.last_xid, b.last_id INTO done_era, done_xid, done_id
       FROM flexfactor.batches b WHERE b.kind = 'evaluate'
-     ORDER BY b.last_xid DESC, b.last_id DESC LIMIT 1;
+     ORDER BY b.era DESC, b.last_xid DESC, b.last_id DESC LIMIT 1;
     IF NOT FOUND THEN
+        done_era := 0;
         done_xid := '0'::xid8;
         done_id := 0;
     END IF;
-    horizon := pg_snapshot_xmin(pg_current_snapshot());
+    SELECT d.enqueue_era INTO next_era FROM flexfactor.declines d
+     WHERE (d.enqueue_era, d.enqueue_xid, d.id) > (done_era, done_xid, done_id)
+     ORDER BY d.enqueue_era, d.enqueue_xid, d.id LIMIT 1;
+    IF greatest(done_era, next_era) > here THEN
+        RAISE EXCEPTION 'queued declines come from a later installation of flexfactor than this one'
+            USING ERRCODE = 'FF013',
+                  DETAIL = format('This installation''s era is %s; flexfactor.%s holds era %s.', here,
+                                  CASE WHEN done_era > here THEN 'batches' ELSE 'declines' END,
+                                  greatest(done_era, next_era)),
+                  HINT = 'Restore a dump into a database where CREATE EXTENSION flexfactor runs as part of the restore '
+                         '(a full dump into an empty database), on a server whose clock is right.';
+    END IF;
+    IF next_era IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF next_era <> done_era THEN
+        done_xid := '0'::xid8;
+        done_id := 0;
+    END IF;
+    horizon := CASE WHEN next_era = here THEN pg_snapshot_xmin(pg_current_snapshot())
+                    ELSE '18446744073709551615'::xid8 END;
 
     WITH next AS MATERIALIZED (
         SELECT d.enqueue_xid, d.id FROM flexfactor.declines d
-         WHERE (d.enqueue_xid, d.id) > (done_xid, done_id) AND d.enqueue_xid < horizon
+         WHERE d.enqueue_era = next_era AND (d.enqueue_xid, d.id) > (done_xid, done_id)
+           AND d.enqueue_xid < horizon
          ORDER BY d.enqueue_xid, d.id
          LIMIT max_rows)
     SELECT (SELECT count(*) FROM next), f.enqueue_xid, f.id, l.enqueue_xid, l.id
@@ -112,7 +141,7 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    RETURN flexfactor._new_batch('evaluate', mid, n, f_xid, f_id, l_xid, l_id);
+    RETURN flexfactor._new_batch('evaluate', mid, n, next_era, f_xid, f_id, l_xid, l_id);
 END $$;
 
 -- The transmit counterpart (flexfactor.transmit_via = 'sftp'): fixes pending
@@ -167,7 +196,8 @@ BEGIN ATOMIC
                   row_number() OVER (ORDER BY r.enqueue_xid, r.id) AS n
              FROM (SELECT q.id, q.payload, q.idempotency_key, q.enqueue_xid
                      FROM flexfactor.declines q
-                    WHERE (q.enqueue_xid, q.id) >= (b.first_xid, b.first_id)
+                    WHERE q.enqueue_era = b.era
+                      AND (q.enqueue_xid, q.id) >= (b.first_xid, b.first_id)
                       AND (q.enqueue_xid, q.id) <= (b.last_xid, b.last_id)
                     ORDER BY q.enqueue_xid, q.id
                     LIMIT b.line_count) r) d
@@ -196,9 +226,9 @@ RETURNS trigger LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'UPDATE' THEN
-        IF (NEW.id, NEW.order_id, NEW.transaction_id, NEW.idempotency_key, NEW.payload, NEW.enqueue_xid)
+        IF (NEW.id, NEW.order_id, NEW.transaction_id, NEW.idempotency_key, NEW.payload, NEW.enqueue_xid, NEW.enqueue_era)
            IS DISTINCT FROM
-           (OLD.id, OLD.order_id, OLD.transaction_id, OLD.idempotency_key, OLD.payload, OLD.enqueue_xid) THEN
+           (OLD.id, OLD.order_id, OLD.transaction_id, OLD.idempotency_key, OLD.payload, OLD.enqueue_xid, OLD.enqueue_era) THEN
             RAISE EXCEPTION 'a queued decline cannot be changed'
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       DETAIL = format('Decline %s (order %s) is a line of a batch file, as it was queued.', OLD.id, OLD.order_id),
@@ -207,7 +237,7 @@ BEGIN
         RETURN NEW;
     END IF;
     IF EXISTS (SELECT 1 FROM flexfactor.batches b
-                WHERE b.kind = 'evaluate' AND b.state IN ('ready', 'uploaded')
+                WHERE b.kind = 'evaluate' AND b.state IN ('ready', 'uploaded') AND b.era = OLD.enqueue_era
                   AND (OLD.enqueue_xid, OLD.id) BETWEEN (b.first_xid, b.first_id) AND (b.last_xid, b.last_id)) THEN
         RAISE EXCEPTION 'decline % is in a batch file not answered yet', OLD.id
             USING ERRCODE = 'object_not_in_prerequisite_state',

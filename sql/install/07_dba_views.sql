@@ -6,12 +6,13 @@ SELECT q.queue, q.state, q.rows, q.oldest, now() - q.oldest AS oldest_age, q.las
   FROM (SELECT 'declines'::text AS queue, d.state, count(*) AS rows, min(d.enqueued_at) AS oldest,
                max(d.set_aside_reason) AS last_error, NULL::timestamptz AS next_attempt_at
           FROM (SELECT CASE WHEN q.set_aside_reason IS NOT NULL THEN 'set_aside'
-                            WHEN c.last_id IS NULL OR (q.enqueue_xid, q.id) > (c.last_xid, c.last_id) THEN 'pending'
+                            WHEN c.last_id IS NULL
+                                 OR (q.enqueue_era, q.enqueue_xid, q.id) > (c.era, c.last_xid, c.last_id) THEN 'pending'
                             ELSE 'batched' END AS state,
                        q.enqueued_at, q.set_aside_reason
                   FROM flexfactor.declines q
-                  LEFT JOIN (SELECT b.last_xid, b.last_id FROM flexfactor.batches b WHERE b.kind = 'evaluate'
-                              ORDER BY b.last_xid DESC, b.last_id DESC LIMIT 1) c ON true) d
+                  LEFT JOIN (SELECT b.era, b.last_xid, b.last_id FROM flexfactor.batches b WHERE b.kind = 'evaluate'
+                              ORDER BY b.era DESC, b.last_xid DESC, b.last_id DESC LIMIT 1) c ON true) d
          GROUP BY d.state
         UNION ALL
         SELECT 'batches', state, count(*), min(created_at),
@@ -37,7 +38,7 @@ SELECT d.id, d.order_id, d.transaction_id, d.idempotency_key, d.payload,
   FROM flexfactor.declines d
   LEFT JOIN LATERAL (
        SELECT b.id, b.created_at FROM flexfactor.batches b
-        WHERE b.kind = 'evaluate'
+        WHERE b.kind = 'evaluate' AND b.era = d.enqueue_era
           AND (b.last_xid, b.last_id) >= (d.enqueue_xid, d.id)
           AND (b.first_xid, b.first_id) <= (d.enqueue_xid, d.id)
         ORDER BY b.last_xid, b.last_id, b.id DESC

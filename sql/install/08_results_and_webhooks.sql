@@ -511,7 +511,7 @@ BEGIN
                       DETAIL = 'Its declines were deleted from flexfactor.declines.';
         END IF;
         again := flexfactor._new_batch('evaluate', b.mid, requeued,
-                                       b.first_xid, b.first_id, b.last_xid, b.last_id);
+                                       b.era, b.first_xid, b.first_id, b.last_xid, b.last_id);
     ELSE
         UPDATE flexfactor.transmit_queue t
            SET state = 'pending', batch_id = NULL, last_error = NULL, delivered_at = NULL

@@ -182,6 +182,23 @@ INSERT INTO billing.payments (invoice_no, amount, card_token, status, is_recurri
 DROP TRIGGER payments_bad_arg ON billing.payments;
 SELECT count(*) AS payments_table_still_there FROM billing.payments;
 
+-- queue order leads with the installation's era: a row restored from a dump
+-- (an earlier era, with the transaction id of the cluster it was queued in,
+-- here far ahead of this one's) comes before the rows queued here, needs no
+-- wait for running transactions, and never shares a batch with them
+INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload, enqueue_era, enqueue_xid)
+SELECT 'E-1', 'tx', gen_random_uuid(), payload || '{"orderId": "E-1"}', flexfactor._queue_era() - 1, '40000000000'
+  FROM flexfactor.declines WHERE order_id = 'INV-1' LIMIT 1;
+SELECT count(*) > 0 AS rows_queued_here_pending FROM flexfactor.decline_status
+ WHERE state = 'pending' AND order_id <> 'E-1';
+SELECT flexfactor._create_evaluate_batch(2000) AS restored_batch \gset
+SELECT b.era < flexfactor._queue_era() AS earlier_era, b.line_count,
+       string_agg(l.line::jsonb->>'orderId', ', ' ORDER BY l.sequence_number) AS lines
+  FROM flexfactor.batches b CROSS JOIN LATERAL flexfactor.batch_file_lines(b.id) l
+ WHERE b.id = :restored_batch GROUP BY b.id;
+SELECT order_id, state, batch_id = :restored_batch AS in_that_batch FROM flexfactor.decline_status
+ WHERE order_id = 'E-1';
+
 -- fixing batches: at most max_rows lines each, numbered 1..N, in queue order
 INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
 SELECT 'N-' || i, 'tx', gen_random_uuid(), flexfactor.ff_decline('N-' || i, 1500, 'USD', 'tok', 'tx')
@@ -229,6 +246,15 @@ SELECT flexfactor._create_evaluate_batch(2000) IS NULL AS waits_for_commit;
 COMMIT;
 SELECT flexfactor._create_evaluate_batch(2000) IS NOT NULL AS batched_after_commit;
 SELECT order_id, state FROM flexfactor.decline_status WHERE order_id LIKE 'L-%' ORDER BY id;
+
+-- a queue from a later installation than this one is refused, not skipped
+INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload, enqueue_era)
+SELECT 'E-9', 'tx', gen_random_uuid(), payload || '{"orderId": "E-9"}', flexfactor._queue_era() + 1
+  FROM flexfactor.declines WHERE order_id = 'E-1';
+\set VERBOSITY terse
+SELECT flexfactor._create_evaluate_batch(10);
+\set VERBOSITY default
+DELETE FROM flexfactor.declines WHERE order_id = 'E-9';
 
 -- transmit copies can leave in transmit_ batches (flexfactor.transmit_via = 'sftp')
 SELECT flexfactor.ff_transmit(flexfactor.ff_payment('P-' || i, 2500, 'USD', 'ptx-' || i, email => 'jane@example.com',

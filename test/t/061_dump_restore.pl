@@ -12,7 +12,10 @@
 # with `pg_restore --single-transaction` into node B, as docs/operations.md says; B's
 # worker serves another database during the restore, then is pointed at the
 # restored one with a real SFTP server: it uploads the batch that was still
-# to upload and nothing that was delivered.
+# to upload and nothing that was delivered, the declines pending at the dump
+# and those queued on B once each, although A's transaction ids run ahead of
+# B's.  Then A goes through pg_upgrade into node C: the queue goes on there
+# too.
 use strict;
 use warnings;
 use Digest::SHA ();
@@ -46,7 +49,9 @@ qa(q{CREATE EXTENSION flexfactor;
      CREATE FUNCTION billing.on_flexfactor(o flexfactor.orders) RETURNS void LANGUAGE sql
          AS $$ INSERT INTO billing.calls (order_id, status) VALUES (o.order_id, o.status) $$;});
 
-# A's transaction ids run ahead of B's (see the TODO below)
+# A's transaction ids run ahead of B's: the declines queued on B after the
+# restore have lower ids than those restored (queue positions lead with the
+# installation's era, not the transaction id)
 $na->safe_psql('ffdb', 'DO $$ BEGIN FOR i IN 1..1000 LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$');
 
 # queues $n complete declines "$prefix-1".."$prefix-$n" in one transaction
@@ -235,13 +240,38 @@ my $fresh = ingest($nb, FFSim::webhook_nonce(), Event => 'order.completed',
 	OrderId => 'd0000000-0000-4000-8000-000000000002', ExternalOrderId => 'DEC-2');
 is($fresh->{stdout}, 'applied', 'B: a new delivery is applied') or diag $fresh->{stderr};
 
+# a decline queued on B before its worker ever looks at the restored queue
+# (its transaction id is far below those of A's rows)
+enqueue_declines($nb, 'DECB', 1);
+is(qb("SELECT enqueue_xid < (SELECT max(enqueue_xid) FROM flexfactor.declines WHERE order_id LIKE 'DEC-%')
+         FROM flexfactor.declines WHERE order_id = 'DECB-1'"), 't',
+	"B: a decline queued after the restore has a transaction id below A's (A's ids run ahead)");
+is(qb("SELECT count(DISTINCT enqueue_era) FROM flexfactor.declines"), '2',
+	'B: restored declines keep their era, a new one takes B\'s');
+cmp_ok(qb("SELECT max(enqueue_era) FROM flexfactor.declines WHERE order_id LIKE 'DEC-%'"), '<',
+	qb('SELECT flexfactor._queue_era()'), "B: A's era is before B's");
+
 # ---------------------------------------- B's worker on the restored data
 $nb->append_conf('postgresql.conf', "flexfactor.database = 'ffdb'\n");
 $nb->restart;
 ff_wait_for_worker($nb, 'ffdb');
 my $delivered = qb("SELECT string_agg(b::text, E'\\n' ORDER BY id) FROM flexfactor.batches b WHERE id IN ($b1, $b2)");
 my $n = qb('SELECT flexfactor.ff_export_batch()');
-cmp_ok($n, '>=', 1, "B: an export pass uploads $n file(s)");
+is($n, 3, "B: an export pass uploads 3 files: the transmit batch still to upload, "
+	  . "the declines pending at the dump, the one queued after the restore");
+
+# the evaluate lines uploaded by B, by orderId
+sub uploaded_orders
+{
+	my %seen;
+	opendir(my $dh, $inbound) or die "opendir $inbound: $!";
+	for my $f (grep { /^evaluate_.*\.jsonl$/ } readdir $dh)
+	{
+		$seen{ FFSim->decode_json($_)->{orderId} }++ for split /\n/, slurp_file("$inbound/$f");
+	}
+	closedir $dh;
+	return join ', ', map { "$_ x$seen{$_}" } sort keys %seen;
+}
 opendir(my $dh, $inbound) or die "opendir $inbound: $!";
 my @files = sort grep { !/^\./ } readdir $dh;
 closedir $dh;
@@ -252,18 +282,62 @@ ok(!(grep { $_ eq $b1name || $_ eq $b2name } @files),
 	'B: the answered and the uploaded batches are not uploaded again') or diag "inbound: @files";
 is(qb("SELECT string_agg(b::text, E'\\n' ORDER BY id) FROM flexfactor.batches b WHERE id IN ($b1, $b2)"), $delivered,
 	'B: the delivered batches are unchanged');
+is(uploaded_orders(), 'DEC-5 x1, DEC-6 x1, DECB-1 x1',
+	'B: the declines pending at the dump, and the one queued after the restore, are uploaded once each');
+is(qb(q{SELECT string_agg(order_id || ' ' || state, ', ' ORDER BY order_id) FROM flexfactor.decline_status
+         WHERE order_id LIKE 'DEC%'}),
+	'DEC-1 batched, DEC-2 batched, DEC-3 set_aside, DEC-4 batched, DEC-5 batched, DEC-6 batched, DECB-1 batched',
+	'B: every decline is batched (or set aside by its answer)');
+is(qb(q{SELECT count(DISTINCT batch_id) FROM flexfactor.decline_status WHERE order_id IN ('DEC-5', 'DEC-6', 'DECB-1')}),
+	'2', "B: A's pending declines and B's new one leave in two batches (a batch never spans two eras)");
 
-TODO:
+# later declines on B leave too, and nothing leaves twice
+enqueue_declines($nb, 'DECB2', 2);
+is(qb('SELECT flexfactor.ff_export_batch()'), '1', 'B: a later decline leaves in the next pass');
+is(qb('SELECT flexfactor.ff_export_batch()'), '0', 'B: and then nothing is left to upload');
+is(uploaded_orders(), 'DEC-5 x1, DEC-6 x1, DECB-1 x1, DECB2-1 x1, DECB2-2 x1',
+	'B: each decline uploaded once');
+
+# ------------------------------------------------ pg_upgrade of A (same major version)
+# pg_upgrade keeps the catalog (the era of the installation) and the
+# transaction counter: the queue goes on where it was, and A's pending
+# declines and new ones leave once each.
+my ($inbound_c, $outbound_c) = ("$tmp/inbound_c", "$tmp/outbound_c");
+mkdir $_ or die "mkdir $_: $!" for $inbound_c, $outbound_c;
+my $era_a = qa('SELECT flexfactor._queue_era()');
+my $xid_a = qa('SELECT pg_current_xact_id()');
+$na->stop;
+# the new cluster's worker serves postgres while pg_upgrade works
+my $nc = ff_node('upgC', %common, 'flexfactor.batch_interval' => '0',
+	$sshd->node_settings(inbound => $inbound_c, outbound => $outbound_c));
+my $bindir = $nc->config_data('--bindir');
+ok(IPC::Run::run([ 'pg_upgrade', '--no-sync', '-b', $bindir, '-B', $bindir,
+			'-d', $na->data_dir, '-D', $nc->data_dir, '-p', $na->port, '-P', $nc->port,
+			'-s', $na->host ],
+		'>', \$stdout, '2>', \$stderr, init => sub { chdir $tmp }),
+	'pg_upgrade of A into C') or diag "$stdout\n$stderr";
+$nc->append_conf('postgresql.conf', "flexfactor.database = 'ffdb'\n");
+$nc->start;
+ff_wait_for_worker($nc, 'ffdb');
+sub qc { $nc->safe_psql('ffdb', $_[0]) }
+is(qc('SELECT flexfactor._queue_era()'), $era_a, 'C: the era of the installation is kept');
+cmp_ok(qc('SELECT pg_current_xact_id()::text::numeric'), '>', $xid_a, 'C: transaction ids go on after A\'s');
+enqueue_declines($nc, 'DECC', 1);
+$n = qc('SELECT flexfactor.ff_export_batch()');
+opendir($dh, $inbound_c) or die "opendir $inbound_c: $!";
+my %c_orders;
+for my $f (grep { /^evaluate_.*\.jsonl$/ } readdir $dh)
 {
-	local $TODO = 'queue positions are transaction ids of the dumped cluster (docs/operations.md, Backup and restore)';
-	enqueue_declines($nb, 'DECB', 1);
-	qb('SELECT flexfactor.ff_export_batch()');
-	is(qb(q{SELECT string_agg(order_id || ' ' || state, ', ' ORDER BY order_id) FROM flexfactor.decline_status
-	         WHERE order_id IN ('DEC-5', 'DEC-6', 'DECB-1')}), 'DEC-5 batched, DEC-6 batched, DECB-1 batched',
-		'B: the declines pending at the dump, and one queued after the restore, are exported');
+	$c_orders{ FFSim->decode_json($_)->{orderId} }++ for split /\n/, slurp_file("$inbound_c/$f");
 }
+closedir $dh;
+is(join(', ', map { "$_ x$c_orders{$_}" } sort keys %c_orders), 'DEC-5 x1, DEC-6 x1, DECC-1 x1',
+	"C: A's pending declines and a new one are uploaded once each, in one batch");
+is(qc(q{SELECT string_agg(order_id || ' ' || state, ', ' ORDER BY order_id) FROM flexfactor.decline_status
+         WHERE order_id IN ('DEC-5', 'DEC-6', 'DECC-1')}), 'DEC-5 batched, DEC-6 batched, DECC-1 batched',
+	'C: all three batched');
 
 $sshd->stop;
+$nc->stop;
 $nb->stop;
-$na->stop;
 done_testing();
