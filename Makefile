@@ -21,6 +21,7 @@ OBJS = \
 	src/sftp.o \
 	src/sftp_files.o \
 	src/batch.o \
+	src/results.o \
 	src/decline_trigger.o \
 	src/callback.o \
 	src/scrub.o \

@@ -29,15 +29,9 @@
  * the network the worker's other phases get their turn (ff_worker_yield), so
  * a slow SFTP server never holds up the transmit queue.
  *
- * After the uploads, the same connection lists the outbound folder: each
- * result or error file is applied once (the SQL side records it in
- * flexfactor.result_files) and then moved to flexfactor.sftp_processed_dir
- * or deleted.  A file that cannot be applied (larger than
- * MAX_RESULT_FILE_BYTES, judged from the listing before it is read;
- * unreadable; not UTF-8; not matching its batch) is warned about once and
- * skipped while it stays the same, and never keeps the files after it from
- * being applied.  Everything a pass allocates, the SFTP connection included,
- * lives in the phase's memory context and goes with it.
+ * After the uploads, the same connection reads FlexFactor's answers from
+ * the outbound folder (results.c).  Everything a pass allocates, the SFTP
+ * connection included, lives in the phase's memory context and goes with it.
  */
 #include "postgres.h"
 
@@ -60,6 +54,7 @@
 #include "utils/timestamp.h"
 
 #include "batch.h"
+#include "results.h"
 #include "work.h"
 #include "worker.h"
 #include "shmem.h"
@@ -171,8 +166,8 @@ ready_batches(MemoryContext cxt, bool lock)
 	return result;
 }
 
-static void
-hex_digest(const uint8 *digest, char *hex)
+void
+ff_sha256_hex(const uint8 *digest, char *hex)
 {
 	static const char digits[] = "0123456789abcdef";
 
@@ -194,8 +189,8 @@ free_sha256(void *arg)
  * A SHA-256 computation (OpenSSL), freed with the current memory context: it
  * spans transactions, so it cannot belong to a resource owner.
  */
-static EVP_MD_CTX *
-new_sha256(void)
+EVP_MD_CTX *
+ff_sha256_new(void)
 {
 	MemoryContextCallback *cb = palloc(sizeof(MemoryContextCallback));
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -258,7 +253,7 @@ upload_batch(FFSftp *conn, ReadyBatch *b)
 {
 	Oid			types[3] = {INT8OID, TEXTOID, INT8OID};
 	Datum		values[3] = {Int64GetDatum(b->id)};
-	EVP_MD_CTX *hash = new_sha256();
+	EVP_MD_CTX *hash = ff_sha256_new();
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	char		hex[PG_SHA256_DIGEST_STRING_LENGTH];
 	int64		lines = 0;
@@ -300,7 +295,7 @@ upload_batch(FFSftp *conn, ReadyBatch *b)
 	MemoryContextDelete(chunk_cxt);
 	if (EVP_DigestFinal_ex(hash, digest, NULL) != 1)
 		elog(ERROR, "could not compute SHA-256");
-	hex_digest(digest, hex);
+	ff_sha256_hex(digest, hex);
 	if (lines != b->line_count || (b->sha256 != NULL && strcmp(hex, b->sha256) != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
@@ -356,23 +351,14 @@ describe_error(ErrorData *edata)
 /* ------------------------------------------------------------ the worker */
 
 /*
- * Catch the current error: abort the transaction, record it on the batch that
- * failed (if any), log it with its SQLSTATE, detail, hint and context, and
- * keep the pass's first failure in *result.
+ * Log a failure of the pass caught as edata (with its SQLSTATE, detail, hint
+ * and context), record it in the status slot, and keep the pass's first
+ * failure in *result.
  */
-static int
-take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch,
-			 const char *activity)
+static void
+report_failure(ErrorData *edata, FFExportResult *result, ReadyBatch *failed_batch,
+			   const char *activity)
 {
-	ErrorData  *edata = ff_work_catch(cxt);
-	char	   *described = describe_error(edata);
-
-	if (failed_batch != NULL)
-	{
-		ff_work_begin("flexfactor: recording a failed upload");
-		record_failure(failed_batch, described);
-		ff_work_commit();
-	}
 	if (result->sqlerrcode == 0)
 	{
 		result->sqlerrcode = edata->sqlerrcode;
@@ -384,243 +370,40 @@ take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch
 		strlcpy(result->detail, edata->detail ? edata->detail : "", FF_ERROR_LEN);
 		strlcpy(result->hint, edata->hint ? edata->hint : "", FF_ERROR_LEN);
 	}
+	ff_status_error(describe_error(edata));
 	if (failed_batch != NULL)
 		edata->message = psprintf("flexfactor worker could not upload batch %lld (%s): %s",
 								  (long long) failed_batch->id, failed_batch->file_name,
 								  edata->message);
 	else
 		edata->message = psprintf("flexfactor worker could not %s: %s", activity, edata->message);
-	ff_status_error(described);
 	edata->elevel = WARNING;
 	ThrowErrorData(edata);
-	return edata->sqlerrcode;
+}
+
+void
+ff_export_report_failure(ErrorData *edata, FFExportResult *result, const char *activity)
+{
+	report_failure(edata, result, NULL, activity);
 }
 
 /*
- * A result file answers at most flexfactor.batch_max_rows (2,000) lines of a
- * few hundred bytes; anything larger is refused from its listed size, before
- * a byte of it is read, so memory stays bounded whatever lands there.
- */
-#define MAX_RESULT_FILE_BYTES	(4 * 1024 * 1024)
-
-static bool
-has_suffix(const char *name, const char *suffix)
-{
-	size_t		n = strlen(name);
-	size_t		m = strlen(suffix);
-
-	return n > m && strcmp(name + n - m, suffix) == 0;
-}
-
-static int
-compare_entries(const ListCell *a, const ListCell *b)
-{
-	return strcmp(((const FFSftpEntry *) lfirst(a))->name,
-				  ((const FFSftpEntry *) lfirst(b))->name);
-}
-
-/*
- * Files refused already (oversized, unreadable, not UTF-8, not matching a
- * batch), as they were listed: skipped without reading them while they stay
- * the same, so each is warned about once, and forgotten once gone.
- */
-static MemoryContext refused_cxt = NULL;
-static List *refused_files = NIL;
-
-static bool
-same_entry(const FFSftpEntry *a, const FFSftpEntry *b)
-{
-	return strcmp(a->name, b->name) == 0 && a->size == b->size && a->mtime == b->mtime;
-}
-
-static bool
-refused_already(const FFSftpEntry *e)
-{
-	ListCell   *lc;
-
-	foreach(lc, refused_files)
-		if (same_entry(lfirst(lc), e))
-			return true;
-	return false;
-}
-
-static void
-remember_refused(const FFSftpEntry *e)
-{
-	MemoryContext old = MemoryContextSwitchTo(refused_cxt);
-	FFSftpEntry *copy = palloc(sizeof(FFSftpEntry));
-
-	*copy = *e;
-	copy->name = pstrdup(e->name);
-	refused_files = lappend(refused_files, copy);
-	MemoryContextSwitchTo(old);
-}
-
-/* Forget refused files no longer in the folder (or changed since). */
-static void
-forget_refused_not_in(List *entries)
-{
-	List	   *kept = NIL;
-	ListCell   *lc;
-	MemoryContext old;
-	MemoryContext fresh;
-
-	if (refused_cxt == NULL)
-	{
-		refused_cxt = AllocSetContextCreate(TopMemoryContext, "flexfactor refused result files",
-											ALLOCSET_SMALL_SIZES);
-		return;
-	}
-	fresh = AllocSetContextCreate(TopMemoryContext, "flexfactor refused result files",
-								  ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(fresh);
-	foreach(lc, refused_files)
-	{
-		FFSftpEntry *r = lfirst(lc);
-		ListCell   *lc2;
-
-		foreach(lc2, entries)
-			if (same_entry(r, lfirst(lc2)))
-			{
-				FFSftpEntry *copy = palloc(sizeof(FFSftpEntry));
-
-				*copy = *r;
-				copy->name = pstrdup(r->name);
-				kept = lappend(kept, copy);
-				break;
-			}
-	}
-	MemoryContextSwitchTo(old);
-	MemoryContextDelete(refused_cxt);
-	refused_cxt = fresh;
-	refused_files = kept;
-}
-
-/* Errors that belong to the file itself: it is refused until it changes. */
-static bool
-file_is_at_fault(int sqlerrcode)
-{
-	return sqlerrcode == ERRCODE_FF_MALFORMED_RESPONSE ||
-		sqlerrcode == ERRCODE_FF_SFTP_IO ||
-		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_DATA_EXCEPTION;
-}
-
-/*
- * Apply one result or error file from the outbound folder, once (the SQL
- * side records it), then move it to flexfactor.sftp_processed_dir or delete
- * it.  A crash between the commit and the removal only means the next pass
- * finds the file "already applied" and removes it then.
+ * Catch the current error: abort the transaction, record it on the batch that
+ * failed (if any), and report it.
  */
 static void
-ingest_file(FFSftp *conn, const FFSftpEntry *e)
+take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch,
+			 const char *activity)
 {
-	const char *name = e->name;
-	char	   *path = psprintf("%s/%s", ff_sftp_outbound_dir, name);
-	size_t		len;
-	char	   *content;
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
+	ErrorData  *edata = ff_work_catch(cxt);
 
-	if (e->size > MAX_RESULT_FILE_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_FF_MALFORMED_RESPONSE),
-				 errmsg("result file \"%s\" is larger than %d bytes", name, MAX_RESULT_FILE_BYTES),
-				 errdetail("It has %llu bytes; it was not read.", (unsigned long long) e->size),
-				 errhint("Result files answer at most 2,000 lines; ask FlexFactor about this one.")));
-	content = ff_sftp_read(conn, path, MAX_RESULT_FILE_BYTES, &len);
-	if (strlen(content) != len || !pg_verifymbstr(content, len, true))
-		ereport(ERROR,
-				(errcode(ERRCODE_FF_MALFORMED_RESPONSE),
-				 errmsg("result file \"%s\" is not valid UTF-8 text", name),
-				 errhint("Nothing was applied; ask FlexFactor about the file.")));
-	values[0] = CStringGetTextDatum(name);
-	values[1] = PointerGetDatum(cstring_to_text_with_len(content, len));
-	pfree(content);
-
-	ff_work_begin("flexfactor: applying a result file");
-	if (SPI_execute_with_args(has_suffix(name, ".error.json") ?
-							  "SELECT flexfactor._apply_error_file($1, $2)" :
-							  "SELECT flexfactor._apply_result_file($1, $2)",
-							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not apply result file \"%s\"", name);
-	ff_work_commit();
-	pfree(DatumGetPointer(values[1]));
-
-	if (ff_sftp_processed_dir[0] != '\0')
-		ff_sftp_move(conn, path, ff_sftp_processed_dir, name);
-	else
-		ff_sftp_remove(conn, path);
-}
-
-/*
- * Read FlexFactor's answers: every result and error file in the outbound
- * folder, each in a memory context reset after it.  A file that cannot be
- * applied is refused (logged once, skipped while it stays the same) and never
- * keeps the files after it from being applied; only a lost connection ends
- * the reading.
- */
-static void
-ingest_results(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
-			   TimestampTz deadline)
-{
-	List	   *volatile entries = NIL;
-	ListCell   *lc;
-	MemoryContext file_cxt;
-
-	PG_TRY();
+	if (failed_batch != NULL)
 	{
-		entries = ff_sftp_list(conn, ff_sftp_outbound_dir);
+		ff_work_begin("flexfactor: recording a failed upload");
+		record_failure(failed_batch, describe_error(edata));
+		ff_work_commit();
 	}
-	PG_CATCH();
-	{
-		take_failure(pass_cxt, result, NULL, "list the outbound folder");
-		return;
-	}
-	PG_END_TRY();
-	list_sort(entries, compare_entries);
-	forget_refused_not_in(entries);
-
-	file_cxt = AllocSetContextCreate(pass_cxt, "flexfactor result file", ALLOCSET_DEFAULT_SIZES);
-	foreach(lc, entries)
-	{
-		FFSftpEntry *e = lfirst(lc);
-		volatile bool stop = false;
-
-		if (!has_suffix(e->name, ".result.jsonl") && !has_suffix(e->name, ".error.json"))
-			continue;
-		if (refused_already(e))
-			continue;
-		if (GetCurrentTimestamp() >= deadline)
-		{
-			SetLatch(MyLatch);	/* the rest in the next pass, after the queue's turn */
-			break;
-		}
-		ff_status_set("reading result files");
-		MemoryContextSwitchTo(file_cxt);
-		PG_TRY();
-		{
-			ingest_file(conn, e);
-		}
-		PG_CATCH();
-		{
-			int			sqlerrcode;
-
-			sqlerrcode = take_failure(file_cxt, result, NULL,
-									  psprintf("apply result file \"%s\"", e->name));
-			if (sqlerrcode == ERRCODE_FF_SFTP_CONNECTION)
-				stop = true;
-			else if (file_is_at_fault(sqlerrcode))
-				remember_refused(e);
-		}
-		PG_END_TRY();
-		MemoryContextSwitchTo(pass_cxt);
-		MemoryContextReset(file_cxt);
-		ff_worker_yield();
-		if (stop)
-			break;
-	}
-	MemoryContextSwitchTo(pass_cxt);
-	MemoryContextDelete(file_cxt);
+	report_failure(edata, result, failed_batch, activity);
 }
 
 /*
@@ -800,7 +583,7 @@ export_pass(FFExportResult *result, bool retry_now)
 		PG_END_TRY();
 		MemoryContextSwitchTo(pass_cxt);
 		if (conn != NULL)
-			ingest_results(conn, pass_cxt, result, deadline);
+			ff_results_ingest(conn, pass_cxt, result, deadline);
 	}
 	if (conn != NULL)
 		ff_sftp_disconnect(conn);

@@ -16,7 +16,8 @@
  * Uploading: written to "<name>.part" in large writes (libssh2 pipelines
  * them), closed, then renamed to "<name>", replacing a file of that name left
  * by an earlier attempt, so a reader never sees half a file and a retry never
- * makes a second one.
+ * makes a second one.  Reading: a folder's listing, and a file a block at a
+ * time (FFSftpReader), so that its size never decides the memory it takes.
  *
  * The connection lives outside PostgreSQL's allocator, so it is closed by a
  * reset callback of the memory context it was made in: an error anywhere
@@ -738,42 +739,76 @@ ff_sftp_list(FFSftp *conn, const char *dir)
 	return names;
 }
 
+struct FFSftpReader
+{
+	FFSftp	   *conn;
+	LIBSSH2_SFTP_HANDLE *handle;
+	char	   *path;
+};
+
+/* Open a remote file for reading, a block at a time. */
+FFSftpReader *
+ff_sftp_open_read(FFSftp *conn, const char *path)
+{
+	FFSftpReader *r = palloc0(sizeof(FFSftpReader));
+
+	r->conn = conn;
+	r->path = pstrdup(path);
+	r->handle = SSH_OPEN(conn, "open",
+						 libssh2_sftp_open_ex(conn->sftp, path, strlen(path), LIBSSH2_FXF_READ, 0,
+											  LIBSSH2_SFTP_OPENFILE));
+	if (r->handle == NULL)
+		raise_io_error(conn, "open", path, "flexfactor.sftp_outbound_dir");
+	return r;
+}
+
+/* The next bytes of the file, at most size of them; 0 at its end. */
+size_t
+ff_sftp_read_some(FFSftpReader *r, char *buf, size_t size)
+{
+	ssize_t		n;
+
+	start_call(r->conn);
+	while ((n = libssh2_sftp_read(r->handle, buf, size)) == LIBSSH2_ERROR_EAGAIN)
+		wait_socket(r->conn, "read");
+	if (n < 0)
+		raise_io_error(r->conn, "read", r->path, "flexfactor.sftp_outbound_dir");
+	return (size_t) n;
+}
+
+/* Close the file; a failure only means the server keeps the handle a little longer. */
+void
+ff_sftp_close_read(FFSftpReader *r)
+{
+	if (r->handle != NULL)
+		(void) SSH_CALL(r->conn, "close", libssh2_sftp_close_handle(r->handle));
+	r->handle = NULL;
+}
+
 /* A remote file's bytes (NUL-terminated); refuses files over max_bytes. */
 char *
 ff_sftp_read(FFSftp *conn, const char *path, size_t max_bytes, size_t *len)
 {
-	LIBSSH2_SFTP_HANDLE *h;
+	FFSftpReader *r = ff_sftp_open_read(conn, path);
 	StringInfoData data;
 	char		buf[32768];
-	ssize_t		n;
+	size_t		n;
 
-	h = SSH_OPEN(conn, "open",
-				 libssh2_sftp_open_ex(conn->sftp, path, strlen(path), LIBSSH2_FXF_READ, 0,
-									  LIBSSH2_SFTP_OPENFILE));
-	if (h == NULL)
-		raise_io_error(conn, "open", path, "flexfactor.sftp_outbound_dir");
 	initStringInfo(&data);
-	for (;;)
+	while ((n = ff_sftp_read_some(r, buf, sizeof(buf))) > 0)
 	{
-		start_call(conn);
-		while ((n = libssh2_sftp_read(h, buf, sizeof(buf))) == LIBSSH2_ERROR_EAGAIN)
-			wait_socket(conn, "read");
-		if (n <= 0)
-			break;
-		if (data.len + (size_t) n > max_bytes)
+		if (data.len + n > max_bytes)
 		{
-			(void) SSH_CALL(conn, "close", libssh2_sftp_close_handle(h));
+			ff_sftp_close_read(r);
 			ereport(ERROR,
-					(errcode(ERRCODE_FF_SFTP_IO),
+					(errcode(ERRCODE_FF_MALFORMED_RESPONSE),
 					 errmsg("remote file \"%s\" is larger than %zu bytes",
 							strrchr(path, '/') ? strrchr(path, '/') + 1 : path, max_bytes),
-					 errhint("Result files answer at most 2,000 lines; ask FlexFactor about this one.")));
+					 errhint("Ask FlexFactor about this file.")));
 		}
 		appendBinaryStringInfo(&data, buf, n);
 	}
-	(void) SSH_CALL(conn, "close", libssh2_sftp_close_handle(h));
-	if (n < 0)
-		raise_io_error(conn, "read", path, "flexfactor.sftp_outbound_dir");
+	ff_sftp_close_read(r);
 	*len = data.len;
 	return data.data;
 }

@@ -9,6 +9,7 @@
 
 typedef struct FFSftp FFSftp;
 typedef struct FFSftpUpload FFSftpUpload;
+typedef struct FFSftpReader FFSftpReader;
 
 /* A regular file in a remote folder, as listed. */
 typedef struct FFSftpEntry
@@ -34,6 +35,9 @@ extern void ff_sftp_write(FFSftpUpload *upload, const char *data, size_t len);
 extern void ff_sftp_finish_upload(FFSftpUpload *upload);
 
 extern List *ff_sftp_list(FFSftp *conn, const char *dir);
+extern FFSftpReader *ff_sftp_open_read(FFSftp *conn, const char *path);
+extern size_t ff_sftp_read_some(FFSftpReader *reader, char *buf, size_t size);
+extern void ff_sftp_close_read(FFSftpReader *reader);
 extern char *ff_sftp_read(FFSftp *conn, const char *path, size_t max_bytes, size_t *len);
 extern void ff_sftp_move(FFSftp *conn, const char *from, const char *to_dir, const char *name);
 extern void ff_sftp_remove(FFSftp *conn, const char *path);

@@ -218,6 +218,39 @@ END;
 COMMENT ON FUNCTION flexfactor.batch_file_lines(bigint) IS
     'The exact lines of a batch file, in order, each without its trailing newline';
 
+-- The rows behind lines first_line..last_line of a batch file, in file
+-- order, with the orderId of each line: what the lines of a result file are
+-- checked against, a chunk at a time, without building the batch's lines.
+-- The rows and the order are those of flexfactor.batch_file_lines, whose
+-- range it repeats (the regress suite checks that both agree).
+CREATE FUNCTION flexfactor._batch_line_orders(batch_id bigint, first_line integer, last_line integer)
+RETURNS TABLE (sequence_number integer, decline_id bigint, transmit_queue_id bigint, order_id text)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    -- the range walked as batch_file_lines does, from line first_line on
+    SELECT (greatest(first_line, 1) + d.k - 1)::integer, d.id, NULL::bigint, d.payload->>'orderId'
+      FROM flexfactor.batches b
+     CROSS JOIN LATERAL (
+           SELECT r.id, r.payload, row_number() OVER (ORDER BY r.enqueue_xid, r.id) AS k
+             FROM (SELECT q.id, q.payload, q.enqueue_xid
+                     FROM flexfactor.declines q
+                    WHERE q.enqueue_era = b.era
+                      AND (q.enqueue_xid, q.id) >= (b.first_xid, b.first_id)
+                      AND (q.enqueue_xid, q.id) <= (b.last_xid, b.last_id)
+                    ORDER BY q.enqueue_xid, q.id
+                   OFFSET greatest(first_line, 1) - 1
+                    LIMIT greatest(least(last_line, b.line_count) - greatest(first_line, 1) + 1, 0)) r) d
+     WHERE b.id = _batch_line_orders.batch_id AND b.kind = 'evaluate'
+    UNION ALL
+    SELECT t.n::integer, NULL::bigint, t.id, t.payload->>'orderId'
+      FROM flexfactor.batches b
+     CROSS JOIN LATERAL (
+           SELECT q.id, q.payload, row_number() OVER (ORDER BY q.id) AS n
+             FROM flexfactor.transmit_queue q WHERE q.batch_id = b.id) t
+     WHERE b.id = _batch_line_orders.batch_id AND b.kind = 'transmit'
+       AND t.n BETWEEN first_line AND last_line;
+END;
+
 -- Queued declines cannot be changed, and cannot be removed while their batch
 -- file may still be uploaded or answered: the file's bytes and its
 -- sequence numbers come from them.

@@ -36,6 +36,37 @@ CREATE TABLE flexfactor.result_files (
 );
 SELECT pg_catalog.pg_extension_config_dump('flexfactor.result_files', '');
 
+-- Result and error files that could not be applied (unreadable, not UTF-8
+-- text, not matching their batch, answering no batch, an error file after
+-- the batch was answered ...): one row per file, the version refused (size
+-- and modification time, as the SFTP server lists them) and why.  The worker
+-- skips a file while it stays as it was refused, without reading it, across
+-- restarts; a file that changes is tried again, and loses its row once
+-- applied.  Delete a row to have its file tried again as it is.
+CREATE TABLE flexfactor.refused_result_files (
+    file_name    text PRIMARY KEY,
+    byte_count   bigint NOT NULL,
+    modified_at  timestamptz NOT NULL,
+    sqlstate     text NOT NULL,
+    reason       text NOT NULL,
+    refused_at   timestamptz NOT NULL DEFAULT now()
+);
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.refused_result_files', '');
+
+-- Records that a file was refused (the worker, after the error): the same
+-- file refused again in another version replaces the row.
+CREATE FUNCTION flexfactor._refuse_result_file(p_file_name text, p_byte_count bigint, p_mtime bigint,
+                                               p_sqlstate text, p_reason text)
+RETURNS void LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    INSERT INTO flexfactor.refused_result_files AS r (file_name, byte_count, modified_at, sqlstate, reason)
+    VALUES (p_file_name, p_byte_count, to_timestamp(p_mtime), p_sqlstate, left(p_reason, 1000))
+    ON CONFLICT (file_name) DO UPDATE
+       SET byte_count = EXCLUDED.byte_count, modified_at = EXCLUDED.modified_at,
+           sqlstate = EXCLUDED.sqlstate, reason = EXCLUDED.reason, refused_at = now();
+END;
+
 -- Runs the callback as its owner, never with the rights of the process that
 -- applies the change (C, callback.c).  Granted to nobody.
 CREATE FUNCTION flexfactor._invoke_callback(fn regprocedure, o flexfactor.orders)
@@ -344,62 +375,134 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION flexfactor.ff_webhook_check(jsonb, text, timestamptz) IS
     'Says whether a delivery passes the signature and date checks ("ok" or the reason); stores nothing';
 
--- Applies a result file (<batch base>.result.jsonl) to its batch, once:
--- each line's orderSessionKey and status go to the batch line; accepted
--- evaluate lines become orders (source 'batch'); REJECTED lines set their
--- decline aside with FlexFactor's errors; transmit lines record transmitId.
-CREATE FUNCTION flexfactor._apply_result_file(result_name text, content text)
+-- The batch a result file (<batch base>.result.jsonl) or an error file
+-- (<batch base>.error.json) answers, locked: NULL when the file was applied
+-- already.  Refused (FF009) when it answers no batch, or when an error file
+-- comes after the batch was answered (a batch is answered once: a late error
+-- file never rewrites the answer).  The worker asks before it reads a file,
+-- and again in the transaction that applies it.
+CREATE FUNCTION flexfactor._answered_batch(answer_name text)
+RETURNS flexfactor.batches LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b        flexfactor.batches;
+    is_error boolean := answer_name ~ '\.error\.json$';
+BEGIN
+    IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = answer_name) THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO b FROM flexfactor.batches
+     WHERE file_name = regexp_replace(answer_name, '\.(result\.jsonl|error\.json)$', '.jsonl') FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% file % answers no known batch', CASE WHEN is_error THEN 'error' ELSE 'result' END, answer_name
+            USING ERRCODE = 'FF009',
+                  HINT = 'Only files named <batch file name without .jsonl>.result.jsonl (or .error.json) are applied.';
+    END IF;
+    IF is_error AND b.state = 'answered' THEN
+        RAISE EXCEPTION 'error file % arrived after batch % was answered', answer_name, b.id
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('The batch was answered by a result file at %s.', b.result_at),
+                  HINT = 'Nothing was changed; ask FlexFactor about the file.';
+    END IF;
+    RETURN b;
+END $$;
+
+-- Stores a run of a result file's lines (lines first_line.. of the file, in
+-- order; the worker sends a file a chunk at a time, all in one transaction)
+-- as the answers to the batch's lines: each line must be a JSON object whose
+-- sequenceNumber is a line of the batch not answered yet and whose orderId,
+-- if it has one, is that line's.  The first run that breaks this refuses the
+-- file (FF009): the caller's transaction then stores nothing of it.
+-- Transmit lines also record their transmitId.  Returns the lines stored.
+-- Each line is parsed once and only the fields kept are held, so memory
+-- follows the answers, not the size of the lines.
+CREATE FUNCTION flexfactor._apply_result_lines(p_batch_id bigint, result_name text, lines text[], first_line integer)
+RETURNS integer LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b       flexfactor.batches;
+    bad     integer;
+    stored  integer;
+BEGIN
+    SELECT * INTO STRICT b FROM flexfactor.batches WHERE id = p_batch_id;
+    BEGIN
+        WITH a AS MATERIALIZED (
+                 SELECT CASE WHEN j->>'sequenceNumber' ~ '^[0-9]{1,4}$'
+                             THEN (j->>'sequenceNumber')::integer END AS seq,
+                        j ? 'orderId' AS has_order_id, j->>'orderId' AS order_id,
+                        j->>'orderSessionKey' AS order_session_key, j->>'status' AS status,
+                        j->'errors' AS errors, j->>'transmitId' AS transmit_id
+                   -- OFFSET 0: parsed once, not once for each field
+                   FROM (SELECT l::jsonb AS j FROM unnest(lines) AS l OFFSET 0) p),
+             -- the batch lines these answer (a file lists them in order, so
+             -- a chunk answers a short run of them)
+             r AS (SELECT min(seq) AS lo, max(seq) AS hi FROM a),
+             ins AS (
+                 INSERT INTO flexfactor.batch_lines AS bl
+                        (batch_id, sequence_number, decline_id, transmit_queue_id, order_session_key, status, errors)
+                 SELECT b.id, f.sequence_number, f.decline_id, f.transmit_queue_id,
+                        CASE WHEN a.order_session_key ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
+                             THEN a.order_session_key::uuid END,
+                        upper(a.status),
+                        CASE WHEN jsonb_typeof(a.errors) = 'array' AND jsonb_array_length(a.errors) = 0
+                             THEN a.errors ELSE flexfactor._scrub_json(a.errors) END
+                   FROM a CROSS JOIN r
+                   JOIN LATERAL flexfactor._batch_line_orders(b.id, r.lo, r.hi) f ON f.sequence_number = a.seq
+                  WHERE NOT (a.has_order_id AND a.order_id IS DISTINCT FROM f.order_id)
+                 ON CONFLICT DO NOTHING
+                 RETURNING bl.sequence_number, bl.transmit_queue_id),
+             tr AS (
+                 UPDATE flexfactor.transmit_queue t SET transmit_id = a.transmit_id
+                   FROM ins JOIN a ON a.seq = ins.sequence_number
+                  WHERE t.id = ins.transmit_queue_id)
+        SELECT count(*) INTO stored FROM ins;
+    EXCEPTION WHEN data_exception THEN
+        FOR i IN 1 .. cardinality(lines) LOOP
+            BEGIN
+                PERFORM lines[i]::jsonb;
+            EXCEPTION WHEN data_exception THEN
+                bad := i;
+                EXIT;
+            END;
+        END LOOP;
+        IF bad IS NULL THEN
+            RAISE;
+        END IF;
+        RAISE EXCEPTION 'result file % is not JSON Lines', result_name
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('Line %s is not JSON.', first_line + bad - 1),
+                  HINT = 'Nothing was applied; ask FlexFactor about the file.';
+    END;
+    IF stored <> cardinality(lines) THEN
+        RAISE EXCEPTION 'result file % does not match batch %', result_name, b.id
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('Lines %s to %s hold a sequenceNumber that is not a line of the batch (1 to %s) or repeats one, or an orderId that differs from the batch line it answers.',
+                                  first_line, first_line + cardinality(lines) - 1, b.line_count),
+                  HINT = 'Nothing was applied; ask FlexFactor about the file.';
+    END IF;
+    RETURN stored;
+END $$;
+
+-- Ends the application of a result file whose line_count lines were all
+-- stored by _apply_result_lines(): refuses it (FF009) unless they answer
+-- every line of the batch; accepted evaluate lines become orders (source
+-- 'batch'), REJECTED lines set their decline aside with FlexFactor's errors;
+-- the batch is answered and the file recorded as applied (with the SHA-256
+-- of its bytes).
+CREATE FUNCTION flexfactor._finish_result_file(p_batch_id bigint, result_name text, line_count integer,
+                                               content_sha256 text)
 RETURNS text LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b      flexfactor.batches;
-    lines  jsonb[];
-    stored bigint;
+    stored integer;
 BEGIN
-    IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = result_name) THEN
-        RETURN 'already applied';
-    END IF;
-    SELECT * INTO b FROM flexfactor.batches
-     WHERE file_name = regexp_replace(result_name, '\.result\.jsonl$', '.jsonl') FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'result file % answers no known batch', result_name
-            USING ERRCODE = 'FF009',
-                  HINT = 'Only files named <batch file name without .jsonl>.result.jsonl are applied.';
-    END IF;
-    BEGIN
-        SELECT array_agg(l::jsonb ORDER BY n) INTO lines
-          FROM regexp_split_to_table(content, E'\n') WITH ORDINALITY AS t(l, n)
-         WHERE l <> '';
-    EXCEPTION WHEN invalid_text_representation THEN
-        RAISE EXCEPTION 'result file % is not JSON Lines', result_name
-            USING ERRCODE = 'FF009';
-    END;
-
-    -- each result line answers the order on the same line of the batch: the
-    -- lines are stored where sequenceNumber and orderId agree, and the file
-    -- is refused whole (nothing stored) unless every line of the batch is
-    IF coalesce(cardinality(lines), 0) <> b.line_count
-       OR (SELECT count(DISTINCT j->>'sequenceNumber') FROM unnest(lines) AS j) <> b.line_count THEN
-        stored := -1;
-    ELSE
-        INSERT INTO flexfactor.batch_lines AS bl
-               (batch_id, sequence_number, decline_id, transmit_queue_id, order_session_key, status, errors)
-        SELECT b.id, f.sequence_number, f.decline_id, f.transmit_queue_id,
-               CASE WHEN j->>'orderSessionKey' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
-                    THEN (j->>'orderSessionKey')::uuid END,
-               upper(j->>'status'),
-               CASE WHEN jsonb_typeof(j->'errors') = 'array' AND jsonb_array_length(j->'errors') = 0
-                    THEN j->'errors' ELSE flexfactor._scrub_json(j->'errors') END
-          FROM unnest(lines) AS j
-          JOIN flexfactor.batch_file_lines(b.id) f ON f.sequence_number = (j->>'sequenceNumber')::integer
-         WHERE NOT (j ? 'orderId' AND j->>'orderId' IS DISTINCT FROM f.line::jsonb->>'orderId');
-        GET DIAGNOSTICS stored = ROW_COUNT;
-    END IF;
-    IF stored <> b.line_count THEN
+    SELECT * INTO STRICT b FROM flexfactor.batches WHERE id = p_batch_id;
+    SELECT count(*) INTO stored FROM flexfactor.batch_lines bl WHERE bl.batch_id = b.id;
+    IF line_count <> b.line_count OR stored <> b.line_count THEN
         RAISE EXCEPTION 'result file % does not match batch %', result_name, b.id
             USING ERRCODE = 'FF009',
-                  DETAIL = format('The batch has %s lines; the file has %s, or a line''s sequenceNumber/orderId differs from the batch line it answers.',
-                                  b.line_count, coalesce(cardinality(lines), 0)),
+                  DETAIL = format('The batch has %s lines; the file has %s.', b.line_count, line_count),
                   HINT = 'Nothing was applied; ask FlexFactor about the file.';
     END IF;
 
@@ -425,19 +528,37 @@ BEGIN
                                          b.file_name, coalesce(bl.errors::text, 'no reason given'))
           FROM flexfactor.batch_lines bl
          WHERE bl.batch_id = b.id AND bl.decline_id = d.id AND bl.status = 'REJECTED';
-    ELSE
-        UPDATE flexfactor.transmit_queue t
-           SET transmit_id = j->>'transmitId'
-          FROM unnest(lines) AS j, flexfactor.batch_lines bl
-         WHERE bl.batch_id = b.id AND bl.sequence_number = (j->>'sequenceNumber')::integer
-           AND t.id = bl.transmit_queue_id;
     END IF;
 
     UPDATE flexfactor.batches SET state = 'answered', result_at = now() WHERE id = b.id;
     INSERT INTO flexfactor.result_files (file_name, kind, batch_id, sha256, line_count)
-    VALUES (result_name, 'result', b.id, encode(sha256(convert_to(content, 'UTF8')), 'hex'),
-            coalesce(cardinality(lines), 0));
-    RETURN format('applied %s lines to batch %s', coalesce(cardinality(lines), 0), b.id);
+    VALUES (result_name, 'result', b.id, content_sha256, line_count);
+    DELETE FROM flexfactor.refused_result_files WHERE file_name = result_name;
+    RETURN format('applied %s lines to batch %s', line_count, b.id);
+END $$;
+
+-- Applies a result file given whole (for a file received by other means, and
+-- the tests; the worker streams files through the three functions above):
+-- once, all of it or nothing.
+CREATE FUNCTION flexfactor._apply_result_file(result_name text, content text)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b      flexfactor.batches := flexfactor._answered_batch(result_name);
+    lines  text[];
+BEGIN
+    IF b.id IS NULL THEN
+        RETURN 'already applied';
+    END IF;
+    SELECT coalesce(array_agg(l ORDER BY n), '{}') INTO lines
+      FROM regexp_split_to_table(content, E'\n') WITH ORDINALITY AS t(l, n)
+     WHERE l <> '';
+    -- a file with another number of lines is refused by _finish_result_file
+    IF cardinality(lines) = b.line_count THEN
+        PERFORM flexfactor._apply_result_lines(b.id, result_name, lines, 1);
+    END IF;
+    RETURN flexfactor._finish_result_file(b.id, result_name, cardinality(lines),
+                                          encode(sha256(convert_to(content, 'UTF8')), 'hex'));
 END $$;
 
 -- Applies <batch base>.error.json, a whole-file rejection, once.  Policy:
@@ -448,23 +569,11 @@ CREATE FUNCTION flexfactor._apply_error_file(error_name text, content text)
 RETURNS text LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    b      flexfactor.batches;
+    b      flexfactor.batches := flexfactor._answered_batch(error_name);
     reason text;
 BEGIN
-    IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = error_name) THEN
+    IF b.id IS NULL THEN
         RETURN 'already applied';
-    END IF;
-    SELECT * INTO b FROM flexfactor.batches
-     WHERE file_name = regexp_replace(error_name, '\.error\.json$', '.jsonl') FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'error file % answers no known batch', error_name USING ERRCODE = 'FF009';
-    END IF;
-    -- a batch is answered once: a late error file never rewrites the answer
-    IF b.state = 'answered' THEN
-        RAISE EXCEPTION 'error file % arrived after batch % was answered', error_name, b.id
-            USING ERRCODE = 'FF009',
-                  DETAIL = format('The batch was answered by a result file at %s.', b.result_at),
-                  HINT = 'Nothing was changed; ask FlexFactor about the file.';
     END IF;
     BEGIN
         reason := flexfactor._scrub(left(coalesce(content::jsonb->>'error', content), 500));
@@ -481,6 +590,7 @@ BEGIN
      WHERE batch_id = b.id AND state IN ('batched', 'delivered');
     INSERT INTO flexfactor.result_files (file_name, kind, batch_id, sha256, line_count)
     VALUES (error_name, 'error', b.id, encode(sha256(convert_to(content, 'UTF8')), 'hex'), 0);
+    DELETE FROM flexfactor.refused_result_files WHERE file_name = error_name;
     RETURN format('batch %s rejected: %s', b.id, reason);
 END $$;
 

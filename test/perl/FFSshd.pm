@@ -100,7 +100,8 @@ sub _parse_env
 
 FFSshd->start($dir, %opts): start sshd with keys and config in $dir (made
 if missing).  Options: port (a fixed port), passphrase (also make
-client_key_pp).  Dies if it does not accept connections within 10 s.
+client_key_pp), sftp_log (log SFTP requests at this level, e.g. INFO: every
+file opened is in sftp_log_text).  Dies if it does not accept connections within 10 s.
 
 =cut
 
@@ -112,6 +113,7 @@ sub start
 	my %env;
 	$env{FFSSHD_PORT} = $opts{port} if $opts{port};
 	$env{FFSSHD_PASSPHRASE} = $opts{passphrase} if defined $opts{passphrase};
+	$env{FFSSHD_SFTP_LOG} = $opts{sftp_log} if defined $opts{sftp_log};
 	$self->_parse_env($self->_run('start', %env));
 	$self->{running} = 1;
 	push @running, $self;
@@ -124,6 +126,7 @@ sub start_again
 	my ($self) = @_;
 	my %env = (FFSSHD_PORT => $self->port);
 	$env{FFSSHD_PASSPHRASE} = $self->{opts}{passphrase} if defined $self->{opts}{passphrase};
+	$env{FFSSHD_SFTP_LOG} = $self->{opts}{sftp_log} if defined $self->{opts}{sftp_log};
 	# the port was ours a moment ago; retry briefly if the kernel still holds it
 	my $tries = 0;
 	while (1)
@@ -166,6 +169,7 @@ sub client_key { $_[0]{env}{FFSSHD_CLIENT_KEY} }
 sub client_pubkey { $_[0]{env}{FFSSHD_CLIENT_PUBKEY} }
 sub logfile { $_[0]{env}{FFSSHD_LOG} }
 sub log_text { _slurp($_[0]->logfile) }
+sub sftp_log_text { _slurp("$_[0]{dir}/sftp.log") }
 
 # The server's current host public key, "type base64".
 sub host_key

@@ -15,7 +15,7 @@ use Time::HiRes ();
 
 our @EXPORT = qw(ff_node ff_start_serving ff_worker_pid ff_wait_for_worker
   ff_log_contains ff_log_since ff_wait_until ff_run_sql ff_set_conf
-  ff_reload_and_wait ff_batch_of ff_create_batch
+  ff_reload_and_wait ff_batch_of ff_create_batch ff_memory_of ff_proc_kb
   $FF_DECLINE_ARGS $FF_DECLINE_TIMES $FF_PAYMENT_ARGS $FF_PAYMENT_CARD_ARGS
   @FF_EVALUATE_REQUIRED ff_decline_args ff_payment_args ff_missing_fields ff_refused_ok);
 
@@ -262,6 +262,33 @@ sub ff_log_contains
 {
 	my ($node, $pattern, $offset) = @_;
 	return ff_log_since($node, $offset) =~ $pattern;
+}
+
+# A field of /proc/$pid/status in kB (VmRSS, VmHWM, RssAnon ...).
+sub ff_proc_kb
+{
+	my ($pid, $field) = @_;
+	my ($kb) = slurp_file("/proc/$pid/status") =~ /^\Q$field\E:\s+(\d+)/m;
+	return $kb;
+}
+
+# Grand total and TopMemoryContext's own total (bytes) of the server
+# process $pid, from pg_log_backend_memory_contexts(), taken while it is
+# idle (queried through $dbname).
+sub ff_memory_of
+{
+	my ($node, $dbname, $pid) = @_;
+	$node->poll_query_until($dbname, "SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $pid");
+	my $off = -s $node->logfile;
+	$node->safe_psql($dbname, "SELECT pg_log_backend_memory_contexts($pid)");
+	my ($grand, $top);
+	ff_wait_until(sub {
+		my $t = ff_log_since($node, $off);
+		($top) = $t =~ /\[$pid\] [^\n]*?LOG:  (?:00000: )?level: 0; TopMemoryContext: (\d+) total/;
+		($grand) = $t =~ /\[$pid\] [^\n]*?LOG:  (?:00000: )?Grand total: (\d+) bytes/;
+		defined $grand;
+	}, 30);
+	return ($grand // -1, $top // -1);
 }
 
 1;

@@ -274,6 +274,21 @@ SELECT b.kind, b.line_count, b.file_name ~ '^transmit_00000000-0000-4000-8000-00
  WHERE b.kind = 'transmit'
  GROUP BY b.id ORDER BY b.id;
 
+-- a result file's lines are checked against the rows of the batch file, in
+-- its order, whole or a run of lines at a time
+SELECT count(*) AS batches, count(*) FILTER (WHERE whole AND part) AS same_rows_and_order
+  FROM (SELECT b.id,
+               (SELECT array_agg(ROW(f.sequence_number, f.decline_id, f.transmit_queue_id, f.line::jsonb->>'orderId')::text
+                                 ORDER BY f.sequence_number) FROM flexfactor.batch_file_lines(b.id) f)
+               = (SELECT array_agg(o::text ORDER BY o.sequence_number)
+                    FROM flexfactor._batch_line_orders(b.id, 1, b.line_count) o) AS whole,
+               (SELECT array_agg(ROW(f.sequence_number, f.decline_id, f.transmit_queue_id, f.line::jsonb->>'orderId')::text
+                                 ORDER BY f.sequence_number) FROM flexfactor.batch_file_lines(b.id) f
+                 WHERE f.sequence_number BETWEEN 2 AND 3)
+               IS NOT DISTINCT FROM (SELECT array_agg(o::text ORDER BY o.sequence_number)
+                    FROM flexfactor._batch_line_orders(b.id, 2, 3) o) AS part
+          FROM flexfactor.batches b) c;
+
 -- the three fields a batch line adds are never taken from the payload:
 -- ff_enqueue_decline() keeps the given key in its column and drops them,
 -- a direct insert that carries them is refused

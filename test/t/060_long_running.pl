@@ -12,7 +12,7 @@
 #  3. Result files: a valid one applied although an unreadable, an
 #     oversized and a bogus one sort before it; each bad one is warned about
 #     once over 60 passes; a late error file does not undo an answered batch;
-#     memory stays bounded.
+#     memory stays bounded (062 reads large files and refused ones further).
 #  4. 20,000 refused webhook requests: the listener's memory grows by less
 #     than a fixed bound, and autovacuum sees the inserts (n_tup_ins).
 #  5. Bad API credentials stop only the transmit phase: ff_export_batch()
@@ -99,12 +99,7 @@ sub fd_count
 	return $n;
 }
 
-sub rss_kb
-{
-	my ($pid) = @_;
-	my ($kb) = slurp_file("/proc/$pid/status") =~ /^VmRSS:\s+(\d+)/m;
-	return $kb;
-}
+sub rss_kb { ff_proc_kb($_[0], 'VmRSS') }
 
 # ESTABLISHED TCP connections to 127.0.0.1:$port
 sub established_to
@@ -137,30 +132,10 @@ sub syn_sent_to
 	return 0;
 }
 
-sub hwm_kb
-{
-	my ($pid) = @_;
-	my ($kb) = slurp_file("/proc/$pid/status") =~ /^VmHWM:\s+(\d+)/m;
-	return $kb;
-}
+sub hwm_kb { ff_proc_kb($_[0], 'VmHWM') }
 
-# Grand total and TopMemoryContext's own total (bytes) of $pid, from
-# pg_log_backend_memory_contexts(), taken while it is idle.
-sub memory_of
-{
-	my ($pid) = @_;
-	$node->poll_query_until('ffdb', "SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $pid");
-	my $off = -s $node->logfile;
-	sq("SELECT pg_log_backend_memory_contexts($pid)");
-	my ($grand, $top);
-	ff_wait_until(sub {
-		my $t = ff_log_since($node, $off);
-		($top) = $t =~ /\[$pid\] [^\n]*?LOG:  (?:00000: )?level: 0; TopMemoryContext: (\d+) total/;
-		($grand) = $t =~ /\[$pid\] [^\n]*?LOG:  (?:00000: )?Grand total: (\d+) bytes/;
-		defined $grand;
-	}, 30);
-	return ($grand // -1, $top // -1);
-}
+# Grand total and TopMemoryContext's own total (bytes) of $pid, taken while it is idle.
+sub memory_of { ff_memory_of($node, 'ffdb', $_[0]) }
 
 # ------------------------------------------------------------------
 # 1. Barriers and memory-context logging during a TCP connect that hangs
@@ -279,7 +254,8 @@ for my $b (@bad)
 	my $n = () = $log =~ /WARNING:  \S+: flexfactor worker could not apply result file "\Q$b\E"/g;
 	is($n, 1, "results: $b is warned about once over 66 passes");
 }
-like($log, qr/"\Q$bad[0]\E" is larger than \d+ bytes/, 'results: the oversized file is refused from its size');
+like($log, qr/result file \Q$bad[0]\E answers no known batch/,
+	'results: the oversized file is refused before it is read (it answers no batch)');
 diag sprintf('results: 60 passes; memory %d -> %d bytes (TopMemoryContext %d -> %d); RSS %d -> %d kB',
 	$mem0, $mem1, $top0, $top1, $rss0, $rss1);
 ok($mem1 - $mem0 < 65536, 'results: memory grew by less than 64 kB (' . ($mem1 - $mem0) . ' bytes)');

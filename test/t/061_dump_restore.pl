@@ -6,16 +6,16 @@
 # Node A holds state in every table: orders in several states, captures,
 # refunds, queued declines (batched, rejected, still pending), an evaluate
 # batch answered by its result file, one uploaded and waiting for its
-# answer, a transmit batch still to upload, webhook events with their
-# nonces (applied, waiting, not applicable), rejections, order events with
-# the billing callback's record.  It is dumped (custom format) and restored
-# with `pg_restore --single-transaction` into node B, as docs/operations.md says; B's
-# worker serves another database during the restore, then is pointed at the
-# restored one with a real SFTP server: it uploads the batch that was still
-# to upload and nothing that was delivered, the declines pending at the dump
-# and those queued on B once each, although A's transaction ids run ahead of
-# B's.  Then A goes through pg_upgrade into node C: the queue goes on there
-# too.
+# answer, a transmit batch still to upload, a refused result file, webhook
+# events with their nonces (applied, waiting, not applicable), rejections,
+# order events with the billing callback's record.  It is dumped (custom
+# format) and restored with `pg_restore --single-transaction` into node B,
+# as docs/operations.md says; B's worker serves another database during the restore,
+# then is pointed at the restored one with a real SFTP server: it uploads
+# the batch that was still to upload and nothing that was delivered, the
+# declines pending at the dump and those queued on B once each, although
+# A's transaction ids run ahead of B's.  Then A goes through pg_upgrade into
+# node C: the queue goes on there too.
 use strict;
 use warnings;
 use Digest::SHA ();
@@ -151,6 +151,9 @@ for my $i (0 .. $#deliveries)
 }
 qa(q{INSERT INTO flexfactor.webhook_rejections (remote_addr, http_status, reason)
      VALUES ('127.0.0.1', 401, 'bad signature'), ('127.0.0.1', 400, 'stale x-fc-date')});
+# a result file refused by the worker (recorded so that it is not read again)
+qa(q{SELECT flexfactor._refuse_result_file('evaluate_x_20260101T000000Z_99.result.jsonl', 123, 1767225600,
+        'FF009', 'result file evaluate_x_20260101T000000Z_99.result.jsonl answers no known batch')});
 qa(q{INSERT INTO flexfactor.webhook_refusal_counts (minute, reason, http_status, refusals)
      VALUES (date_trunc('minute', now()), 'bad signature', 401, 3)});
 
@@ -216,7 +219,7 @@ for my $k (sort keys %$before)
 }
 
 # new rows continue after the restored ids
-for my $t (grep { !/^(batch_lines|result_files|webhook_refusal_counts)$/ } @tables)
+for my $t (grep { !/^(batch_lines|result_files|refused_result_files|webhook_refusal_counts)$/ } @tables)
 {
 	is(qb("SELECT nextval(pg_get_serial_sequence('flexfactor.$t', 'id')) > max(id) FROM flexfactor.$t"), 't',
 		"B: the next id of flexfactor.$t comes after the restored ones");
