@@ -11,9 +11,12 @@
  * arguments, all with defaults), the decline trigger function in C with the
  * writer's rights (same name and signature: a merchant's trigger keeps
  * calling it), ff_capture(), the refusal counters, ff_export_batch(retry_now),
- * and the functions and views that changed.  Functions whose arguments
- * changed are dropped and created again; EXECUTE granted on them to the
- * merchant's roles is reported below, to be granted again.
+ * queue positions that lead with the installation's era (so that a dump
+ * restored into another cluster keeps its queue), result files applied in
+ * chunks and refused ones remembered (refused_result_files), and the
+ * functions and views that changed.  Functions whose arguments changed are
+ * dropped and created again; EXECUTE granted on them to the merchant's roles
+ * is reported below, to be granted again.
  *
  * Frozen once released: a later change goes in the next release's script.
  */
@@ -80,6 +83,49 @@ SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('fl
 SELECT pg_catalog.pg_extension_config_dump('flexfactor.order_events', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.order_events', 'id'), '');
 SELECT pg_catalog.pg_extension_config_dump('flexfactor.result_files', '');
+
+-- Queue positions lead with the installation's era (sql/install/01_tables.sql):
+-- the rows queued so far are this cluster's, and take its era.  Columns are
+-- added without a default and filled, so that the table is what CREATE
+-- EXTENSION makes (a column added with a default keeps it as a "missing
+-- value", which pg_upgrade's dump would show).
+DO $era$
+BEGIN
+    EXECUTE format('CREATE FUNCTION flexfactor._queue_era() RETURNS bigint'
+                   ' LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN %s::bigint',
+                   floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
+END $era$;
+ALTER TABLE flexfactor.declines ADD COLUMN enqueue_era bigint;
+UPDATE flexfactor.declines SET enqueue_era = flexfactor._queue_era();
+ALTER TABLE flexfactor.declines ALTER COLUMN enqueue_era SET DEFAULT flexfactor._queue_era(),
+                                ALTER COLUMN enqueue_era SET NOT NULL;
+DROP INDEX flexfactor.declines_queue_order_idx;
+CREATE INDEX declines_queue_order_idx ON flexfactor.declines (enqueue_era, enqueue_xid, id);
+ALTER TABLE flexfactor.batches ADD COLUMN era bigint;
+UPDATE flexfactor.batches SET era = flexfactor._queue_era() WHERE kind = 'evaluate';
+ALTER TABLE flexfactor.batches DROP CONSTRAINT batches_range_check,
+    ADD CONSTRAINT batches_range_check CHECK ((kind = 'evaluate') = (num_nonnulls(era, first_xid, first_id, last_xid, last_id) = 5));
+DROP INDEX flexfactor.batches_queue_position_idx;
+CREATE INDEX batches_queue_position_idx ON flexfactor.batches (era, last_xid, last_id)
+    WHERE kind = 'evaluate';
+
+-- Pending transmit copies in claim order, a transmit batch's rows in order
+-- (sql/install/01_tables.sql).
+CREATE INDEX transmit_queue_claim_idx ON flexfactor.transmit_queue (id)
+    WHERE state = 'pending';
+CREATE INDEX transmit_queue_batch_idx ON flexfactor.transmit_queue (batch_id, id)
+    WHERE batch_id IS NOT NULL;
+
+-- Result and error files refused by the worker, remembered across restarts.
+CREATE TABLE flexfactor.refused_result_files (
+    file_name    text PRIMARY KEY,
+    byte_count   bigint NOT NULL,
+    modified_at  timestamptz NOT NULL,
+    sqlstate     text NOT NULL,
+    reason       text NOT NULL,
+    refused_at   timestamptz NOT NULL DEFAULT now()
+);
+SELECT pg_catalog.pg_extension_config_dump('flexfactor.refused_result_files', '');
 
 /* ------------------------------------------------------------- functions */
 
@@ -551,7 +597,9 @@ BEGIN
     RETURN queued;
 END $$;
 
-CREATE OR REPLACE FUNCTION flexfactor._new_batch(kind text, mid text, line_count integer,
+DROP FUNCTION flexfactor._new_batch(text, text, integer, xid8, bigint, xid8, bigint);
+CREATE FUNCTION flexfactor._new_batch(kind text, mid text, line_count integer,
+                                      era bigint DEFAULT NULL,
                                       first_xid xid8 DEFAULT NULL, first_id bigint DEFAULT NULL,
                                       last_xid xid8 DEFAULT NULL, last_id bigint DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
@@ -559,23 +607,184 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     batch bigint := nextval(pg_get_serial_sequence('flexfactor.batches', 'id'));
 BEGIN
-    INSERT INTO flexfactor.batches (id, kind, mid, file_name, line_count, first_xid, first_id, last_xid, last_id)
+    INSERT INTO flexfactor.batches (id, kind, mid, file_name, line_count, era, first_xid, first_id, last_xid, last_id)
     OVERRIDING SYSTEM VALUE
     VALUES (batch, kind, mid,
             format('%s_%s_%s_%s.jsonl', kind, mid,
                    to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"'), batch),
-            line_count, first_xid, first_id, last_xid, last_id);
+            line_count, era, first_xid, first_id, last_xid, last_id);
     RETURN batch;
 END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._create_evaluate_batch(max_rows integer)
+RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mid       text := flexfactor._batch_mid();
+    here      bigint := flexfactor._queue_era();
+    done_era  bigint;
+    done_xid  xid8;
+    done_id   bigint;
+    next_era  bigint;
+    horizon   xid8;
+    n         integer;
+    f_xid     xid8;
+    f_id      bigint;
+    l_xid     xid8;
+    l_id      bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('flexfactor.declines')::bigint) THEN
+        RETURN NULL;
+    END IF;
+    -- a fresh snapshot after the lock: batches fixed by an exporter that just committed
+    SELECT b.era, b.last_xid, b.last_id INTO done_era, done_xid, done_id
+      FROM flexfactor.batches b WHERE b.kind = 'evaluate'
+     ORDER BY b.era DESC, b.last_xid DESC, b.last_id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        done_era := 0;
+        done_xid := '0'::xid8;
+        done_id := 0;
+    END IF;
+    SELECT d.enqueue_era INTO next_era FROM flexfactor.declines d
+     WHERE (d.enqueue_era, d.enqueue_xid, d.id) > (done_era, done_xid, done_id)
+     ORDER BY d.enqueue_era, d.enqueue_xid, d.id LIMIT 1;
+    IF greatest(done_era, next_era) > here THEN
+        RAISE EXCEPTION 'queued declines come from a later installation of flexfactor than this one'
+            USING ERRCODE = 'FF013',
+                  DETAIL = format('This installation''s era is %s; flexfactor.%s holds era %s.', here,
+                                  CASE WHEN done_era > here THEN 'batches' ELSE 'declines' END,
+                                  greatest(done_era, next_era)),
+                  HINT = 'Restore a dump into a database where CREATE EXTENSION flexfactor runs as part of the restore '
+                         '(a full dump into an empty database), on a server whose clock is right.';
+    END IF;
+    IF next_era IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF next_era <> done_era THEN
+        done_xid := '0'::xid8;
+        done_id := 0;
+    END IF;
+    horizon := CASE WHEN next_era = here THEN pg_snapshot_xmin(pg_current_snapshot())
+                    ELSE '18446744073709551615'::xid8 END;
+
+    WITH next AS MATERIALIZED (
+        SELECT d.enqueue_xid, d.id FROM flexfactor.declines d
+         WHERE d.enqueue_era = next_era AND (d.enqueue_xid, d.id) > (done_xid, done_id)
+           AND d.enqueue_xid < horizon
+         ORDER BY d.enqueue_xid, d.id
+         LIMIT max_rows)
+    SELECT (SELECT count(*) FROM next), f.enqueue_xid, f.id, l.enqueue_xid, l.id
+      INTO n, f_xid, f_id, l_xid, l_id
+      FROM (SELECT * FROM next ORDER BY enqueue_xid, id LIMIT 1) f,
+           (SELECT * FROM next ORDER BY enqueue_xid DESC, id DESC LIMIT 1) l;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    RETURN flexfactor._new_batch('evaluate', mid, n, next_era, f_xid, f_id, l_xid, l_id);
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._create_transmit_batch(max_rows integer, after_id bigint DEFAULT 0)
+RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_sort = off AS $$
+DECLARE
+    mid    text := flexfactor._batch_mid();
+    ids    bigint[];
+    batch  bigint;
+BEGIN
+    -- two exporters never take the same row
+    SELECT array_agg(id ORDER BY id) INTO ids
+      FROM (SELECT id FROM flexfactor.transmit_queue
+             WHERE state = 'pending' AND id > after_id
+             ORDER BY id
+             LIMIT max_rows
+               FOR UPDATE SKIP LOCKED) AS claimed;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    batch := flexfactor._new_batch('transmit', mid, cardinality(ids));
+    UPDATE flexfactor.transmit_queue SET state = 'batched', batch_id = batch WHERE id = ANY (ids);
+    RETURN batch;
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor.batch_file_lines(batch_id bigint)
+RETURNS TABLE (sequence_number integer, decline_id bigint, transmit_queue_id bigint, line text)
+LANGUAGE sql STABLE
+-- a standard SQL body: names and operators are bound here, whatever the
+-- caller's search_path, and the planner inlines it into the calling query
+BEGIN ATOMIC
+    -- the payload's own text, then the three fields (it has none of them)
+    SELECT d.n::integer, d.id, NULL::bigint,
+           CASE WHEN d.payload = '{}' THEN '{' ELSE left(d.payload::text, -1) || ', ' END
+           || '"sequenceNumber": ' || d.n || ', "mid": ' || to_json(b.mid)::text
+           || ', "idempotencyKey": "' || d.idempotency_key::text || '"}'
+      FROM flexfactor.batches b
+     CROSS JOIN LATERAL (
+           -- walk the queue index from the first row: a btree stops a row
+           -- comparison's scan on its leading column only, so the upper
+           -- bound alone would read on to the end of that transaction's rows
+           SELECT r.id, r.payload, r.idempotency_key,
+                  row_number() OVER (ORDER BY r.enqueue_xid, r.id) AS n
+             FROM (SELECT q.id, q.payload, q.idempotency_key, q.enqueue_xid
+                     FROM flexfactor.declines q
+                    WHERE q.enqueue_era = b.era
+                      AND (q.enqueue_xid, q.id) >= (b.first_xid, b.first_id)
+                      AND (q.enqueue_xid, q.id) <= (b.last_xid, b.last_id)
+                    ORDER BY q.enqueue_xid, q.id
+                    LIMIT b.line_count) r) d
+     WHERE b.id = batch_file_lines.batch_id AND b.kind = 'evaluate'
+    UNION ALL
+    SELECT t.n::integer, NULL::bigint, t.id,
+           (t.payload || jsonb_build_object(
+                'sequenceNumber', t.n, 'mid', b.mid,
+                'idempotencyKey', coalesce(t.payload->>'idempotencyKey',
+                                           md5('flexfactor-transmit:' || b.mid || ':' || t.id)::uuid::text)))::text
+      FROM flexfactor.batches b
+     CROSS JOIN LATERAL (
+           SELECT q.id, q.payload, row_number() OVER (ORDER BY q.id) AS n
+             FROM flexfactor.transmit_queue q WHERE q.batch_id = b.id) t
+     WHERE b.id = batch_file_lines.batch_id AND b.kind = 'transmit'
+     ORDER BY 1;
+END;
+
+CREATE FUNCTION flexfactor._batch_line_orders(batch_id bigint, first_line integer, last_line integer)
+RETURNS TABLE (sequence_number integer, decline_id bigint, transmit_queue_id bigint, order_id text)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    -- the range walked as batch_file_lines does, from line first_line on
+    SELECT (greatest(first_line, 1) + d.k - 1)::integer, d.id, NULL::bigint, d.payload->>'orderId'
+      FROM flexfactor.batches b
+     CROSS JOIN LATERAL (
+           SELECT r.id, r.payload, row_number() OVER (ORDER BY r.enqueue_xid, r.id) AS k
+             FROM (SELECT q.id, q.payload, q.enqueue_xid
+                     FROM flexfactor.declines q
+                    WHERE q.enqueue_era = b.era
+                      AND (q.enqueue_xid, q.id) >= (b.first_xid, b.first_id)
+                      AND (q.enqueue_xid, q.id) <= (b.last_xid, b.last_id)
+                    ORDER BY q.enqueue_xid, q.id
+                   OFFSET greatest(first_line, 1) - 1
+                    LIMIT greatest(least(last_line, b.line_count) - greatest(first_line, 1) + 1, 0)) r) d
+     WHERE b.id = _batch_line_orders.batch_id AND b.kind = 'evaluate'
+    UNION ALL
+    SELECT t.n::integer, NULL::bigint, t.id, t.payload->>'orderId'
+      FROM flexfactor.batches b
+     CROSS JOIN LATERAL (
+           SELECT q.id, q.payload, row_number() OVER (ORDER BY q.id) AS n
+             FROM flexfactor.transmit_queue q WHERE q.batch_id = b.id) t
+     WHERE b.id = _batch_line_orders.batch_id AND b.kind = 'transmit'
+       AND t.n BETWEEN first_line AND last_line;
+END;
 
 CREATE OR REPLACE FUNCTION flexfactor._declines_frozen()
 RETURNS trigger LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'UPDATE' THEN
-        IF (NEW.id, NEW.order_id, NEW.transaction_id, NEW.idempotency_key, NEW.payload, NEW.enqueue_xid)
+        IF (NEW.id, NEW.order_id, NEW.transaction_id, NEW.idempotency_key, NEW.payload, NEW.enqueue_xid, NEW.enqueue_era)
            IS DISTINCT FROM
-           (OLD.id, OLD.order_id, OLD.transaction_id, OLD.idempotency_key, OLD.payload, OLD.enqueue_xid) THEN
+           (OLD.id, OLD.order_id, OLD.transaction_id, OLD.idempotency_key, OLD.payload, OLD.enqueue_xid, OLD.enqueue_era) THEN
             RAISE EXCEPTION 'a queued decline cannot be changed'
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       DETAIL = format('Decline %s (order %s) is a line of a batch file, as it was queued.', OLD.id, OLD.order_id),
@@ -584,7 +793,7 @@ BEGIN
         RETURN NEW;
     END IF;
     IF EXISTS (SELECT 1 FROM flexfactor.batches b
-                WHERE b.kind = 'evaluate' AND b.state IN ('ready', 'uploaded')
+                WHERE b.kind = 'evaluate' AND b.state IN ('ready', 'uploaded') AND b.era = OLD.enqueue_era
                   AND (OLD.enqueue_xid, OLD.id) BETWEEN (b.first_xid, b.first_id) AND (b.last_xid, b.last_id)) THEN
         RAISE EXCEPTION 'decline % is in a batch file not answered yet', OLD.id
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -882,58 +1091,125 @@ BEGIN
     END IF;
 END $$;
 
-CREATE OR REPLACE FUNCTION flexfactor._apply_result_file(result_name text, content text)
+CREATE FUNCTION flexfactor._refuse_result_file(p_file_name text, p_byte_count bigint, p_mtime bigint,
+                                               p_sqlstate text, p_reason text)
+RETURNS void LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    INSERT INTO flexfactor.refused_result_files AS r (file_name, byte_count, modified_at, sqlstate, reason)
+    VALUES (p_file_name, p_byte_count, to_timestamp(p_mtime), p_sqlstate, left(p_reason, 1000))
+    ON CONFLICT (file_name) DO UPDATE
+       SET byte_count = EXCLUDED.byte_count, modified_at = EXCLUDED.modified_at,
+           sqlstate = EXCLUDED.sqlstate, reason = EXCLUDED.reason, refused_at = now();
+END;
+
+CREATE FUNCTION flexfactor._answered_batch(answer_name text)
+RETURNS flexfactor.batches LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b        flexfactor.batches;
+    is_error boolean := answer_name ~ '\.error\.json$';
+BEGIN
+    IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = answer_name) THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO b FROM flexfactor.batches
+     WHERE file_name = regexp_replace(answer_name, '\.(result\.jsonl|error\.json)$', '.jsonl') FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% file % answers no known batch', CASE WHEN is_error THEN 'error' ELSE 'result' END, answer_name
+            USING ERRCODE = 'FF009',
+                  HINT = 'Only files named <batch file name without .jsonl>.result.jsonl (or .error.json) are applied.';
+    END IF;
+    IF is_error AND b.state = 'answered' THEN
+        RAISE EXCEPTION 'error file % arrived after batch % was answered', answer_name, b.id
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('The batch was answered by a result file at %s.', b.result_at),
+                  HINT = 'Nothing was changed; ask FlexFactor about the file.';
+    END IF;
+    RETURN b;
+END $$;
+
+CREATE FUNCTION flexfactor._apply_result_lines(p_batch_id bigint, result_name text, lines text[], first_line integer)
+RETURNS integer LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b       flexfactor.batches;
+    bad     integer;
+    stored  integer;
+BEGIN
+    SELECT * INTO STRICT b FROM flexfactor.batches WHERE id = p_batch_id;
+    BEGIN
+        WITH a AS MATERIALIZED (
+                 SELECT CASE WHEN j->>'sequenceNumber' ~ '^[0-9]{1,4}$'
+                             THEN (j->>'sequenceNumber')::integer END AS seq,
+                        j ? 'orderId' AS has_order_id, j->>'orderId' AS order_id,
+                        j->>'orderSessionKey' AS order_session_key, j->>'status' AS status,
+                        j->'errors' AS errors, j->>'transmitId' AS transmit_id
+                   -- OFFSET 0: parsed once, not once for each field
+                   FROM (SELECT l::jsonb AS j FROM unnest(lines) AS l OFFSET 0) p),
+             -- the batch lines these answer (a file lists them in order, so
+             -- a chunk answers a short run of them)
+             r AS (SELECT min(seq) AS lo, max(seq) AS hi FROM a),
+             ins AS (
+                 INSERT INTO flexfactor.batch_lines AS bl
+                        (batch_id, sequence_number, decline_id, transmit_queue_id, order_session_key, status, errors)
+                 SELECT b.id, f.sequence_number, f.decline_id, f.transmit_queue_id,
+                        CASE WHEN a.order_session_key ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
+                             THEN a.order_session_key::uuid END,
+                        upper(a.status),
+                        CASE WHEN jsonb_typeof(a.errors) = 'array' AND jsonb_array_length(a.errors) = 0
+                             THEN a.errors ELSE flexfactor._scrub_json(a.errors) END
+                   FROM a CROSS JOIN r
+                   JOIN LATERAL flexfactor._batch_line_orders(b.id, r.lo, r.hi) f ON f.sequence_number = a.seq
+                  WHERE NOT (a.has_order_id AND a.order_id IS DISTINCT FROM f.order_id)
+                 ON CONFLICT DO NOTHING
+                 RETURNING bl.sequence_number, bl.transmit_queue_id),
+             tr AS (
+                 UPDATE flexfactor.transmit_queue t SET transmit_id = a.transmit_id
+                   FROM ins JOIN a ON a.seq = ins.sequence_number
+                  WHERE t.id = ins.transmit_queue_id)
+        SELECT count(*) INTO stored FROM ins;
+    EXCEPTION WHEN data_exception THEN
+        FOR i IN 1 .. cardinality(lines) LOOP
+            BEGIN
+                PERFORM lines[i]::jsonb;
+            EXCEPTION WHEN data_exception THEN
+                bad := i;
+                EXIT;
+            END;
+        END LOOP;
+        IF bad IS NULL THEN
+            RAISE;
+        END IF;
+        RAISE EXCEPTION 'result file % is not JSON Lines', result_name
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('Line %s is not JSON.', first_line + bad - 1),
+                  HINT = 'Nothing was applied; ask FlexFactor about the file.';
+    END;
+    IF stored <> cardinality(lines) THEN
+        RAISE EXCEPTION 'result file % does not match batch %', result_name, b.id
+            USING ERRCODE = 'FF009',
+                  DETAIL = format('Lines %s to %s hold a sequenceNumber that is not a line of the batch (1 to %s) or repeats one, or an orderId that differs from the batch line it answers.',
+                                  first_line, first_line + cardinality(lines) - 1, b.line_count),
+                  HINT = 'Nothing was applied; ask FlexFactor about the file.';
+    END IF;
+    RETURN stored;
+END $$;
+
+CREATE FUNCTION flexfactor._finish_result_file(p_batch_id bigint, result_name text, line_count integer,
+                                               content_sha256 text)
 RETURNS text LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b      flexfactor.batches;
-    lines  jsonb[];
-    stored bigint;
+    stored integer;
 BEGIN
-    IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = result_name) THEN
-        RETURN 'already applied';
-    END IF;
-    SELECT * INTO b FROM flexfactor.batches
-     WHERE file_name = regexp_replace(result_name, '\.result\.jsonl$', '.jsonl') FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'result file % answers no known batch', result_name
-            USING ERRCODE = 'FF009',
-                  HINT = 'Only files named <batch file name without .jsonl>.result.jsonl are applied.';
-    END IF;
-    BEGIN
-        SELECT array_agg(l::jsonb ORDER BY n) INTO lines
-          FROM regexp_split_to_table(content, E'\n') WITH ORDINALITY AS t(l, n)
-         WHERE l <> '';
-    EXCEPTION WHEN invalid_text_representation THEN
-        RAISE EXCEPTION 'result file % is not JSON Lines', result_name
-            USING ERRCODE = 'FF009';
-    END;
-
-    -- each result line answers the order on the same line of the batch: the
-    -- lines are stored where sequenceNumber and orderId agree, and the file
-    -- is refused whole (nothing stored) unless every line of the batch is
-    IF coalesce(cardinality(lines), 0) <> b.line_count
-       OR (SELECT count(DISTINCT j->>'sequenceNumber') FROM unnest(lines) AS j) <> b.line_count THEN
-        stored := -1;
-    ELSE
-        INSERT INTO flexfactor.batch_lines AS bl
-               (batch_id, sequence_number, decline_id, transmit_queue_id, order_session_key, status, errors)
-        SELECT b.id, f.sequence_number, f.decline_id, f.transmit_queue_id,
-               CASE WHEN j->>'orderSessionKey' ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
-                    THEN (j->>'orderSessionKey')::uuid END,
-               upper(j->>'status'),
-               CASE WHEN jsonb_typeof(j->'errors') = 'array' AND jsonb_array_length(j->'errors') = 0
-                    THEN j->'errors' ELSE flexfactor._scrub_json(j->'errors') END
-          FROM unnest(lines) AS j
-          JOIN flexfactor.batch_file_lines(b.id) f ON f.sequence_number = (j->>'sequenceNumber')::integer
-         WHERE NOT (j ? 'orderId' AND j->>'orderId' IS DISTINCT FROM f.line::jsonb->>'orderId');
-        GET DIAGNOSTICS stored = ROW_COUNT;
-    END IF;
-    IF stored <> b.line_count THEN
+    SELECT * INTO STRICT b FROM flexfactor.batches WHERE id = p_batch_id;
+    SELECT count(*) INTO stored FROM flexfactor.batch_lines bl WHERE bl.batch_id = b.id;
+    IF line_count <> b.line_count OR stored <> b.line_count THEN
         RAISE EXCEPTION 'result file % does not match batch %', result_name, b.id
             USING ERRCODE = 'FF009',
-                  DETAIL = format('The batch has %s lines; the file has %s, or a line''s sequenceNumber/orderId differs from the batch line it answers.',
-                                  b.line_count, coalesce(cardinality(lines), 0)),
+                  DETAIL = format('The batch has %s lines; the file has %s.', b.line_count, line_count),
                   HINT = 'Nothing was applied; ask FlexFactor about the file.';
     END IF;
 
@@ -959,42 +1235,45 @@ BEGIN
                                          b.file_name, coalesce(bl.errors::text, 'no reason given'))
           FROM flexfactor.batch_lines bl
          WHERE bl.batch_id = b.id AND bl.decline_id = d.id AND bl.status = 'REJECTED';
-    ELSE
-        UPDATE flexfactor.transmit_queue t
-           SET transmit_id = j->>'transmitId'
-          FROM unnest(lines) AS j, flexfactor.batch_lines bl
-         WHERE bl.batch_id = b.id AND bl.sequence_number = (j->>'sequenceNumber')::integer
-           AND t.id = bl.transmit_queue_id;
     END IF;
 
     UPDATE flexfactor.batches SET state = 'answered', result_at = now() WHERE id = b.id;
     INSERT INTO flexfactor.result_files (file_name, kind, batch_id, sha256, line_count)
-    VALUES (result_name, 'result', b.id, encode(sha256(convert_to(content, 'UTF8')), 'hex'),
-            coalesce(cardinality(lines), 0));
-    RETURN format('applied %s lines to batch %s', coalesce(cardinality(lines), 0), b.id);
+    VALUES (result_name, 'result', b.id, content_sha256, line_count);
+    DELETE FROM flexfactor.refused_result_files WHERE file_name = result_name;
+    RETURN format('applied %s lines to batch %s', line_count, b.id);
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor._apply_result_file(result_name text, content text)
+RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b      flexfactor.batches := flexfactor._answered_batch(result_name);
+    lines  text[];
+BEGIN
+    IF b.id IS NULL THEN
+        RETURN 'already applied';
+    END IF;
+    SELECT coalesce(array_agg(l ORDER BY n), '{}') INTO lines
+      FROM regexp_split_to_table(content, E'\n') WITH ORDINALITY AS t(l, n)
+     WHERE l <> '';
+    -- a file with another number of lines is refused by _finish_result_file
+    IF cardinality(lines) = b.line_count THEN
+        PERFORM flexfactor._apply_result_lines(b.id, result_name, lines, 1);
+    END IF;
+    RETURN flexfactor._finish_result_file(b.id, result_name, cardinality(lines),
+                                          encode(sha256(convert_to(content, 'UTF8')), 'hex'));
 END $$;
 
 CREATE OR REPLACE FUNCTION flexfactor._apply_error_file(error_name text, content text)
 RETURNS text LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    b      flexfactor.batches;
+    b      flexfactor.batches := flexfactor._answered_batch(error_name);
     reason text;
 BEGIN
-    IF EXISTS (SELECT 1 FROM flexfactor.result_files WHERE file_name = error_name) THEN
+    IF b.id IS NULL THEN
         RETURN 'already applied';
-    END IF;
-    SELECT * INTO b FROM flexfactor.batches
-     WHERE file_name = regexp_replace(error_name, '\.error\.json$', '.jsonl') FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'error file % answers no known batch', error_name USING ERRCODE = 'FF009';
-    END IF;
-    -- a batch is answered once: a late error file never rewrites the answer
-    IF b.state = 'answered' THEN
-        RAISE EXCEPTION 'error file % arrived after batch % was answered', error_name, b.id
-            USING ERRCODE = 'FF009',
-                  DETAIL = format('The batch was answered by a result file at %s.', b.result_at),
-                  HINT = 'Nothing was changed; ask FlexFactor about the file.';
     END IF;
     BEGIN
         reason := flexfactor._scrub(left(coalesce(content::jsonb->>'error', content), 500));
@@ -1011,7 +1290,43 @@ BEGIN
      WHERE batch_id = b.id AND state IN ('batched', 'delivered');
     INSERT INTO flexfactor.result_files (file_name, kind, batch_id, sha256, line_count)
     VALUES (error_name, 'error', b.id, encode(sha256(convert_to(content, 'UTF8')), 'hex'), 0);
+    DELETE FROM flexfactor.refused_result_files WHERE file_name = error_name;
     RETURN format('batch %s rejected: %s', b.id, reason);
+END $$;
+
+CREATE OR REPLACE FUNCTION flexfactor.ff_requeue_batch(batch_id bigint)
+RETURNS integer LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b        flexfactor.batches;
+    again    bigint;
+    requeued integer;
+BEGIN
+    SELECT * INTO b FROM flexfactor.batches WHERE id = $1 FOR UPDATE;
+    IF NOT FOUND OR b.state <> 'rejected' OR b.requeued_as IS NOT NULL THEN
+        RAISE EXCEPTION 'batch % was not rejected by FlexFactor, or is queued again already', $1
+            USING ERRCODE = 'FF020',
+                  HINT = 'Only the rows of a batch in state ''rejected'' can be queued again, once.';
+    END IF;
+    IF b.kind = 'evaluate' THEN
+        UPDATE flexfactor.declines d SET set_aside_reason = NULL
+         WHERE d.id IN (SELECT f.decline_id FROM flexfactor.batch_file_lines(b.id) f);
+        GET DIAGNOSTICS requeued = ROW_COUNT;
+        IF requeued = 0 THEN
+            RAISE EXCEPTION 'batch % has no rows left to queue again', $1
+                USING ERRCODE = 'FF020',
+                      DETAIL = 'Its declines were deleted from flexfactor.declines.';
+        END IF;
+        again := flexfactor._new_batch('evaluate', b.mid, requeued,
+                                       b.era, b.first_xid, b.first_id, b.last_xid, b.last_id);
+    ELSE
+        UPDATE flexfactor.transmit_queue t
+           SET state = 'pending', batch_id = NULL, last_error = NULL, delivered_at = NULL
+         WHERE t.batch_id = $1 AND t.state = 'set_aside';
+        GET DIAGNOSTICS requeued = ROW_COUNT;
+    END IF;
+    UPDATE flexfactor.batches SET requeued_as = again WHERE id = b.id;
+    RETURN requeued;
 END $$;
 
 -- New: after fixing a setting, everything that waits for a retry after a
@@ -1023,6 +1338,50 @@ RETURNS integer AS 'MODULE_PATHNAME', 'ff_export_batch_retry' LANGUAGE C VOLATIL
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 /* ----------------------------------------------------------------- views */
+
+-- Queue positions with the era (sql/install/07_dba_views.sql).
+CREATE OR REPLACE VIEW flexfactor.queue_status AS
+SELECT q.queue, q.state, q.rows, q.oldest, now() - q.oldest AS oldest_age, q.last_error, q.next_attempt_at
+  FROM (SELECT 'declines'::text AS queue, d.state, count(*) AS rows, min(d.enqueued_at) AS oldest,
+               max(d.set_aside_reason) AS last_error, NULL::timestamptz AS next_attempt_at
+          FROM (SELECT CASE WHEN q.set_aside_reason IS NOT NULL THEN 'set_aside'
+                            WHEN c.last_id IS NULL
+                                 OR (q.enqueue_era, q.enqueue_xid, q.id) > (c.era, c.last_xid, c.last_id) THEN 'pending'
+                            ELSE 'batched' END AS state,
+                       q.enqueued_at, q.set_aside_reason
+                  FROM flexfactor.declines q
+                  LEFT JOIN (SELECT b.era, b.last_xid, b.last_id FROM flexfactor.batches b WHERE b.kind = 'evaluate'
+                              ORDER BY b.era DESC, b.last_xid DESC, b.last_id DESC LIMIT 1) c ON true) d
+         GROUP BY d.state
+        UNION ALL
+        SELECT 'batches', state, count(*), min(created_at),
+               (array_agg(last_error ORDER BY id DESC) FILTER (WHERE last_error IS NOT NULL))[1],
+               min(next_attempt_at) FILTER (WHERE state = 'ready')
+          FROM flexfactor.batches GROUP BY state
+        UNION ALL
+        SELECT 'transmit', state, count(*), min(enqueued_at),
+               (array_agg(last_error ORDER BY id DESC) FILTER (WHERE last_error IS NOT NULL))[1],
+               min(next_attempt_at) FILTER (WHERE state = 'pending')
+          FROM flexfactor.transmit_queue GROUP BY state) AS q;
+COMMENT ON VIEW flexfactor.queue_status IS
+    'Rows per queue and state, the oldest one, the last error and the next attempt';
+
+CREATE OR REPLACE VIEW flexfactor.decline_status AS
+SELECT d.id, d.order_id, d.transaction_id, d.idempotency_key, d.payload,
+       CASE WHEN d.set_aside_reason IS NOT NULL THEN 'set_aside'
+            WHEN b.id IS NULL THEN 'pending'
+            ELSE 'batched' END AS state,
+       b.id AS batch_id, d.set_aside_reason, d.enqueued_at, b.created_at AS batched_at
+  FROM flexfactor.declines d
+  LEFT JOIN LATERAL (
+       SELECT b.id, b.created_at FROM flexfactor.batches b
+        WHERE b.kind = 'evaluate' AND b.era = d.enqueue_era
+          AND (b.last_xid, b.last_id) >= (d.enqueue_xid, d.id)
+          AND (b.first_xid, b.first_id) <= (d.enqueue_xid, d.id)
+        ORDER BY b.last_xid, b.last_id, b.id DESC
+        LIMIT 1) b ON true;
+COMMENT ON VIEW flexfactor.decline_status IS
+    'Each queued decline: pending, batched (with its batch) or set_aside (with the reason)';
 
 -- New columns in the middle (declined, recovery by value, amount submitted):
 -- dropped and created again.

@@ -102,9 +102,15 @@ create_one_batch(const char *kind, int64 *after_id)
 		return true;
 
 	types[0] = INT8OID;
-	/* not read_only: that snapshot would not see this transaction's claim */
-	if (SPI_execute_with_args("SELECT max(id) FROM flexfactor.transmit_queue WHERE batch_id = $1",
-							  1, types, &batch, NULL, false, 1) != SPI_OK_SELECT)
+	/*
+	 * Where the claim ended: one entry of transmit_queue_batch_idx (the
+	 * ORDER BY names it; max(id) could walk the primary key from the top).
+	 * Not read_only: that snapshot would not see this transaction's claim.
+	 */
+	if (SPI_execute_with_args("SELECT id FROM flexfactor.transmit_queue WHERE batch_id = $1"
+							  " ORDER BY batch_id DESC, id DESC LIMIT 1",
+							  1, types, &batch, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
 		elog(ERROR, "could not read a batch");
 	*after_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_freetuptable(SPI_tuptable);

@@ -214,6 +214,15 @@ CREATE INDEX transmit_queue_pending_idx ON flexfactor.transmit_queue (next_attem
     WHERE state = 'pending';
 CREATE INDEX transmit_queue_delivered_idx ON flexfactor.transmit_queue (delivered_at)
     WHERE state = 'delivered';
+-- pending rows in claim order: the exporter claims them for transmit_
+-- batches from where its last claim ended, without reading past rows
+CREATE INDEX transmit_queue_claim_idx ON flexfactor.transmit_queue (id)
+    WHERE state = 'pending';
+-- a transmit batch's rows, in order: where a claim ended (the exporter fixes
+-- many batches in one transaction, each claim starting after the last, so
+-- that claiming stays linear), the batch file's lines, its answer
+CREATE INDEX transmit_queue_batch_idx ON flexfactor.transmit_queue (batch_id, id)
+    WHERE batch_id IS NOT NULL;
 SELECT pg_catalog.pg_extension_config_dump('flexfactor.transmit_queue', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flexfactor.transmit_queue', 'id'), '');
 

@@ -148,9 +148,15 @@ END $$;
 -- /transmit copies into one transmit_ batch (each row records its batch).
 -- A caller fixing several batches in one transaction passes the last id it
 -- claimed, so the claim skips the index entries of rows it already batched.
+-- The claim walks transmit_queue_claim_idx from there and reads only the
+-- rows it takes: enable_sort = off, because a backlog just queued has no
+-- statistics yet, and the planner, guessing a handful of pending rows, would
+-- rather sort them all than walk the index (reading every pending row at
+-- every claim: quadratic).
 CREATE FUNCTION flexfactor._create_transmit_batch(max_rows integer, after_id bigint DEFAULT 0)
 RETURNS bigint LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp AS $$
+SET search_path = pg_catalog, pg_temp
+SET enable_sort = off AS $$
 DECLARE
     mid    text := flexfactor._batch_mid();
     ids    bigint[];

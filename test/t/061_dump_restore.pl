@@ -10,12 +10,12 @@
 # events with their nonces (applied, waiting, not applicable), rejections,
 # order events with the billing callback's record.  It is dumped (custom
 # format) and restored with `pg_restore --single-transaction` into node B,
-# as docs/operations.md says; B's worker serves another database during the restore,
-# then is pointed at the restored one with a real SFTP server: it uploads
-# the batch that was still to upload and nothing that was delivered, the
-# declines pending at the dump and those queued on B once each, although
-# A's transaction ids run ahead of B's.  Then A goes through pg_upgrade into
-# node C: the queue goes on there too.
+# as docs/operations.md says; B's worker serves another database during the
+# restore, then is pointed at the restored one with a real SFTP server: it
+# uploads the batch that was still to upload and nothing that was
+# delivered, the declines pending at the dump and those queued on B once
+# each, although A's transaction ids run ahead of B's.  Then A goes through
+# pg_upgrade into node C: the queue goes on there too.
 use strict;
 use warnings;
 use Digest::SHA ();

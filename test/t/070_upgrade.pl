@@ -243,6 +243,9 @@ sub schema_dump
 	$text =~ s/^\\(?:un)?restrict .*\n//mg;
 	# sequence positions are data (compared below, before and after)
 	$text =~ s/^SELECT pg_catalog\.setval\(.*\n//mg;
+	# the era of an installation is the time its CREATE EXTENSION (or, for
+	# the updated one, its update) ran: one constant in one function's body
+	$text =~ s/(FUNCTION flexfactor\._queue_era\(\)[^;]*?RETURN )'\d+'/${1}<era>/s;
 	return $text;
 }
 
