@@ -132,12 +132,21 @@ cmp_ok($read, '<', 4 * $rows, "the claims read fewer than 4 rows per row claimed
 # ------------------------------------------------------------------
 # 2. A host name lookup that never ends
 # ------------------------------------------------------------------
+# key files that pass the local checks (the lookup comes after them)
+IPC::Run::run([ 'ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'ff063', '-f', "$tmp/client_key" ],
+	'>', \$out, '2>', \$err)
+  or BAIL_OUT("ssh-keygen: $err");
+{
+	open(my $f, '>', "$tmp/known_hosts") or die;
+	print $f "$hang_host " . join(" ", (split / /, slurp_file("$tmp/client_key.pub"))[0, 1]) . "\n";
+	close $f;
+}
 my $wpid = ff_worker_pid($node, 'ffdb');
 ff_reload_and_wait($node, 'ffdb', join('; ',
 	"ALTER SYSTEM SET flexfactor.sftp_host = '$hang_host'",
 	"ALTER SYSTEM SET flexfactor.sftp_user = 'nobody'",
-	"ALTER SYSTEM SET flexfactor.sftp_private_key_file = '/nonexistent/key'",
-	"ALTER SYSTEM SET flexfactor.sftp_known_hosts_file = '/nonexistent/known_hosts'",
+	"ALTER SYSTEM SET flexfactor.sftp_private_key_file = '$tmp/client_key'",
+	"ALTER SYSTEM SET flexfactor.sftp_known_hosts_file = '$tmp/known_hosts'",
 	"ALTER SYSTEM SET flexfactor.sftp_timeout_ms = 20000",
 	"ALTER SYSTEM SET flexfactor.batch_interval = 1"));
 ok(ff_wait_until(sub { sq("SELECT wait_event IS NOT NULL AND query LIKE '%connecting to the SFTP server%'
