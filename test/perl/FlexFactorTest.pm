@@ -284,7 +284,7 @@ sub ff_memory_of
 	my ($grand, $top);
 	ff_wait_until(sub {
 		my $t = ff_log_since($node, $off);
-		($top) = $t =~ /\[$pid\] [^\n]*?LOG:  (?:00000: )?level: 0; TopMemoryContext: (\d+) total/;
+		($top) = $t =~ /\[$pid\] [^\n]*?LOG:  (?:00000: )?level: [01]; TopMemoryContext: (\d+) total/;
 		($grand) = $t =~ /\[$pid\] [^\n]*?LOG:  (?:00000: )?Grand total: (\d+) bytes/;
 		defined $grand;
 	}, 30);
