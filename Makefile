@@ -9,6 +9,7 @@ OBJS = \
 	src/shmem.o \
 	src/dbguard.o \
 	src/ext_version.o \
+	src/fence.o \
 	src/work.o \
 	src/worker.o \
 	src/worker_status.o \

@@ -14,8 +14,15 @@
  * transactions, so neither memory nor any transaction grows with the batch
  * or spans the network; the first upload records the size and SHA-256 and
  * every later one must match them before the file is renamed into place.  A
- * retried upload therefore writes the same bytes under the same name,
- * replacing any earlier copy.
+ * retried upload therefore writes the same bytes under the same name.  Each
+ * attempt writes a temporary file of its own and renames it only once the
+ * server holds exactly the bytes sent (sftp.c); if the final name exists
+ * already (an attempt whose success was not recorded, or the other node
+ * around a failover: the lines come from replicated rows only, so both write
+ * the same bytes), a file with the batch's size and SHA-256, read back, is
+ * left in place and this attempt's copy removed, and any other file is
+ * replaced, with a WARNING.  Temporary files of attempts that died are
+ * removed once unchanged for an hour.
  *
  * Only the worker exports, in its SFTP phase (work.c): it fixes batches in
  * one short transaction, uploads each batch with none open and marks it
@@ -60,6 +67,7 @@
 #include "shmem.h"
 #include "compat.h"
 #include "errors.h"
+#include "fence.h"
 #include "settings.h"
 #include "sftp.h"
 #include "worker_status.h"
@@ -247,10 +255,92 @@ fetch_lines(ReadyBatch *b, int32 *after)
 	return lines;
 }
 
+/* The SHA-256 (hex) of a remote file of at most max_bytes, read back. */
+static void
+remote_sha256(FFSftp *conn, const char *path, size_t max_bytes, char *hex)
+{
+	EVP_MD_CTX *hash = ff_sha256_new();
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	FFSftpReader *r = ff_sftp_open_read(conn, path, "flexfactor.sftp_inbound_dir");
+	char		buf[32768];
+	size_t		total = 0;
+	size_t		n;
+
+	while ((n = ff_sftp_read_some(r, buf, sizeof(buf))) > 0)
+	{
+		total += n;
+		if (total > max_bytes)
+			break;				/* not the batch's file: a hash that cannot match */
+		if (EVP_DigestUpdate(hash, buf, n) != 1)
+			elog(ERROR, "could not compute SHA-256");
+	}
+	ff_sftp_close_read(r);
+	if (EVP_DigestFinal_ex(hash, digest, NULL) != 1)
+		elog(ERROR, "could not compute SHA-256");
+	ff_sha256_hex(digest, hex);
+}
+
 /*
- * Stream the batch's lines to "<name>.part", check them against what the
- * batch recorded (line count; size and SHA-256 after the first upload),
- * rename the file into place and mark the batch uploaded.  The lines are read
+ * Give the verified upload its final name.  If a file has that name already
+ * (this batch placed by an attempt whose success was not recorded, or by the
+ * other node around a failover), it is compared with the batch's file: its
+ * size, then, if that matches, its SHA-256 read back.  The same bytes: left
+ * in place, this attempt's copy removed.  Other bytes (a partial file from
+ * two writers sharing one file in an older version, say): replaced by the
+ * verified file, with a WARNING, since FlexFactor may have read it.
+ */
+static void
+place_batch_file(FFSftp *conn, FFSftpUpload *up, ReadyBatch *b, const char *hex, int64 bytes)
+{
+	const char *final = ff_sftp_upload_final_path(up);
+
+	for (int round = 0; !ff_sftp_place_upload(up); round++)
+	{
+		uint64		size;
+		char		found[PG_SHA256_DIGEST_STRING_LENGTH] = "";
+
+		if (round >= 3)
+			ereport(ERROR,
+					(errcode(ERRCODE_FF_SFTP_IO),
+					 errmsg("could not rename the upload of batch %lld to \"%s\" on the SFTP server",
+							(long long) b->id, b->file_name),
+					 errdetail("Another writer kept putting a file of that name in place."),
+					 errhint("Make sure a single primary exports; the upload is retried with backoff.")));
+		if (!ff_sftp_size(conn, final, &size))
+			continue;			/* gone again: rename once more */
+		if (size == (uint64) bytes)
+		{
+			remote_sha256(conn, final, bytes, found);
+			if (strcmp(found, hex) == 0)
+			{
+				ff_sftp_discard_upload(up);
+				ereport(LOG,
+						(errmsg("flexfactor worker found batch %lld already in place as \"%s\"",
+								(long long) b->id, b->file_name),
+						 errdetail("The file there has the batch's %lld bytes and SHA-256; it was left as it is, and this attempt's copy removed.",
+								   (long long) bytes)));
+				return;
+			}
+		}
+		ereport(WARNING,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("flexfactor worker replaced \"%s\" on the SFTP server: it held other bytes than batch %lld",
+						b->file_name, (long long) b->id),
+				 errdetail("It had %llu bytes%s%s; the batch's file has %lld bytes, SHA-256 %s.",
+						   (unsigned long long) size, found[0] ? ", SHA-256 " : "", found,
+						   (long long) bytes, hex),
+				 errhint("Two writers may have shared that file (an older flexfactor on two nodes around a failover); "
+						 "if FlexFactor read it before, ask them to check its lines.")));
+		if (ff_sftp_replace_final(up))
+			return;
+	}
+}
+
+/*
+ * Stream the batch's lines to a temporary file of this attempt's own, check
+ * them against what the batch recorded (line count; size and SHA-256 after
+ * the first upload), give the file its final name (place_batch_file) and
+ * mark the batch uploaded.  The lines are read
  * in short transactions and sent with none open: the upload holds no
  * snapshot, lock or transaction id however slow the server.
  */
@@ -312,7 +402,8 @@ upload_batch(FFSftp *conn, ReadyBatch *b)
 						   (long long) lines, hex),
 				 errhint("Someone changed or removed its rows in flexfactor.declines or flexfactor.transmit_queue; restore them.")));
 
-	ff_sftp_finish_upload(up);
+	ff_sftp_close_upload(up);
+	place_batch_file(conn, up, b, hex, bytes);
 
 	ff_work_begin("flexfactor: recording an upload");
 	values[1] = CStringGetTextDatum(hex);
@@ -365,6 +456,8 @@ static void
 report_failure(ErrorData *edata, FFExportResult *result, ReadyBatch *failed_batch,
 			   const char *activity)
 {
+	bool		read_only = ff_fence_read_only_error(edata->sqlerrcode);
+
 	if (result->sqlerrcode == 0)
 	{
 		result->sqlerrcode = edata->sqlerrcode;
@@ -376,13 +469,20 @@ report_failure(ErrorData *edata, FFExportResult *result, ReadyBatch *failed_batc
 		strlcpy(result->detail, edata->detail ? edata->detail : "", FF_ERROR_LEN);
 		strlcpy(result->hint, edata->hint ? edata->hint : "", FF_ERROR_LEN);
 	}
-	ff_status_error(describe_error(edata));
+	if (!read_only)
+		ff_status_error(describe_error(edata));
 	if (failed_batch != NULL)
 		edata->message = psprintf("flexfactor worker could not upload batch %lld (%s): %s",
 								  (long long) failed_batch->id, failed_batch->file_name,
 								  edata->message);
 	else
 		edata->message = psprintf("flexfactor worker could not %s: %s", activity, edata->message);
+	/* the server became read-only (a switchover): nothing failed */
+	if (read_only)
+	{
+		elog(DEBUG1, "%s", edata->message);
+		return;
+	}
 	edata->elevel = WARNING;
 	ThrowErrorData(edata);
 }
@@ -403,7 +503,8 @@ take_failure(MemoryContext cxt, FFExportResult *result, ReadyBatch *failed_batch
 {
 	ErrorData  *edata = ff_work_catch(cxt);
 
-	if (failed_batch != NULL)
+	/* read-only (a switchover): nothing failed, nothing to record */
+	if (failed_batch != NULL && !ff_fence_read_only_error(edata->sqlerrcode))
 	{
 		ff_work_begin("flexfactor: recording a failed upload");
 		record_failure(failed_batch, describe_error(edata));
@@ -493,6 +594,57 @@ collect_waiting(FFExportResult *result)
 /* the SFTP part of a pass gives the rest of the worker its turn after this */
 #define EXPORT_PASS_BUDGET_MS	10000
 
+/*
+ * Temporary upload files unchanged for this long (by the server's clock)
+ * belong to attempts that died: a live attempt writes at least every
+ * flexfactor.sftp_timeout_ms (at most 10 minutes) or fails.
+ */
+#define STALE_UPLOAD_AGE_S		3600
+#define STALE_UPLOAD_CHECK_MS	60000
+
+static bool
+is_batch_file_name(const char *name)
+{
+	size_t		n = strlen(name);
+
+	return (strncmp(name, "evaluate_", 9) == 0 || strncmp(name, "transmit_", 9) == 0) &&
+		n > 6 && strcmp(name + n - 6, ".jsonl") == 0;
+}
+
+/*
+ * Remove from the inbound folder the temporary files of uploads that died
+ * (any node's: named "<batch file name>.<pid>-<hex>.part", or an older
+ * version's "<batch file name>.part") once they are stale.  Nothing else is
+ * touched: no final name, no file named otherwise.
+ */
+static void
+remove_stale_uploads(FFSftp *conn)
+{
+	List	   *entries = ff_sftp_list(conn, ff_sftp_inbound_dir, "flexfactor.sftp_inbound_dir");
+	time_t		now = time(NULL);
+	int			removed = 0;
+	ListCell   *lc;
+
+	foreach(lc, entries)
+	{
+		FFSftpEntry *e = lfirst(lc);
+		char	   *final = ff_sftp_upload_final_name(e->name);
+
+		if (final == NULL || !is_batch_file_name(final) || e->mtime == 0 ||
+			(time_t) e->mtime > now - STALE_UPLOAD_AGE_S)
+			continue;
+		ff_sftp_remove(conn, psprintf("%s/%s", ff_sftp_inbound_dir, e->name),
+					   "flexfactor.sftp_inbound_dir");
+		removed++;
+	}
+	if (removed > 0)
+		ereport(LOG,
+				(errmsg("flexfactor worker removed %d temporary upload files left by attempts that died",
+						removed),
+				 errdetail("They were unchanged for over %d minutes in flexfactor.sftp_inbound_dir; none had been renamed into place.",
+						   STALE_UPLOAD_AGE_S / 60)));
+}
+
 static FFSftp *
 connect_in(MemoryContext cxt)
 {
@@ -517,8 +669,9 @@ connect_in(MemoryContext cxt)
  * pass, which follows at once.
  */
 static void
-export_pass(FFExportResult *result, bool retry_now)
+export_pass(FFExportResult *result, bool asked, bool retry_now)
 {
+	static TimestampTz last_stale_check = 0;
 	MemoryContext pass_cxt = CurrentMemoryContext;
 	List	   *volatile batches = NIL;
 	ListCell   *lc;
@@ -591,6 +744,24 @@ export_pass(FFExportResult *result, bool retry_now)
 		if (conn != NULL)
 			ff_results_ingest(conn, pass_cxt, result, deadline);
 	}
+
+	/* leftovers of dead attempts: when asked, and at most every minute */
+	if (conn != NULL && result->sqlerrcode == 0 &&
+		(asked || TimestampDifferenceExceeds(last_stale_check, GetCurrentTimestamp(),
+											 STALE_UPLOAD_CHECK_MS)))
+	{
+		PG_TRY();
+		{
+			remove_stale_uploads(conn);
+			last_stale_check = GetCurrentTimestamp();
+		}
+		PG_CATCH();
+		{
+			take_failure(pass_cxt, result, NULL, "remove stale upload files");
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(pass_cxt);
+	}
 	if (conn != NULL)
 		ff_sftp_disconnect(conn);
 }
@@ -662,7 +833,7 @@ ff_export_if_due(void)
 
 	PG_TRY();
 	{
-		export_pass(&result, requested && retry_now);
+		export_pass(&result, requested, requested && retry_now);
 		/* the callers hear what still waits, and until when */
 		if (requested)
 			collect_waiting(&result);
@@ -695,6 +866,27 @@ ff_export_if_due(void)
 		publish(ticket, &result);
 	last_ok = (result.sqlerrcode == 0);
 	return last_ok;
+}
+
+/*
+ * Called by the worker while this server may not export (read-only, in
+ * recovery): callers waiting in ff_export_batch() hear why at once.
+ */
+void
+ff_export_refuse_requests(const char *why)
+{
+	FFExportResult result;
+	uint64		ticket;
+	bool		retry_now;
+
+	if (!export_requested(&ticket, &retry_now))
+		return;
+	memset(&result, 0, sizeof(result));
+	result.sqlerrcode = ERRCODE_READ_ONLY_SQL_TRANSACTION;
+	snprintf(result.message, FF_ERROR_LEN, "nothing was exported: %s", why);
+	strlcpy(result.hint, "Batches are fixed and uploaded once this server is a writable primary.",
+			FF_ERROR_LEN);
+	publish(ticket, &result);
 }
 
 /* ----------------------------------------------------- ff_export_batch() */

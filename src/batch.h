@@ -11,6 +11,7 @@
 
 extern bool ff_export_if_due(void);
 extern bool ff_export_requested(void);
+extern void ff_export_refuse_requests(const char *why);
 
 /* for results.c, which reads the answers in the same pass */
 extern void ff_export_report_failure(ErrorData *edata, FFExportResult *result,

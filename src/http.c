@@ -11,7 +11,9 @@
  * Transfers run in a loop that polls for at most 100 ms at a time and calls
  * CHECK_FOR_INTERRUPTS() in between, so pg_cancel_backend() and
  * statement_timeout stop a call within a fraction of a second; handles still
- * in flight are detached on the way out.
+ * in flight are detached on the way out.  A process whose postmaster is gone
+ * ends there too (fence.c): no answer it could still get would be recorded
+ * anywhere that counts.
  *
  * Not here: what a status code means (api.c) or authentication (token.c).
  * URLs may carry secrets in their query string, so no message here prints
@@ -26,6 +28,7 @@
 
 #include "compat.h"
 #include "errors.h"
+#include "fence.h"
 #include "http.h"
 #include "settings.h"
 
@@ -311,6 +314,7 @@ run_transfers(FFHttpRequest *requests, int nrequests, int concurrency)
 						 errmsg("HTTP transfer failed: %s", curl_multi_strerror(mc))));
 		}
 		CHECK_FOR_INTERRUPTS();
+		ff_fence_check();
 	}
 }
 

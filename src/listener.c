@@ -42,6 +42,13 @@
  * behind a TLS reverse proxy.  The listener leaves its database when it must
  * be dropped, and exits after a SIGHUP that changes its address, port, path
  * or certificate (the launcher starts it again with the new ones).
+ *
+ * Fencing (fence.c): once the postmaster is gone the listener exits at once,
+ * in its wait, before a group's commit and after it, before any answer: a
+ * delivery committed on a node a failover left behind is never answered 200,
+ * so FlexFactor delivers it again, to the new primary.  While the server is
+ * read-only or in recovery, every delivery is answered 503 without a
+ * transaction (logged once when that starts and once when it ends).
  */
 #include "postgres.h"
 
@@ -70,6 +77,7 @@
 #include "dbguard.h"
 #include "errors.h"
 #include "ext_version.h"
+#include "fence.h"
 #include "scrub.h"
 #include "listener.h"
 #include "refusals.h"
@@ -530,6 +538,23 @@ extension_ready(bool for_deliveries)
 }
 
 /*
+ * Whether the server can store deliveries: while it is read-only or in
+ * recovery, they are answered 503 at once, without a transaction
+ * (FlexFactor delivers again later, to whichever node is the primary then);
+ * the change is logged once each way.
+ */
+static bool
+writable(void)
+{
+	static bool paused = false;
+	const char *why;
+
+	return ff_fence_writable_or_pause(&paused,
+									  "Deliveries are answered 503 meanwhile; FlexFactor delivers them again later.",
+									  &why);
+}
+
+/*
  * Take a group of deliveries in one transaction and set each one's answer:
  * its own when the transaction committed, 503 for all when it did not.
  */
@@ -539,7 +564,7 @@ take_group(Delivery **group, int n)
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext cxt = group_cxt;
 
-	if (!extension_ready(true))
+	if (!extension_ready(true) || !writable())
 	{
 		for (int i = 0; i < n; i++)
 		{
@@ -557,6 +582,7 @@ take_group(Delivery **group, int n)
 		for (int i = 0; i < n; i++)
 			take_delivery(group[i], cxt);
 		PopActiveSnapshot();
+		ff_fence_check();
 		CommitTransactionCommand();		/* durable before acknowledged */
 		ff_status_clear_error();
 	}
@@ -659,6 +685,8 @@ take_waiting(void)
 		int			n = Min(GROUP_MAX, n_waiting - done);
 
 		take_group(&waiting[done], n);
+		/* a commit may return after the postmaster died: then never answer */
+		ff_fence_check();
 		for (int i = done; i < done + n; i++)
 		{
 			struct MHD_Connection *c = waiting[i]->connection;
@@ -1160,10 +1188,10 @@ ff_listener_main(Datum main_arg)
 	{
 		MHD_UNSIGNED_LONG_LONG mhd_timeout;
 		long		timeout_ms = IDLE_TICK_MS;
-		int			rc;
 		bool		answer;
 
 		CHECK_FOR_INTERRUPTS();
+		ff_fence_check();
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
@@ -1190,11 +1218,8 @@ ff_listener_main(Datum main_arg)
 			timeout_ms = 0;
 		else if (MHD_get_timeout(daemon_handle, &mhd_timeout) == MHD_YES)
 			timeout_ms = Min(timeout_ms, (long) mhd_timeout);
-		rc = WaitLatchOrSocket(MyLatch,
-							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							   epoll_fd, timeout_ms, ff_wait_event(FF_WAIT_LISTENER));
-		if (rc & WL_LATCH_SET)
-			ResetLatch(MyLatch);
+		(void) ff_fence_wait(WL_SOCKET_READABLE | WL_TIMEOUT, epoll_fd, timeout_ms,
+							 ff_wait_event(FF_WAIT_LISTENER));
 		MHD_run(daemon_handle);		/* receives; complete deliveries wait */
 		enforce_deadlines();
 		answer = n_waiting > 0 && screen_waiting();

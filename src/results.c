@@ -306,7 +306,7 @@ download_result(FFSftp *conn, const char *path, const char *name, int64 batch_id
 	MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
 	initStringInfo(&line);
 
-	r = ff_sftp_open_read(conn, path);
+	r = ff_sftp_open_read(conn, path, "flexfactor.sftp_outbound_dir");
 	while (ok && (n = ff_sftp_read_some(r, block, READ_BLOCK_BYTES)) > 0)
 	{
 		const char *p = block;
@@ -514,7 +514,7 @@ put_away(FFSftp *conn, const FFSftpEntry *e, const char *path)
 	if (ff_sftp_processed_dir[0] != '\0')
 		ff_sftp_move(conn, path, ff_sftp_processed_dir, e->name);
 	else
-		ff_sftp_remove(conn, path);
+		ff_sftp_remove(conn, path, "flexfactor.sftp_outbound_dir");
 }
 
 /*
@@ -534,7 +534,7 @@ ff_results_ingest(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
 
 	PG_TRY();
 	{
-		files = files_to_read(ff_sftp_list(conn, ff_sftp_outbound_dir));
+		files = files_to_read(ff_sftp_list(conn, ff_sftp_outbound_dir, "flexfactor.sftp_outbound_dir"));
 	}
 	PG_CATCH();
 	{

@@ -13,11 +13,24 @@
  * key or the server refused it.
  * Messages name the settings, never their values: they are stored where a
  * monitoring role can read them, and the host and port are hidden from it.
- * Uploading: written to "<name>.part" in large writes (libssh2 pipelines
- * them), closed, then renamed to "<name>", replacing a file of that name left
- * by an earlier attempt, so a reader never sees half a file and a retry never
- * makes a second one.  Reading: a folder's listing, and a file a block at a
- * time (FFSftpReader), so that its size never decides the memory it takes.
+ *
+ * Uploading: every attempt writes a temporary file of its own,
+ * "<name>.<pid>-<16 random hex digits>.part" (".part" last: FlexFactor takes
+ * only final names), created exclusively, so two attempts (two nodes around a
+ * failover, a dead worker's connection still draining) never write, truncate
+ * or rename one file.  It is written in large writes (libssh2 pipelines
+ * them), closed, and its size on the server compared with the bytes sent; a
+ * file of another size is removed, never renamed.  The verified file is then
+ * renamed to "<name>" only if no file has that name: when one does, the
+ * caller decides (batch.c: an identical file is left in place, a different
+ * one replaced).  A reader therefore never sees half a file under a final
+ * name, and a retry never makes a second one.  The temporary file of an
+ * attempt that failed in this process (a connection cut mid-file, a
+ * timeout) is removed at this process's next connection; those of processes
+ * that died are recognised by their name (ff_sftp_upload_final_name) and
+ * removed by the caller once stale.  Reading: a folder's listing, and a
+ * file a block at a time (FFSftpReader), so that its size never decides the
+ * memory it takes.
  *
  * The connection lives outside PostgreSQL's allocator, so it is closed by a
  * reset callback of the memory context it was made in: an error anywhere
@@ -26,7 +39,11 @@
  * socket and the process latch (WaitLatchOrSocket, as core does), so
  * pg_cancel_backend(), statement_timeout, shutdown and a dead postmaster stop
  * a transfer at once; flexfactor.sftp_timeout_ms bounds how long one call may
- * go without progress.
+ * go without progress.  Every call, not only every wait, checks the
+ * postmaster first (fence.c): a transfer that never has to wait must stop
+ * too.  A process that exits with a connection open resets its socket, so
+ * that the kernel drops what it still had to send instead of delivering it
+ * after the process is gone.
  */
 #include "postgres.h"
 
@@ -41,6 +58,7 @@
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
@@ -49,6 +67,7 @@
 
 #include "compat.h"
 #include "errors.h"
+#include "fence.h"
 #include "scrub.h"
 #include "settings.h"
 #include "sftp.h"
@@ -72,10 +91,86 @@ struct FFSftpUpload
 {
 	FFSftp	   *conn;
 	LIBSSH2_SFTP_HANDLE *handle;
-	char	   *part_path;
+	char	   *temp_path;		/* this attempt's own file */
 	char	   *final_path;
+	uint64		sent;			/* bytes written to temp_path */
+	bool		settled;		/* renamed into place, or removed */
 	StringInfoData buffer;
+	MemoryContextCallback release;
 };
+
+#define MAX_ABANDONED		16
+
+/*
+ * Temporary files of this process's uploads that ended without being renamed
+ * or removed (an error, a lost connection): removed at the next connection.
+ * malloc'd, since they are noted while a memory context is being reset.
+ */
+static char *abandoned[MAX_ABANDONED];
+static int	n_abandoned = 0;
+
+static void
+note_abandoned(void *arg)
+{
+	FFSftpUpload *up = (FFSftpUpload *) arg;
+	char	   *copy;
+
+	if (up->settled || n_abandoned >= MAX_ABANDONED)
+		return;
+	copy = strdup(up->temp_path);	/* nothing here may throw */
+	if (copy != NULL)
+		abandoned[n_abandoned++] = copy;
+}
+
+#define MAX_LIVE_SOCKETS	4
+
+/* sockets of the open connections, reset if the process exits with them */
+static int	live_sockets[MAX_LIVE_SOCKETS];
+static int	n_live_sockets = 0;
+
+/*
+ * At process exit (a dead postmaster, a shutdown, an error that ends the
+ * process), reset the connections still open: SO_LINGER 0 makes close()
+ * drop unsent bytes and send a reset, instead of the kernel delivering, after
+ * the process is gone, up to megabytes of a file this process no longer owns.
+ */
+static void
+reset_live_sockets(int code, Datum arg)
+{
+	struct linger hard = {1, 0};
+
+	for (int i = 0; i < n_live_sockets; i++)
+	{
+		(void) setsockopt(live_sockets[i], SOL_SOCKET, SO_LINGER, &hard, sizeof(hard));
+		close(live_sockets[i]);
+	}
+	n_live_sockets = 0;
+}
+
+static void
+track_socket(int sock)
+{
+	static bool registered = false;
+
+	if (!registered)
+	{
+		on_proc_exit(reset_live_sockets, (Datum) 0);
+		registered = true;
+	}
+	if (n_live_sockets < MAX_LIVE_SOCKETS)
+		live_sockets[n_live_sockets++] = sock;
+}
+
+static void
+untrack_socket(int sock)
+{
+	for (int i = 0; i < n_live_sockets; i++)
+		if (live_sockets[i] == sock)
+		{
+			live_sockets[i] = live_sockets[--n_live_sockets];
+			return;
+		}
+}
 
 static const char *
 session_error(LIBSSH2_SESSION *session)
@@ -110,7 +205,10 @@ close_connection(void *arg)
 		libssh2_session_free(conn->session);
 	}
 	if (conn->sock >= 0)
+	{
+		untrack_socket(conn->sock);
 		close(conn->sock);
+	}
 	conn->sftp = NULL;
 	conn->session = NULL;
 	conn->sock = -1;
@@ -122,9 +220,11 @@ ff_sftp_disconnect(FFSftp *conn)
 	close_connection(conn);
 }
 
+/* Before each libssh2 call: nothing more once the postmaster is gone. */
 static void
 start_call(FFSftp *conn)
 {
+	ff_fence_check();
 	conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ff_sftp_timeout_ms);
 }
 
@@ -144,11 +244,8 @@ wait_for_socket(int sock, int socket_events, TimestampTz deadline)
 	int			rc;
 
 	timeout_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-	rc = WaitLatchOrSocket(MyLatch,
-						   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | socket_events,
-						   sock, Max(timeout_ms, 0), ff_wait_event(FF_WAIT_SFTP));
-	if (rc & WL_LATCH_SET)
-		ResetLatch(MyLatch);
+	rc = ff_fence_wait(WL_TIMEOUT | socket_events, sock, Max(timeout_ms, 0),
+					   ff_wait_event(FF_WAIT_SFTP));
 	CHECK_FOR_INTERRUPTS();
 	return rc;
 }
@@ -297,9 +394,7 @@ resolve(const char *host, const char *port, const struct addrinfo *hints,
 			}
 			PG_END_TRY();
 		}
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 20,
-						 ff_wait_event(FF_WAIT_SFTP));
-		ResetLatch(MyLatch);
+		(void) ff_fence_wait(WL_TIMEOUT, PGINVALID_SOCKET, 20, ff_wait_event(FF_WAIT_SFTP));
 	}
 	*result = l->cb.ar_result;
 	free(l);
@@ -365,6 +460,7 @@ connect_tcp(FFSftp *conn)
 			last_errno = errno;
 			continue;
 		}
+		track_socket(conn->sock);
 		flags = fcntl(conn->sock, F_GETFL);
 		if (flags < 0 || fcntl(conn->sock, F_SETFL, flags | O_NONBLOCK) < 0)
 			ereport(ERROR,
@@ -397,6 +493,7 @@ connect_tcp(FFSftp *conn)
 				}
 			}
 		}
+		untrack_socket(conn->sock);
 		close(conn->sock);
 		conn->sock = -1;
 	}
@@ -554,6 +651,31 @@ open_connection(FFSftp *conn)
 }
 
 /*
+ * Remove the temporary files of this process's failed uploads.  Best effort:
+ * one the server does not remove is left to the stale-file cleanup (a
+ * connection that fails here fails the next call anyway).  A session of the
+ * failed attempt that still writes writes to a file without a name.
+ */
+static void
+remove_abandoned(FFSftp *conn)
+{
+	while (n_abandoned > 0)
+	{
+		char	   *path = abandoned[--n_abandoned];
+
+		PG_TRY();
+		{
+			(void) SSH_CALL(conn, "remove", libssh2_sftp_unlink_ex(conn->sftp, path, strlen(path)));
+		}
+		PG_FINALLY();
+		{
+			free(path);
+		}
+		PG_END_TRY();
+	}
+}
+
+/*
  * Open a verified, authenticated SFTP connection; it is closed when the
  * current memory context is reset or deleted, or by ff_sftp_disconnect().
  */
@@ -594,6 +716,7 @@ ff_sftp_connect(void)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	remove_abandoned(conn);
 	return conn;
 }
 
@@ -627,20 +750,37 @@ raise_io_error(FFSftp *conn, const char *action, const char *path, const char *f
 					 folder_setting)));
 }
 
+#define TEMP_SUFFIX	".part"
+
+/*
+ * Start an upload of "<dir>/<name>": this attempt's own temporary file,
+ * created exclusively (it never takes over, or truncates, another's).
+ */
 FFSftpUpload *
 ff_sftp_begin_upload(FFSftp *conn, const char *dir, const char *name)
 {
 	FFSftpUpload *up = palloc0(sizeof(FFSftpUpload));
+	uint8		nonce[8];
+	char		hex[2 * sizeof(nonce) + 1];
 
+	if (!pg_strong_random(nonce, sizeof(nonce)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random name for an upload")));
+	for (int i = 0; i < sizeof(nonce); i++)
+		snprintf(hex + 2 * i, 3, "%02x", nonce[i]);
 	up->conn = conn;
 	up->final_path = psprintf("%s/%s", dir, name);
-	up->part_path = psprintf("%s.part", up->final_path);
+	up->temp_path = psprintf("%s.%d-%s" TEMP_SUFFIX, up->final_path, MyProcPid, hex);
 	up->handle = SSH_OPEN(conn, "open",
-						  libssh2_sftp_open_ex(conn->sftp, up->part_path, strlen(up->part_path),
-											   LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC,
+						  libssh2_sftp_open_ex(conn->sftp, up->temp_path, strlen(up->temp_path),
+											   LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_EXCL,
 											   0640, LIBSSH2_SFTP_OPENFILE));
 	if (up->handle == NULL)
-		raise_io_error(conn, "create", up->part_path, "flexfactor.sftp_inbound_dir");
+		raise_io_error(conn, "create", up->temp_path, "flexfactor.sftp_inbound_dir");
+	up->release.func = note_abandoned;
+	up->release.arg = up;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, &up->release);
 	initStringInfo(&up->buffer);
 	enlargeStringInfo(&up->buffer, UPLOAD_BUFFER_SIZE);
 	return up;
@@ -660,8 +800,9 @@ flush_buffer(FFSftpUpload *up)
 									   up->buffer.len - done)) == LIBSSH2_ERROR_EAGAIN)
 			wait_socket(up->conn, "write");
 		if (n < 0)
-			raise_io_error(up->conn, "write", up->part_path, "flexfactor.sftp_inbound_dir");
+			raise_io_error(up->conn, "write", up->temp_path, "flexfactor.sftp_inbound_dir");
 		done += n;
+		up->sent += n;
 	}
 	resetStringInfo(&up->buffer);
 }
@@ -674,35 +815,157 @@ ff_sftp_write(FFSftpUpload *up, const char *data, size_t len)
 		flush_buffer(up);
 }
 
-/* Flush, close, and rename "<name>.part" to "<name>", replacing an old copy. */
-void
-ff_sftp_finish_upload(FFSftpUpload *up)
+static const char *
+base_name(const char *path)
 {
-	LIBSSH2_SFTP *sftp = up->conn->sftp;
-	long		flags = LIBSSH2_SFTP_RENAME_OVERWRITE | LIBSSH2_SFTP_RENAME_ATOMIC |
-		LIBSSH2_SFTP_RENAME_NATIVE;
+	return strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+}
+
+/* A remote file's size; false when there is no such file. */
+bool
+ff_sftp_size(FFSftp *conn, const char *path, uint64 *size)
+{
+	LIBSSH2_SFTP_ATTRIBUTES attrs;
+
+	if (SSH_CALL(conn, "stat",
+				 libssh2_sftp_stat_ex(conn->sftp, path, strlen(path), LIBSSH2_SFTP_STAT, &attrs)) == 0)
+	{
+		if (!(attrs.flags & LIBSSH2_SFTP_ATTR_SIZE))
+			ereport(ERROR,
+					(errcode(ERRCODE_FF_SFTP_IO),
+					 errmsg("the SFTP server did not tell the size of \"%s\"", base_name(path)),
+					 errhint("flexfactor needs a server that reports file sizes (OpenSSH does).")));
+		*size = attrs.filesize;
+		return true;
+	}
+	if (libssh2_session_last_errno(conn->session) == LIBSSH2_ERROR_SFTP_PROTOCOL &&
+		libssh2_sftp_last_error(conn->sftp) == LIBSSH2_FX_NO_SUCH_FILE)
+		return false;
+	raise_io_error(conn, "read the size of", path, "flexfactor.sftp_inbound_dir");
+	pg_unreachable();
+}
+
+/*
+ * Flush and close the temporary file, and check that the server holds
+ * exactly the bytes sent: a file of another size (written to by someone
+ * else, or losing data) is removed and refused with FF033.
+ */
+void
+ff_sftp_close_upload(FFSftpUpload *up)
+{
+	uint64		size = 0;
 
 	flush_buffer(up);
 	if (SSH_CALL(up->conn, "close", libssh2_sftp_close_handle(up->handle)) != 0)
-		raise_io_error(up->conn, "close", up->part_path, "flexfactor.sftp_inbound_dir");
+		raise_io_error(up->conn, "close", up->temp_path, "flexfactor.sftp_inbound_dir");
 	up->handle = NULL;
 
-	if (SSH_CALL(up->conn, "rename",
-				 libssh2_sftp_rename_ex(sftp, up->part_path, strlen(up->part_path),
-										up->final_path, strlen(up->final_path), flags)) == 0)
-		return;
-	/* SFTP v3 servers (OpenSSH) refuse to rename over an existing file */
-	(void) SSH_CALL(up->conn, "remove",
-					libssh2_sftp_unlink_ex(sftp, up->final_path, strlen(up->final_path)));
-	if (SSH_CALL(up->conn, "rename",
-				 libssh2_sftp_rename_ex(sftp, up->part_path, strlen(up->part_path),
-										up->final_path, strlen(up->final_path), flags)) != 0)
-		raise_io_error(up->conn, "rename to", up->final_path, "flexfactor.sftp_inbound_dir");
+	if (!ff_sftp_size(up->conn, up->temp_path, &size))
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_IO),
+				 errmsg("the uploaded file \"%s\" is gone from the SFTP server", base_name(up->temp_path)),
+				 errdetail("It disappeared between its last write and its renaming."),
+				 errhint("Something else removes files in flexfactor.sftp_inbound_dir; the upload is retried with backoff.")));
+	if (size != up->sent)
+	{
+		ff_sftp_discard_upload(up);
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_SFTP_IO),
+				 errmsg("the uploaded file \"%s\" has %llu bytes on the SFTP server, not %llu",
+						base_name(up->temp_path), (unsigned long long) size,
+						(unsigned long long) up->sent),
+				 errdetail("It was not renamed into place, and was removed."),
+				 errhint("Something else writes to flexfactor.sftp_inbound_dir, or the server loses data; "
+						 "the upload is retried with backoff.")));
+	}
 }
 
-/* The regular files in a remote folder (FFSftpEntry, palloc'd, unsorted). */
+/*
+ * Rename the closed, verified temporary file to its final name, never over
+ * an existing file: false (the temporary file kept) when a file has that
+ * name already.  SFTP v3 renames (OpenSSH's) never replace a file; the name
+ * is checked first too, for servers that would.
+ */
+bool
+ff_sftp_place_upload(FFSftpUpload *up)
+{
+	LIBSSH2_SFTP *sftp = up->conn->sftp;
+	uint64		size;
+
+	if (ff_sftp_size(up->conn, up->final_path, &size))
+		return false;
+	/* start_call() checks the postmaster right before the rename */
+	if (SSH_CALL(up->conn, "rename",
+				 libssh2_sftp_rename_ex(sftp, up->temp_path, strlen(up->temp_path),
+										up->final_path, strlen(up->final_path),
+										LIBSSH2_SFTP_RENAME_ATOMIC | LIBSSH2_SFTP_RENAME_NATIVE)) == 0)
+	{
+		up->settled = true;
+		return true;
+	}
+	if (libssh2_session_last_errno(up->conn->session) == LIBSSH2_ERROR_SFTP_PROTOCOL &&
+		ff_sftp_size(up->conn, up->final_path, &size))
+		return false;			/* another attempt placed it meanwhile */
+	raise_io_error(up->conn, "rename to", up->final_path, "flexfactor.sftp_inbound_dir");
+	pg_unreachable();
+}
+
+/* Remove the final file and rename the temporary file in its place. */
+bool
+ff_sftp_replace_final(FFSftpUpload *up)
+{
+	ff_sftp_remove(up->conn, up->final_path, "flexfactor.sftp_inbound_dir");
+	return ff_sftp_place_upload(up);
+}
+
+/* Remove this attempt's temporary file (gone already is fine). */
+void
+ff_sftp_discard_upload(FFSftpUpload *up)
+{
+	ff_sftp_remove(up->conn, up->temp_path, "flexfactor.sftp_inbound_dir");
+	up->settled = true;
+}
+
+const char *
+ff_sftp_upload_final_path(FFSftpUpload *up)
+{
+	return up->final_path;
+}
+
+/*
+ * If name is a temporary upload file, the final name it was meant for
+ * (palloc'd): "<final>.<pid>-<16 hex digits>.part", or an older version's
+ * "<final>.part"; otherwise NULL.
+ */
+char *
+ff_sftp_upload_final_name(const char *name)
+{
+	size_t		len = strlen(name);
+	size_t		suffix = strlen(TEMP_SUFFIX);
+
+	if (len <= suffix || strcmp(name + len - suffix, TEMP_SUFFIX) != 0)
+		return NULL;
+	len -= suffix;
+	/* this version's tag, ".<pid>-<16 hex digits>", goes too */
+	if (len > 19 && name[len - 17] == '-' &&
+		strspn(name + len - 16, "0123456789abcdef") == 16)
+	{
+		const char *dot = name + len - 18;
+
+		while (dot > name && isdigit((unsigned char) *dot))
+			dot--;
+		if (*dot == '.' && dot < name + len - 18)
+			return pnstrdup(name, dot - name);
+	}
+	return pnstrdup(name, len);
+}
+
+/*
+ * The regular files in a remote folder (FFSftpEntry, palloc'd, unsorted).
+ * folder_setting names the folder in messages.
+ */
 List *
-ff_sftp_list(FFSftp *conn, const char *dir)
+ff_sftp_list(FFSftp *conn, const char *dir, const char *folder_setting)
 {
 	LIBSSH2_SFTP_HANDLE *h;
 	List	   *names = NIL;
@@ -713,7 +976,7 @@ ff_sftp_list(FFSftp *conn, const char *dir)
 	h = SSH_OPEN(conn, "open folder",
 				 libssh2_sftp_open_ex(conn->sftp, dir, strlen(dir), 0, 0, LIBSSH2_SFTP_OPENDIR));
 	if (h == NULL)
-		raise_io_error(conn, "list", dir, "flexfactor.sftp_outbound_dir");
+		raise_io_error(conn, "list", dir, folder_setting);
 	for (;;)
 	{
 		n = SSH_CALL(conn, "list folder",
@@ -735,7 +998,7 @@ ff_sftp_list(FFSftp *conn, const char *dir)
 	}
 	(void) SSH_CALL(conn, "close folder", libssh2_sftp_close_handle(h));
 	if (n < 0)
-		raise_io_error(conn, "list", dir, "flexfactor.sftp_outbound_dir");
+		raise_io_error(conn, "list", dir, folder_setting);
 	return names;
 }
 
@@ -744,21 +1007,23 @@ struct FFSftpReader
 	FFSftp	   *conn;
 	LIBSSH2_SFTP_HANDLE *handle;
 	char	   *path;
+	const char *folder_setting; /* names the folder in messages */
 };
 
 /* Open a remote file for reading, a block at a time. */
 FFSftpReader *
-ff_sftp_open_read(FFSftp *conn, const char *path)
+ff_sftp_open_read(FFSftp *conn, const char *path, const char *folder_setting)
 {
 	FFSftpReader *r = palloc0(sizeof(FFSftpReader));
 
 	r->conn = conn;
 	r->path = pstrdup(path);
+	r->folder_setting = folder_setting;
 	r->handle = SSH_OPEN(conn, "open",
 						 libssh2_sftp_open_ex(conn->sftp, path, strlen(path), LIBSSH2_FXF_READ, 0,
 											  LIBSSH2_SFTP_OPENFILE));
 	if (r->handle == NULL)
-		raise_io_error(conn, "open", path, "flexfactor.sftp_outbound_dir");
+		raise_io_error(conn, "open", path, folder_setting);
 	return r;
 }
 
@@ -772,7 +1037,7 @@ ff_sftp_read_some(FFSftpReader *r, char *buf, size_t size)
 	while ((n = libssh2_sftp_read(r->handle, buf, size)) == LIBSSH2_ERROR_EAGAIN)
 		wait_socket(r->conn, "read");
 	if (n < 0)
-		raise_io_error(r->conn, "read", r->path, "flexfactor.sftp_outbound_dir");
+		raise_io_error(r->conn, "read", r->path, r->folder_setting);
 	return (size_t) n;
 }
 
@@ -789,7 +1054,7 @@ ff_sftp_close_read(FFSftpReader *r)
 char *
 ff_sftp_read(FFSftp *conn, const char *path, size_t max_bytes, size_t *len)
 {
-	FFSftpReader *r = ff_sftp_open_read(conn, path);
+	FFSftpReader *r = ff_sftp_open_read(conn, path, "flexfactor.sftp_outbound_dir");
 	StringInfoData data;
 	char		buf[32768];
 	size_t		n;
@@ -802,8 +1067,7 @@ ff_sftp_read(FFSftp *conn, const char *path, size_t max_bytes, size_t *len)
 			ff_sftp_close_read(r);
 			ereport(ERROR,
 					(errcode(ERRCODE_FF_MALFORMED_RESPONSE),
-					 errmsg("remote file \"%s\" is larger than %zu bytes",
-							strrchr(path, '/') ? strrchr(path, '/') + 1 : path, max_bytes),
+					 errmsg("remote file \"%s\" is larger than %zu bytes", base_name(path), max_bytes),
 					 errhint("Ask FlexFactor about this file.")));
 		}
 		appendBinaryStringInfo(&data, buf, n);
@@ -814,11 +1078,11 @@ ff_sftp_read(FFSftp *conn, const char *path, size_t max_bytes, size_t *len)
 }
 
 void
-ff_sftp_remove(FFSftp *conn, const char *path)
+ff_sftp_remove(FFSftp *conn, const char *path, const char *folder_setting)
 {
 	if (SSH_CALL(conn, "remove", libssh2_sftp_unlink_ex(conn->sftp, path, strlen(path))) != 0 &&
 		libssh2_sftp_last_error(conn->sftp) != LIBSSH2_FX_NO_SUCH_FILE)
-		raise_io_error(conn, "remove", path, "flexfactor.sftp_outbound_dir");
+		raise_io_error(conn, "remove", path, folder_setting);
 }
 
 /* Move a remote file into to_dir (created if missing), replacing a namesake. */
@@ -834,7 +1098,7 @@ ff_sftp_move(FFSftp *conn, const char *from, const char *to_dir, const char *nam
 	if (SSH_CALL(conn, "rename", libssh2_sftp_rename_ex(conn->sftp, from, strlen(from),
 														 to, strlen(to), flags)) == 0)
 		return;
-	ff_sftp_remove(conn, to);
+	ff_sftp_remove(conn, to, "flexfactor.sftp_processed_dir");
 	if (SSH_CALL(conn, "rename", libssh2_sftp_rename_ex(conn->sftp, from, strlen(from),
 														 to, strlen(to), flags)) != 0)
 		raise_io_error(conn, "move", from, "flexfactor.sftp_processed_dir");

@@ -12,13 +12,18 @@
  * allocated would live forever), flush statistics so that autovacuum sees the
  * queues' churn, report idle and clear debug_query_string, as worker_spi
  * does.  Network I/O happens between such transactions, never inside one.
+ * No unit of work commits once the postmaster is gone (fence.c): what it
+ * records (an upload, a transmit, a result applied) would be recorded on a
+ * node that a failover has left behind.
  *
  * ff_work_run_phase() runs one phase of a pass (the transmit queue, the SFTP
  * export, late events) in a memory context of its own, deleted afterwards,
  * behind its own error boundary: a failure aborts whatever transaction was
  * open, is logged as a WARNING with its SQLSTATE, detail, hint and context,
  * is recorded in the process's status slot, and puts only that phase in
- * backoff; the other phases run as usual.
+ * backoff; the other phases run as usual.  A phase that found the server
+ * read-only (a switchover under way) is not a failure: it is retried a
+ * second later, with a debug line only.
  *
  * Not here: what the phases do, and the processes' main loops.
  */
@@ -33,10 +38,12 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
+#include "fence.h"
 #include "work.h"
 #include "worker_status.h"
 
 #define PHASE_BACKOFF_MIN_MS	1000
+#define READ_ONLY_RETRY_MS		1000
 #define PHASE_BACKOFF_MAX_MS	60000
 
 /* the context current when the unit of work began; NULL outside one */
@@ -77,6 +84,7 @@ restore_caller_context(void)
 void
 ff_work_commit(void)
 {
+	ff_fence_check();
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -145,6 +153,7 @@ ff_work_run_phase(FFPhase *phase, bool force, bool (*fn) (void *), void *arg)
 	MemoryContext cxt;
 	volatile bool ok = false;
 	volatile bool raised = false;
+	volatile bool read_only = false;
 
 	if (!force && GetCurrentTimestamp() < phase->not_before)
 		return false;
@@ -159,16 +168,28 @@ ff_work_run_phase(FFPhase *phase, bool force, bool (*fn) (void *), void *arg)
 	{
 		ErrorData  *edata = ff_work_catch(cxt);
 
-		raised = true;
-		ff_work_report(edata, phase->name);
+		if (ff_fence_read_only_error(edata->sqlerrcode))
+		{
+			read_only = true;
+			elog(DEBUG1, "flexfactor: \"%s\" found the server read-only: %s",
+				 phase->name, edata->message);
+		}
+		else
+		{
+			raised = true;
+			ff_work_report(edata, phase->name);
+		}
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(caller);
 	MemoryContextDelete(cxt);
 	ff_work_idle();
 
-	phase->failing = !ok;
-	if (raised)
+	phase->failing = !ok && !read_only;
+	if (read_only)
+		phase->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														READ_ONLY_RETRY_MS);
+	else if (raised)
 	{
 		phase->backoff_ms = Min(Max(phase->backoff_ms * 2, PHASE_BACKOFF_MIN_MS),
 								PHASE_BACKOFF_MAX_MS);

@@ -23,6 +23,13 @@
  * get their turn (ff_worker_yield), and a request to leave the database is
  * honoured there too.
  *
+ * Fencing (fence.c): the launcher and the worker end at once when the
+ * postmaster is gone, in their waits and between the units of a pass; and
+ * while the server is read-only (default_transaction_read_only, set around
+ * a switchover) or in recovery, the worker pauses: no phase runs, one LOG
+ * line says so when it starts and one when it ends, ff_worker_status() shows
+ * it, and ff_export_batch() callers are answered at once.
+ *
  * Not here: the per-pass work itself, status reporting (worker_status.c),
  * and the DROP DATABASE handshake (dbguard.c).
  */
@@ -50,6 +57,7 @@
 #include "dbguard.h"
 #include "ext_version.h"
 #include "batch.h"
+#include "fence.h"
 #include "work.h"
 #include "settings.h"
 #include "sftp.h"
@@ -66,6 +74,7 @@
 #define RELAUNCH_MAX_MS			60000
 #define WORKER_STABLE_MS		60000
 #define YIELD_INTERVAL_MS		1000
+#define PAUSED_TICK_MS			1000
 
 static void
 fill_worker_entry(BackgroundWorker *bgw, const char *function, const char *name)
@@ -111,9 +120,7 @@ reload_settings_if_asked(void)
 static void
 wait_for_wakeup(long timeout_ms)
 {
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 timeout_ms, ff_wait_event(FF_WAIT_WORKER));
-	ResetLatch(MyLatch);
+	(void) ff_fence_wait(WL_TIMEOUT, PGINVALID_SOCKET, timeout_ms, ff_wait_event(FF_WAIT_WORKER));
 }
 
 /* ---------------------------------------------------------------- launcher */
@@ -271,6 +278,7 @@ ff_launcher_main(Datum main_arg)
 		Oid			dboid;
 
 		CHECK_FOR_INTERRUPTS();
+		ff_fence_check();
 		reload_settings_if_asked();
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
@@ -451,12 +459,34 @@ ff_worker_yield(void)
 	long		next_due_ms = -1;
 
 	CHECK_FOR_INTERRUPTS();
+	ff_fence_check();
 	leave_if_released();
 	if (!TimestampDifferenceExceeds(last_turn, GetCurrentTimestamp(), YIELD_INTERVAL_MS))
 		return;
 	(void) ff_work_run_phase(&transmit_ph, false, transmit_phase, &next_due_ms);
 	(void) ff_work_run_phase(&late_ph, false, apply_late_results, NULL);
 	last_turn = GetCurrentTimestamp();
+}
+
+/*
+ * Whether this server may export and transmit now; if not, the worker pauses
+ * (logged when the pause starts and when it ends, not every pass).
+ */
+static bool paused = false;
+
+static bool
+writable_or_paused(void)
+{
+	const char *why;
+
+	if (ff_fence_writable_or_pause(&paused,
+								   "No batch is fixed or uploaded and no transmit is sent until this server is a writable primary.",
+								   &why))
+		return true;
+	ff_status_set(psprintf("waiting: %s", why));
+	ff_export_refuse_requests(why);
+	ff_status_pass_done();
+	return false;
 }
 
 /*
@@ -471,6 +501,8 @@ run_pass(void)
 
 	if (!extension_ready())
 		return EXTENSION_WAIT_MS;
+	if (!writable_or_paused())
+		return PAUSED_TICK_MS;
 
 	(void) ff_work_run_phase(&transmit_ph, false, transmit_phase, &next_due_ms);
 	leave_if_released();
@@ -519,6 +551,7 @@ ff_worker_main(Datum main_arg)
 		volatile long timeout_ms = EXTENSION_WAIT_MS;
 
 		CHECK_FOR_INTERRUPTS();
+		ff_fence_check();
 		reload_settings_if_asked();
 
 		leave_if_released();
@@ -540,7 +573,7 @@ ff_worker_main(Datum main_arg)
 		PG_END_TRY();
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(pass_cxt);
-		if (reported_extension_state == FF_EXTENSION_READY)
+		if (reported_extension_state == FF_EXTENSION_READY && !paused)
 			ff_status_set("idle");	/* else it says what it waits for */
 		ff_work_idle();
 

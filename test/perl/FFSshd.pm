@@ -10,10 +10,12 @@
 #
 #   my $sshd = FFSshd->start("$tmp/sshd");
 #   $sshd->stop; $sshd->start_again;           # same DIR, keys and port
+#   $sshd->start_again(file_size_limit_kb => 128);  # files it writes stop there (EFBIG)
 #   $sshd->rekey;                               # new host key, known_hosts kept
 #   my %conf = $sshd->node_settings(inbound => $dir, outbound => $dir2);
 #   my $relay = FFSshd::Relay->start(target_port => $sshd->port);
 #   $relay->freeze_after(100_000); $relay->wait_frozen(30); $relay->pass;
+#   $relay->thaw;                               # frozen connections move again
 package FFSshd;
 
 use strict;
@@ -51,6 +53,11 @@ sub _run
 		open(STDIN, '<', '/dev/null');
 		open(STDOUT, '>', $out) or POSIX::_exit(127);
 		open(STDERR, '>', $err) or POSIX::_exit(127);
+		# a file size limit for sshd (a full disk): writes past it fail with
+		# EFBIG, which the SFTP server answers with status 4 (failure)
+		exec('bash', '-c', 'trap "" XFSZ; ulimit -f "$1"; shift; exec bash "$@"', 'ffsshd',
+			$self->{limit_kb}, _ffsshd(), $cmd, $self->{dir}) or POSIX::_exit(127)
+		  if $self->{limit_kb} && $cmd eq 'start';
 		exec('bash', _ffsshd(), $cmd, $self->{dir}) or POSIX::_exit(127);
 	}
 	# ffsshd bounds its own waits (10 s start, 10 s stop); 60 s is a backstop
@@ -120,10 +127,13 @@ sub start
 	return $self;
 }
 
-# Start again after stop(): same DIR, keys and port.
+# Start again after stop(): same DIR, keys and port.  With
+# file_size_limit_kb => N, every file the server writes stops at N kB (its
+# own log too), as on a full disk; without, no limit.
 sub start_again
 {
-	my ($self) = @_;
+	my ($self, %o) = @_;
+	$self->{limit_kb} = $o{file_size_limit_kb};
 	my %env = (FFSSHD_PORT => $self->port);
 	$env{FFSSHD_PASSPHRASE} = $self->{opts}{passphrase} if defined $self->{opts}{passphrase};
 	$env{FFSSHD_SFTP_LOG} = $self->{opts}{sftp_log} if defined $self->{opts}{sftp_log};
@@ -265,7 +275,9 @@ END
 #   freeze_after N     a connection whose client has sent N bytes stops being
 #                      forwarded (both ways); "frozen" counts such connections
 #   drop_after N       such a connection is closed at once (both sides)
-# Leaving a freeze_after mode closes the frozen connections.
+#   thaw               forward everything, frozen connections included: what
+#                      their client sent meanwhile goes on to the server
+# Leaving a freeze_after mode closes the frozen connections, except by thaw.
 package FFSshd::Relay;
 
 use strict;
@@ -354,6 +366,7 @@ sub freeze_after
 	$self->_wait_ack;
 }
 sub drop_after { $_[0]->_write_control("drop_after $_[1]"); $_[0]->_wait_ack; }
+sub thaw { $_[0]->_write_control('thaw'); $_[0]->_wait_ack; }
 
 # Counters kept by the relay: connections, frozen, dropped.
 sub stats
@@ -467,7 +480,16 @@ sub _loop
 		my ($g, $m, $n) = split ' ', _read_file("$dir/control");
 		if (defined $g && $g != $gen)
 		{
-			if ($mode eq 'freeze_after' && ($m // '') ne 'freeze_after')
+			if (($m // '') eq 'thaw')
+			{
+				for my $c (grep { $_->{frozen} && !$_->{closed} } @conns)
+				{
+					$c->{frozen} = 0;
+					$sel->add($c->{client}, $c->{server});
+				}
+				$m = 'pass';
+			}
+			elsif ($mode eq 'freeze_after' && ($m // '') ne 'freeze_after')
 			{
 				$close->($_) for grep { $_->{frozen} } @conns;
 			}

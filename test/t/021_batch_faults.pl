@@ -181,25 +181,27 @@ check_delivered('after FF030', 'D', 5);
 # ------------------------------------------------------------------
 # 3b. The server's disk is full: FF033, backoff, visible, delivered after
 # ------------------------------------------------------------------
-# The batch is fixed first (as the worker would), and its "<name>.part" on
-# the server is made a link to /dev/full, where every write fails with
-# ENOSPC, as on a full disk.
+# The SFTP server runs with a file size limit of 128 kB: a write past it
+# fails (EFBIG, SFTP status 4), as on a full disk.  The file is about 285 kB.
 enqueue('F', 300);
 my $bf = ff_create_batch($node, 'ffdb', '_create_evaluate_batch(2000)');
-my $name_f = sq("SELECT file_name FROM flexfactor.batches WHERE id = $bf");
-symlink('/dev/full', "$inbound/$name_f.part") or die "symlink: $!";
+$sshd->stop;
+$sshd->start_again(file_size_limit_kb => 128);
 $r = run_sql("SELECT flexfactor.ff_export_batch()");
 is($r->{stdout}, '0', 'disk full: nothing uploaded');
 is($r->{warnings}[0][0], 'FF033', 'SQLSTATE FF033 (the server refused the write)') or diag $r->{stderr};
-like($r->{warnings}[0][1], qr/could not write "\Q$name_f\E\.part" on the SFTP server/,
-	'the message names the file');
+my $name_f = sq("SELECT file_name FROM flexfactor.batches WHERE id = $bf");
+like($r->{warnings}[0][1], qr/could not write "\Q$name_f\E\.\d+-[0-9a-f]{16}\.part" on the SFTP server/,
+	'the message names the file (this attempt\'s temporary file)');
 is(sq("SELECT state, attempts, last_error LIKE 'could not write %SFTP status 4 (failure)%', next_attempt_at > now()
          FROM flexfactor.batch_status WHERE id = $bf"), 'ready|1|t|t',
 	'batch_status: ready, 1 attempt, the SFTP failure, the next attempt');
 is_deeply(finals(), [], 'no file renamed into place');
-unlink("$inbound/$name_f.part") or die "unlink: $!";    # space again
+$sshd->stop;
+$sshd->start_again;    # space again
 make_due($bf);
 is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'space again: the retry uploads it');
+is_deeply(parts(), [], 'the failed attempt\'s temporary file was removed at the next connection');
 is(sq("SELECT state, attempts, last_error IS NULL FROM flexfactor.batch_status WHERE id = $bf"), 'uploaded|2|t',
 	'batch_status: uploaded at the second attempt, error cleared');
 check_delivered('after a full disk', 'F', 300);
@@ -252,12 +254,14 @@ ok(ff_log_contains($node, qr/(?:server process|client backend) \(PID $pid\) was 
 # the crash and is uploaded again under the same name, with the same bytes
 is(sq("SELECT count(*) FROM flexfactor.decline_status WHERE order_id LIKE 'C-%' AND state = 'batched'"),
 	'1000', 'the 1,000 declines stay in the batch fixed before the upload');
-is(sq("SELECT state FROM flexfactor.batches b WHERE '$parts->[0]' = b.file_name || '.part'"),
+(my $part_final = $parts->[0]) =~ s/\.\d+-[0-9a-f]{16}\.part$//;
+is(sq("SELECT state FROM flexfactor.batches b WHERE b.file_name = '$part_final'"),
 	'ready', 'the batch named like the half-written file waits to be uploaded again');
 is_deeply(finals(), [], 'no complete file in inbound');
 is(sq('SELECT flexfactor.ff_export_batch()'), '1', 'the next export uploads it');
-is_deeply(parts(), [], 'the retry wrote the same name: no orphan .part left');
-is_deeply(finals(), [ substr($parts->[0], 0, -5) ], 'the complete file has the name of the interrupted one');
+is_deeply(parts(), $parts, 'the retry wrote a file of its own: the killed attempt\'s stays (removed once stale)');
+is_deeply(finals(), [$part_final], 'the complete file has the name of the interrupted one');
+unlink "$inbound/$_" for @$parts;
 check_delivered('after kill -9 mid-upload', 'C', 1000);
 
 # ------------------------------------------------------------------

@@ -7,7 +7,9 @@
 # crash-restart (kill -9 of another backend) during an upload; a connection
 # cut mid-file; a fast shutdown during an upload.  After each: every decline
 # in exactly one uploaded batch, and the simulator received each idempotency
-# key exactly once.
+# key exactly once.  Each attempt writes a temporary file of its own: one
+# that failed is removed at the worker's next connection; one whose process
+# was killed stays until it is stale (an hour), never under a final name.
 use strict;
 use warnings;
 use Digest::SHA ();
@@ -46,6 +48,8 @@ sub batch_of { ff_batch_of($node, 'ffdb', $_[0]) }
 
 sub finals { [ grep { !/\.part$/ } @{ $sim->inbound_files } ] }
 sub parts { [ grep { /\.part$/ } @{ $sim->inbound_files } ] }
+# the temporary files of a killed attempt are left alone (until stale)
+sub forget_parts { unlink "$inbound/$_" for @{ parts() } }
 
 sub wait_until { ff_wait_until(@_) }
 
@@ -132,7 +136,8 @@ enqueue('W3', 1000);
 ok($relay->wait_frozen(60), 'the worker is uploading, held mid-file');
 my $b3 = batch_of('W3');
 my ($name3, $state3, $att3) = split /\|/, sq("SELECT file_name, state, attempts FROM flexfactor.batches WHERE id = $b3");
-is_deeply(parts(), ["$name3.part"], 'inbound has the batch as .part only');
+my $parts3 = parts();
+like("@$parts3", qr/^\Q$name3\E\.\d+-[0-9a-f]{16}\.part$/, 'inbound has the batch as a temporary file only');
 is("$state3|$att3", 'ready|0', 'the batch is fixed (committed) and not yet uploaded');
 $wpid = ff_worker_pid($node, 'ffdb');
 $offset = -s $node->logfile;
@@ -142,7 +147,9 @@ pass('the worker was killed');
 $relay->pass;
 my $new = ff_wait_for_worker($node, 'ffdb', $wpid);
 ok(wait_uploaded('W3', 1000), 'the new worker uploads the batch');
-is_deeply($sim->inbound_files, [$name3], 'under the same name, and the .part is gone');
+is_deeply(finals(), [$name3], 'under the same name');
+is_deeply(parts(), $parts3, 'the killed attempt\'s temporary file is left alone');
+forget_parts();
 is(sq("SELECT count(*) FROM flexfactor.batches WHERE id > $b3"), '0', 'no other batch was made');
 check_delivered('worker kill -9 mid-upload', 'W3', 1000);
 $wpid = $new;
@@ -224,7 +231,8 @@ ok(ff_log_contains($node, qr/(?:server process|client backend) \(PID $bpid\) was
 	'a backend was killed: PostgreSQL restarted every process');
 $new = ff_wait_for_worker($node, 'ffdb', $wpid);
 ok(wait_uploaded('W5', 1000), 'after recovery the batch is uploaded');
-is(scalar @{ parts() }, 0, 'no .part left');
+is(scalar @{ parts() }, 1, 'the killed attempt\'s temporary file is left alone');
+forget_parts();
 check_delivered('crash-restart mid-upload', 'W5', 1000);
 $wpid = $new;
 
@@ -245,7 +253,7 @@ ok(ff_log_contains($node, qr/WARNING:  FF03[03]: flexfactor worker could not upl
 is_deeply(finals(), [], 'no complete file');
 $relay->pass;
 ok(wait_uploaded('W6', 1000), 'the retry delivers it');
-is(scalar @{ parts() }, 0, 'the retry replaced the .part');
+is(scalar @{ parts() }, 0, 'the cut attempt\'s temporary file was removed');
 check_delivered('connection cut mid-file', 'W6', 1000);
 
 # ------------------------------------------------------------------
@@ -269,7 +277,7 @@ ok(ff_log_contains($node, qr/WARNING:  FF030: flexfactor worker could not upload
 is_deeply(finals(), [], 'no complete file');
 $relay->pass;
 ok(wait_uploaded('W6T', 1000), 'once the server answers again, a retry delivers it');
-is(scalar @{ parts() }, 0, 'the retry replaced the .part');
+is(scalar @{ parts() }, 0, 'the timed-out attempt\'s temporary file was removed');
 check_delivered('timeout mid-file', 'W6T', 1000);
 reload_and_wait("ALTER SYSTEM RESET flexfactor.sftp_timeout_ms");
 
@@ -287,7 +295,8 @@ $relay->pass;
 $node->start;
 ff_wait_for_worker($node, 'ffdb');
 ok(wait_uploaded('W7', 1000), 'after the restart the batch is uploaded');
-is(scalar @{ parts() }, 0, 'no .part left');
+is(scalar @{ parts() }, 1, 'the stopped attempt\'s temporary file is left alone');
+forget_parts();
 check_delivered('fast shutdown mid-upload', 'W7', 1000);
 
 # ------------------------------------------------------------------
