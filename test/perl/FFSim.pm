@@ -356,7 +356,9 @@ A delivered batch is 'uploaded' or, once its result file was applied,
 FFSim::enqueue_declines($node, $db, $prefix, $n): queues declines
 "$prefix-1" .. "$prefix-$n" with ff_enqueue_decline() in one statement,
 amounts per batch_cents_sql, complete bodies (FlexFactorTest's
-ff_decline_args); returns how many.
+ff_decline_args); returns how many.  FFSim::enqueue_declines_sql($prefix,
+$n): the same as an expression to SELECT, for a script of several
+statements.
 
 $sim->check_delivered($node, $db, $what, $prefix, $n): the complete files in
 inbound (not *.part) are exactly those of the $n declines "$prefix-*":
@@ -368,11 +370,18 @@ Returns the files.
 sub enqueue_declines
 {
 	my ($node, $db, $prefix, $n) = @_;
+	return $node->safe_psql($db, 'SELECT ' . enqueue_declines_sql($prefix, $n));
+}
+
+# The expression enqueue_declines() selects (to run with other statements).
+sub enqueue_declines_sql
+{
+	my ($prefix, $n) = @_;
 	require FlexFactorTest;    # the complete arguments (flexfactor-api.md 12a)
-	return $node->safe_psql($db, "SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
+	return "count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
 	             '$prefix-' || i, " . batch_cents_sql('i') . ", 'USD', 'tok-' || i, 'tx-' || i,
 	             " . FlexFactorTest::ff_decline_args(expiry => "now() + interval '14 days'") . ")))
-	           FROM generate_series(1, $n) i");
+	           FROM generate_series(1, $n) i";
 }
 
 sub check_delivered
