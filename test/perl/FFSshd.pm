@@ -276,7 +276,8 @@ END
 #                      forwarded (both ways); "frozen" counts such connections
 #   drop_after N       such a connection is closed at once (both sides)
 #   thaw               forward everything, frozen connections included: what
-#                      their client sent meanwhile goes on to the server
+#                      their client sent meanwhile goes on to the server (a
+#                      thawed connection is never frozen again)
 # Leaving a freeze_after mode closes the frozen connections, except by thaw.
 package FFSshd::Relay;
 
@@ -485,6 +486,7 @@ sub _loop
 				for my $c (grep { $_->{frozen} && !$_->{closed} } @conns)
 				{
 					$c->{frozen} = 0;
+					$c->{thawed} = 1;
 					$sel->add($c->{client}, $c->{server});
 				}
 				$m = 'pass';
@@ -547,7 +549,7 @@ sub _loop
 					$write_stats->();
 					next;
 				}
-				if ($mode eq 'freeze_after' && $c->{up} >= $limit)
+				if ($mode eq 'freeze_after' && !$c->{thawed} && $c->{up} >= $limit)
 				{
 					$write_all->($to, $buf);
 					$c->{frozen} = 1;
