@@ -89,6 +89,30 @@ compare_entries(const ListCell *a, const ListCell *b)
 				  ((const FFSftpEntry *) lfirst(b))->name);
 }
 
+/*
+ * How a listed name is shown and stored: the name is the SFTP server's
+ * bytes, so every byte that is not printable ASCII, and the backslash, is
+ * written \xNN.  The label is then valid text in any server encoding and
+ * holds no newline (a log line of its own) or NUL.  A batch's answer is
+ * named in printable ASCII, so its label is its name, and a label with an
+ * escape answers no batch.
+ */
+static char *
+name_label(const char *name)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	for (const unsigned char *p = (const unsigned char *) name; *p != '\0'; p++)
+	{
+		if (*p < 0x20 || *p > 0x7e || *p == '\\')
+			appendStringInfo(&s, "\\x%02x", *p);
+		else
+			appendStringInfoChar(&s, (char) *p);
+	}
+	return s.data;
+}
+
 /* Errors that belong to the file itself: it is refused until it changes. */
 static bool
 file_is_at_fault(int sqlerrcode)
@@ -146,7 +170,7 @@ files_to_read(List *entries)
 	{
 		FFSftpEntry *e = lfirst(lc);
 
-		names[n] = CStringGetTextDatum(e->name);
+		names[n] = CStringGetTextDatum(name_label(e->name));
 		sizes[n] = (int64) e->size;
 		mtimes[n] = (int64) e->mtime;
 		n++;
@@ -178,8 +202,10 @@ files_to_read(List *entries)
 		ListCell   *r;
 		bool		skip = false;
 
+		char	   *label = name_label(e->name);
+
 		foreach(r, refused)
-			if (strcmp(lfirst(r), e->name) == 0)
+			if (strcmp(lfirst(r), label) == 0)
 				skip = true;
 		if (!skip)
 			result = lappend(result, e);
@@ -454,7 +480,7 @@ apply_error_file(FFSftp *conn, const char *path, const char *name)
 static void
 ingest_file(FFSftp *conn, const FFSftpEntry *e, const char *path)
 {
-	const char *name = e->name;
+	const char *name = name_label(e->name);
 	bool		error_file = has_suffix(name, ".error.json");
 	int64		batch_id;
 	int32		line_count;
@@ -493,7 +519,7 @@ record_refusal(const FFSftpEntry *e, ErrorData *edata)
 	Oid			types[5] = {TEXTOID, INT8OID, INT8OID, TEXTOID, TEXTOID};
 	Datum		values[5];
 
-	values[0] = CStringGetTextDatum(e->name);
+	values[0] = CStringGetTextDatum(name_label(e->name));
 	values[1] = Int64GetDatum((int64) e->size);
 	values[2] = Int64GetDatum((int64) e->mtime);
 	values[3] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
@@ -503,7 +529,7 @@ record_refusal(const FFSftpEntry *e, ErrorData *edata)
 	ff_work_begin("flexfactor: recording a refused result file");
 	if (SPI_execute_with_args("SELECT flexfactor._refuse_result_file($1, $2, $3, $4, $5)",
 							  5, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not record refused result file \"%s\"", e->name);
+		elog(ERROR, "could not record refused result file \"%s\"", name_label(e->name));
 	ff_work_commit();
 }
 
@@ -572,7 +598,7 @@ ff_results_ingest(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
 				stop = true;
 			else if (file_is_at_fault(edata->sqlerrcode))
 				record_refusal(e, edata);
-			ff_export_report_failure(edata, result, psprintf("apply result file \"%s\"", e->name));
+			ff_export_report_failure(edata, result, psprintf("apply result file \"%s\"", name_label(e->name)));
 		}
 		PG_END_TRY();
 		if (applied)
@@ -587,7 +613,7 @@ ff_results_ingest(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
 
 				stop = (edata->sqlerrcode == ERRCODE_FF_SFTP_CONNECTION);
 				ff_export_report_failure(edata, result,
-										 psprintf("move applied result file \"%s\"", e->name));
+										 psprintf("move applied result file \"%s\"", name_label(e->name)));
 			}
 			PG_END_TRY();
 		}

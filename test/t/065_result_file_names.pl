@@ -1,0 +1,73 @@
+# Result file names as the SFTP server lists them are bytes chosen by the
+# other side: a name that is not valid in the database's encoding, or that
+# holds a newline or a quote, is refused (it answers no batch) and recorded
+# like any other refused file, but never stored or logged as it is: the
+# refused_result_files row and the WARNING carry an escaped form (\xNN for
+# such bytes), so the table stays dumpable and a name cannot forge a log line.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FlexFactorTest;
+use FFSshd;
+
+my $mid = '5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a80';
+my $tmp = PostgreSQL::Test::Utils::tempdir('ffres065');
+my $sshd = FFSshd->start("$tmp/sshd");
+my ($inbound, $outbound) = ("$tmp/inbound", "$tmp/outbound");
+mkdir $_ or die "mkdir $_: $!" for $inbound, $outbound;
+
+my $node = ff_node('res065',
+	'flexfactor.database' => 'ffdb',
+	'flexfactor.mid' => $mid,
+	'flexfactor.batch_interval' => '0',
+	'flexfactor.batch_retry_base' => '1',
+	$sshd->node_settings(inbound => $inbound, outbound => $outbound));
+ff_start_serving($node, 'ffdb');
+
+sub sq { $node->safe_psql('ffdb', $_[0]) }
+sub export { ff_run_sql($node, 'ffdb', "SET statement_timeout = '120s'; SELECT flexfactor.ff_export_batch()") }
+
+my %names = (
+	latin1 => "caf\xe9.result.jsonl",                         # not UTF-8
+	newline => "x\nLOG:  forged by a file name.result.jsonl",   # a line of its own in the log
+	quote => "it's.result.jsonl");
+for my $n (values %names)
+{
+	open(my $f, '>', "$outbound/$n") or die "$outbound/$n: $!";
+	print $f qq({"sequenceNumber": 1, "status": "SUBMITTED"}\n);
+	close $f;
+}
+
+my $off = -s $node->logfile;
+export() for 1 .. 3;
+is(sq('SELECT count(*) FROM flexfactor.refused_result_files'), '3', 'the three files are refused and recorded');
+is(sq("SELECT count(*) FROM flexfactor.refused_result_files
+        WHERE convert(convert_to(file_name, 'UTF8'), 'UTF8', 'UTF8') IS NOT NULL
+          AND convert(convert_to(reason, 'UTF8'), 'UTF8', 'UTF8') IS NOT NULL"),
+	'3', 'their rows are valid text in the database encoding');
+is(sq("SELECT count(*) FROM flexfactor.refused_result_files WHERE file_name ~ '[\\n\\r]' OR reason ~ '[\\n\\r]'"),
+	'0', 'no row holds a newline');
+is(sq("SELECT file_name FROM flexfactor.refused_result_files WHERE file_name LIKE 'caf%'"),
+	'caf\xe9.result.jsonl', 'the bytes that are not text are shown escaped');
+is(sq("SELECT file_name FROM flexfactor.refused_result_files WHERE file_name LIKE 'it%'"),
+	"it's.result.jsonl", 'a quote is kept');
+my $log = ff_log_since($node, $off);
+unlike($log, qr/^LOG:  forged/m, 'a file name forges no log line');
+is(scalar(() = $log =~ /flexfactor worker could not apply result file/g), 3, "one worker WARNING per file over 3 passes");
+ok(-e "$outbound/$_", 'the file is left where it is') for values %names;
+
+# the table can be dumped and restored
+my $dump = "$tmp/refused.sql";
+$node->command_ok([ 'pg_dump', '-d', $node->connstr('ffdb'), '--data-only', '-t', 'flexfactor.refused_result_files',
+	'-f', $dump ], 'pg_dump of refused_result_files');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+$node->safe_psql('restored', "CREATE SCHEMA flexfactor; CREATE TABLE flexfactor.refused_result_files AS
+	SELECT * FROM (VALUES (''::text, 0::bigint, now(), ''::text, ''::text, now())) v(file_name, byte_count, modified_at, sqlstate, reason, refused_at) WHERE false");
+my ($ret, $out, $err) = $node->psql('restored', undef, extra_params => [ '-v', 'ON_ERROR_STOP=1', '-f', $dump ]);
+is($ret, 0, 'and restored') or diag $err;
+
+$node->stop;
+$sshd->stop;
+done_testing();
