@@ -49,10 +49,11 @@
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
-#include "storage/buffile.h"
+#include "storage/fd.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/wait_event.h"
 
 #include "batch.h"
 #include "errors.h"
@@ -249,27 +250,62 @@ refuse(const char *message, const char *detail)
 
 /* ------------------------------------------------------------ download */
 
-/* A result file downloaded: its non-empty lines, each a length and its bytes. */
+/*
+ * A result file downloaded: its non-empty lines, each a length and its
+ * bytes, in a temporary file of fd.c's (written through a buffer of our own:
+ * a BufFile writes its buffer out when closed, so closing one after a failed
+ * write, temp_file_limit or a full disk, raised the error again from the
+ * memory context's reset and left the file behind).
+ */
 typedef struct Download
 {
-	BufFile    *file;
+	File		file;
+	off_t		written;		/* bytes in the file */
+	off_t		read_at;		/* reading it back */
+	StringInfoData buffer;		/* not written yet */
 	int32		lines;
 	char		sha256[PG_SHA256_DIGEST_STRING_LENGTH];
 } Download;
 
+/* a reset callback: FileClose() only logs its failures */
 static void
 close_temp_file(void *arg)
 {
-	BufFileClose((BufFile *) arg);
+	FileClose(*(File *) arg);
 }
 
 static void
-read_exact(BufFile *file, void *buf, size_t len)
+write_buffer(Download *d)
 {
-	if (BufFileRead(file, buf, len) != len)
+	if (d->buffer.len == 0)
+		return;
+	errno = 0;
+	if (FileWrite(d->file, d->buffer.data, d->buffer.len, d->written,
+				  WAIT_EVENT_BUFFILE_WRITE) != d->buffer.len)
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not read a downloaded result file back from its temporary file")));
+				 errmsg("could not write a downloaded result file to its temporary file: %m")));
+	d->written += d->buffer.len;
+	resetStringInfo(&d->buffer);
+}
+
+static void
+spool(Download *d, const void *data, uint32 len)
+{
+	appendBinaryStringInfo(&d->buffer, data, len);
+	if (d->buffer.len >= READ_BLOCK_BYTES)
+		write_buffer(d);
+}
+
+static void
+read_exact(Download *d, void *buf, uint32 len)
+{
+	errno = 0;
+	if (len > 0 && FileRead(d->file, buf, len, d->read_at, WAIT_EVENT_BUFFILE_READ) != len)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not read a downloaded result file back from its temporary file: %m")));
+	d->read_at += len;
 }
 
 /*
@@ -300,8 +336,8 @@ take_line(Download *d, StringInfo line, int32 number, int32 line_count, const ch
 						  line_count);
 		return false;
 	}
-	BufFileWrite(d->file, &len, sizeof(len));
-	BufFileWrite(d->file, line->data, len);
+	spool(d, &len, sizeof(len));
+	spool(d, line->data, len);
 	return true;
 }
 
@@ -315,6 +351,7 @@ download_result(FFSftp *conn, const char *path, const char *name, int64 batch_id
 				int32 line_count, Download *d)
 {
 	MemoryContextCallback *cb = palloc(sizeof(MemoryContextCallback));
+	File	   *file = palloc(sizeof(File));
 	EVP_MD_CTX *hash = ff_sha256_new();
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	char	   *block = palloc(READ_BLOCK_BYTES);
@@ -326,9 +363,11 @@ download_result(FFSftp *conn, const char *path, const char *name, int64 batch_id
 	size_t		n;
 
 	d->lines = 0;
-	d->file = BufFileCreateTemp(true);	/* it outlives the transactions */
+	d->written = d->read_at = 0;
+	initStringInfo(&d->buffer);
+	*file = d->file = OpenTemporaryFile(true);	/* it outlives the transactions */
 	cb->func = close_temp_file;
-	cb->arg = d->file;
+	cb->arg = file;
 	MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
 	initStringInfo(&line);
 
@@ -368,6 +407,7 @@ download_result(FFSftp *conn, const char *path, const char *name, int64 batch_id
 	ff_sftp_close_read(r);
 	if (!ok)
 		refuse(why[0], why[1]);
+	write_buffer(d);
 
 	if (EVP_DigestFinal_ex(hash, digest, NULL) != 1)
 		elog(ERROR, "could not compute SHA-256");
@@ -411,19 +451,16 @@ apply_result(const char *name, int64 batch_id, Download *d)
 	Oid			types[4] = {INT8OID, TEXTOID, INT4OID, TEXTOID};
 	Datum		values[4];
 
-	if (BufFileSeek(d->file, 0, 0, SEEK_SET) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not rewind the temporary file of result file \"%s\"", name)));
+	d->read_at = 0;
 	for (int32 i = 0; i < d->lines; i++)
 	{
 		uint32		len;
 		text	   *t;
 
-		read_exact(d->file, &len, sizeof(len));
+		read_exact(d, &len, sizeof(len));
 		t = MemoryContextAlloc(chunk_cxt, VARHDRSZ + len);
 		SET_VARSIZE(t, VARHDRSZ + len);
-		read_exact(d->file, VARDATA(t), len);
+		read_exact(d, VARDATA(t), len);
 		lines[in_chunk++] = PointerGetDatum(t);
 		chunk_bytes += len;
 		if (in_chunk == RESULT_CHUNK_LINES || chunk_bytes >= RESULT_CHUNK_BYTES ||

@@ -4,12 +4,15 @@
 # like any other refused file, but never stored or logged as it is: the
 # refused_result_files row and the WARNING carry an escaped form (\xNN for
 # such bytes), so the table stays dumpable and a name cannot forge a log line.
+# A download stopped by temp_file_limit fails that file only, and leaves no
+# temporary file behind (a BufFile raised the error again when closed).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use FlexFactorTest;
+use FFSim;
 use FFSshd;
 
 my $mid = '5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a80';
@@ -67,6 +70,47 @@ $node->safe_psql('restored', "CREATE SCHEMA flexfactor; CREATE TABLE flexfactor.
 	SELECT * FROM (VALUES (''::text, 0::bigint, now(), ''::text, ''::text, now())) v(file_name, byte_count, modified_at, sqlstate, reason, refused_at) WHERE false");
 my ($ret, $out, $err) = $node->psql('restored', undef, extra_params => [ '-v', 'ON_ERROR_STOP=1', '-f', $dump ]);
 is($ret, 0, 'and restored') or diag $err;
+
+
+# ------------------------------------------------------------------
+# 2. A download that temp_file_limit stops leaves no temporary file
+# ------------------------------------------------------------------
+sub enqueue_declines
+{
+	my ($prefix, $n) = @_;
+	sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline('$prefix-' || i, 1999, 'USD',
+	      'tok-' || i, 'tx-$prefix-' || i, " . ff_decline_args() . ")))
+	    FROM generate_series(1, $n) i");
+}
+enqueue_declines('T', 3);
+is(export()->{stdout}, '1', 'a batch of 3 uploaded');
+my ($bt, $ft) = split /\|/, sq('SELECT id, file_name FROM flexfactor.batches ORDER BY id DESC LIMIT 1');
+(my $rt = $ft) =~ s/\.jsonl$/.result.jsonl/;
+{
+	open(my $f, '>', "$outbound/$rt") or die;
+	for (split /\n/, sq("SELECT sequence_number || ' ' || (line::jsonb->>'orderId')
+	                      FROM flexfactor.batch_file_lines($bt) ORDER BY 1"))
+	{
+		my ($seq, $order) = split / /;
+		print $f FFSim->encode_json({ sequenceNumber => $seq + 0, orderId => $order,
+			orderSessionKey => sprintf('0b5e0000-0000-4000-8000-%012d', $seq), status => 'SUBMITTED',
+			success => \1, errors => [], pad => 'x' x 600_000 }), "\n";
+	}
+	close $f;
+}
+ff_reload_and_wait($node, 'ffdb', "ALTER SYSTEM SET temp_file_limit = '1MB'");
+$off = -s $node->logfile;
+export();
+like(ff_log_since($node, $off), qr/flexfactor worker could not apply result file "\Q$rt\E": temporary file size exceeds temp_file_limit/,
+	'temp_file_limit stops the download of a 1.8 MB result file');
+unlike(ff_log_since($node, $off), qr/could not run the SFTP export/,
+	'the file is the only failure: the pass goes on (the error did not escape again from closing its temporary file)');
+is(sq("SELECT count(*) FROM pg_ls_tmpdir()"), '0', 'and its temporary file is gone');
+is(sq("SELECT state FROM flexfactor.batches WHERE id = $bt"), 'uploaded', 'nothing was applied');
+ff_reload_and_wait($node, 'ffdb', 'ALTER SYSTEM RESET temp_file_limit');
+export();
+is(sq("SELECT state FROM flexfactor.batches WHERE id = $bt"), 'answered', 'without the limit the file is applied');
+is(sq("SELECT count(*) FROM pg_ls_tmpdir()"), '0', 'and no temporary file is left');
 
 $node->stop;
 $sshd->stop;
