@@ -31,8 +31,9 @@
  * - An applied file is moved to flexfactor.sftp_processed_dir, or deleted.
  *
  * A failure that is the file's fault (FF009, an SFTP refusal to open or read
- * it, a data exception) records the file in flexfactor.refused_result_files,
- * in a transaction of its own, and is logged as a WARNING: once per version
+ * it, a data exception, a program limit such as a line nested too deep)
+ * records the file in flexfactor.refused_result_files, in a transaction of
+ * its own, and is logged as a WARNING: once per version
  * of the file, since the next passes skip it.  A lost connection ends the
  * reading until the next pass; any other failure is only logged, and the
  * file is tried again next pass.
@@ -114,13 +115,18 @@ name_label(const char *name)
 	return s.data;
 }
 
-/* Errors that belong to the file itself: it is refused until it changes. */
+/*
+ * Errors that belong to the file itself: it is refused until it changes.
+ * Class 54 too: a line nested deeper than the JSON parser's stack allows
+ * (54001), a value over a size limit (54000).
+ */
 static bool
 file_is_at_fault(int sqlerrcode)
 {
 	return sqlerrcode == ERRCODE_FF_MALFORMED_RESPONSE ||
 		sqlerrcode == ERRCODE_FF_SFTP_IO ||
-		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_DATA_EXCEPTION;
+		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_DATA_EXCEPTION ||
+		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
 }
 
 static Datum

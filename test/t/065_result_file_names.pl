@@ -5,7 +5,9 @@
 # refused_result_files row and the WARNING carry an escaped form (\xNN for
 # such bytes), so the table stays dumpable and a name cannot forge a log line.
 # A download stopped by temp_file_limit fails that file only, and leaves no
-# temporary file behind (a BufFile raised the error again when closed).
+# temporary file behind (a BufFile raised the error again when closed).  A
+# line nested deeper than the JSON parser's stack allows is refused with its
+# file, once, like a line that is not JSON.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -111,6 +113,27 @@ ff_reload_and_wait($node, 'ffdb', 'ALTER SYSTEM RESET temp_file_limit');
 export();
 is(sq("SELECT state FROM flexfactor.batches WHERE id = $bt"), 'answered', 'without the limit the file is applied');
 is(sq("SELECT count(*) FROM pg_ls_tmpdir()"), '0', 'and no temporary file is left');
+
+
+# ------------------------------------------------------------------
+# 3. A line nested too deep for the JSON parser is the file's fault
+# ------------------------------------------------------------------
+enqueue_declines('D', 1);
+is(export()->{stdout}, '1', 'a batch of 1 uploaded');
+my ($bd, $fd) = split /\|/, sq('SELECT id, file_name FROM flexfactor.batches ORDER BY id DESC LIMIT 1');
+(my $rd = $fd) =~ s/\.jsonl$/.result.jsonl/;
+{
+	open(my $f, '>', "$outbound/$rd") or die;
+	print $f '[' x 500_000, "\n";
+	close $f;
+}
+$off = -s $node->logfile;
+export() for 1 .. 3;
+is(sq("SELECT sqlstate FROM flexfactor.refused_result_files WHERE file_name = '$rd'"), '54001',
+	'a line too deep to parse refuses its file, recorded');
+is(scalar(() = ff_log_since($node, $off) =~ /flexfactor worker could not apply result file "\Q$rd\E"/g), 1,
+	'one WARNING over 3 passes, not one a pass');
+is(sq("SELECT state FROM flexfactor.batches WHERE id = $bd"), 'uploaded', 'nothing was applied');
 
 $node->stop;
 $sshd->stop;
