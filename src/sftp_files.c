@@ -116,7 +116,8 @@ static int
 open_local_file(const char *path, const FFLocalFile *file, int sqlerrcode)
 {
 	struct stat st;
-	int			fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO named here must not hang the worker in open() */
+	int			fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 
 	if (fd < 0)
 	{

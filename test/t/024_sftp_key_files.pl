@@ -10,6 +10,7 @@
 # passphrase; no connection is made for a local fault.  With the right
 # passphrase the batch is uploaded.
 use strict;
+use POSIX ();
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -130,6 +131,12 @@ set_conf('flexfactor.sftp_private_key_file', $sshd->client_pubkey);
 fails_ok(what => 'public key as private key', sqlstate => 'FF032', local => 1,
 	message => qr/the SFTP private key file \(flexfactor\.sftp_private_key_file\) holds a public key/,
 	hint => qr/Set flexfactor\.sftp_private_key_file to the private key/);
+# --- a FIFO named as the key: refused at once, the worker not stuck in open()
+POSIX::mkfifo("$tmp/fifo_key", 0600) or die "mkfifo: $!";
+set_conf('flexfactor.sftp_private_key_file', "$tmp/fifo_key");
+fails_ok(what => 'a FIFO as the key', sqlstate => 'FF032', local => 1,
+	message => qr/the SFTP private key file \(flexfactor\.sftp_private_key_file\) is not a regular file/,
+	hint => qr/Set flexfactor\.sftp_private_key_file to the absolute path of/);
 set_conf('flexfactor.sftp_private_key_file', $key);
 
 # --- a known_hosts file the server account cannot read
