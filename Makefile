@@ -16,6 +16,7 @@ OBJS = \
 	src/http.o \
 	src/token.o \
 	src/api.o \
+	src/saved_plan.o \
 	src/body_check.o \
 	src/evaluate.o \
 	src/transmit.o \
@@ -23,6 +24,8 @@ OBJS = \
 	src/sftp_files.o \
 	src/batch.o \
 	src/results.o \
+	src/decline_body.o \
+	src/decline_queue.o \
 	src/decline_trigger.o \
 	src/callback.o \
 	src/scrub.o \

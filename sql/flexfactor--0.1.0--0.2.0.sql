@@ -10,13 +10,15 @@
  * rows), the complete request bodies of ff_decline()/ff_payment() (new
  * arguments, all with defaults), the decline trigger function in C with the
  * writer's rights (same name and signature: a merchant's trigger keeps
- * calling it), ff_capture(), the refusal counters, ff_export_batch(retry_now),
- * queue positions that lead with the installation's era (so that a dump
- * restored into another cluster keeps its queue), result files applied in
- * chunks and refused ones remembered (refused_result_files), and the
- * functions and views that changed.  Functions whose arguments changed are
- * dropped and created again; EXECUTE granted on them to the merchant's roles
- * is reported below, to be granted again.
+ * calling it) and ff_decline()/ff_enqueue_decline() in C (the trigger builds
+ * and queues its bodies with them), ff_capture(), the refusal counters,
+ * ff_export_batch(retry_now), queue positions that lead with the
+ * installation's era (so that a dump restored into another cluster keeps
+ * its queue), result files applied in chunks and refused ones remembered
+ * (refused_result_files), and the functions and views that changed.
+ * Functions whose arguments changed are dropped and created again; EXECUTE
+ * granted on them to the merchant's roles is reported below, to be granted
+ * again.
  *
  * Frozen once released: a later change goes in the next release's script.
  */
@@ -269,41 +271,7 @@ CREATE OR REPLACE FUNCTION flexfactor.ff_decline(
     card_last4 text DEFAULT NULL,
     expiration_month integer DEFAULT NULL,
     expiration_year integer DEFAULT NULL)
-RETURNS jsonb LANGUAGE sql STABLE
-RETURN jsonb_strip_nulls(jsonb_build_object(
-    'orderId', order_id,
-    'isMIT', true,
-    'isDeclined', true,
-    'isRecurring', is_recurring,
-    'expiryDateUtc', to_char(expiry AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-    'transaction', jsonb_build_object(
-        'id', transaction_id,
-        'amount', amount_cents,
-        'currency', upper(currency),
-        'timestampUtc', to_char(declined_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-        'timezoneUtcOffset', 0,
-        'responseCode', coalesce(nullif(decline_code, ''), 'NA'),
-        'responseCodeSource', coalesce(nullif(response_code_source, ''), 'NA'),
-        'responseDescription', decline_message,
-        'responseStatus', 'DECLINED',
-        'avsResultCode', coalesce(nullif(avs_result_code, ''), 'NA'),
-        'cvvResultCode', coalesce(nullif(cvv_result_code, ''), 'NA'),
-        'cavvResultCode', coalesce(nullif(cavv_result_code, ''), 'NA'),
-        'cardNotPresent', true),
-    'payer', jsonb_build_object('email', email, 'phone', phone),
-    'billingInformation', jsonb_build_object(
-        'firstName', first_name, 'lastName', last_name,
-        'addressLine1', address_line1, 'addressLine2', address_line2,
-        'city', city, 'state', state, 'zipCode', zip_code,
-        'countryCode', upper(country_code), 'country', coalesce(country, upper(country_code)),
-        'phone', phone),
-    'paymentMethod', jsonb_build_object(
-        'cardNumber', card_token, 'token', true, 'holderName', holder_name,
-        'cardBrand', upper(card_brand), 'cardBinNumber', card_bin, 'cardLast4Digits', card_last4,
-        'expirationMonth', expiration_month, 'expirationYear', expiration_year),
-    'subscription', CASE WHEN is_recurring THEN jsonb_build_object(
-        'subscriptionId', subscription_id, 'interval', subscription_interval,
-        'price', amount_cents, 'currency', upper(currency)) END));
+RETURNS jsonb AS 'MODULE_PATHNAME', 'ff_decline' LANGUAGE C STABLE;
 
 CREATE OR REPLACE FUNCTION flexfactor.ff_payment(
     order_id text,
@@ -568,34 +536,8 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION flexfactor.ff_enqueue_decline(payload jsonb)
-RETURNS bigint LANGUAGE plpgsql VOLATILE STRICT
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    mid    text := coalesce(payload->>'mid', nullif(current_setting('flexfactor.mid'), ''));
-    queued bigint;
-BEGIN
-    PERFORM flexfactor._check_body(payload, 'batch', 'ff_enqueue_decline');
-    IF lower(coalesce(payload->>'isMIT', 'true')) <> 'true' THEN
-        RAISE EXCEPTION 'ff_enqueue_decline() takes merchant-initiated charges only'
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'The payload has isMIT = false; SFTP batches carry MIT declines.',
-                  HINT = 'Send customer-initiated declines with ff_evaluate().';
-    END IF;
-
-    INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
-    VALUES (payload->>'orderId', payload #>> '{transaction,id}',
-            coalesce((payload->>'idempotencyKey')::uuid,
-                     flexfactor.ff_attempt_key('evaluate', mid, payload->>'orderId',
-                                               payload #>> '{transaction,id}')),
-            (payload - '{idempotencyKey,mid,sequenceNumber}'::text[]) || jsonb_build_object('isMIT', true))
-    ON CONFLICT (order_id, transaction_id) DO NOTHING
-    RETURNING id INTO queued;
-    IF queued IS NULL THEN
-        SELECT d.id INTO queued FROM flexfactor.declines d
-         WHERE d.order_id = $1->>'orderId' AND d.transaction_id = $1 #>> '{transaction,id}';
-    END IF;
-    RETURN queued;
-END $$;
+RETURNS bigint AS 'MODULE_PATHNAME', 'ff_enqueue_decline' LANGUAGE C VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 DROP FUNCTION flexfactor._new_batch(text, text, integer, xid8, bigint, xid8, bigint);
 CREATE FUNCTION flexfactor._new_batch(kind text, mid text, line_count integer,
@@ -802,104 +744,6 @@ BEGIN
     END IF;
     RETURN OLD;
 END $$;
-
-CREATE OR REPLACE FUNCTION flexfactor._merge_decline_details(body jsonb, details jsonb)
-RETURNS jsonb LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    allowed constant jsonb := '{
-        "payer": null, "billingInformation": null, "shippingInformation": null,
-        "transaction": ["responseCode", "responseCodeSource", "responseDescription", "responseSubStatus",
-                        "processorName", "avsResultCode", "cvvResultCode", "cavvResultCode",
-                        "dynamicDescriptor"],
-        "subscription": ["subscriptionId", "interval", "paymentNumber", "totalPayments"],
-        "paymentMethod": ["holderName", "cardType", "cardBrand", "cardCountry", "cardIssuer", "cardLevel",
-                          "expirationMonth", "expirationYear", "cardBinNumber", "cardLast4Digits"],
-        "expiryDateUtc": null, "customerIp": null, "senseKey": null, "orderItems": null,
-        "additionalFields": null}';
-    k   text;
-    v   jsonb;
-    sub text;
-BEGIN
-    IF details IS NULL OR details = 'null' THEN
-        RETURN body;
-    END IF;
-    IF jsonb_typeof(details) <> 'object' THEN
-        RAISE EXCEPTION 'the decline trigger''s enrich function returned a JSON %, not an object', jsonb_typeof(details)
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Return jsonb such as {"payer": {"email": ...}, "billingInformation": {...}}.';
-    END IF;
-    FOR k, v IN SELECT * FROM jsonb_each(jsonb_strip_nulls(details)) LOOP
-        IF NOT allowed ? k THEN
-            RAISE EXCEPTION 'the decline trigger''s enrich function returned "%", which it may not set', k
-                USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = 'The order id, transaction id, amount, currency and card token come from the mapped columns.',
-                      HINT = format('It may return: %s.', (SELECT string_agg(key, ', ') FROM jsonb_object_keys(allowed) key));
-        END IF;
-        IF jsonb_typeof(allowed -> k) = 'array' THEN
-            IF jsonb_typeof(v) <> 'object' THEN
-                RAISE EXCEPTION 'the decline trigger''s enrich function returned a JSON % as "%", not an object', jsonb_typeof(v), k
-                    USING ERRCODE = 'invalid_parameter_value';
-            END IF;
-            FOR sub IN SELECT jsonb_object_keys(v) LOOP
-                IF NOT (allowed -> k) ? sub THEN
-                    RAISE EXCEPTION 'the decline trigger''s enrich function returned "%.%", which it may not set', k, sub
-                        USING ERRCODE = 'invalid_parameter_value',
-                              HINT = format('In "%s" it may return: %s.', k,
-                                            (SELECT string_agg(e, ', ') FROM jsonb_array_elements_text(allowed -> k) e));
-                END IF;
-            END LOOP;
-            body := jsonb_set(body, ARRAY[k], coalesce(body -> k, '{}') || v);
-        ELSIF jsonb_typeof(v) = 'object' AND jsonb_typeof(body -> k) = 'object' THEN
-            body := jsonb_set(body, ARRAY[k], (body -> k) || v);
-        ELSE
-            body := jsonb_set(body, ARRAY[k], v);
-        END IF;
-    END LOOP;
-    RETURN body;
-END $$;
-
-CREATE OR REPLACE FUNCTION flexfactor._queue_mapped_decline(f jsonb, details jsonb)
-RETURNS bigint LANGUAGE sql VOLATILE
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-RETURN flexfactor.ff_enqueue_decline(flexfactor._merge_decline_details(
-    flexfactor.ff_decline(
-        order_id => f->>'order_id',
-        amount_cents => coalesce((f->>'amount')::bigint, round((f->>'amount_dollars')::numeric * 100)::bigint),
-        currency => f->>'currency',
-        card_token => f->>'token',
-        transaction_id => coalesce(f->>'transaction_id', f->>'order_id'),
-        decline_code => f->>'decline_code',
-        decline_message => f->>'decline_message',
-        response_code_source => f->>'response_code_source',
-        avs_result_code => f->>'avs_result_code',
-        cvv_result_code => f->>'cvv_result_code',
-        cavv_result_code => f->>'cavv_result_code',
-        email => f->>'email',
-        phone => f->>'phone',
-        first_name => f->>'first_name',
-        last_name => f->>'last_name',
-        address_line1 => f->>'address_line1',
-        address_line2 => f->>'address_line2',
-        city => f->>'city',
-        state => f->>'state',
-        zip_code => f->>'zip_code',
-        country_code => f->>'country_code',
-        country => f->>'country',
-        subscription_id => f->>'subscription_id',
-        subscription_interval => f->>'subscription_interval',
-        is_recurring => true,
-        expiry => coalesce((f->>'expiry')::timestamptz,
-                           now() + make_interval(days => (f->>'expiry_days')::integer)),
-        declined_at => coalesce((f->>'declined_at')::timestamptz, now()),
-        holder_name => f->>'holder_name',
-        card_brand => f->>'card_brand',
-        card_bin => f->>'card_bin',
-        card_last4 => f->>'card_last4',
-        expiration_month => (f->>'expiration_month')::integer,
-        expiration_year => (f->>'expiration_year')::integer)
-    || jsonb_strip_nulls(jsonb_build_object('senseKey', f->>'sense_key')),
-    details));
 
 -- Same name and signature, now in C and with the writer's rights (no longer
 -- SECURITY DEFINER): a merchant's trigger created with 0.1.0 calls it from now

@@ -110,8 +110,9 @@ get_path(JsonbContainer *root, const char *path, JsonbValue *out)
 	}
 }
 
-static char *
-path_text(JsonbContainer *root, const char *path)
+/* the text of a scalar at a dot path of a body (exact keys), or NULL */
+char *
+ff_body_text(JsonbContainer *root, const char *path)
 {
 	JsonbValue	v;
 
@@ -158,7 +159,7 @@ note_invalid(BodyProblems *p, const char *path, const char *why)
 static void
 require(BodyProblems *p, JsonbContainer *root, const RequiredField *f)
 {
-	char	   *text = path_text(root, f->path);
+	char	   *text = ff_body_text(root, f->path);
 
 	if (text == NULL || text[0] == '\0' || strspn(text, " \t") == strlen(text))
 		note_missing(p, f);
@@ -196,7 +197,7 @@ check_cents(BodyProblems *p, JsonbContainer *root, const char *path)
 static void
 check_letters(BodyProblems *p, JsonbContainer *root, const char *path, int n, const char *what)
 {
-	char	   *text = path_text(root, path);
+	char	   *text = ff_body_text(root, path);
 
 	if (text == NULL || text[0] == '\0')
 		return;
@@ -362,7 +363,7 @@ ff_check_body(Jsonb *payload, FFBodyKind kind, const char *caller)
 	 * lines, and flexfactor needs it for every /transmit copy too (its
 	 * idempotency key and its transmit_ file are derived from it).
 	 */
-	if (path_text(root, "mid") == NULL && ff_mid[0] == '\0')
+	if (ff_body_text(root, "mid") == NULL && ff_mid[0] == '\0')
 	{
 		RequiredField f = {"mid", NULL, NULL};
 

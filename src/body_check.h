@@ -15,5 +15,6 @@ typedef enum FFBodyKind
 } FFBodyKind;
 
 extern void ff_check_body(Jsonb *payload, FFBodyKind kind, const char *caller);
+extern char *ff_body_text(JsonbContainer *root, const char *path);
 
 #endif							/* FLEXFACTOR_BODY_CHECK_H */

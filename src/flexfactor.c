@@ -17,6 +17,7 @@
 
 #include "compat.h"
 #include "dbguard.h"
+#include "decline_queue.h"
 #include "settings.h"
 #include "shmem.h"
 #include "worker.h"
@@ -59,5 +60,6 @@ _PG_init(void)
 	ff_define_settings();
 	ff_shmem_install_hooks();
 	ff_dbguard_install_hook();
+	ff_decline_queue_install_hooks();
 	ff_register_launcher();
 }

@@ -58,6 +58,7 @@ END $$;
 -- id and interval for a recurring charge) has no placeholder: without it the
 -- body is refused with every missing field named.  Pass declined_at (when the
 -- charge failed), so that rebuilding the body for a retry gives the same bytes.
+-- C (decline_body.c): the decline trigger builds its bodies with the same code.
 CREATE FUNCTION flexfactor.ff_decline(
     order_id text,
     amount_cents bigint,
@@ -92,41 +93,7 @@ CREATE FUNCTION flexfactor.ff_decline(
     card_last4 text DEFAULT NULL,
     expiration_month integer DEFAULT NULL,
     expiration_year integer DEFAULT NULL)
-RETURNS jsonb LANGUAGE sql STABLE
-RETURN jsonb_strip_nulls(jsonb_build_object(
-    'orderId', order_id,
-    'isMIT', true,
-    'isDeclined', true,
-    'isRecurring', is_recurring,
-    'expiryDateUtc', to_char(expiry AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-    'transaction', jsonb_build_object(
-        'id', transaction_id,
-        'amount', amount_cents,
-        'currency', upper(currency),
-        'timestampUtc', to_char(declined_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-        'timezoneUtcOffset', 0,
-        'responseCode', coalesce(nullif(decline_code, ''), 'NA'),
-        'responseCodeSource', coalesce(nullif(response_code_source, ''), 'NA'),
-        'responseDescription', decline_message,
-        'responseStatus', 'DECLINED',
-        'avsResultCode', coalesce(nullif(avs_result_code, ''), 'NA'),
-        'cvvResultCode', coalesce(nullif(cvv_result_code, ''), 'NA'),
-        'cavvResultCode', coalesce(nullif(cavv_result_code, ''), 'NA'),
-        'cardNotPresent', true),
-    'payer', jsonb_build_object('email', email, 'phone', phone),
-    'billingInformation', jsonb_build_object(
-        'firstName', first_name, 'lastName', last_name,
-        'addressLine1', address_line1, 'addressLine2', address_line2,
-        'city', city, 'state', state, 'zipCode', zip_code,
-        'countryCode', upper(country_code), 'country', coalesce(country, upper(country_code)),
-        'phone', phone),
-    'paymentMethod', jsonb_build_object(
-        'cardNumber', card_token, 'token', true, 'holderName', holder_name,
-        'cardBrand', upper(card_brand), 'cardBinNumber', card_bin, 'cardLast4Digits', card_last4,
-        'expirationMonth', expiration_month, 'expirationYear', expiration_year),
-    'subscription', CASE WHEN is_recurring THEN jsonb_build_object(
-        'subscriptionId', subscription_id, 'interval', subscription_interval,
-        'price', amount_cents, 'currency', upper(currency)) END));
+RETURNS jsonb AS 'MODULE_PATHNAME', 'ff_decline' LANGUAGE C STABLE;
 
 -- A /transmit body: the copy of a processed (normally successful) payment,
 -- complete by the real service's rules (flexfactor-api.md 4.2 and 12a): the

@@ -1,38 +1,14 @@
 -- sql/install/06_batches_and_trigger.sql: SFTP batches (naming, fixing queued declines and transmits into batches, their lines) and the decline trigger's SQL side.
 /* ------------------------------------------------------- SFTP batches */
 
--- Queues one declined merchant-initiated charge for the next evaluate batch.
--- A second call for the same attempt (orderId + transaction.id) returns the
--- queued row instead of adding one.
+-- Queues one declined merchant-initiated charge for the next evaluate batch,
+-- checked as a batch line (FF023, FF024).  A second call for the same
+-- attempt (orderId + transaction.id) returns the queued row instead of
+-- adding one.  C (decline_queue.c): the one insert into flexfactor.declines,
+-- shared with the decline trigger.
 CREATE FUNCTION flexfactor.ff_enqueue_decline(payload jsonb)
-RETURNS bigint LANGUAGE plpgsql VOLATILE STRICT
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    mid    text := coalesce(payload->>'mid', nullif(current_setting('flexfactor.mid'), ''));
-    queued bigint;
-BEGIN
-    PERFORM flexfactor._check_body(payload, 'batch', 'ff_enqueue_decline');
-    IF lower(coalesce(payload->>'isMIT', 'true')) <> 'true' THEN
-        RAISE EXCEPTION 'ff_enqueue_decline() takes merchant-initiated charges only'
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'The payload has isMIT = false; SFTP batches carry MIT declines.',
-                  HINT = 'Send customer-initiated declines with ff_evaluate().';
-    END IF;
-
-    INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
-    VALUES (payload->>'orderId', payload #>> '{transaction,id}',
-            coalesce((payload->>'idempotencyKey')::uuid,
-                     flexfactor.ff_attempt_key('evaluate', mid, payload->>'orderId',
-                                               payload #>> '{transaction,id}')),
-            (payload - '{idempotencyKey,mid,sequenceNumber}'::text[]) || jsonb_build_object('isMIT', true))
-    ON CONFLICT (order_id, transaction_id) DO NOTHING
-    RETURNING id INTO queued;
-    IF queued IS NULL THEN
-        SELECT d.id INTO queued FROM flexfactor.declines d
-         WHERE d.order_id = $1->>'orderId' AND d.transaction_id = $1 #>> '{transaction,id}';
-    END IF;
-    RETURN queued;
-END $$;
+RETURNS bigint AS 'MODULE_PATHNAME', 'ff_enqueue_decline' LANGUAGE C VOLATILE STRICT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- Batch files are named after, and carry, the merchant id.
 CREATE FUNCTION flexfactor._batch_mid()
@@ -288,120 +264,10 @@ END $$;
 CREATE TRIGGER declines_frozen BEFORE UPDATE OR DELETE ON flexfactor.declines
     FOR EACH ROW EXECUTE FUNCTION flexfactor._declines_frozen();
 
--- What a decline trigger's enrich function may add to the body it builds
--- (flexfactor-api.md 4.3.2): the payer, the addresses, the gateway's result
--- codes, the subscription's details and the card's description.  Never the
--- order id, the transaction id, the amount, the currency or the card token,
--- which come from the mapped columns.  Values it gives replace the 'NA'
--- placeholders; NULLs are ignored.
-CREATE FUNCTION flexfactor._merge_decline_details(body jsonb, details jsonb)
-RETURNS jsonb LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    allowed constant jsonb := '{
-        "payer": null, "billingInformation": null, "shippingInformation": null,
-        "transaction": ["responseCode", "responseCodeSource", "responseDescription", "responseSubStatus",
-                        "processorName", "avsResultCode", "cvvResultCode", "cavvResultCode",
-                        "dynamicDescriptor"],
-        "subscription": ["subscriptionId", "interval", "paymentNumber", "totalPayments"],
-        "paymentMethod": ["holderName", "cardType", "cardBrand", "cardCountry", "cardIssuer", "cardLevel",
-                          "expirationMonth", "expirationYear", "cardBinNumber", "cardLast4Digits"],
-        "expiryDateUtc": null, "customerIp": null, "senseKey": null, "orderItems": null,
-        "additionalFields": null}';
-    k   text;
-    v   jsonb;
-    sub text;
-BEGIN
-    IF details IS NULL OR details = 'null' THEN
-        RETURN body;
-    END IF;
-    IF jsonb_typeof(details) <> 'object' THEN
-        RAISE EXCEPTION 'the decline trigger''s enrich function returned a JSON %, not an object', jsonb_typeof(details)
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Return jsonb such as {"payer": {"email": ...}, "billingInformation": {...}}.';
-    END IF;
-    FOR k, v IN SELECT * FROM jsonb_each(jsonb_strip_nulls(details)) LOOP
-        IF NOT allowed ? k THEN
-            RAISE EXCEPTION 'the decline trigger''s enrich function returned "%", which it may not set', k
-                USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = 'The order id, transaction id, amount, currency and card token come from the mapped columns.',
-                      HINT = format('It may return: %s.', (SELECT string_agg(key, ', ') FROM jsonb_object_keys(allowed) key));
-        END IF;
-        IF jsonb_typeof(allowed -> k) = 'array' THEN
-            IF jsonb_typeof(v) <> 'object' THEN
-                RAISE EXCEPTION 'the decline trigger''s enrich function returned a JSON % as "%", not an object', jsonb_typeof(v), k
-                    USING ERRCODE = 'invalid_parameter_value';
-            END IF;
-            FOR sub IN SELECT jsonb_object_keys(v) LOOP
-                IF NOT (allowed -> k) ? sub THEN
-                    RAISE EXCEPTION 'the decline trigger''s enrich function returned "%.%", which it may not set', k, sub
-                        USING ERRCODE = 'invalid_parameter_value',
-                              HINT = format('In "%s" it may return: %s.', k,
-                                            (SELECT string_agg(e, ', ') FROM jsonb_array_elements_text(allowed -> k) e));
-                END IF;
-            END LOOP;
-            body := jsonb_set(body, ARRAY[k], coalesce(body -> k, '{}') || v);
-        ELSIF jsonb_typeof(v) = 'object' AND jsonb_typeof(body -> k) = 'object' THEN
-            body := jsonb_set(body, ARRAY[k], (body -> k) || v);
-        ELSE
-            body := jsonb_set(body, ARRAY[k], v);
-        END IF;
-    END LOOP;
-    RETURN body;
-END $$;
-
--- The one privileged step of the decline trigger (C, decline_trigger.c),
--- which itself runs with the rights of whoever writes the billing row: the
--- row's mapped values, already read and turned into text by the trigger, and
--- what the DBA's enrich function returned, become an /evaluate body
--- (ff_decline) that is checked and queued (ff_enqueue_decline).  Only data
--- comes in; nothing of the caller's is run here.  Granted to nobody: the
--- trigger calls it directly.
-CREATE FUNCTION flexfactor._queue_mapped_decline(f jsonb, details jsonb)
-RETURNS bigint LANGUAGE sql VOLATILE
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-RETURN flexfactor.ff_enqueue_decline(flexfactor._merge_decline_details(
-    flexfactor.ff_decline(
-        order_id => f->>'order_id',
-        amount_cents => coalesce((f->>'amount')::bigint, round((f->>'amount_dollars')::numeric * 100)::bigint),
-        currency => f->>'currency',
-        card_token => f->>'token',
-        transaction_id => coalesce(f->>'transaction_id', f->>'order_id'),
-        decline_code => f->>'decline_code',
-        decline_message => f->>'decline_message',
-        response_code_source => f->>'response_code_source',
-        avs_result_code => f->>'avs_result_code',
-        cvv_result_code => f->>'cvv_result_code',
-        cavv_result_code => f->>'cavv_result_code',
-        email => f->>'email',
-        phone => f->>'phone',
-        first_name => f->>'first_name',
-        last_name => f->>'last_name',
-        address_line1 => f->>'address_line1',
-        address_line2 => f->>'address_line2',
-        city => f->>'city',
-        state => f->>'state',
-        zip_code => f->>'zip_code',
-        country_code => f->>'country_code',
-        country => f->>'country',
-        subscription_id => f->>'subscription_id',
-        subscription_interval => f->>'subscription_interval',
-        is_recurring => true,
-        expiry => coalesce((f->>'expiry')::timestamptz,
-                           now() + make_interval(days => (f->>'expiry_days')::integer)),
-        declined_at => coalesce((f->>'declined_at')::timestamptz, now()),
-        holder_name => f->>'holder_name',
-        card_brand => f->>'card_brand',
-        card_bin => f->>'card_bin',
-        card_last4 => f->>'card_last4',
-        expiration_month => (f->>'expiration_month')::integer,
-        expiration_year => (f->>'expiration_year')::integer)
-    || jsonb_strip_nulls(jsonb_build_object('senseKey', f->>'sense_key')),
-    details));
-
 -- Trigger helper for any billing table: queues a row as a declined recurring
 -- charge (C, decline_trigger.c).  It runs with the rights of the role that
--- writes the row.  Arguments, parsed once per statement:
+-- writes the row; only the insert into flexfactor.declines runs as the
+-- table's owner, and it takes data only.  Arguments, parsed once per statement:
 --   field=column   a column of the row (read by attribute number)
 --   field='text'   a constant
 --   required: order_id, amount (cents) or amount_dollars, currency, token
@@ -416,7 +282,9 @@ RETURN flexfactor.ff_enqueue_decline(flexfactor._merge_decline_details(
 --   expiry_days=N  the rescue window when there is no expiry column
 --   enrich=function  a function(<the table's row type>) returning jsonb with
 --             what lives in other tables (payer, billingInformation, the
---             gateway's codes ...), called with the writer's rights
+--             gateway's codes ...), called with the writer's rights; it may
+--             add to the body, never change the order id, transaction id,
+--             amount, currency or card token
 --   conditions (all must hold; a WHEN clause on the trigger works too):
 --             declined_if=column:value   (the column's text equals value)
 --             recurring_if=column        (a boolean column is true)

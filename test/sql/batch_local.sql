@@ -165,6 +165,86 @@ INSERT INTO billing.payments2 (id, invoice_no, amount, card_token, status, is_re
 DROP TRIGGER text_recurring ON billing.payments2;
 SELECT count(*) AS queued_by_bad_triggers FROM flexfactor.declines WHERE order_id = 'D-1';
 
+-- an enrich function's answer that is not an object of objects is refused;
+-- a NULL or a JSON null adds nothing
+CREATE FUNCTION billing.array_details(p billing.payments2) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT '[{"payer": {}}]'::jsonb $$;
+CREATE FUNCTION billing.string_transaction(p billing.payments2) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT '{"transaction": "51"}'::jsonb $$;
+CREATE FUNCTION billing.json_null(p billing.payments2) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT 'null'::jsonb $$;
+CREATE TRIGGER array_details AFTER INSERT ON billing.payments2 FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+    'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token', 'enrich=billing.array_details');
+INSERT INTO billing.payments2 (id, invoice_no, amount, card_token, status, is_recurring) VALUES (1, 'D-2', 5, 't', 'declined', true);
+DROP TRIGGER array_details ON billing.payments2;
+CREATE TRIGGER string_transaction AFTER INSERT ON billing.payments2 FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+    'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token', 'enrich=billing.string_transaction');
+INSERT INTO billing.payments2 (id, invoice_no, amount, card_token, status, is_recurring) VALUES (1, 'D-2', 5, 't', 'declined', true);
+DROP TRIGGER string_transaction ON billing.payments2;
+CREATE TRIGGER json_null AFTER INSERT ON billing.payments2 FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+    'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token', 'enrich=billing.json_null');
+INSERT INTO billing.payments2 (id, invoice_no, amount, card_token, status, is_recurring) VALUES (1, 'D-2', 5, 't', 'declined', true);
+DROP TRIGGER json_null ON billing.payments2;
+SELECT count(*) AS queued_by_bad_answers FROM flexfactor.declines WHERE order_id = 'D-2';
+
+-- every field mapped, from columns of other types than text: the body is
+-- ff_decline()'s for the same values (one builder, decline_body.c), plus the
+-- senseKey; integers, numerics, a timestamp without time zone and a time as
+-- text are read as casts from text read them
+CREATE TABLE billing.charges (
+    ref varchar(20) NOT NULL, cents integer NOT NULL, cur char(3) NOT NULL, token text, gw_id bigint,
+    code text, msg text, source text, avs text, cvv text, cavv text,
+    email text, phone text, first text, last text, line1 text, line2 text, city text, region text,
+    zip text, cc text, country text, sub text, every text,
+    until timestamp, failed_at text,
+    holder text, brand text, bin text, last4 text, exp_month smallint, exp_year numeric,
+    sense text, state varchar(10) NOT NULL, recurring boolean NOT NULL);
+CREATE TRIGGER charges_to_flexfactor AFTER INSERT OR UPDATE ON billing.charges FOR EACH ROW
+    EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+        'order_id=ref', 'amount=cents', 'currency=cur', 'token=token', 'transaction_id=gw_id',
+        'decline_code=code', 'decline_message=msg', 'response_code_source=source',
+        'avs_result_code=avs', 'cvv_result_code=cvv', 'cavv_result_code=cavv',
+        'email=email', 'phone=phone', 'first_name=first', 'last_name=last',
+        'address_line1=line1', 'address_line2=line2', 'city=city', 'state=region', 'zip_code=zip',
+        'country_code=cc', 'country=country', 'subscription_id=sub', 'subscription_interval=every',
+        'expiry=until', 'declined_at=failed_at', 'holder_name=holder', 'card_brand=brand',
+        'card_bin=bin', 'card_last4=last4', 'expiration_month=exp_month', 'expiration_year=exp_year',
+        'sense_key=sense', 'declined_if=state:declined', 'recurring_if=recurring');
+INSERT INTO billing.charges VALUES
+    ('CH-1', 1999, 'usd', 'tok-ch', 77, '05', 'Do not honor', 'nmi', 'Y', 'M', '2',
+     'ch@example.com', '+1 555 0100', 'Cy', 'Hall', '3 Oak Rd', 'Apt 4', 'Denver', 'CO',
+     '80202', 'us', NULL, 'sub-c', 'yearly', '2026-12-24 00:00', '2026-11-24 10:00:00+00',
+     'Cy Hall', 'visa', '424242', '4242', 3, 2030, 'sk-c', 'declined', true);
+SELECT payload = flexfactor.ff_decline('CH-1', 1999, 'usd', 'tok-ch', '77', decline_code => '05',
+           decline_message => 'Do not honor', response_code_source => 'nmi', avs_result_code => 'Y',
+           cvv_result_code => 'M', cavv_result_code => '2', email => 'ch@example.com',
+           phone => '+1 555 0100', first_name => 'Cy', last_name => 'Hall', address_line1 => '3 Oak Rd',
+           address_line2 => 'Apt 4', city => 'Denver', state => 'CO', zip_code => '80202',
+           country_code => 'us', subscription_id => 'sub-c', subscription_interval => 'yearly',
+           expiry => '2026-12-24 00:00', declined_at => '2026-11-24 10:00:00+00', holder_name => 'Cy Hall',
+           card_brand => 'visa', card_bin => '424242', card_last4 => '4242', expiration_month => 3,
+           expiration_year => 2030) || '{"senseKey": "sk-c"}' AS same_as_ff_decline,
+       payload->'transaction'->>'currency' AS currency, payload->'billingInformation'->>'country' AS country,
+       payload->'paymentMethod'->>'cardBrand' AS brand, payload->>'expiryDateUtc' AS expiry
+  FROM flexfactor.declines WHERE order_id = 'CH-1';
+-- the same attempt written again (paid, then declined again): queued once
+UPDATE billing.charges SET state = 'paid' WHERE ref = 'CH-1';
+UPDATE billing.charges SET state = 'declined' WHERE ref = 'CH-1';
+SELECT count(*) AS queued_once FROM flexfactor.declines WHERE order_id = 'CH-1';
+-- a value that a cast from text refuses fails the statement as the cast would
+INSERT INTO billing.charges (ref, cents, cur, token, gw_id, failed_at, state, recurring)
+VALUES ('CH-2', 500, 'USD', 'tok', 78, 'yesterday-ish', 'declined', true);
+-- a card number in a mapped column is refused, nothing queued (FF024)
+\set VERBOSITY sqlstate
+INSERT INTO billing.charges
+SELECT 'CH-3', cents, cur, '4111 1111 1111 1111', 79, code, msg, source, avs, cvv, cavv, email, phone,
+       first, last, line1, line2, city, region, zip, cc, country, sub, every, until, failed_at,
+       holder, brand, bin, last4, exp_month, exp_year, sense, state, recurring
+  FROM billing.charges WHERE ref = 'CH-1';
+\set VERBOSITY default
+SELECT count(*) AS queued_with_card_number FROM flexfactor.declines WHERE order_id IN ('CH-2', 'CH-3');
+DROP TABLE billing.charges;
+
 -- a wrong mapping fails, naming the column; names are never spliced into SQL
 CREATE TRIGGER payments_bad_column AFTER INSERT ON billing.payments
     FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger('order_id=invoice_number',
@@ -305,6 +385,64 @@ SELECT (regexp_count(l.line, '"mid"'), regexp_count(l.line, '"sequenceNumber"'),
 INSERT INTO flexfactor.declines (order_id, transaction_id, idempotency_key, payload)
 VALUES ('K-2', 'tx', gen_random_uuid(), '{"orderId": "K-2", "mid": "x"}');
 \set VERBOSITY default
+
+-- the declines a statement decides are queued when it ends, in the order it
+-- decided them (also past 1,000 at a time), in its own subtransaction: a
+-- rolled-back one queues nothing, even when its error came between the
+-- decision and the statement's end
+INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+SELECT 'SB-' || i, 1 + i % 2, 'sub-s', 5, 'tok-s', 'declined', true FROM generate_series(1, 2500) i;
+SELECT count(*) AS queued, bool_and(d.id > d.prev_id AND p.id > d.prev_payment) AS in_payment_order
+  FROM (SELECT id, order_id, lag(id) OVER w AS prev_id, lag(transaction_id::bigint) OVER w AS prev_payment
+          FROM flexfactor.declines WHERE order_id LIKE 'SB-%' WINDOW w AS (ORDER BY id)) d
+  JOIN billing.payments p ON p.invoice_no = d.order_id;
+CREATE FUNCTION billing.refuse_rb2() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.invoice_no = 'RB-2' THEN
+        RAISE EXCEPTION 'refused after the decline trigger';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER payments_zz_refuse AFTER INSERT ON billing.payments
+    FOR EACH ROW EXECUTE FUNCTION billing.refuse_rb2();
+DO $$
+BEGIN
+    BEGIN
+        INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+        VALUES ('RB-1', 1, 'sub-r', 5, 'tok-r', 'declined', true), ('RB-2', 1, 'sub-r', 5, 'tok-r', 'declined', true);
+    EXCEPTION WHEN raise_exception THEN
+        RAISE NOTICE 'caught: %', SQLERRM;
+    END;
+    INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+    VALUES ('RB-3', 1, 'sub-r', 5, 'tok-r', 'declined', true);
+END $$;
+DROP TRIGGER payments_zz_refuse ON billing.payments;
+SELECT order_id AS queued_after_rollback FROM flexfactor.declines WHERE order_id LIKE 'RB-%' ORDER BY id;
+-- fired elsewhere than at a statement's end (a deferred constraint trigger
+-- at commit, COPY), a decline is queued at once
+CREATE TABLE billing.late_payments (LIKE billing.payments INCLUDING DEFAULTS);
+CREATE FUNCTION billing.flexfactor_details(p billing.late_payments) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT billing.flexfactor_details(ROW(p.*)::billing.payments) $$;
+CREATE CONSTRAINT TRIGGER late_to_flexfactor AFTER INSERT ON billing.late_payments
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION flexfactor.ff_decline_trigger(
+        'order_id=invoice_no', 'amount_dollars=amount', 'currency=currency', 'token=card_token',
+        'transaction_id=id', 'subscription_id=subscription', 'subscription_interval=''monthly''',
+        'expiry_days=14', 'enrich=billing.flexfactor_details',
+        'declined_if=status:declined', 'recurring_if=is_recurring');
+BEGIN;
+INSERT INTO billing.late_payments (id, invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+VALUES (1, 'DF-1', 1, 'sub-df', 5, 'tok-l', 'declined', true);
+SELECT count(*) AS queued_before_commit FROM flexfactor.declines WHERE order_id = 'DF-1';
+COMMIT;
+COPY billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring) FROM stdin;
+CP-1	2	sub-y	7.50	tok-y	declined	t
+CP-2	2	sub-y	7.50	tok-y	paid	t
+\.
+SELECT order_id AS queued_at_once FROM flexfactor.declines WHERE order_id IN ('DF-1', 'CP-1', 'CP-2') ORDER BY id;
+DROP FUNCTION billing.flexfactor_details(billing.late_payments);
+DROP TABLE billing.late_payments;
+-- (out of the way of the tests that follow)
+DELETE FROM flexfactor.declines WHERE order_id ~ '^(SB|RB|DF|CP)-';
 
 -- without a MID no batch can be named
 RESET flexfactor.mid;

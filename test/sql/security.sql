@@ -34,11 +34,51 @@ CREATE TRIGGER steal AFTER INSERT ON attacker.payments FOR EACH ROW
 \set VERBOSITY sqlstate
 INSERT INTO attacker.payments VALUES ('A-1', 9.99, 'USD', 'tok', ROW('x'), 'declined', true);
 \set VERBOSITY default
--- the queue step itself is granted to nobody
-SELECT flexfactor._queue_mapped_decline('{"order_id": "A-2"}', NULL);
+-- the queue step is C, callable from no SQL; the one SQL door to the
+-- queue is granted to nobody
+SELECT flexfactor.ff_enqueue_decline('{"orderId": "A-2"}');
 RESET ROLE;
 SELECT rolsuper AS attacker_became_superuser FROM pg_roles WHERE rolname = 'ff_attacker';
 SELECT count(*) AS queued_by_attacker FROM flexfactor.declines WHERE order_id LIKE 'A-%';
+
+-- 1b. Only the insert into the queue runs as the queue's owner, and nothing
+-- of the writer's runs in it: functions and an operator shadowing those
+-- the insert, the queue's defaults and its check use, first on the
+-- writer's search_path (from the first decline of the session, when the
+-- insert is planned), are never called; each would make its caller a
+-- superuser.  The decline itself is queued.
+SET ROLE ff_attacker;
+CREATE FUNCTION attacker.grab() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    ALTER ROLE ff_attacker SUPERUSER;
+    RETURN true;
+END $$;
+CREATE FUNCTION attacker.now() RETURNS timestamptz LANGUAGE sql
+    RETURN CASE WHEN attacker.grab() THEN pg_catalog.now() END;
+CREATE FUNCTION attacker.pg_current_xact_id() RETURNS xid8 LANGUAGE sql
+    RETURN CASE WHEN attacker.grab() THEN pg_catalog.pg_current_xact_id() END;
+CREATE FUNCTION attacker.jsonb_typeof(jsonb) RETURNS text LANGUAGE sql
+    RETURN CASE WHEN attacker.grab() THEN pg_catalog.jsonb_typeof($1) END;
+CREATE FUNCTION attacker.has_any(jsonb, text[]) RETURNS boolean LANGUAGE sql
+    RETURN attacker.grab() AND false;
+CREATE OPERATOR attacker.?| (FUNCTION = attacker.has_any, LEFTARG = jsonb, RIGHTARG = text[]);
+CREATE TABLE attacker.charges (invoice_no text, amount numeric, currency text, token text,
+                               status text, recurring boolean);
+CREATE FUNCTION attacker.complete(p attacker.charges) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT '{"payer": {"email": "a@example.com"},
+             "billingInformation": {"firstName": "A", "lastName": "B", "addressLine1": "1 Main St",
+                                    "city": "Springfield", "countryCode": "US", "country": "US"}}'::jsonb $$;
+CREATE TRIGGER queue AFTER INSERT ON attacker.charges FOR EACH ROW
+    EXECUTE FUNCTION flexfactor.ff_decline_trigger('order_id=invoice_no', 'amount_dollars=amount',
+        'currency=currency', 'token=token', 'subscription_id=''s-1''', 'subscription_interval=''monthly''',
+        'expiry_days=14', 'enrich=attacker.complete', 'declined_if=status:declined', 'recurring_if=recurring');
+SET search_path = attacker, pg_catalog;
+INSERT INTO attacker.charges VALUES ('Q-1', 9.99, 'USD', 'tok-q', 'declined', true);
+RESET search_path;
+RESET ROLE;
+SELECT rolsuper AS attacker_became_superuser FROM pg_roles WHERE rolname = 'ff_attacker';
+SELECT order_id, payload #>> '{transaction,amount}' AS cents FROM flexfactor.declines WHERE order_id = 'Q-1';
+DELETE FROM flexfactor.declines WHERE order_id = 'Q-1';
 
 -- 2. The definer functions pin search_path: an attacker's objects earlier in
 -- the path are never used by them
