@@ -27,6 +27,7 @@ OBJS = \
 	src/decline_body.o \
 	src/decline_queue.o \
 	src/decline_trigger.o \
+	src/order_events.o \
 	src/callback.o \
 	src/scrub.o \
 	src/webhook_verify.o \

@@ -11,14 +11,14 @@
  * arguments, all with defaults), the decline trigger function in C with the
  * writer's rights (same name and signature: a merchant's trigger keeps
  * calling it) and ff_decline()/ff_enqueue_decline() in C (the trigger builds
- * and queues its bodies with them), ff_capture(), the refusal counters,
- * ff_export_batch(retry_now), queue positions that lead with the
- * installation's era (so that a dump restored into another cluster keeps
- * its queue), result files applied in chunks and refused ones remembered
- * (refused_result_files), and the functions and views that changed.
- * Functions whose arguments changed are dropped and created again; EXECUTE
- * granted on them to the merchant's roles is reported below, to be granted
- * again.
+ * and queues its bodies with them), the triggers of flexfactor.orders in C,
+ * ff_capture(), the refusal counters, ff_export_batch(retry_now), queue
+ * positions that lead with the installation's era (so that a dump restored
+ * into another cluster keeps its queue), result files applied in chunks and
+ * refused ones remembered (refused_result_files), and the functions and
+ * views that changed.  Functions whose arguments changed are dropped and
+ * created again; EXECUTE granted on them to the merchant's roles is reported
+ * below, to be granted again.
  *
  * Frozen once released: a later change goes in the next release's script.
  */
@@ -815,21 +815,14 @@ BEGIN
     RETURN outcome;
 END $$;
 
+-- The triggers of flexfactor.orders, same names and signatures, now in C
+-- (order_events.c): every order written pays for them.
+CREATE OR REPLACE FUNCTION flexfactor._orders_touch()
+RETURNS trigger AS 'MODULE_PATHNAME', 'ff_orders_touch' LANGUAGE C;
 CREATE OR REPLACE FUNCTION flexfactor._orders_status_changed()
-RETURNS trigger LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    event_id bigint;
-    previous text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END;
-BEGIN
-    INSERT INTO flexfactor.order_events (order_ref, old_status, new_status)
-    VALUES (NEW.id, previous, NEW.status) RETURNING id INTO event_id;
-    -- any role may LISTEN: the payload is the order's row id and its status
-    -- only; what the order is needs SELECT on flexfactor.orders
-    PERFORM pg_notify('flexfactor_order', json_build_object('id', NEW.id, 'status', NEW.status)::text);
-    PERFORM flexfactor._run_callback(event_id, NEW);
-    RETURN NULL;
-END $$;
+RETURNS trigger AS 'MODULE_PATHNAME', 'ff_orders_status_changed' LANGUAGE C;
+CREATE OR REPLACE FUNCTION flexfactor._orders_key_known()
+RETURNS trigger AS 'MODULE_PATHNAME', 'ff_orders_key_known' LANGUAGE C;
 
 -- The AFTER INSERT triggers act only on orders created by the inserting
 -- transaction (created_at = now()): rows reloaded by a pg_dump restore are

@@ -4,18 +4,28 @@
  *		the order book in step.
  *
  * Written in C, with saved plans, because it is the call billing code makes
- * in loops: the order row is recorded (with its idempotency key) before the
- * request and updated with FlexFactor's answer after it, and nothing else is
- * done per call.  The body is checked by body_check.c first.  Also owns
- * the derivation of idempotency keys, which must match the SQL function
- * ff_attempt_key() byte for byte.
+ * in loops.  The body is checked once (body_check.c) and the attempt's
+ * idempotency key derived from it (or taken from it).  A lock on the order
+ * id is taken before the request, so that no other call for the same order,
+ * in any session, sends until this one's answer is written; the order is
+ * then written once, with its key and FlexFactor's answer: inserted, or
+ * moved forward by ff_next_status() with the key of this attempt.  Its
+ * triggers (order_events.c) log the status change as from PENDING, NOTIFY
+ * and run the callback.  No row lock is held across the request, and a
+ * request that fails leaves nothing behind (its transaction or
+ * subtransaction rolls back, as it would have rolled back a row written
+ * before).  Also owns the derivation of idempotency keys, which must match
+ * the SQL function ff_attempt_key() byte for byte.
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "common/md5.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -24,33 +34,18 @@
 #include "body_check.h"
 #include "errors.h"
 #include "evaluate.h"
+#include "order_events.h"
+#include "saved_plan.h"
 #include "settings.h"
 
 #define UUID_TEXT_LEN	36
 
-/* ---------------------------------------------------------- body fields */
-
-/* exact key: the body is checked as it will be sent, like the SQL side does */
-static char *
-scalar_text(JsonbContainer *container, const char *key)
-{
-	JsonbValue	v;
-
-	if (getKeyJsonValueFromContainer(container, key, strlen(key), &v) == NULL)
-		return NULL;
-	return ff_json_scalar_text(&v);
-}
-
-static JsonbContainer *
-object_member(JsonbContainer *container, const char *key)
-{
-	JsonbValue	v;
-
-	if (getKeyJsonValueFromContainer(container, key, strlen(key), &v) == NULL ||
-		v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
-		return NULL;
-	return v.val.binary.data;
-}
+/*
+ * The class of flexfactor's advisory locks (the fourth field of the lock
+ * tag; pg_locks.objsubid): 1 and 2 are the SQL functions', so no
+ * pg_advisory_lock() of an application ever meets one of ours.
+ */
+#define FF_LOCK_ORDER_ID	0x4646
 
 /* ------------------------------------------------------- idempotency keys */
 
@@ -113,18 +108,20 @@ looks_like_uuid(const char *s)
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr answer_plan = NULL;
 
-static SPIPlanPtr
-saved_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+/*
+ * While it is held, no other ff_evaluate() for the order id, in any
+ * session, sends: requests for one order are never in flight together.
+ * Taken before the request, released once the answer is written (the
+ * order's row is then locked by this transaction until it ends), so that a
+ * transaction may record any number of orders with one lock at a time; an
+ * error releases it with the (sub)transaction.
+ */
+static void
+order_id_lock(const char *order_id, LOCKTAG *tag)
 {
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+	uint64		h = hash_bytes_extended((const unsigned char *) order_id, strlen(order_id), 0);
 
-		if (p == NULL || SPI_keepplan(p) != 0)
-			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-		*plan = p;
-	}
-	return *plan;
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h, FF_LOCK_ORDER_ID);
 }
 
 /* payload's JSON text with the fields FlexFactor needs that it lacks */
@@ -176,9 +173,6 @@ Datum
 ff_evaluate(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *payload = PG_GETARG_JSONB_P(0);
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	MemoryContext spi_cxt;
-	JsonbContainer *tx;
 	const char *mid;
 	char	   *order_id;
 	char	   *tx_id;
@@ -190,24 +184,21 @@ ff_evaluate(PG_FUNCTION_ARGS)
 	Jsonb	   *answer;
 	char	   *session_key;
 	char	   *status;
-	int64		row_id;
-	bool		isnull;
-	Oid			record_types[7] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT8OID, TEXTOID, TEXTOID};
-	Datum		record_values[7];
-	char		record_nulls[7] = "       ";
-	Oid			answer_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
-	Datum		answer_values[4];
-	char		answer_nulls[4] = "    ";
+	const char *recording;
+	LOCKTAG		lock;
+	Oid			types[10] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT8OID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, JSONBOID};
+	Datum		values[10];
+	char		nulls[10] = "          ";
 
 	ff_check_body(payload, FF_BODY_EVALUATE, "ff_evaluate");
-	tx = object_member(&payload->root, "transaction");
-	order_id = scalar_text(&payload->root, "orderId");
-	tx_id = scalar_text(tx, "id");
-	mid = scalar_text(&payload->root, "mid");
+	order_id = ff_body_text(&payload->root, "orderId");
+	tx_id = ff_body_text(&payload->root, "transaction.id");
+	mid = ff_body_text(&payload->root, "mid");
 	if (mid == NULL && ff_mid[0] != '\0')
 		mid = ff_mid;
 
-	given_key = scalar_text(&payload->root, "idempotencyKey");
+	given_key = ff_body_text(&payload->root, "idempotencyKey");
 	if (given_key != NULL)
 	{
 		if (!looks_like_uuid(given_key))
@@ -226,85 +217,96 @@ ff_evaluate(PG_FUNCTION_ARGS)
 	body = request_body(payload, key, mid);
 	ff_api_require_configured();
 
-	/*
-	 * The function runs as the extension owner (SECURITY DEFINER) with SET
-	 * search_path = pg_catalog, pg_temp (sql/install/05_api.sql): its queries name
-	 * flexfactor's objects explicitly and find the rest in pg_catalog, and the
-	 * functions they reach keep their own SET search_path.
-	 */
-	SPI_connect();
-	spi_cxt = CurrentMemoryContext;
-
-	/*
-	 * Recorded before sending; never moves the order's state back.  Sent
-	 * again for the same orderId (a sync-MIT retry), the order keeps the
-	 * amount, currency, transaction and kind (MIT or not) it was first sent
-	 * with: only the key of this attempt is stored.
-	 */
-	is_mit = scalar_text(&payload->root, "isMIT");
-	record_values[0] = CStringGetTextDatum(order_id);
-	record_values[1] = CStringGetTextDatum(tx_id);
-	record_values[2] = CStringGetTextDatum(key);
-	record_values[3] = BoolGetDatum(is_mit != NULL && strcmp(is_mit, "true") == 0);
-	record_values[4] = DirectFunctionCall1(numeric_int8,
-										   DirectFunctionCall3(numeric_in,
-															   CStringGetDatum(scalar_text(tx, "amount")),
-															   ObjectIdGetDatum(InvalidOid),
-															   Int32GetDatum(-1)));
-	record_values[5] = CStringGetTextDatum(scalar_text(tx, "currency"));
-	expiry = scalar_text(&payload->root, "expiryDateUtc");
-	record_values[6] = expiry ? CStringGetTextDatum(expiry) : (Datum) 0;
+	/* what the order is recorded with, read before the request */
+	is_mit = ff_body_text(&payload->root, "isMIT");
+	values[0] = CStringGetTextDatum(order_id);
+	values[1] = CStringGetTextDatum(tx_id);
+	values[2] = CStringGetTextDatum(key);
+	values[3] = BoolGetDatum(is_mit != NULL && strcmp(is_mit, "true") == 0);
+	values[4] = DirectFunctionCall1(numeric_int8,
+									DirectFunctionCall3(numeric_in,
+														CStringGetDatum(ff_body_text(&payload->root, "transaction.amount")),
+														ObjectIdGetDatum(InvalidOid),
+														Int32GetDatum(-1)));
+	values[5] = CStringGetTextDatum(ff_body_text(&payload->root, "transaction.currency"));
+	expiry = ff_body_text(&payload->root, "expiryDateUtc");
+	values[6] = expiry ? CStringGetTextDatum(expiry) : (Datum) 0;
 	if (expiry == NULL)
-		record_nulls[6] = 'n';
-	if (SPI_execute_plan(saved_plan(&record_plan,
-									"INSERT INTO flexfactor.orders AS o"
-									"       (order_id, transaction_id, idempotency_key, source, is_mit,"
-									"        amount_cents, currency, expiry_date_utc)"
-									" VALUES ($1, $2, $3::uuid, 'api', $4, $5, upper($6), $7::timestamptz)"
-									" ON CONFLICT (order_id) DO UPDATE"
-									"    SET idempotency_key = EXCLUDED.idempotency_key,"
-									"        expiry_date_utc = coalesce(o.expiry_date_utc, EXCLUDED.expiry_date_utc)"
-									" RETURNING id",
-									7, record_types),
-						 record_values, record_nulls, false, 1) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not record the order");
-	row_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		nulls[6] = 'n';
 
-	/* the answer must outlive SPI_finish(): allocate it in the caller's context */
-	MemoryContextSwitchTo(caller_cxt);
+	order_id_lock(order_id, &lock);
+	(void) LockAcquire(&lock, ExclusiveLock, false, false);
 	answer = ff_api_call("POST", "evaluate", body, FF_API_BEARER);
 	session_key = ff_json_get_text(&answer->root, "orderSessionKey");
 	status = ff_json_get_text(&answer->root, "status");
-	MemoryContextSwitchTo(spi_cxt);
 
 	/*
-	 * A later answer for the same order (sync MIT: DECLINED, then APPROVED)
-	 * moves it on by ff_next_status(); an answer about another FlexFactor
-	 * order (a repeated CIT orderId) neither takes its key nor its status.
+	 * A new order starts at PENDING and takes the answer's status; a known
+	 * one (a sync-MIT retry: DECLINED, then APPROVED) moves on by
+	 * ff_next_status() and keeps the amount, currency, transaction and kind
+	 * (MIT or not) it was first sent with: only the key of this attempt is
+	 * stored.  An answer about another FlexFactor order (a repeated CIT
+	 * orderId) neither takes its key nor its status.
 	 */
-	answer_values[0] = Int64GetDatum(row_id);
 	if (looks_like_uuid(session_key))
-		answer_values[1] = CStringGetTextDatum(session_key);
+		values[7] = CStringGetTextDatum(session_key);
 	else
-		answer_nulls[1] = 'n';
+		nulls[7] = 'n';
 	if (status != NULL)
-		answer_values[2] = CStringGetTextDatum(status);
+		values[8] = CStringGetTextDatum(status);
 	else
-		answer_nulls[2] = 'n';
-	answer_values[3] = JsonbPGetDatum(answer);
-	if (SPI_execute_plan(saved_plan(&answer_plan,
-									"UPDATE flexfactor.orders"
-									"   SET order_session_key = coalesce(order_session_key, $2::uuid),"
-									"       status = CASE WHEN $2::uuid IS DISTINCT FROM order_session_key"
-									"                      AND order_session_key IS NOT NULL AND $2 IS NOT NULL"
-									"                     THEN status"
-									"                     ELSE flexfactor.ff_next_status(status, upper($3)) END,"
-									"       last_response = $4"
-									" WHERE id = $1",
-									4, answer_types),
-						 answer_values, answer_nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not store FlexFactor's answer");
+		nulls[8] = 'n';
+	values[9] = JsonbPGetDatum(answer);
 
-	SPI_finish();
+	recording = ff_order_events_recording(order_id);
+	PG_TRY();
+	{
+		/*
+		 * The function runs as the extension owner (SECURITY DEFINER) with
+		 * SET search_path = pg_catalog, pg_temp (sql/install/05_api.sql):
+		 * the statement names flexfactor's objects explicitly and finds the
+		 * rest in pg_catalog, and the functions it reaches keep their own
+		 * SET search_path.
+		 */
+		SPI_connect();
+		if (SPI_execute_plan(ff_saved_plan(&record_plan,
+										   "INSERT INTO flexfactor.orders"
+										   "       (order_id, transaction_id, idempotency_key, source, is_mit,"
+										   "        amount_cents, currency, expiry_date_utc, order_session_key,"
+										   "        status, last_response)"
+										   " VALUES ($1, $2, $3::uuid, 'api', $4, $5, upper($6), $7::timestamptz,"
+										   "         $8::uuid,"
+										   /* ff_next_status('PENDING', s): s when it is a state we know */
+										   "         CASE WHEN flexfactor.ff_status_rank(upper($9)) > 0"
+										   "              THEN upper($9) ELSE 'PENDING' END, $10)"
+										   " ON CONFLICT (order_id) DO NOTHING",
+										   10, types),
+							 values, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not record the order");
+		/* an order sent before (this lock keeps it from going away) */
+		if (SPI_processed == 0 &&
+			SPI_execute_plan(ff_saved_plan(&answer_plan,
+										   "UPDATE flexfactor.orders AS o"
+										   "   SET idempotency_key = $3::uuid,"
+										   "       expiry_date_utc = coalesce(o.expiry_date_utc, $7::timestamptz),"
+										   "       order_session_key = coalesce(o.order_session_key, $8::uuid),"
+										   "       status = CASE WHEN $8::uuid IS DISTINCT FROM o.order_session_key"
+										   "                      AND o.order_session_key IS NOT NULL AND $8 IS NOT NULL"
+										   "                     THEN o.status"
+										   "                     ELSE flexfactor.ff_next_status(o.status, upper($9)) END,"
+										   "       last_response = $10"
+										   " WHERE o.order_id = $1",
+										   10, types),
+							 values, nulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not store FlexFactor's answer");
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		(void) ff_order_events_recording(recording);
+	}
+	PG_END_TRY();
+	LockRelease(&lock, ExclusiveLock, false);
+
 	PG_RETURN_JSONB_P(answer);
 }

@@ -94,15 +94,9 @@ BEGIN
     END;
 END $$;
 
+-- updated_at, and status_changed_at when the status changes (C, order_events.c)
 CREATE FUNCTION flexfactor._orders_touch()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.updated_at := now();
-    IF NEW.status IS DISTINCT FROM OLD.status THEN
-        NEW.status_changed_at := now();
-    END IF;
-    RETURN NEW;
-END $$;
+RETURNS trigger AS 'MODULE_PATHNAME', 'ff_orders_touch' LANGUAGE C;
 CREATE TRIGGER orders_touch BEFORE UPDATE ON flexfactor.orders
     FOR EACH ROW EXECUTE FUNCTION flexfactor._orders_touch();
 

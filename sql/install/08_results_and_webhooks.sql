@@ -113,22 +113,12 @@ BEGIN
     RETURN outcome;
 END $$;
 
--- After a status change: log it, NOTIFY flexfactor_order, run the callback.
+-- After a status change: log it (an order recorded by ff_evaluate() was
+-- PENDING until its answer), NOTIFY flexfactor_order (any role may LISTEN:
+-- the payload is the order's row id and its status only; what the order is
+-- needs SELECT on flexfactor.orders), run the callback (C, order_events.c).
 CREATE FUNCTION flexfactor._orders_status_changed()
-RETURNS trigger LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    event_id bigint;
-    previous text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END;
-BEGIN
-    INSERT INTO flexfactor.order_events (order_ref, old_status, new_status)
-    VALUES (NEW.id, previous, NEW.status) RETURNING id INTO event_id;
-    -- any role may LISTEN: the payload is the order's row id and its status
-    -- only; what the order is needs SELECT on flexfactor.orders
-    PERFORM pg_notify('flexfactor_order', json_build_object('id', NEW.id, 'status', NEW.status)::text);
-    PERFORM flexfactor._run_callback(event_id, NEW);
-    RETURN NULL;
-END $$;
+RETURNS trigger AS 'MODULE_PATHNAME', 'ff_orders_status_changed' LANGUAGE C;
 -- The AFTER INSERT triggers act on orders created by the inserting
 -- transaction (created_at is its now(): nothing of ours sets it).  A row
 -- that comes with an older created_at was created elsewhere: the data of a
@@ -337,22 +327,12 @@ BEGIN
     END IF;
 END $$;
 
--- When an order gets its FlexFactor key, events that came first are applied.
--- (Triggers on one event fire in name order: orders_10_* record the order's
--- own status change before orders_20_* apply the events that waited for it.)
+-- When an order gets its FlexFactor key, events that came first are applied
+-- (C, order_events.c).  (Triggers on one event fire in name order:
+-- orders_10_* record the order's own status change before orders_20_* apply
+-- the events that waited for it.)
 CREATE FUNCTION flexfactor._orders_key_known()
-RETURNS trigger LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    waiting bigint;
-BEGIN
-    FOR waiting IN SELECT id FROM flexfactor.webhook_events
-                    WHERE order_session_key = NEW.order_session_key AND apply_state = 'waiting_order'
-                    ORDER BY id LOOP
-        PERFORM flexfactor._apply_webhook_event(waiting);
-    END LOOP;
-    RETURN NULL;
-END $$;
+RETURNS trigger AS 'MODULE_PATHNAME', 'ff_orders_key_known' LANGUAGE C;
 CREATE TRIGGER orders_20_key_set
     AFTER INSERT ON flexfactor.orders
     FOR EACH ROW WHEN (NEW.order_session_key IS NOT NULL AND NEW.created_at = now())   -- see orders_10_status_set

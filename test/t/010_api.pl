@@ -3,7 +3,8 @@
 # shared bearer token (one fetch for many sessions, refreshed before expiry
 # and after a 401), every error with its SQLSTATE, local refusals that send
 # nothing (among them every incomplete /evaluate body: FF023 naming the
-# missing fields), idempotency keys that survive a rolled-back failure, query cancel
+# missing fields), idempotency keys that survive a rolled-back failure, one
+# order's requests never in flight together, query cancel
 # during a hanging answer, privileges, and no secret or card number in the
 # server log.  Assertions use the simulator's inspection API and our tables.
 use strict;
@@ -678,6 +679,57 @@ my $ikey2 = bodies('/v1/evaluate', $seq)->[0]{idempotencyKey};
 isnt($ikey2, $ikey, 'a new transaction.id gives a new key');
 is(sq("SELECT transaction_id, idempotency_key FROM flexfactor.orders WHERE order_id = 'I-1'"),
 	"tx-i1|$ikey2", 'the stored order keeps its first transaction, with the new attempt\'s key');
+
+# ------------------------------------------------------------------
+# 12b. One order's requests never overlap; a call keeps no lock after it
+# ------------------------------------------------------------------
+# ff_evaluate() writes the order once, with its answer.  Until then a lock
+# on the order id (advisory, class 0x4646 = 17990) keeps a second call for
+# the same order, from any session, from sending.
+sub psql_bg
+{
+	my ($sql) = @_;
+	my %run = (out => '', err => '');
+	$run{h} = IPC::Run::start(
+		[ 'psql', '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('ffdb'), '-c', $sql ],
+		'<', \undef, '>', \$run{out}, '2>', \$run{err},
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	return \%run;
+}
+sub lk_requests
+{
+	my ($since) = @_;
+	return [ grep { ($_->{body} // '') =~ /"LK-1"/ } @{ $sim->requests(path => '/v1/evaluate', since => $since) } ];
+}
+$seq = $sim->last_seq;
+$sim->fault(endpoint => '/v1/evaluate', mode => 'hang', seconds => 3, count => 1);
+my $lk1 = psql_bg("SELECT flexfactor.ff_evaluate(" . decline('LK-1', 1999, 'tx-lk1') . ")->>'status'");
+$deadline = time + 30;
+while (time < $deadline)
+{
+	last if grep { !defined $_->{status} } @{ lk_requests($seq) };
+	Time::HiRes::sleep(0.05);
+}
+my $lk2 = psql_bg("SELECT flexfactor.ff_evaluate(" . decline('LK-1', 1999, 'tx-lk2') . ")->>'status'");
+ok($node->poll_query_until('ffdb',
+		"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 17990 AND NOT granted", '1'),
+	'a second call for the order waits on the order id while the first request is in flight');
+is(scalar @{ lk_requests($seq) }, 1, 'and it has sent nothing yet');
+$lk1->{h}->finish;
+$lk2->{h}->finish;
+is($lk1->{out} . $lk2->{out}, "SUBMITTED\nSUBMITTED\n", 'both calls are answered, one after the other')
+  or diag "$lk1->{err} $lk2->{err}";
+my $lk = lk_requests($seq);
+is(scalar @$lk, 2, 'two requests for the order');
+is(sq("SELECT transaction_id || ' ' || idempotency_key FROM flexfactor.orders WHERE order_id = 'LK-1'"),
+	'tx-lk1 ' . FFSim->decode_json($lk->[1]{body})->{idempotencyKey},
+	'one order row: its first transaction, the key of the latest attempt');
+# any number of orders in one transaction: no lock is left behind by a call
+is(sq("BEGIN;
+	SELECT count(flexfactor.ff_evaluate(flexfactor.ff_decline('LM-' || i, 1999, 'USD', 'tok-lm', 'tx-lm-' || i, "
+	  . ff_decline_args() . "))) FROM generate_series(1, 50) i;
+	SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid();
+	COMMIT;"), "50\n0", '50 orders in one transaction: no advisory lock held after the calls');
 
 # ------------------------------------------------------------------
 # 13. Card numbers stay out of messages
