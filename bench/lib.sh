@@ -4,7 +4,9 @@
 #
 # Sourced by bench/*/run.sh once they have parsed their options; they set
 # $repo, $build (1: build and install first) and $keep (1: keep the work
-# directory).  Sets $pgbin (bench_prepare), $work and $failed (bench_workdir).
+# directory), and may set $bench_packages=0 (needs no nginx or wrk).  Sets
+# $pgbin (bench_prepare), $work and $failed (bench_workdir).  PostgreSQL is
+# the one of $PG_CONFIG, else of the pg_config on the PATH.
 
 as_pg() { runuser -u postgres -- "$@"; }
 
@@ -33,14 +35,19 @@ bench_prepare() {
 		echo "run.sh: run as root (bash $1, or sudo bash $1): it installs packages and the extension; PostgreSQL and the servers run as postgres" >&2
 		exit 2
 	fi
-	"$repo/tools/install-deps.sh" --bench || exit 1
+	if [ "${bench_packages:-1}" = 1 ]; then
+		"$repo/tools/install-deps.sh" --bench || exit 1
+	else
+		"$repo/tools/install-deps.sh" || exit 1
+	fi
 	if [ "$build" = 1 ]; then
 		echo "== build and install flexfactor"
 		make -C "$repo" -s >/dev/null || exit 1
 		make -C "$repo" -s install >/dev/null || exit 1
 	fi
-	pgbin=$(pg_config --bindir)
-	if [ ! -f "$(pg_config --pkglibdir)/flexfactor.so" ]; then
+	local pgc=${PG_CONFIG:-pg_config}
+	pgbin=$("$pgc" --bindir)
+	if [ ! -f "$("$pgc" --pkglibdir)/flexfactor.so" ]; then
 		echo "run.sh: flexfactor is not installed (run without --no-build)" >&2
 		exit 1
 	fi
@@ -94,11 +101,33 @@ flexfactor.database = 'bench'
 CONF
 }
 
-# start it (log in $work/pg.log)
+# start it (log in $work/pg.log), on CPU $bench_cpu when set (bench_pin)
 bench_pg_start() {
-	as_pg "$pgbin/pg_ctl" -D "$work/pgdata" -l "$work/pg.log" -w -t 120 start >/dev/null \
+	as_pg $(pinned) "$pgbin/pg_ctl" -D "$work/pgdata" -l "$work/pg.log" -w -t 120 start >/dev/null \
 		|| { fail "PostgreSQL did not start (see $work/pg.log)"; exit 1; }
 }
+
+# Pinning: on a 2-CPU machine shared with other work, a process that moves
+# between CPUs gives bimodal figures.  bench_pin CPU|auto|none sets
+# $bench_cpu (auto: the last CPU) and $pinning (what to print); "pinned"
+# prints the taskset prefix for a command to run there.
+bench_pin() {
+	case "$1" in
+		none) bench_cpu= ; pinning="not pinned (--no-pin)"; return ;;
+		auto) bench_cpu=$(( $(nproc) - 1 )) ;;
+		''|*[!0-9]*) echo "run.sh: --cpu takes a CPU number" >&2; exit 2 ;;
+		*) bench_cpu=$1 ;;
+	esac
+	[ "$bench_cpu" -lt "$(nproc)" ] || { echo "run.sh: no CPU $bench_cpu" >&2; exit 2; }
+	pinning="pinned to CPU $bench_cpu of $(nproc) (taskset)"
+}
+pinned() { [ -n "${bench_cpu:-}" ] && echo "taskset -c $bench_cpu"; }
+
+# the backend's CPU time in ns, as a psql \gset variable c0, and the clock
+# as t0; then the seconds of both since then, as "elapsed cpu" (Linux:
+# /proc/<pid>/schedstat; other work on the machine does not inflate it)
+bench_clock_start="SELECT split_part(pg_read_file('/proc/' || pg_backend_pid() || '/schedstat'), ' ', 1)::bigint AS c0, clock_timestamp() AS t0 \\gset"
+bench_clock_since="SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) || ' ' || (split_part(pg_read_file('/proc/' || pg_backend_pid() || '/schedstat'), ' ', 1)::bigint - :c0) / 1e9;"
 
 # start it, then database "bench" with the extension
 bench_pg_start_with_extension() {

@@ -8,6 +8,8 @@
 # as errors and installs the extension and, as the postgres account (which
 # PostgreSQL requires), runs on a copy of the tree:
 #   pg_regress suites (make installcheck), TAP suites (make prove_installcheck),
+# the decline trigger benchmark in its quick mode (bench/trigger/run.sh
+# --quick: its correctness checks only, never a timing) as one more check,
 # then the demo (demo/run.sh --quick) as one more check, and checks its
 # report's figures (test/check_demo_report.py), one check each; once, the
 # "Try it on your own cluster" command (test/try_it_check.sh).  After the 15
@@ -141,6 +143,18 @@ run_version() {
 		tail -n 60 "$w/ffsim.log"
 		count_unittest "$w/ffsim.log"
 		[ $rc -ne 0 ] && suite_failed=1
+	fi
+
+	# the benchmarks that need nothing more than PostgreSQL run in their
+	# quick mode, for their correctness checks (bench/api needs nginx, which
+	# only the benchmarks install)
+	echo "== PostgreSQL $version: bench/trigger --quick (correctness only; its figures are not checked)"
+	if bash "$repo/bench/trigger/run.sh" --quick --no-build >"$w/bench-trigger.log" 2>&1; then
+		passed=$((passed + 1))
+		grep -E '^correctness' "$w/bench-trigger.log"
+	else
+		failed=$((failed + 1))
+		tail -n 40 "$w/bench-trigger.log"
 	fi
 
 	echo "== PostgreSQL $version: the demo (README's main job), short mode, and its report checked"

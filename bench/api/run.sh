@@ -3,7 +3,7 @@
 # libcurl, and how fast the worker drains the /transmit queue.
 #
 # As root (PostgreSQL and nginx themselves run as the postgres account):
-#   bash bench/api/run.sh [--quick] [--no-build] [--keep]
+#   bash bench/api/run.sh [--quick] [--no-build] [--keep] [--cpu C | --no-pin]
 #                         [--calls N] [--small-calls N] [--rows N] [--reps R]
 #
 # It starts nginx on a free loopback port serving fixed FlexFactor answers
@@ -12,16 +12,23 @@
 # points it at nginx, then measures in the same run:
 #   (a)  ff_evaluate() per call (N calls in one statement, each writing its
 #        orders row) against the plain client making N POSTs of the same
-#        body with the same headers; also _api_call() alone (transport only);
+#        body with the same headers, and against _api_call() alone
+#        (flexfactor's transport: the same request, token and JSON answer,
+#        no order): the bookkeeping is ff_evaluate minus _api_call, in
+#        elapsed time and in the backend's CPU time;
 #   (b)  N ff_transmit() rows committed in one transaction: time from commit
 #        until all are delivered, rows/s; no row lost or doubled (queue
 #        states, attempts, and nginx's access log);
 #   (c)  (a) again with a small N, quick enough for CI;
-#   (d)  the order writes ff_evaluate makes, without HTTP: on
-#        flexfactor.orders (with its triggers), and the bare INSERT + UPDATE
-#        on a table with the same keys and nothing else, the floor of
-#        "record the order before sending, store the answer after".
-# --quick runs only (c) and (b) with 2,000 rows.
+#   (d)  the order write ff_evaluate makes, without HTTP: on
+#        flexfactor.orders (with its triggers: order_events row, NOTIFY,
+#        waiting-event check), and the bare INSERT on a table with the same
+#        keys and nothing else, the floor of "record the order with its
+#        answer".
+# nginx, PostgreSQL and the plain client run on one CPU (taskset; the last
+# one unless --cpu C, not at all with --no-pin): on a 2-CPU machine shared
+# with other work, figures are bimodal otherwise.  The load average is
+# printed before and after.  --quick runs only (c) and (b) with 2,000 rows.
 # Exits non-zero when a correctness check fails (never because a target is
 # missed: targets are reported).  Everything is stopped and removed on exit
 # (--keep keeps the work directory with the logs).
@@ -37,6 +44,7 @@ calls=10000
 small_calls=500
 rows=20000
 reps=3
+cpu=auto
 while [ $# -gt 0 ]; do
 	case "$1" in
 		--quick) quick=1 ;;
@@ -46,7 +54,9 @@ while [ $# -gt 0 ]; do
 		--small-calls) small_calls=$2; shift ;;
 		--rows) rows=$2; shift ;;
 		--reps) reps=$2; shift ;;
-		-h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+		--cpu) cpu=$2; shift ;;
+		--no-pin) cpu=none ;;
+		-h|--help) sed -n '2,32p' "$0"; exit 0 ;;
 		*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -54,6 +64,7 @@ done
 [ $quick = 1 ] && [ "$rows" = 20000 ] && rows=2000
 . "$repo/bench/lib.sh"
 require_counts "$calls" "$small_calls" "$rows" "$reps"
+bench_pin "$cpu"
 bench_prepare bench/api/run.sh
 bench_workdir ffbench
 nginx_pid_file="$work/nginx/nginx.pid"
@@ -68,6 +79,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 
 # ------------------------------------------------------------------ nginx
@@ -110,7 +122,7 @@ http {
 }
 EOF
 chown -R postgres: "$work"
-as_pg nginx -p "$work/nginx/" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" || { fail "nginx did not start"; exit 1; }
+as_pg $(pinned) nginx -p "$work/nginx/" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" || { fail "nginx did not start"; exit 1; }
 base="http://127.0.0.1:$nginx_port/v1/"
 for _ in $(seq 100); do
 	curl -s -o /dev/null -X POST "${base}oauth2/token" && break
@@ -123,7 +135,7 @@ case "$answer" in
 esac
 reuse=$(curl -sv -o /dev/null -o /dev/null -X POST -d '{}' "${base}evaluate" "${base}transmit" 2>&1 | grep -ci 're-using existing connection')
 [ "${reuse:-0}" -ge 1 ] || { fail "nginx does not keep connections alive"; exit 1; }
-echo "== nginx on 127.0.0.1:$nginx_port (keep-alive, fixed answers)"
+echo "== nginx on 127.0.0.1:$nginx_port (keep-alive, fixed answers); nginx, PostgreSQL and the plain client $pinning"
 
 access_count() {	# lines of the access log for "METHOD PATH STATUS"
 	grep -c "^$1\$" "$work/nginx/access.log" 2>/dev/null || true
@@ -154,21 +166,22 @@ psql_ -d bench -c "SELECT (flexfactor.ff_decline('B-0', 1999, 'USD', 'tok', 'tx-
 chown postgres: "$work/body.json"
 
 # ------------------------------------------------------------------ measurements
-# ff_evaluate N: prints seconds for N calls in one statement; checks the count,
-# the stored orders and that exactly N requests reached nginx
+# ff_evaluate N: prints "elapsed cpu" seconds (the backend's CPU) for N calls
+# in one statement; checks the count, the stored orders and that exactly N
+# requests reached nginx
 measure_evaluate() {
 	local n=$1 prefix out before after secs count stored
 	prefix="E$(date +%s%N)-"	# unique per run: every call inserts a new order
 	before=$(access_count 'POST /v1/evaluate 200')
 	out=$(psql_ -d bench <<EOF
-SELECT clock_timestamp() AS t0 \gset
+$bench_clock_start
 SELECT count(flexfactor.ff_evaluate(flexfactor.ff_decline('$prefix' || i, 1999, 'USD', 'tok', 'tx-$prefix' || i,
                                                          $bench_decline_args)))
   FROM generate_series(1, $n) i;
-SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz);
+$bench_clock_since
 SELECT count(*) FROM flexfactor.orders WHERE order_id LIKE '$prefix%' AND status = 'SUBMITTED';
 EOF
-	) || { fail "ff_evaluate run $prefix"; echo 0; return; }
+	) || { fail "ff_evaluate run $prefix"; echo "0 0"; return; }
 	count=$(sed -n 1p <<<"$out"); secs=$(sed -n 2p <<<"$out"); stored=$(sed -n 3p <<<"$out")
 	after=$(access_count 'POST /v1/evaluate 200')
 	[ "$count" = "$n" ] || fail "ff_evaluate returned $count answers for $n calls"
@@ -177,95 +190,109 @@ EOF
 	echo "$secs"
 }
 
-# _api_call N: the transport alone (token, HTTP, JSON answer), no orders row
+# _api_call N: the transport alone (token, HTTP, JSON answer), no orders
+# row: "elapsed cpu"
 measure_api_call() {
 	local n=$1 out
 	out=$(psql_ -d bench <<EOF
-SELECT clock_timestamp() AS t0 \gset
-SELECT count(flexfactor._api_call('POST', 'evaluate', b)) FROM generate_series(1, $n) i,
-       (SELECT pg_read_file('$work/body.json')::jsonb AS b) x;
-SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz);
+SELECT pg_read_file('$work/body.json')::jsonb AS b \\gset
+$bench_clock_start
+SELECT count(flexfactor._api_call('POST', 'evaluate', :'b')) FROM generate_series(1, $n) i;
+$bench_clock_since
 EOF
-	) || { fail "_api_call run"; echo 0; return; }
+	) || { fail "_api_call run"; echo "0 0"; return; }
 	[ "$(sed -n 1p <<<"$out")" = "$n" ] || fail "_api_call count"
 	sed -n 2p <<<"$out"
 }
 
-# the order writes alone, N per statement, no HTTP: $1 = N, $2 = 'orders'
-# (the two statements ff_evaluate runs, on flexfactor.orders with its
-# triggers: order_events row, NOTIFY, waiting-event check) or 'bare' (the
-# same INSERT and UPDATE on a table with the same keys and nothing else:
-# the least that "record before sending, store the answer after" costs)
+# ff_decline N: building the bodies alone, as the ff_evaluate loop does: "elapsed cpu"
+measure_body() {
+	local n=$1 out
+	out=$(psql_ -d bench <<EOF
+$bench_clock_start
+SELECT count(flexfactor.ff_decline('D-' || i, 1999, 'USD', 'tok', 'tx-' || i, $bench_decline_args))
+  FROM generate_series(1, $n) i;
+$bench_clock_since
+EOF
+	) || { fail "ff_decline run"; echo "0 0"; return; }
+	sed -n 2p <<<"$out"
+}
+
+# the order write alone, N per statement, no HTTP: $1 = N, $2 = 'orders'
+# (the statement ff_evaluate runs, on flexfactor.orders with its triggers:
+# order_events row, NOTIFY, waiting-event check) or 'bare' (the same INSERT
+# on a table with the same keys and nothing else: the least that "record
+# the order with its answer" costs); "elapsed cpu"
 measure_writes() {
 	local n=$1 table=$2 prefix out
 	prefix="W$(date +%s%N)-"
 	out=$(psql_ -d bench <<EOF
-SELECT clock_timestamp() AS t0 \gset
+$bench_clock_start
 DO \$\$
 DECLARE
-    r bigint;
     answer jsonb := '{"orderSessionKey": "e97b1ff1-4449-46da-bc6c-a76d23f16353", "status": "SUBMITTED",
                       "success": true, "result": {"decision": "SUBMITTED"}, "errors": []}';
 BEGIN
     FOR i IN 1..$n LOOP
         IF '$table' = 'orders' THEN
-            INSERT INTO flexfactor.orders AS o (order_id, transaction_id, idempotency_key, source, is_mit,
-                                                amount_cents, currency, expiry_date_utc)
-            VALUES ('$prefix' || i, 'tx', gen_random_uuid(), 'api', true, 1999, upper('usd'), NULL)
-            ON CONFLICT (order_id) DO UPDATE SET transaction_id = EXCLUDED.transaction_id
-            RETURNING id INTO r;
-            UPDATE flexfactor.orders SET order_session_key = coalesce(gen_random_uuid(), order_session_key),
-                   status = flexfactor.ff_next_status(status, upper('SUBMITTED')), last_response = answer
-             WHERE id = r;
+            INSERT INTO flexfactor.orders (order_id, transaction_id, idempotency_key, source, is_mit,
+                                           amount_cents, currency, expiry_date_utc, order_session_key,
+                                           status, last_response)
+            VALUES ('$prefix' || i, 'tx', gen_random_uuid(), 'api', true, 1999, upper('usd'), NULL,
+                    gen_random_uuid(), flexfactor.ff_next_status('PENDING', upper('SUBMITTED')), answer)
+            ON CONFLICT (order_id) DO NOTHING;
         ELSE
-            INSERT INTO bench_bare_orders AS o (order_id, transaction_id, idempotency_key, amount_cents, currency)
-            VALUES ('$prefix' || i, 'tx', gen_random_uuid(), 1999, 'USD')
-            ON CONFLICT (order_id) DO UPDATE SET transaction_id = EXCLUDED.transaction_id
-            RETURNING id INTO r;
-            UPDATE bench_bare_orders SET order_session_key = gen_random_uuid(), status = 'SUBMITTED',
-                   last_response = answer
-             WHERE id = r;
+            INSERT INTO bench_bare_orders (order_id, transaction_id, idempotency_key, amount_cents, currency,
+                                           order_session_key, status, last_response)
+            VALUES ('$prefix' || i, 'tx', gen_random_uuid(), 1999, 'USD', gen_random_uuid(), 'SUBMITTED', answer)
+            ON CONFLICT (order_id) DO NOTHING;
         END IF;
     END LOOP;
 END
 \$\$;
-SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz);
+$bench_clock_since
 EOF
-	) || { fail "order writes ($table)"; echo 0; return; }
+	) || { fail "order writes ($table)"; echo "0 0"; return; }
 	sed -n 1p <<<"$out"
 }
 
 measure_plain() {
 	local n=$1 out
-	out=$(as_pg "$work/plain_client" "${base}evaluate" "$n" "$work/body.json" "$token") \
+	out=$(as_pg $(pinned) "$work/plain_client" "${base}evaluate" "$n" "$work/body.json" "$token") \
 		|| { fail "plain client: $out"; echo 0; return; }
 	sed -n 's/.*elapsed_s=\([0-9.]*\).*/\1/p' <<<"$out"
 }
 
 us_per_call() { awk -v s="$1" -v n="$2" 'BEGIN { printf "%.1f", s * 1e6 / n }'; }
 
-# compare N: best of $reps for ff_evaluate, _api_call and the plain client, interleaved
+elapsed_of() { local x; for x in "$@"; do echo "${x%% *}"; done | min_of; }
+cpu_of() { local x; for x in "$@"; do echo "${x##* }"; done | min_of; }
+
+# compare N: best of $reps for ff_evaluate, _api_call, the plain client and
+# the bodies alone, interleaved; elapsed and backend CPU seconds
 compare() {
-	local n=$1 e=() a=() p=() i
+	local n=$1 e=() a=() p=() d=() i
 	for i in $(seq "$reps"); do
 		p+=("$(measure_plain "$n")")
 		e+=("$(measure_evaluate "$n")")
 		a+=("$(measure_api_call "$n")")
+		d+=("$(measure_body "$n")")
 	done
-	cmp_eval=$(echo "${e[*]}" | min_of)
-	cmp_api=$(echo "${a[*]}" | min_of)
+	cmp_eval=$(elapsed_of "${e[@]}"); cmp_eval_cpu=$(cpu_of "${e[@]}")
+	cmp_api=$(elapsed_of "${a[@]}"); cmp_api_cpu=$(cpu_of "${a[@]}")
+	cmp_body=$(elapsed_of "${d[@]}"); cmp_body_cpu=$(cpu_of "${d[@]}")
 	cmp_plain=$(echo "${p[*]}" | min_of)
 }
 
-# the floor of the bookkeeping, best of $reps each
+# the floor of the bookkeeping, best of $reps each (backend CPU)
 floor() {
 	local n=$1 w=() b=() i
 	for i in $(seq "$reps"); do
 		w+=("$(measure_writes "$n" orders)")
 		b+=("$(measure_writes "$n" bare)")
 	done
-	floor_orders=$(echo "${w[*]}" | min_of)
-	floor_bare=$(echo "${b[*]}" | min_of)
+	floor_orders=$(cpu_of "${w[@]}")
+	floor_bare=$(cpu_of "${b[@]}")
 }
 
 echo "== warm-up (token, connections, caches)"
@@ -277,7 +304,7 @@ measure_plain 200 >/dev/null
 if [ $quick = 0 ]; then
 	echo "== (a) ff_evaluate vs plain libcurl, N=$calls, best of $reps"
 	compare "$calls"
-	a_eval=$cmp_eval a_api=$cmp_api a_plain=$cmp_plain
+	a=("$cmp_eval" "$cmp_eval_cpu" "$cmp_api" "$cmp_api_cpu" "$cmp_body" "$cmp_body_cpu" "$cmp_plain")
 	echo "== (d) the order writes alone, N=$calls, best of $reps"
 	psql_ -d bench -c "CREATE TABLE bench_bare_orders (
 	        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, order_id text NOT NULL UNIQUE,
@@ -289,7 +316,7 @@ fi
 
 echo "== (c) ff_evaluate vs plain libcurl, N=$small_calls, best of $reps"
 compare "$small_calls"
-c_eval=$cmp_eval c_api=$cmp_api c_plain=$cmp_plain
+c=("$cmp_eval" "$cmp_eval_cpu" "$cmp_api" "$cmp_api_cpu" "$cmp_body" "$cmp_body_cpu" "$cmp_plain")
 
 tokens=$(( $(access_count 'POST /v1/oauth2/token 200') - token_before ))
 [ "$tokens" -le 1 ] || fail "$tokens token requests for all the calls (expected 1)"
@@ -340,28 +367,43 @@ done
 b_rate=$(awk -v n="$rows" -v s="$b_drain" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print "inf" }')
 
 # ------------------------------------------------------------------ summary
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 [ -e "$work/failed" ] && failed=1
 verdict() {	# value target op -> met / MISSED
 	awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN {
 		ok = (op == "le") ? (v <= t) : (v >= t); print (ok ? "met" : "MISSED") }'
 }
+minus() { awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { printf "%.1f", a - b - c }'; }
+# label N, then the seven figures of compare(): the bookkeeping is what
+# ff_evaluate adds to the transport and to building its body
+print_compare() {
+	local label=$1 n=$2 e ec ap ac bd bc p bk bkc
+	e=$(us_per_call "$3" "$n"); ec=$(us_per_call "$4" "$n")
+	ap=$(us_per_call "$5" "$n"); ac=$(us_per_call "$6" "$n")
+	bd=$(us_per_call "$7" "$n"); bc=$(us_per_call "$8" "$n")
+	p=$(us_per_call "$9" "$n")
+	bk=$(minus "$e" "$ap" "$bd"); bkc=$(minus "$ec" "$ac" "$bc")
+	printf '%s  N=%d calls, best of %d: elapsed us/call (the backend'"'"'s CPU us/call)\n' "$label" "$n" "$reps"
+	printf '     ff_evaluate(ff_decline(...))    %8s   (%s)\n' "$e" "$ec"
+	printf '     _api_call(), the transport      %8s   (%s)   same request, token, JSON answer; no order\n' "$ap" "$ac"
+	printf '     ff_decline() alone, the body    %8s   (%s)\n' "$bd" "$bc"
+	printf '     plain libcurl client            %8s\n' "$p"
+	printf '     bookkeeping (first minus the next two) %s   (%s)   target <= 50 us: %s\n' "$bk" "$bkc" "$(verdict "$bk" 50 le)"
+	printf '     ratio ff_evaluate / plain       %8sx          target <= 3x: %s;  _api_call / plain %sx\n' \
+		"$(ratio "$3" "$9")" "$(verdict "$(ratio "$3" "$9")" 3 le)" "$(ratio "$5" "$9")"
+}
 echo
 echo "================ flexfactor API benchmark ================"
 echo "host: $(nproc) CPUs, $(uname -r); nginx $(nginx -v 2>&1 | sed 's|.*/||'), libcurl $(curl-config --version | awk '{print $2}')"
+echo "PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}'); nginx, PostgreSQL and the plain client $pinning"
+echo "load average (1, 5, 15 min): before $load_before, after $load_after"
 if [ $quick = 0 ]; then
-	ae=$(us_per_call "$a_eval" "$calls"); aa=$(us_per_call "$a_api" "$calls"); ap=$(us_per_call "$a_plain" "$calls")
-	ar=$(ratio "$a_eval" "$a_plain")
-	printf '(a)  N=%d calls, best of %d\n' "$calls" "$reps"
-	printf '     ff_evaluate()            %8s us/call\n' "$ae"
-	printf '     _api_call() only         %8s us/call   (transport, no orders row)\n' "$aa"
-	printf '     plain libcurl client     %8s us/call\n' "$ap"
-	printf '     ratio ff_evaluate/plain  %8sx          target <= 1.15x: %s\n' "$ar" "$(verdict "$ar" 1.15 le)"
-	printf '     ratio _api_call/plain    %8sx\n' "$(ratio "$a_api" "$a_plain")"
-	printf '(d)  the order writes alone, no HTTP, N=%d, best of %d\n' "$calls" "$reps"
-	printf '     on flexfactor.orders     %8s us/call   (%sx the plain request)\n' \
-		"$(us_per_call "$floor_orders" "$calls")" "$(ratio "$floor_orders" "$a_plain")"
-	printf '     bare INSERT + UPDATE     %8s us/call   (%sx the plain request; the 1.15x target leaves 0.15x)\n' \
-		"$(us_per_call "$floor_bare" "$calls")" "$(ratio "$floor_bare" "$a_plain")"
+	print_compare '(a)' "$calls" "${a[@]}"
+	printf '(d)  the order write alone, no HTTP, N=%d, best of %d: the backend'"'"'s CPU us/call\n' "$calls" "$reps"
+	printf '     on flexfactor.orders            %8s   (its triggers: order_events row, NOTIFY, waiting events)\n' \
+		"$(us_per_call "$floor_orders" "$calls")"
+	printf '     bare INSERT, same keys          %8s   (a table with the same keys and nothing else)\n' \
+		"$(us_per_call "$floor_bare" "$calls")"
 fi
 printf '(b)  %d ff_transmit rows in one transaction\n' "$rows"
 printf '     enqueue (one statement)  %8.3f s\n' "$b_enqueue"
@@ -369,10 +411,7 @@ printf '     commit -> all delivered  %8.3f s   = %s rows/s   target >= 2000/s: 
 	"$b_drain" "$b_rate" "$(verdict "$b_rate" 2000 ge)"
 printf '     delivered %s, set aside %s, pending %s, attempts %s, nginx POST /v1/transmit %s\n' \
 	"$b_delivered" "$b_set_aside" "$b_pending" "$b_attempts" "$b_lines"
-ce=$(us_per_call "$c_eval" "$small_calls"); ca=$(us_per_call "$c_api" "$small_calls"); cp=$(us_per_call "$c_plain" "$small_calls")
-printf '(c)  N=%d calls (quick), best of %d\n' "$small_calls" "$reps"
-printf '     ff_evaluate %s us/call, _api_call %s us/call, plain %s us/call; ratio ff_evaluate/plain %sx, _api_call/plain %sx\n' \
-	"$ce" "$ca" "$cp" "$(ratio "$c_eval" "$c_plain")" "$(ratio "$c_api" "$c_plain")"
+print_compare '(c)' "$small_calls" "${c[@]}"
 printf 'token requests during the run: %s\n' "$tokens"
 if [ $failed = 0 ]; then
 	echo "correctness: OK"

@@ -125,7 +125,7 @@ enqueue() {
 	local n=$1 t0 out
 	t0=$(now)
 	out=$(psql_ -d bench -c "SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline(
-	        'INV-' || i, 1000 + i % 9000, 'USD', 'tok-' || md5(i::text), 'gw-' || i,
+	        'INV-' || i, 1000 + i % 9000, 'USD', md5(i::text)::uuid::text, 'gw-' || i,
 	        decline_code => '51', email => 'c' || i || '@example.com',
 	        expiry => '2030-01-01 00:00+00', subscription_id => 'SUB-' || i,
 	        subscription_interval => 'monthly', $bench_billing_args,
