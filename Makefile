@@ -90,6 +90,14 @@ check-version:
 	@head -n 1 debian/changelog | grep -qF ' ($(EXTVERSION)-' || \
 		{ echo "debian/changelog's first entry is not version $(EXTVERSION)-N of flexfactor.control: add an entry for $(EXTVERSION)-1 at its top" >&2; exit 1; }
 
+# The high-availability suite (test/ha/t): pg_auto_failover (a monitor and
+# two nodes) and HAProxy on loopback, driven as the postgres account; it
+# needs Debian's postgresql-15-auto-failover, pg-auto-failover-cli and
+# haproxy (tools/install-deps.sh), so PostgreSQL 15 only.
+.PHONY: prove_ha
+prove_ha:
+	$(MAKE) prove_installcheck PROVE_TESTS='test/ha/t/*.pl'
+
 # `make installcheck` runs pg_regress and then the TAP suites; this runs the
 # TAP suites alone (PROVE_TESTS=test/t/001_worker_lifecycle.pl for one).
 .PHONY: prove_installcheck

@@ -22,6 +22,14 @@
  * the turn of the loop that received it, and under load the deliveries that
  * arrived while a group was being committed form the next one.
  *
+ * Health check: GET or HEAD on /healthz answers 200 "primary" while this
+ * node is a writable primary (not in recovery, default_transaction_read_only
+ * off, as a failover manager sets it while it promotes or demotes) and 503
+ * otherwise, from shared state alone (no transaction), and is never counted
+ * as a refusal.  A load balancer in front of every node's listener sends
+ * FlexFactor's deliveries to the one that passes (a standby runs no
+ * listener at all).
+ *
  * Refusals: 401 for authenticity (signature, date,
  * replayed nonce), 400 for a malformed body, 404 for another path, 405 for
  * another method, 413 for a body over the limit, 503 when the database
@@ -58,6 +66,7 @@
 #include <sys/socket.h>
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -103,6 +112,7 @@ typedef struct Delivery
 	MemoryContext cxt;
 	StringInfoData body;
 	bool		too_large;
+	bool		health;			/* GET /healthz */
 	unsigned int refuse_status; /* refused from its headers alone */
 	FFRefusal	refusal;
 	const char *refuse_reason;
@@ -179,6 +189,20 @@ respond(struct MHD_Connection *c, unsigned int status, const char *text)
 	ok = MHD_queue_response(c, status, r);
 	MHD_destroy_response(r);
 	return ok;
+}
+
+/*
+ * The health check's answer: 200 on a writable primary, 503 otherwise.  The
+ * listener reloads its settings every turn of its loop, so a failover
+ * manager's default_transaction_read_only is seen within one turn.
+ */
+static enum MHD_Result
+respond_health(struct MHD_Connection *c)
+{
+	bool		writable = !RecoveryInProgress() && !DefaultXactReadOnly;
+
+	return respond(c, writable ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
+				   writable ? "primary\n" : "not a writable primary\n");
 }
 
 static char *
@@ -922,7 +946,10 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 		d->cxt = cxt;
 		d->body.data = NULL;
 		conn_enter(c, CONN_BODY);
-		if (strcmp(url, started_path) != 0)
+		if (strcmp(url, FF_HEALTH_PATH) == 0 &&
+			(strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0))
+			d->health = true;
+		else if (strcmp(url, started_path) != 0)
 		{
 			d->refuse_status = MHD_HTTP_NOT_FOUND;
 			d->refuse_reason = "unknown path";
@@ -965,6 +992,8 @@ handle_request(void *cls, struct MHD_Connection *c, const char *url, const char 
 	conn_enter(c, CONN_BUSY);
 	if (d->status != 0)
 		return respond(c, d->status, d->text);
+	if (d->health)
+		return respond_health(c);
 	if (d->too_large)
 	{
 		d->refuse_status = MHD_HTTP_CONTENT_TOO_LARGE;

@@ -9,6 +9,12 @@
 
 #define FF_MAX_NETWORKS	64
 
+/*
+ * GET (or HEAD) on this path answers 200 on a writable primary and 503
+ * otherwise, for a load balancer's health check (never a webhook path).
+ */
+#define FF_HEALTH_PATH	"/healthz"
+
 /* one network of flexfactor.webhook_allowed_networks */
 typedef struct FFNetwork
 {

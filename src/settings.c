@@ -260,9 +260,10 @@ static bool
 check_webhook_path(char **newval, void **extra, GucSource source)
 {
 	if (!is_empty(*newval) && (*newval)[0] == '/' && !has_whitespace(*newval) &&
-		strchr(*newval, '?') == NULL)
+		strchr(*newval, '?') == NULL && strcmp(*newval, FF_HEALTH_PATH) != 0)
 		return true;
-	GUC_check_errdetail("The webhook path must start with \"/\" and contain no spaces or query string.");
+	GUC_check_errdetail("The webhook path must start with \"/\" and contain no spaces or query string, and cannot be %s (the health check's).",
+						FF_HEALTH_PATH);
 	return false;
 }
 

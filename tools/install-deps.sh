@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # install-deps.sh: installs what flexfactor needs to build, test and demo on
 # Debian 12, from Debian's packages only, including the tools that build the
-# Debian package (debhelper, pg_buildext); with --bench, also what the
-# benchmarks need (nginx-light, wrk).  Skips apt when every package is there.
+# Debian package (debhelper, pg_buildext) and the high-availability suite's
+# pg_auto_failover (postgresql-15-auto-failover, pg-auto-failover-cli) and
+# HAProxy; with --bench, also what the benchmarks need (nginx-light, wrk).
+# Skips apt when every package is there.
 #
 # Run as root: apt-get needs it.  It changes nothing else on the host: no
 # PostgreSQL cluster is stopped, started or reconfigured (the tests and the
-# demo use throwaway clusters on free loopback ports), and, with --bench,
-# nginx's package scripts are kept from starting a server on port 80 (the
-# benchmark runs its own nginx on a free loopback port).
+# demo use throwaway clusters on free loopback ports), and the package
+# scripts of haproxy and nginx are kept from starting a system-wide server
+# (the HA suite and the benchmark run their own on free loopback ports).
 set -euo pipefail
 
 bench=0
@@ -23,6 +25,7 @@ packages=(
 	build-essential
 	postgresql-15 postgresql-server-dev-15 postgresql-contrib
 	postgresql-15-cron
+	postgresql-15-auto-failover pg-auto-failover-cli haproxy
 	libcurl4-openssl-dev libssh2-1-dev libssl-dev libmicrohttpd-dev
 	openssh-server openssh-client
 	libipc-run-perl
@@ -45,7 +48,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	deny_starts=0
-	[[ " ${missing[*]} " == *" nginx-light "* ]] && deny_starts=1
+	[[ " ${missing[*]} " =~ \ (nginx-light|haproxy)\  ]] && deny_starts=1
 	# postgresql-server-dev-all requires postgresql-common of exactly its own
 	# version: the newest one would upgrade an installed postgresql-common,
 	# whose postinst starts every cluster that is down.  Ask for the installed
@@ -61,10 +64,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 			deny_starts=1
 		fi
 	done
-	# nginx's postinst starts the packaged server (port 80), postgresql-common's
+	# nginx's postinst starts the packaged server (port 80), haproxy's its
+	# packaged configuration (a stats socket in /run/haproxy), postgresql-common's
 	# the clusters; a policy-rc.d that denies service starts prevents it, for
 	# the length of this install only, and only when the host has no policy of
-	# its own
+	# its own.  (pg_auto_failover's packages start nothing: pg_autoctl runs
+	# only when a test starts it.)
 	policy=/usr/sbin/policy-rc.d
 	if [ $deny_starts -eq 1 ] && [ ! -e "$policy" ]; then
 		printf '#!/bin/sh\n# temporary, tools/install-deps.sh\nexit 101\n' >"$policy"

@@ -546,6 +546,27 @@ sub check_accepted
 	return $processed;
 }
 
+# How many batch lines FlexFactor accepted (a result line with success) for
+# each decline, by "orderId transaction.id", over every file it processed
+# (replays of a key included; the idempotency record tells them apart).
+sub accepted_line_counts
+{
+	my ($self) = @_;
+	my %n;
+	for my $b (@{ $self->batches })
+	{
+		next unless ($b->{status} // '') eq 'processed';
+		my @lines = @{ $b->{lines} // [] };
+		my @res = @{ $b->{results} // [] };
+		for my $i (0 .. $#lines)
+		{
+			next unless $res[$i] && $res[$i]{success};
+			$n{ ($lines[$i]{orderId} // '') . ' ' . ($lines[$i]{transaction}{id} // '') }++;
+		}
+	}
+	return \%n;
+}
+
 # Each key accepted exactly once and seen exactly once by the simulator.
 sub check_keys_once
 {

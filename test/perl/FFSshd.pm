@@ -15,6 +15,7 @@
 #   my %conf = $sshd->node_settings(inbound => $dir, outbound => $dir2);
 #   my $relay = FFSshd::Relay->start(target_port => $sshd->port);
 #   $relay->freeze_after(100_000); $relay->wait_frozen(30); $relay->pass;
+#   $relay->hold;                               # new connections pass, frozen ones wait
 #   $relay->thaw;                               # frozen connections move again
 package FFSshd;
 
@@ -275,10 +276,13 @@ END
 #   freeze_after N     a connection whose client has sent N bytes stops being
 #                      forwarded (both ways); "frozen" counts such connections
 #   drop_after N       such a connection is closed at once (both sides)
+#   hold               new connections pass; frozen ones stay frozen
 #   thaw               forward everything, frozen connections included: what
-#                      their client sent meanwhile goes on to the server (a
-#                      thawed connection is never frozen again)
-# Leaving a freeze_after mode closes the frozen connections, except by thaw.
+#                      their clients had sent meanwhile goes through (a
+#                      thawed connection is never frozen again); "thawed"
+#                      counts them
+# Leaving freeze_after or hold for another mode than these closes the frozen
+# connections, except by thaw.
 package FFSshd::Relay;
 
 use strict;
@@ -367,9 +371,10 @@ sub freeze_after
 	$self->_wait_ack;
 }
 sub drop_after { $_[0]->_write_control("drop_after $_[1]"); $_[0]->_wait_ack; }
+sub hold { $_[0]->_write_control('hold'); $_[0]->_wait_ack; }
 sub thaw { $_[0]->_write_control('thaw'); $_[0]->_wait_ack; }
 
-# Counters kept by the relay: connections, frozen, dropped.
+# Counters kept by the relay: connections, frozen, dropped, thawed.
 sub stats
 {
 	my ($self) = @_;
@@ -439,7 +444,7 @@ sub _loop
 	my %side;    # fileno -> { conn, up (client side?) }
 	my @conns;
 	my ($mode, $limit, $gen) = ('pass', 0, -1);
-	my %stats = (connections => 0, frozen => 0, dropped => 0);
+	my %stats = (connections => 0, frozen => 0, dropped => 0, thawed => 0);
 	my $write_stats = sub {
 		my $f = "$dir/stats";
 		if (open(my $fh, '>', "$f.tmp"))
@@ -488,10 +493,12 @@ sub _loop
 					$c->{frozen} = 0;
 					$c->{thawed} = 1;
 					$sel->add($c->{client}, $c->{server});
+					$stats{thawed}++;
 				}
+				$write_stats->();
 				$m = 'pass';
 			}
-			elsif ($mode eq 'freeze_after' && ($m // '') ne 'freeze_after')
+			elsif (($mode eq 'freeze_after' || $mode eq 'hold') && ($m // '') !~ /^(freeze_after|hold)$/)
 			{
 				$close->($_) for grep { $_->{frozen} } @conns;
 			}
