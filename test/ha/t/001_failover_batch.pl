@@ -96,7 +96,7 @@ note "node1's pg_autoctl and postmaster ($pm) killed";
 # the old worker, held in its upload: gone by itself, at once
 my $gone = ff_wait_until(sub { !FFHA::alive($old_worker) }, 10);
 my $t_gone = Time::HiRes::time() - $t_kill;
-ok($gone && $t_gone < 3, sprintf("the old worker (pid $old_worker) stopped once its postmaster died (%.1f s)", $t_gone));
+ok($gone && $t_gone < 1, sprintf("the old worker (pid $old_worker) stopped once its postmaster died (%.1f s)", $t_gone));
 
 my $failover = $ha->wait_states(node2 => 'wait_primary|primary', timeout => 90);
 ok(1, sprintf('the monitor promoted node2 (%.1f s after the kill)', Time::HiRes::time() - $t_kill));
