@@ -259,11 +259,16 @@ check_allowed_networks(char **newval, void **extra, GucSource source)
 static bool
 check_webhook_path(char **newval, void **extra, GucSource source)
 {
+	if (*newval != NULL && strcmp(*newval, FF_HEALTH_PATH) == 0)
+	{
+		GUC_check_errdetail("%s is the listener's health check for a load balancer.", FF_HEALTH_PATH);
+		GUC_check_errhint("Choose another path, such as /flexfactor/webhook.");
+		return false;
+	}
 	if (!is_empty(*newval) && (*newval)[0] == '/' && !has_whitespace(*newval) &&
-		strchr(*newval, '?') == NULL && strcmp(*newval, FF_HEALTH_PATH) != 0)
+		strchr(*newval, '?') == NULL)
 		return true;
-	GUC_check_errdetail("The webhook path must start with \"/\" and contain no spaces or query string, and cannot be %s (the health check's).",
-						FF_HEALTH_PATH);
+	GUC_check_errdetail("The webhook path must start with \"/\" and contain no spaces or query string.");
 	return false;
 }
 

@@ -8,6 +8,8 @@
 # as errors and installs the extension and, as the postgres account (which
 # PostgreSQL requires), runs on a copy of the tree:
 #   pg_regress suites (make installcheck), TAP suites (make prove_installcheck),
+# the high-availability suite (make prove_ha: pg_auto_failover and HAProxy;
+# on PostgreSQL 15 only, the one Debian packages pg_auto_failover for),
 # the decline trigger benchmark in its quick mode (bench/trigger/run.sh
 # --quick: its correctness checks only, never a timing) as one more check,
 # then the demo (demo/run.sh --quick) as one more check, and checks its
@@ -134,6 +136,28 @@ run_version() {
 		for f in "$w"/tmp_check/log/*; do
 			echo "---- $f (last 80 lines)"; tail -n 80 "$f"
 		done
+	fi
+
+	# its own tree: prove_installcheck starts by removing tmp_check
+	echo "== PostgreSQL $version: high-availability suite (pg_auto_failover and HAProxy; test/ha/t, make prove_ha)"
+	if [ -f "$("$pg_config" --sharedir)/extension/pgautofailover.control" ]; then
+		local t_ha=$SECONDS
+		mkdir -p "$w-ha"
+		cp -a "$w/." "$w-ha/"
+		chown -R postgres: "$w-ha"
+		as_pg make -C "$w-ha" prove_ha PG_CONFIG="$pg_config" >"$w/ha.log" 2>&1
+		rc=$?
+		grep -vE '^(echo|\+\+\+|make)' "$w/ha.log"
+		count_prove "$w/ha.log"
+		echo "high-availability suite: $((SECONDS - t_ha)) s"
+		if [ $rc -ne 0 ]; then
+			suite_failed=1
+			for f in "$w-ha"/tmp_check/log/*; do
+				echo "---- $f (last 60 lines)"; tail -n 60 "$f"
+			done
+		fi
+	else
+		echo "skipped on PostgreSQL $version: Debian packages pg_auto_failover (postgresql-15-auto-failover) for its own PostgreSQL 15 only, so this installation has no pgautofailover extension"
 	fi
 
 	if [ "$with_sim" = 1 ] && [ -x "$w/test/ffsim/run_tests.sh" ]; then

@@ -52,6 +52,7 @@ ALTER SYSTEM SET flexfactor.sftp_port = 65536;
 ALTER SYSTEM SET flexfactor.webhook_port = 70000;
 ALTER SYSTEM SET flexfactor.webhook_path = 'no-leading-slash';
 ALTER SYSTEM SET flexfactor.webhook_path = '/with?query';
+ALTER SYSTEM SET flexfactor.webhook_path = '/healthz';
 ALTER SYSTEM SET flexfactor.webhook_listen_address = 'example.com';
 \set VERBOSITY sqlstate
 ALTER SYSTEM SET flexfactor.webhook_max_skew = -5;

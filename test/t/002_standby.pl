@@ -1,19 +1,40 @@
 # The workers run only on a primary: a standby starts none, and a promoted
-# standby starts them.
+# standby starts them.  The webhook listener's health check (GET /healthz,
+# for a load balancer) answers 200 on a writable primary only: 503 while
+# default_transaction_read_only is on (as a failover manager sets it), and
+# nothing answers on a standby.  (The failover itself: test/ha/t.)
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use FlexFactorTest;
+use FFSim;
 
+my $wport = PostgreSQL::Test::Cluster::get_free_port();
 my $primary = ff_node('primary', 'flexfactor.database' => 'ffdb',
+	'flexfactor.webhook_listen_address' => '127.0.0.1', 'flexfactor.webhook_port' => $wport,
 	allows_streaming => 1);
+
+sub health
+{
+	my $r = FFSim::http_request(port => $wport, method => $_[0] // 'GET', path => '/healthz', timeout => 5);
+	return defined $r->{status} ? "$r->{status} $r->{body}" : "no answer ($r->{error})";
+}
 $primary->start;
 $primary->safe_psql('postgres', 'CREATE DATABASE ffdb');
 $primary->safe_psql('ffdb', 'CREATE EXTENSION flexfactor');
 ff_wait_for_worker($primary, 'ffdb');
 pass('primary runs the worker');
+FFSim::wait_for_listener($primary, $wport);
+is(health(), "200 primary\n", 'GET /healthz on the primary: 200');
+like(health('HEAD'), qr/^200 /, 'HEAD /healthz too');
+$primary->safe_psql('postgres', 'ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf()');
+ok(ff_wait_until(sub { health() eq "503 not a writable primary\n" }, 10),
+	'default_transaction_read_only on: 503');
+$primary->safe_psql('postgres', 'ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()');
+ok(ff_wait_until(sub { health() eq "200 primary\n" }, 10), 'writable again: 200');
+like(health('POST'), qr/^404 /, 'POST /healthz: 404 (not a webhook path)');
 
 $primary->backup('base');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
@@ -32,9 +53,13 @@ ok(!FlexFactorTest::ff_log_contains($standby, qr/flexfactor launcher started/),
 	'the launcher never started on the standby');
 
 $primary->stop('fast');
+like(health(), qr/^no answer/, 'the primary stopped, the standby answers nothing on the port');
+
 $standby->promote;
 my $pid = ff_wait_for_worker($standby, 'ffdb');
 ok($pid > 0, 'a promoted standby starts the worker');
+FFSim::wait_for_listener($standby, $wport);
+is(health(), "200 primary\n", 'and its listener: /healthz 200');
 
 $standby->stop('fast');
 done_testing();
