@@ -95,6 +95,22 @@ count_unittest() {	# unittest: "Ran N tests", "FAILED (failures=a, errors=b)"
 	passed=$((passed + rp)); failed=$((failed + rf))
 }
 
+# make target $2 (a prove run) in tree $1 as the postgres account, output in
+# $3, counted; the logs of a failed run printed.  Returns make's status.
+run_prove() {
+	local tree=$1 target=$2 log=$3 rc f
+	as_pg make -C "$tree" "$target" PG_CONFIG="$PG_CONFIG" >"$log" 2>&1
+	rc=$?
+	grep -vE '^(echo|\+\+\+)' "$log"
+	count_prove "$log"
+	if [ $rc -ne 0 ]; then
+		for f in "$tree"/tmp_check/log/*; do
+			echo "---- $f (last 80 lines)"; tail -n 80 "$f"
+		done
+	fi
+	return $rc
+}
+
 # $1: pg_config of the installation; $2: 1 to run the simulator's tests too
 run_version() {
 	local pg_config=$1 with_sim=$2 version w rc
@@ -127,16 +143,7 @@ run_version() {
 	fi
 
 	echo "== PostgreSQL $version: TAP suites"
-	as_pg make -C "$w" prove_installcheck PG_CONFIG="$pg_config" >"$w/tap.log" 2>&1
-	rc=$?
-	grep -vE '^(echo|\+\+\+)' "$w/tap.log"
-	count_prove "$w/tap.log"
-	if [ $rc -ne 0 ]; then
-		suite_failed=1
-		for f in "$w"/tmp_check/log/*; do
-			echo "---- $f (last 80 lines)"; tail -n 80 "$f"
-		done
-	fi
+	run_prove "$w" prove_installcheck "$w/tap.log" || suite_failed=1
 
 	# its own tree: prove_installcheck starts by removing tmp_check
 	echo "== PostgreSQL $version: high-availability suite (pg_auto_failover and HAProxy; test/ha/t, make prove_ha)"
@@ -145,17 +152,8 @@ run_version() {
 		mkdir -p "$w-ha"
 		cp -a "$w/." "$w-ha/"
 		chown -R postgres: "$w-ha"
-		as_pg make -C "$w-ha" prove_ha PG_CONFIG="$pg_config" >"$w/ha.log" 2>&1
-		rc=$?
-		grep -vE '^(echo|\+\+\+|make)' "$w/ha.log"
-		count_prove "$w/ha.log"
+		run_prove "$w-ha" prove_ha "$w/ha.log" || suite_failed=1
 		echo "high-availability suite: $((SECONDS - t_ha)) s"
-		if [ $rc -ne 0 ]; then
-			suite_failed=1
-			for f in "$w-ha"/tmp_check/log/*; do
-				echo "---- $f (last 60 lines)"; tail -n 60 "$f"
-			done
-		fi
 	else
 		echo "skipped on PostgreSQL $version: Debian packages pg_auto_failover (postgresql-15-auto-failover) for its own PostgreSQL 15 only, so this installation has no pgautofailover extension"
 	fi
