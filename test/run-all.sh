@@ -150,7 +150,7 @@ run_version() {
 	if [ -f "$("$pg_config" --sharedir)/extension/pgautofailover.control" ]; then
 		local t_ha=$SECONDS
 		mkdir -p "$w-ha"
-		cp -a "$w/." "$w-ha/"
+		cp -a "$repo/." "$w-ha/"
 		chown -R postgres: "$w-ha"
 		run_prove "$w-ha" prove_ha "$w/ha.log" || suite_failed=1
 		echo "high-availability suite: $((SECONDS - t_ha)) s"
