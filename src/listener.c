@@ -17,14 +17,18 @@
  * delivery, and one commit (one WAL flush) makes the group durable.  Only
  * then are the connections resumed and answered: 200 for the stored ones,
  * each refusal with its own status; if the commit fails, every delivery of
- * the group is answered 503 and nothing of it is kept.  Nothing waits for a
- * group to fill: a delivery on an idle listener is a group of one, taken in
- * the turn of the loop that received it, and under load the deliveries that
- * arrived while a group was being committed form the next one.
+ * the group is answered 503 and nothing of it is kept.  With a synchronous
+ * standby the commit returns once the standby has it, unless a stop, the
+ * postmaster's death or a cancel cut that wait short: then the group is
+ * answered 503 too (committed here, maybe not there; see not_confirmed).
+ * Nothing waits for a group to fill: a delivery on an idle listener is a
+ * group of one, taken in the turn of the loop that received it, and under
+ * load the deliveries that arrived while a group was being committed form
+ * the next one.
  *
  * Health check: GET or HEAD on /healthz answers 200 "primary" while this
  * node is a writable primary (not in recovery, default_transaction_read_only
- * off, as a failover manager sets it while it promotes or demotes) and 503
+ * off, as a failover manager sets it around a promotion) and 503
  * otherwise, from shared state alone (no transaction), and is never counted
  * as a refusal.  A load balancer in front of every node's listener sends
  * FlexFactor's deliveries to the one that passes (a standby runs no
@@ -66,7 +70,6 @@
 #include <sys/socket.h>
 
 #include "access/xact.h"
-#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -167,6 +170,13 @@ static MemoryContext group_cxt = NULL;
 static Delivery *waiting[MAX_CONNECTIONS];
 static int	n_waiting = 0;
 
+/*
+ * Set by SIGINT (pg_cancel_backend(), or statement_timeout, which signals
+ * the process itself) besides the usual cancel request: a cancel ends a
+ * commit's wait for the synchronous standby early, without an error.
+ */
+static volatile sig_atomic_t cancel_signalled = false;
+
 /* what the listener was started with; a SIGHUP that changes them restarts it */
 static char *started_address;
 static int	started_port;
@@ -199,10 +209,11 @@ respond(struct MHD_Connection *c, unsigned int status, const char *text)
 static enum MHD_Result
 respond_health(struct MHD_Connection *c)
 {
-	bool		writable = !RecoveryInProgress() && !DefaultXactReadOnly;
+	const char *why;
+	bool		primary = ff_fence_writable(&why);
 
-	return respond(c, writable ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
-				   writable ? "primary\n" : "not a writable primary\n");
+	return respond(c, primary ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
+				   primary ? "primary\n" : "not a writable primary\n");
 }
 
 static char *
@@ -579,6 +590,30 @@ writable(void)
 }
 
 /*
+ * The group's commit returned, but its wait for the synchronous standby may
+ * have been cut short: a stop request (SIGTERM, a fast shutdown, a
+ * switchover), the postmaster's death or a cancel end that wait without an
+ * error, the transaction then committed on this node only, which a failover
+ * can lose.  Such a group is not acknowledged: each delivery is answered 503
+ * and FlexFactor sends it again (a repeat of a stored event is kept as
+ * 'duplicate' and changes nothing).
+ */
+static void
+not_confirmed(Delivery **group, int n)
+{
+	ereport(WARNING,
+			(errcode(ERRCODE_ADMIN_SHUTDOWN),
+			 errmsg("flexfactor webhook listener does not acknowledge %d deliveries: their commit's wait for the synchronous standby was cut short", n),
+			 errdetail("They are committed here but may not be on the standby; each is answered HTTP 503."),
+			 errhint("FlexFactor delivers them again; a repeat changes nothing.")));
+	for (int i = 0; i < n; i++)
+	{
+		group[i]->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+		group[i]->text = status_text(MHD_HTTP_SERVICE_UNAVAILABLE);
+	}
+}
+
+/*
  * Take a group of deliveries in one transaction and set each one's answer:
  * its own when the transaction committed, 503 for all when it did not.
  */
@@ -607,8 +642,12 @@ take_group(Delivery **group, int n)
 			take_delivery(group[i], cxt);
 		PopActiveSnapshot();
 		ff_fence_check();
+		cancel_signalled = false;
 		CommitTransactionCommand();		/* durable before acknowledged */
-		ff_status_clear_error();
+		if (ProcDiePending || cancel_signalled)
+			not_confirmed(group, n);
+		else
+			ff_status_clear_error();
 	}
 	PG_CATCH();
 	{
@@ -1052,6 +1091,13 @@ log_from_daemon(void *cls, const char *fmt, va_list ap)
 }
 
 static void
+handle_sigint(SIGNAL_ARGS)
+{
+	cancel_signalled = true;
+	StatementCancelHandler(postgres_signal_arg);
+}
+
+static void
 stop_daemon(int code, Datum arg)
 {
 	/*
@@ -1179,6 +1225,7 @@ ff_listener_main(Datum main_arg)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
+	pqsignal(SIGINT, handle_sigint);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
