@@ -407,6 +407,18 @@ in_subtransaction(void (*fn) (void *), void *arg, MemoryContext cxt)
 	return edata;
 }
 
+/* The signature headers of a delivery, as libmicrohttpd holds them. */
+static void
+read_signature_headers(struct MHD_Connection *c, FFWebhookHeaders *h)
+{
+	h->nonce = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-nonce");
+	h->date = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-date");
+	h->host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+	h->content_sha512 = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-content-sha512");
+	h->authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-authorization");
+	h->signature = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-signature");
+}
+
 /* Verify, store and apply one delivery (in its subtransaction). */
 static void
 receive_one(void *arg)
@@ -416,12 +428,7 @@ receive_one(void *arg)
 	FFWebhookHeaders h;
 	char	   *outcome;
 
-	h.nonce = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-nonce");
-	h.date = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-date");
-	h.host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
-	h.content_sha512 = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-content-sha512");
-	h.authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-authorization");
-	h.signature = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-signature");
+	read_signature_headers(c, &h);
 
 	outcome = ff_webhook_receive(&h, d->body.data, d->body.len, "listener", &d->authentic);
 	d->text = MemoryContextStrdup(d->cxt, outcome);
@@ -702,12 +709,7 @@ screen_waiting(void)
 		FFWebhookVerdict verdict;
 		FFRefusal	refusal;
 
-		h.nonce = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-nonce");
-		h.date = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-date");
-		h.host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
-		h.content_sha512 = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-content-sha512");
-		h.authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-authorization");
-		h.signature = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-fc-signature");
+		read_signature_headers(c, &h);
 		verdict = ff_webhook_verify(&h, d->body.data, d->body.len, now, &reason);
 		if (verdict == FF_WEBHOOK_OK || verdict == FF_WEBHOOK_NOT_CONFIGURED)
 		{
