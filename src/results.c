@@ -66,7 +66,8 @@
 
 /*
  * A result line answers one batch line with a handful of fields; a line
- * longer than this is refused with its file.
+ * longer than this is refused with its file.  Its end (LF, or CRLF) is not
+ * counted: a CRLF file is held to the same limit as an LF one.
  */
 #define MAX_RESULT_LINE_BYTES	(1024 * 1024)
 /* what one call of _apply_result_lines() gets, at most */
@@ -314,10 +315,17 @@ read_exact(Download *d, void *buf, uint32 len)
 	d->read_at += len;
 }
 
+static void
+line_too_long(char **why, const char *name, int32 number)
+{
+	why[0] = psprintf("result file %s has a line longer than %d bytes", name, MAX_RESULT_LINE_BYTES);
+	why[1] = psprintf("Line %d; it was not read further.", number);
+}
+
 /*
- * Check one complete line (without its newline) and keep it when it is not
- * empty.  Returns false, with why in *why (an errmsg and an errdetail), when
- * the file is refused.
+ * Check one complete line (without its LF; a CR before it is taken off)
+ * and keep it when it is not empty.  Returns false, with why in *why (an
+ * errmsg and an errdetail), when the file is refused.
  */
 static bool
 take_line(Download *d, StringInfo line, int32 number, int32 line_count, const char *name,
@@ -325,6 +333,14 @@ take_line(Download *d, StringInfo line, int32 number, int32 line_count, const ch
 {
 	uint32		len = line->len;
 
+	if (len > 0 && line->data[len - 1] == '\r')
+		line->data[--line->len] = '\0';	/* a CRLF end */
+	if (line->len > MAX_RESULT_LINE_BYTES)
+	{
+		line_too_long(why, name, number);
+		return false;
+	}
+	len = line->len;
 	if (memchr(line->data, '\0', line->len) != NULL ||
 		!pg_verifymbstr(line->data, line->len, true))
 	{
@@ -390,11 +406,10 @@ download_result(FFSftp *conn, const char *path, const char *name, int64 batch_id
 			const char *nl = memchr(p, '\n', end - p);
 			size_t		take = (nl ? nl : end) - p;
 
-			if (line.len + take > MAX_RESULT_LINE_BYTES)
+			/* one byte more: the CR of a CRLF end, taken off below */
+			if (line.len + take > MAX_RESULT_LINE_BYTES + 1)
 			{
-				why[0] = psprintf("result file %s has a line longer than %d bytes",
-								  name, MAX_RESULT_LINE_BYTES);
-				why[1] = psprintf("Line %d; it was not read further.", number + 1);
+				line_too_long(why, name, number + 1);
 				ok = false;
 				break;
 			}

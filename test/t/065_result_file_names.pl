@@ -7,7 +7,8 @@
 # A download stopped by temp_file_limit fails that file only, and leaves no
 # temporary file behind (a BufFile raised the error again when closed).  A
 # line nested deeper than the JSON parser's stack allows is refused with its
-# file, once, like a line that is not JSON.
+# file, once, like a line that is not JSON.  The 1 MB line limit is the
+# same for CRLF and LF files.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -135,6 +136,56 @@ is(sq("SELECT sqlstate FROM flexfactor.refused_result_files WHERE file_name = '$
 is(scalar(() = ff_log_since($node, $off) =~ /flexfactor worker could not apply result file "\Q$rd\E"/g), 1,
 	'one WARNING over 3 passes, not one a pass');
 is(sq("SELECT state FROM flexfactor.batches WHERE id = $bd"), 'uploaded', 'nothing was applied');
+
+
+# ------------------------------------------------------------------
+# 4. The line limit (1 MB) counts a line's content, not its end: a CRLF
+#    file is held to the same limit as an LF one (a line of exactly 1 MB
+#    was refused with CRLF and taken with LF)
+# ------------------------------------------------------------------
+# an answer file for the newest batch, CRLF: its first line exactly
+# $content bytes before its end, the others 200
+sub crlf_answers
+{
+	my ($first) = @_;
+	my ($b, $f) = split /\|/, sq('SELECT id, file_name FROM flexfactor.batches ORDER BY id DESC LIMIT 1');
+	(my $r = $f) =~ s/\.jsonl$/.result.jsonl/;
+	open(my $fh, '>', "$outbound/$r") or die;
+	for (split /\n/, sq("SELECT sequence_number || ' ' || (line::jsonb->>'orderId')
+	                      FROM flexfactor.batch_file_lines($b) ORDER BY 1"))
+	{
+		my ($seq, $order) = split / /;
+		my $content = $seq == 1 ? $first : 200;
+		my %answer = (sequenceNumber => $seq + 0, orderId => $order,
+			orderSessionKey => sprintf('0c5e0000-0000-4000-8000-%012d', $b * 100 + $seq),
+			status => 'SUBMITTED', success => \1, errors => [], pad => '');
+		$answer{pad} = 'x' x ($content - length(FFSim->encode_json(\%answer)));
+		my $line = FFSim->encode_json(\%answer);
+		die 'line of ' . length($line) . " bytes, not $content" unless length($line) == $content;
+		print $fh $line, "\r\n";
+	}
+	close $fh;
+	return ($b, $r);
+}
+
+enqueue_declines('C', 2);
+is(export()->{stdout}, '1', 'a batch of 2 uploaded');
+my ($bc, $rc) = crlf_answers(1024 * 1024);
+export();
+is(sq("SELECT state FROM flexfactor.batches WHERE id = $bc"), 'answered',
+	'a CRLF result file with a line of exactly 1 MB is applied');
+is(sq("SELECT count(*) FROM flexfactor.refused_result_files WHERE file_name = '$rc'"), '0', 'and not refused');
+is(sq("SELECT count(*) FROM flexfactor.orders WHERE order_id LIKE 'C-%' AND status = 'SUBMITTED'"), '2',
+	'both its answers are recorded');
+
+enqueue_declines('O', 2);
+is(export()->{stdout}, '1', 'a batch of 2 uploaded');
+my ($bo, $ro) = crlf_answers(1024 * 1024 + 1);
+$off = -s $node->logfile;
+export();
+like(ff_log_since($node, $off), qr/result file \Q$ro\E has a line longer than 1048576 bytes/,
+	'a CRLF line of 1 MB and a byte is refused');
+is(sq("SELECT state FROM flexfactor.batches WHERE id = $bo"), 'uploaded', 'nothing of it was applied');
 
 $node->stop;
 $sshd->stop;
