@@ -35,7 +35,7 @@
 #include "ext_version.h"
 
 FFExtensionState
-ff_extension_state(char **version)
+ff_extension_state(char **version, Oid *extoid)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	FFExtensionState state = FF_EXTENSION_MISSING;
@@ -45,6 +45,8 @@ ff_extension_state(char **version)
 	HeapTuple	tuple;
 
 	*version = NULL;
+	if (extoid != NULL)
+		*extoid = InvalidOid;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	rel = table_open(ExtensionRelationId, AccessShareLock);
@@ -59,6 +61,8 @@ ff_extension_state(char **version)
 									 RelationGetDescr(rel), &isnull);
 
 		*version = MemoryContextStrdup(caller, isnull ? "?" : TextDatumGetCString(d));
+		if (extoid != NULL)
+			*extoid = ((Form_pg_extension) GETSTRUCT(tuple))->oid;
 		state = strcmp(*version, FLEXFACTOR_VERSION) == 0 ?
 			FF_EXTENSION_READY : FF_EXTENSION_OTHER_VERSION;
 	}

@@ -15,9 +15,10 @@ typedef enum FFExtensionState
 
 /*
  * The state of the extension in the current database; *version (palloc'd in
- * the caller's context) gets the installed version when there is one.
+ * the caller's context) gets the installed version when there is one, and
+ * *extoid (unless NULL) its pg_extension OID (InvalidOid when there is none).
  * Opens its own transaction: call it with none open.
  */
-extern FFExtensionState ff_extension_state(char **version);
+extern FFExtensionState ff_extension_state(char **version, Oid *extoid);
 
 #endif							/* FLEXFACTOR_EXT_VERSION_H */

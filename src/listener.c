@@ -71,6 +71,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -288,6 +289,54 @@ note_rejection(struct MHD_Connection *c, Delivery *d, unsigned int status, const
 	d->connection = c;
 }
 
+/* the extension was found at the library's version (see extension_ready) */
+static bool sql_ready = false;
+static Oid	sql_ready_extoid = InvalidOid;	/* its pg_extension OID then */
+
+/*
+ * An error that says the extension's objects are not what they were found
+ * to be (check_same_extension below; or an undefined function, table or
+ * schema) makes the next group check the version again (extension_ready):
+ * until it is right again, deliveries are answered 503 without a
+ * transaction, and that is logged once.
+ */
+static void
+recheck_extension_after(const ErrorData *edata)
+{
+	if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION ||
+		edata->sqlerrcode == ERRCODE_INVALID_SCHEMA_NAME ||
+		edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
+		sql_ready = false;
+}
+
+/*
+ * In a group's transaction: the extension is still the one found at the
+ * library's version.  DROP EXTENSION, then CREATE EXTENSION (maybe at an
+ * older version) gives it another OID; its objects would not be what this
+ * library expects, even where no call fails.
+ */
+static void
+check_same_extension(void)
+{
+	if (get_extension_oid("flexfactor", true) != sql_ready_extoid)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension flexfactor was dropped or created again since the webhook listener checked its version"),
+				 errdetail("The deliveries are answered HTTP 503; the version is checked again before the next ones."),
+				 errhint("If it is not at version %s now, run ALTER EXTENSION flexfactor UPDATE.",
+						 FLEXFACTOR_VERSION)));
+}
+
+/* ff_work_catch() and ff_work_report(), with the check above */
+static void
+report_work_error(MemoryContext cxt, const char *doing)
+{
+	ErrorData  *edata = ff_work_catch(cxt);
+
+	recheck_extension_after(edata);
+	ff_work_report(edata, doing);
+}
+
 /*
  * Record the noted refusals in one short transaction, then resume their
  * connections to be answered: recorded before answered, as deliveries are.
@@ -314,7 +363,7 @@ record_rejections(void)
 	}
 	PG_CATCH();
 	{
-		ff_work_report(ff_work_catch(cxt), "record refused deliveries");
+		report_work_error(cxt, "record refused deliveries");
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
@@ -347,7 +396,7 @@ flush_refusals(void)
 	}
 	PG_CATCH();
 	{
-		ff_work_report(ff_work_catch(cxt), "count refused requests");
+		report_work_error(cxt, "count refused requests");
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
@@ -505,6 +554,7 @@ take_delivery(Delivery *d, MemoryContext cxt)
 		}
 		edata = stored;			/* answered 503 below */
 	}
+	recheck_extension_after(edata);
 	d->status = status_for(edata->sqlerrcode);
 	d->text = status_text(d->status);
 	ereport(d->status >= 500 ? WARNING : LOG,
@@ -531,8 +581,6 @@ take_delivery(Delivery *d, MemoryContext cxt)
 						edata->message)));
 }
 
-/* the extension was found at the library's version: no more checks */
-static bool sql_ready = false;
 static TimestampTz sql_checked_at = 0;
 static FFExtensionState sql_reported = FF_EXTENSION_READY;
 
@@ -543,8 +591,10 @@ static FFExtensionState sql_reported = FF_EXTENSION_READY;
  * transaction, so that FlexFactor delivers them again, and refusal counts
  * stay in shared memory; this is logged once.  Checked with no transaction
  * open, for every group of deliveries (a short read of pg_extension) but at
- * most once a second for the refusal counts, and never again once they are:
- * the library cannot change without a restart.
+ * most once a second for the refusal counts, and not again once they are
+ * (the library cannot change without a restart) unless an error says the
+ * objects changed (recheck_extension_after: DROP EXTENSION, then CREATE
+ * EXTENSION at an older version).
  */
 static bool
 extension_ready(bool for_deliveries)
@@ -557,7 +607,7 @@ extension_ready(bool for_deliveries)
 	if (!for_deliveries &&
 		!TimestampDifferenceExceeds(sql_checked_at, GetCurrentTimestamp(), 1000))
 		return false;
-	state = ff_extension_state(&version);
+	state = ff_extension_state(&version, &sql_ready_extoid);
 	sql_checked_at = GetCurrentTimestamp();
 	if (state == FF_EXTENSION_READY)
 	{
@@ -565,6 +615,7 @@ extension_ready(bool for_deliveries)
 			ereport(LOG, (errmsg("flexfactor webhook listener found the extension at version %s and takes deliveries",
 								 FLEXFACTOR_VERSION)));
 		sql_ready = true;
+		sql_reported = FF_EXTENSION_READY;
 		return true;
 	}
 	if (state != sql_reported)
@@ -645,6 +696,7 @@ take_group(Delivery **group, int n)
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "flexfactor: storing webhook deliveries");
+		check_same_extension();
 		for (int i = 0; i < n; i++)
 			take_delivery(group[i], cxt);
 		PopActiveSnapshot();
@@ -664,6 +716,7 @@ take_group(Delivery **group, int n)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
+		recheck_extension_after(edata);
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("flexfactor webhook listener could not commit %d deliveries: %s", n, edata->message),

@@ -346,7 +346,7 @@ static bool
 extension_ready(void)
 {
 	char	   *version;
-	FFExtensionState state = ff_extension_state(&version);
+	FFExtensionState state = ff_extension_state(&version, NULL);
 
 	if (state == FF_EXTENSION_MISSING)
 		ff_status_set("waiting for extension");

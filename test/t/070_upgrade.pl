@@ -18,7 +18,8 @@
 #  - the worker starts by itself, without a restart, and exports what was
 #    queued before and after the update; the webhook listener answers 503
 #    before the update (FlexFactor delivers again) and stores deliveries
-#    after it.
+#    after it; and again after DROP EXTENSION and CREATE EXTENSION at the
+#    previous version.
 use strict;
 use warnings;
 use File::Temp ();
@@ -327,6 +328,28 @@ is($late->{status}, 200, 'after the update the listener takes deliveries (same p
 is(FFSim::listener_pid($node), $lpid, '... the same listener process');
 like(sq("SELECT apply_state FROM flexfactor.webhook_events WHERE nonce = '$late->{nonce}'"), qr/^(?:applied|duplicate)$/,
 	'... stored and applied');
+
+# ------------------------------------------------------------------
+# 5. DROP EXTENSION, then CREATE EXTENSION at the previous version: the
+#    listener, which had found the version right, checks it again (it went
+#    on taking deliveries with whatever objects were there)
+# ------------------------------------------------------------------
+$offset = -s $node->logfile;
+sq("DROP EXTENSION flexfactor CASCADE");
+sq("CREATE EXTENSION flexfactor VERSION '$previous'");
+my @answers = map { deliver_completed()->{status} } 1 .. 3;
+is_deeply(\@answers, [ 503, 503, 503 ], "after DROP and CREATE EXTENSION VERSION '$previous' the listener answers 503");
+is(sq("SELECT count(*) FROM flexfactor.webhook_events"), '0', 'and stores nothing in the older objects');
+$node->wait_for_log(qr/LOG:  00000: flexfactor webhook listener answers 503 until the extension in its database is updated from version \Q$previous\E to \Q$current\E/, $offset);
+pass('it says why once more');
+@said = ff_log_since($node, $offset) =~ /listener answers 503 until/g;
+is(scalar @said, 1, 'once for three deliveries');
+is(FFSim::listener_pid($node), $lpid, 'the same listener process');
+sq("DROP TRIGGER IF EXISTS payments_flexfactor ON billing.payments");
+sq("ALTER EXTENSION flexfactor UPDATE");
+my $again = deliver_completed();
+is($again->{status}, 200, 'after ALTER EXTENSION flexfactor UPDATE it takes deliveries again');
+is(sq("SELECT count(*) FROM flexfactor.webhook_events WHERE nonce = '$again->{nonce}'"), '1', '... stored');
 
 $sim->stop;
 $sshd->stop;
