@@ -20,6 +20,9 @@
 #        until all are delivered, rows/s; no row lost or doubled (queue
 #        states, attempts, and nginx's access log);
 #   (c)  (a) again with a small N, quick enough for CI;
+#        And against the same bookkeeping hand-written in PL/pgSQL around
+#        _api_call() (the order inserted before the request, updated after
+#        it, on flexfactor.orders with its triggers).
 #   (d)  the order write ff_evaluate makes, without HTTP: on
 #        flexfactor.orders (with its triggers: order_events row, NOTIFY,
 #        waiting-event check), and the bare INSERT on a table with the same
@@ -165,6 +168,32 @@ psql_ -d bench -c "SELECT (flexfactor.ff_decline('B-0', 1999, 'USD', 'tok', 'tx-
 	                      'idempotencyKey', gen_random_uuid()))::text" >"$work/body.json"
 chown postgres: "$work/body.json"
 
+# (a) and (c) compare ff_evaluate with this: its bookkeeping written by hand
+# the usual way (see measure_plpgsql)
+psql_ -d bench >/dev/null <<'EOF' || fail "bench_evaluate_plpgsql"
+CREATE FUNCTION bench_evaluate_plpgsql(body jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    key uuid := gen_random_uuid();
+    answer jsonb;
+BEGIN
+    INSERT INTO flexfactor.orders (order_id, transaction_id, idempotency_key, source, is_mit,
+                                   amount_cents, currency)
+    VALUES (body->>'orderId', body #>> '{transaction,id}', key, 'api', (body->>'isMIT')::boolean,
+            (body #>> '{transaction,amount}')::bigint, upper(body #>> '{transaction,currency}'))
+    ON CONFLICT (order_id) DO NOTHING;
+    answer := flexfactor._api_call('POST', 'evaluate',
+                  body || jsonb_build_object('mid', current_setting('flexfactor.mid'), 'idempotencyKey', key));
+    UPDATE flexfactor.orders o
+       SET order_session_key = (answer->>'orderSessionKey')::uuid,
+           status = flexfactor.ff_next_status(o.status, upper(answer->>'status')),
+           last_response = answer
+     WHERE o.order_id = body->>'orderId';
+    RETURN answer;
+END
+$$;
+EOF
+
 # ------------------------------------------------------------------ measurements
 # ff_evaluate N: prints "elapsed cpu" seconds (the backend's CPU) for N calls
 # in one statement; checks the count, the stored orders and that exactly N
@@ -203,6 +232,29 @@ EOF
 	) || { fail "_api_call run"; echo "0 0"; return; }
 	[ "$(sed -n 1p <<<"$out")" = "$n" ] || fail "_api_call count"
 	sed -n 2p <<<"$out"
+}
+
+# the same bookkeeping hand-written in PL/pgSQL around the same transport:
+# the order inserted with its idempotency key before the request and
+# updated with the answer after it (forward-only), on flexfactor.orders
+# with its triggers (order_events row, NOTIFY); no body check, no lock on
+# the order: "elapsed cpu" for N calls, checked like ff_evaluate's
+measure_plpgsql() {
+	local n=$1 prefix out secs count stored
+	prefix="P$(date +%s%N)-"
+	out=$(psql_ -d bench <<EOF
+$bench_clock_start
+SELECT count(bench_evaluate_plpgsql(flexfactor.ff_decline('$prefix' || i, 1999, 'USD', 'tok', 'tx-$prefix' || i,
+                                                         $bench_decline_args)))
+  FROM generate_series(1, $n) i;
+$bench_clock_since
+SELECT count(*) FROM flexfactor.orders WHERE order_id LIKE '$prefix%' AND status = 'SUBMITTED';
+EOF
+	) || { fail "PL/pgSQL run $prefix"; echo "0 0"; return; }
+	count=$(sed -n 1p <<<"$out"); secs=$(sed -n 2p <<<"$out"); stored=$(sed -n 3p <<<"$out")
+	[ "$count" = "$n" ] || fail "the PL/pgSQL version returned $count answers for $n calls"
+	[ "$stored" = "$n" ] || fail "$stored SUBMITTED orders stored by the PL/pgSQL version for $n calls"
+	echo "$secs"
 }
 
 # ff_decline N: building the bodies alone, as the ff_evaluate loop does: "elapsed cpu"
@@ -271,13 +323,15 @@ cpu_of() { local x; for x in "$@"; do echo "${x##* }"; done | min_of; }
 # compare N: best of $reps for ff_evaluate, _api_call, the plain client and
 # the bodies alone, interleaved; elapsed and backend CPU seconds
 compare() {
-	local n=$1 e=() a=() p=() d=() i
+	local n=$1 e=() a=() p=() d=() l=() i
 	for i in $(seq "$reps"); do
 		p+=("$(measure_plain "$n")")
 		e+=("$(measure_evaluate "$n")")
 		a+=("$(measure_api_call "$n")")
 		d+=("$(measure_body "$n")")
+		l+=("$(measure_plpgsql "$n")")
 	done
+	cmp_plpgsql=$(elapsed_of "${l[@]}"); cmp_plpgsql_cpu=$(cpu_of "${l[@]}")
 	cmp_eval=$(elapsed_of "${e[@]}"); cmp_eval_cpu=$(cpu_of "${e[@]}")
 	cmp_api=$(elapsed_of "${a[@]}"); cmp_api_cpu=$(cpu_of "${a[@]}")
 	cmp_body=$(elapsed_of "${d[@]}"); cmp_body_cpu=$(cpu_of "${d[@]}")
@@ -304,7 +358,8 @@ measure_plain 200 >/dev/null
 if [ $quick = 0 ]; then
 	echo "== (a) ff_evaluate vs plain libcurl, N=$calls, best of $reps"
 	compare "$calls"
-	a=("$cmp_eval" "$cmp_eval_cpu" "$cmp_api" "$cmp_api_cpu" "$cmp_body" "$cmp_body_cpu" "$cmp_plain")
+	a=("$cmp_eval" "$cmp_eval_cpu" "$cmp_api" "$cmp_api_cpu" "$cmp_body" "$cmp_body_cpu" "$cmp_plain"
+	   "$cmp_plpgsql" "$cmp_plpgsql_cpu")
 	echo "== (d) the order writes alone, N=$calls, best of $reps"
 	psql_ -d bench -c "CREATE TABLE bench_bare_orders (
 	        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, order_id text NOT NULL UNIQUE,
@@ -316,7 +371,8 @@ fi
 
 echo "== (c) ff_evaluate vs plain libcurl, N=$small_calls, best of $reps"
 compare "$small_calls"
-c=("$cmp_eval" "$cmp_eval_cpu" "$cmp_api" "$cmp_api_cpu" "$cmp_body" "$cmp_body_cpu" "$cmp_plain")
+c=("$cmp_eval" "$cmp_eval_cpu" "$cmp_api" "$cmp_api_cpu" "$cmp_body" "$cmp_body_cpu" "$cmp_plain"
+   "$cmp_plpgsql" "$cmp_plpgsql_cpu")
 
 tokens=$(( $(access_count 'POST /v1/oauth2/token 200') - token_before ))
 [ "$tokens" -le 1 ] || fail "$tokens token requests for all the calls (expected 1)"
@@ -374,15 +430,18 @@ verdict() {	# value target op -> met / MISSED
 		ok = (op == "le") ? (v <= t) : (v >= t); print (ok ? "met" : "MISSED") }'
 }
 minus() { awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { printf "%.1f", a - b - c }'; }
-# label N, then the seven figures of compare(): the bookkeeping is what
-# ff_evaluate adds to the transport and to building its body
+# label N, then the nine figures of compare(): the bookkeeping is what
+# ff_evaluate (or the PL/pgSQL version) adds to the transport and to
+# building its body
 print_compare() {
-	local label=$1 n=$2 e ec ap ac bd bc p bk bkc
+	local label=$1 n=$2 e ec ap ac bd bc p bk bkc l lc lk lkc
 	e=$(us_per_call "$3" "$n"); ec=$(us_per_call "$4" "$n")
 	ap=$(us_per_call "$5" "$n"); ac=$(us_per_call "$6" "$n")
 	bd=$(us_per_call "$7" "$n"); bc=$(us_per_call "$8" "$n")
 	p=$(us_per_call "$9" "$n")
+	l=$(us_per_call "${10}" "$n"); lc=$(us_per_call "${11}" "$n")
 	bk=$(minus "$e" "$ap" "$bd"); bkc=$(minus "$ec" "$ac" "$bc")
+	lk=$(minus "$l" "$ap" "$bd"); lkc=$(minus "$lc" "$ac" "$bc")
 	printf '%s  N=%d calls, best of %d: elapsed us/call (the backend'"'"'s CPU us/call)\n' "$label" "$n" "$reps"
 	printf '     ff_evaluate(ff_decline(...))    %8s   (%s)\n' "$e" "$ec"
 	printf '     _api_call(), the transport      %8s   (%s)   same request, token, JSON answer; no order\n' "$ap" "$ac"
@@ -391,6 +450,9 @@ print_compare() {
 	printf '     bookkeeping (first minus the next two) %s   (%s)   target <= 50 us: %s\n' "$bk" "$bkc" "$(verdict "$bk" 50 le)"
 	printf '     ratio ff_evaluate / plain       %8sx          target <= 3x: %s;  _api_call / plain %sx\n' \
 		"$(ratio "$3" "$9")" "$(verdict "$(ratio "$3" "$9")" 3 le)" "$(ratio "$5" "$9")"
+	printf '     the same in PL/pgSQL            %8s   (%s)   order inserted before, updated after, around _api_call()\n' "$l" "$lc"
+	printf '     its bookkeeping                 %8s   (%s)   ff_evaluate'"'"'s / its: %sx (CPU %sx)\n' \
+		"$lk" "$lkc" "$(ratio "$bk" "$lk")" "$(ratio "$bkc" "$lkc")"
 }
 echo
 echo "================ flexfactor API benchmark ================"
