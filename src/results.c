@@ -117,12 +117,17 @@ name_label(const char *name)
 }
 
 /*
- * Errors that belong to the file itself: it is refused until it changes.
- * Class 54 too: a line nested deeper than the JSON parser's stack allows
- * (54001), a value over a size limit (54000).
+ * Errors that refuse the file: it is recorded in refused_result_files and
+ * warned about once.  Those that belong to its bytes keep it unread until it
+ * changes; class 54 too: a line nested deeper than the JSON parser's stack
+ * allows (54001), a value over a size limit (54000).  The SFTP server's
+ * refusal to open or read it (FF033: permission denied while FlexFactor
+ * still writes it, say) says nothing of its bytes: such a file is tried
+ * again at every pass (files_to_read), and warned about again only when the
+ * reason changes (record_refusal).
  */
 static bool
-file_is_at_fault(int sqlerrcode)
+file_is_refused(int sqlerrcode)
 {
 	return sqlerrcode == ERRCODE_FF_MALFORMED_RESPONSE ||
 		sqlerrcode == ERRCODE_FF_SFTP_IO ||
@@ -141,9 +146,19 @@ int8_array(int64 *values, int n)
 										   TYPALIGN_DOUBLE));
 }
 
+/* a file of the listing to read, and what refused it before (if anything) */
+typedef struct ResultFile
+{
+	FFSftpEntry *entry;
+	char	   *label;			/* name_label(entry->name) */
+	char	   *refused_for;	/* the reason recorded for it as it is now, or NULL */
+} ResultFile;
+
 /*
  * The answer files of the listing, in name order, less those refused already
- * as they are listed now.  One short transaction.
+ * as they are listed now for what they hold.  A file the SFTP server refused
+ * to open or read (FF033) is tried again, with the reason recorded then.
+ * One short transaction.
  */
 static List *
 files_to_read(List *entries)
@@ -158,7 +173,6 @@ files_to_read(List *entries)
 	Oid			types[3] = {TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
 	Datum		values[3];
 	MemoryContext cxt = CurrentMemoryContext;
-	List	   *refused = NIL;
 
 	foreach(lc, entries)
 	{
@@ -177,8 +191,12 @@ files_to_read(List *entries)
 	foreach(lc, candidates)
 	{
 		FFSftpEntry *e = lfirst(lc);
+		ResultFile *f = palloc0(sizeof(ResultFile));
 
-		names[n] = CStringGetTextDatum(name_label(e->name));
+		f->entry = e;
+		f->label = name_label(e->name);
+		result = lappend(result, f);
+		names[n] = CStringGetTextDatum(f->label);
 		sizes[n] = (int64) e->size;
 		mtimes[n] = (int64) e->mtime;
 		n++;
@@ -188,7 +206,8 @@ files_to_read(List *entries)
 	values[2] = int8_array(mtimes, n);
 
 	ff_work_begin("flexfactor: reading refused result files");
-	if (SPI_execute_with_args("SELECT f.name FROM unnest($1, $2, $3) AS f(name, size, mtime)"
+	if (SPI_execute_with_args("SELECT f.name, r.sqlstate, r.reason"
+							  "  FROM unnest($1, $2, $3) AS f(name, size, mtime)"
 							  "  JOIN flexfactor.refused_result_files r"
 							  "    ON r.file_name = f.name AND r.byte_count = f.size"
 							  "   AND r.modified_at = to_timestamp(f.mtime)",
@@ -196,28 +215,26 @@ files_to_read(List *entries)
 		elog(ERROR, "could not read flexfactor.refused_result_files");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		MemoryContext old = MemoryContextSwitchTo(cxt);
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *name = SPI_getvalue(row, desc, 1);
+		char	   *sqlstate = SPI_getvalue(row, desc, 2);
 
-		refused = lappend(refused, pstrdup(name));
-		MemoryContextSwitchTo(old);
+		foreach(lc, result)
+		{
+			ResultFile *f = lfirst(lc);
+
+			if (strcmp(f->label, name) != 0)
+				continue;
+			if (sqlstate != NULL && strcmp(sqlstate, unpack_sql_state(ERRCODE_FF_SFTP_IO)) == 0)
+				f->refused_for = MemoryContextStrdup(cxt, SPI_getvalue(row, desc, 3));
+			else
+				result = foreach_delete_current(result, lc);	/* refused for its bytes */
+			break;
+		}
 	}
 	ff_work_commit();
-
-	foreach(lc, candidates)
-	{
-		FFSftpEntry *e = lfirst(lc);
-		ListCell   *r;
-		bool		skip = false;
-
-		char	   *label = name_label(e->name);
-
-		foreach(r, refused)
-			if (strcmp(lfirst(r), label) == 0)
-				skip = true;
-		if (!skip)
-			result = lappend(result, e);
-	}
+	MemoryContextSwitchTo(cxt);
 	return result;
 }
 
@@ -570,25 +587,33 @@ ingest_file(FFSftp *conn, const FFSftpEntry *e, const char *path)
 	ff_work_commit();
 }
 
-/* Record a refused file, in a transaction of its own. */
-static void
-record_refusal(const FFSftpEntry *e, ErrorData *edata)
+/*
+ * Record a refused file, in a transaction of its own; returns false, and
+ * records nothing, when the SFTP server refused it again for the reason
+ * recorded already (it is not warned about again).
+ */
+static bool
+record_refusal(const ResultFile *f, ErrorData *edata)
 {
 	Oid			types[5] = {TEXTOID, INT8OID, INT8OID, TEXTOID, TEXTOID};
 	Datum		values[5];
+	char	   *reason = edata->detail ? psprintf("%s: %s", edata->message, edata->detail) :
+		edata->message;
 
-	values[0] = CStringGetTextDatum(name_label(e->name));
-	values[1] = Int64GetDatum((int64) e->size);
-	values[2] = Int64GetDatum((int64) e->mtime);
+	if (f->refused_for != NULL && edata->sqlerrcode == ERRCODE_FF_SFTP_IO &&
+		strcmp(f->refused_for, reason) == 0)
+		return false;
+	values[0] = CStringGetTextDatum(f->label);
+	values[1] = Int64GetDatum((int64) f->entry->size);
+	values[2] = Int64GetDatum((int64) f->entry->mtime);
 	values[3] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
-	values[4] = CStringGetTextDatum(edata->detail ?
-									psprintf("%s: %s", edata->message, edata->detail) :
-									edata->message);
+	values[4] = CStringGetTextDatum(reason);
 	ff_work_begin("flexfactor: recording a refused result file");
 	if (SPI_execute_with_args("SELECT flexfactor._refuse_result_file($1, $2, $3, $4, $5)",
 							  5, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not record refused result file \"%s\"", name_label(e->name));
+		elog(ERROR, "could not record refused result file \"%s\"", f->label);
 	ff_work_commit();
+	return true;
 }
 
 /* Move an applied file to flexfactor.sftp_processed_dir, or delete it. */
@@ -606,7 +631,9 @@ put_away(FFSftp *conn, const FFSftpEntry *e, const char *path)
  * folder not refused already, each in a memory context reset after it.  A
  * file that cannot be applied is refused (recorded, logged once) and never
  * keeps the files after it from being applied; only a lost connection ends
- * the reading.  After the deadline the rest waits for the next pass.
+ * the reading.  A file the SFTP server refuses to open or read (FF033) is
+ * recorded and logged once too, but tried again at every pass.  After the
+ * deadline the rest waits for the next pass.
  */
 void
 ff_results_ingest(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
@@ -630,7 +657,8 @@ ff_results_ingest(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
 	file_cxt = AllocSetContextCreate(pass_cxt, "flexfactor result file", ALLOCSET_DEFAULT_SIZES);
 	foreach(lc, files)
 	{
-		FFSftpEntry *e = lfirst(lc);
+		ResultFile *f = lfirst(lc);
+		FFSftpEntry *e = f->entry;
 		char	   *path;
 		volatile bool applied = false;
 		volatile bool stop = false;
@@ -651,12 +679,17 @@ ff_results_ingest(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
 		PG_CATCH();
 		{
 			ErrorData  *edata = ff_work_catch(file_cxt);
+			bool		report = true;
 
 			if (edata->sqlerrcode == ERRCODE_FF_SFTP_CONNECTION)
 				stop = true;
-			else if (file_is_at_fault(edata->sqlerrcode))
-				record_refusal(e, edata);
-			ff_export_report_failure(edata, result, psprintf("apply result file \"%s\"", name_label(e->name)));
+			else if (file_is_refused(edata->sqlerrcode))
+				report = record_refusal(f, edata);
+			if (report)
+				ff_export_report_failure(edata, result, psprintf("apply result file \"%s\"", f->label));
+			else
+				elog(DEBUG1, "flexfactor worker: the SFTP server refused result file \"%s\" again: %s",
+					 f->label, edata->message);
 		}
 		PG_END_TRY();
 		if (applied)
@@ -671,7 +704,7 @@ ff_results_ingest(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
 
 				stop = (edata->sqlerrcode == ERRCODE_FF_SFTP_CONNECTION);
 				ff_export_report_failure(edata, result,
-										 psprintf("move applied result file \"%s\"", name_label(e->name)));
+										 psprintf("move applied result file \"%s\"", f->label));
 			}
 			PG_END_TRY();
 		}

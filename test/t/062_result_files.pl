@@ -8,8 +8,12 @@
 #     (SQLSTATE, reason) and one WARNING; a late error file for the answered
 #     batch is refused too and the batch stays answered.  Over further
 #     passes, and after PostgreSQL is restarted, none of them is opened
-#     again.  A refused file that changes is read again and applied (and
-#     loses its row); a row deleted by the DBA has its file tried again.
+#     again, but for the one the SFTP server refused to open (FF033: that
+#     says nothing of its bytes): it is tried again at every pass, without
+#     another WARNING, and applied once it is readable (it was kept refused
+#     until its row was deleted).  A refused file that changes is read again
+#     and applied (and loses its row); a row deleted by the DBA has its file
+#     read again.
 #  2. A 64 MB result file (a batch of 2,000 lines, each answer padded to 33
 #     kB) is applied whole, once: its 2,000 lines stored, the orders made,
 #     the file recorded with its SHA-256.  The worker holds one line while
@@ -178,7 +182,8 @@ for my $b (@bad)
 }
 my %opened = map { $_ => opens($_) } @bad;
 is($opened{$unknown} + $opened{$late}, 0, 'the file that answers no batch and the late error file were never opened');
-is(join(',', @opened{ $ru, $rm, $rj }), '1,1,1', 'the other bad files were opened once each');
+is(join(',', @opened{ $rm, $rj }), '1,1', 'the files refused for their bytes were opened once each');
+cmp_ok($opened{$ru}, '>=', 6, 'the file the server would not open was tried at every pass (6)');
 
 # a restart: the table, not the worker's memory, keeps them refused
 my $refused_at = sq('SELECT string_agg(refused_at::text, \',\' ORDER BY file_name) FROM flexfactor.refused_result_files');
@@ -186,9 +191,10 @@ $node->restart;
 ff_wait_for_worker($node, 'ffdb');
 $off = -s $node->logfile;
 export() for 1 .. 3;
-is(join(',', map { opens($_) } @bad), join(',', map { $opened{$_} } @bad),
-	'after a restart, no bad file is opened again');
-is(join(',', map { warnings_about($_, $off) } @bad), '0,0,0,0,0', 'nor warned about');
+is(join(',', map { opens($_) } grep { $_ ne $ru } @bad), join(',', map { $opened{$_} } grep { $_ ne $ru } @bad),
+	'after a restart, no file refused for its bytes is opened again');
+cmp_ok(opens($ru), '>=', $opened{$ru} + 3, 'the one the server would not open is tried again');
+is(join(',', map { warnings_about($_, $off) } @bad), '0,0,0,0,0', 'none is warned about again');
 is(sq('SELECT string_agg(refused_at::text, \',\' ORDER BY file_name) FROM flexfactor.refused_result_files'),
 	$refused_at, 'their rows are as they were');
 
@@ -197,14 +203,14 @@ $rj = write_result($bj, $fj);
 chmod 0644, "$outbound/$ru";
 $r = export();
 is(sq("SELECT string_agg(state, ',' ORDER BY id) FROM flexfactor.batches WHERE id IN ($bu, $bj)"),
-	'uploaded,answered', 'the corrected file is applied; the unreadable one, unchanged, is still skipped');
-is(sq("SELECT count(*) FROM flexfactor.refused_result_files WHERE file_name = '$rj'"), '0',
-	'the applied file lost its row');
-sq("DELETE FROM flexfactor.refused_result_files WHERE file_name = '$ru'");
+	'answered,answered', 'the corrected file is applied, and so is the one readable now, unchanged');
+is(sq("SELECT count(*) FROM flexfactor.refused_result_files WHERE file_name IN ('$rj', '$ru')"), '0',
+	'both lost their rows');
+sq("DELETE FROM flexfactor.refused_result_files WHERE file_name = '$rm'");
 $r = export();
-is(sq("SELECT state FROM flexfactor.batches WHERE id = $bu"), 'answered',
-	'once its row is deleted, the file now readable is applied');
-is(opens($ru), 2, 'it was opened a second time, after the row was deleted');
+is(opens($rm), 2, 'a row deleted by the DBA: its file is read again');
+like(sq("SELECT sqlstate || ' ' || reason FROM flexfactor.refused_result_files WHERE file_name = '$rm'"),
+	qr/^FF009 .*does not match batch $bm/, 'and, unchanged, refused again');
 unlink map { "$outbound/$_" } $unknown, $rm, $late;
 
 # ------------------------------------------------------------------
