@@ -212,8 +212,19 @@ check_letters(BodyProblems *p, JsonbContainer *root, const char *path, int n, co
 			}
 }
 
+/* the days of a month of the proleptic Gregorian calendar, as .NET's DateTime knows it */
+static int
+days_in_month(int year, int month)
+{
+	static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	bool		leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+
+	return days[month - 1] + (month == 2 && leap ? 1 : 0);
+}
+
 /*
- * An ISO 8601 date-time as FlexFactor parses it: YYYY-MM-DDTHH:MM:SS, then
+ * An ISO 8601 date-time as FlexFactor parses it (a day the month does not
+ * have, 2026-02-30, is unparsable to it as to any date parser): YYYY-MM-DDTHH:MM:SS, then
  * optional fractional seconds, then Z or +hh:mm / -hh:mm.
  */
 static bool
@@ -237,7 +248,8 @@ is_iso_timestamp(const char *s)
 	hour = atoi(s + 11);
 	minute = atoi(s + 14);
 	second = atoi(s + 17);
-	if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 59)
+	if (month < 1 || month > 12 || day < 1 || day > days_in_month(atoi(s), month) ||
+		hour > 23 || minute > 59 || second > 59)
 		return false;
 	p = s + sizeof(shape) - 1;
 	if (*p == '.')
@@ -352,12 +364,21 @@ ff_check_body(Jsonb *payload, FFBodyKind kind, const char *caller)
 	check_timestamp(&p, root, "transaction.timestampUtc", false, NULL);
 	check_boolean(&p, root, "isMIT");
 	check_boolean(&p, root, "isRecurring");
-	if (transmit)
+	check_boolean(&p, root, "isDeclined");
+	check_boolean(&p, root, "paymentMethod.token");
+	/*
+	 * isDeclined: the sandbox answered "The IsDeclined field is required."
+	 * [OBS].  ff_evaluate() fills it in when missing; nothing fills in a
+	 * batch line's.  An /evaluate body or batch line is a declined charge.
+	 */
+	if (transmit || kind == FF_BODY_BATCH)
 	{
 		RequiredField f = {"isDeclined", NULL, NULL};
 
 		require(&p, root, &f);
 	}
+	if (!transmit && get_path(root, "isDeclined", &v) && v.type == jbvBool && !v.val.boolean)
+		note_invalid(&p, "isDeclined", "false; FlexFactor evaluates declined transactions only");
 	/*
 	 * A merchant id: FlexFactor requires it in /evaluate bodies and batch
 	 * lines, and flexfactor needs it for every /transmit copy too (its
@@ -421,7 +442,8 @@ ff_check_body(Jsonb *payload, FFBodyKind kind, const char *caller)
 						(is_mit && ff_mit_mode == FF_MIT_MANAGED),
 						"expiry");
 
-	if (kind == FF_BODY_BATCH && !path_is_true(root, "paymentMethod.token"))
+	if (kind == FF_BODY_BATCH && !path_is_true(root, "paymentMethod.token") &&
+		!(get_path(root, "paymentMethod.token", &v) && v.type != jbvBool))	/* named above */
 		note_invalid(&p, "paymentMethod.token",
 					 "batch lines carry a /tokenize token with token = true, never a card number");
 

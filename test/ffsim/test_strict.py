@@ -246,6 +246,21 @@ class EvaluateStrict(SimCase):
         self.refused(dict(self.doc_cit(), idempotencyKey="not-a-guid"), "IdempotencyKey",
                      "The field IdempotencyKey must be a GUID.")
 
+    def test_unparsable_timestamp_utc(self):
+        # a date-time the model cannot parse is invalid, as for ExpiryDateUtc [OBS]:
+        # a day the month does not have, a word, a number
+        for bad in ("2026-02-30T10:00:00Z", "2026-04-31T00:00:00Z", "yesterday", 1768471200):
+            with self.subTest(bad=bad):
+                self.refused(without(self.doc_cit(), "transaction.timestampUtc", bad),
+                             "Transaction.TimestampUtc", "The field TimestampUtc is invalid.")
+        key, path, msg = REC["EXPIRY_INVALID"]
+        self.refused(without(self.doc_mit(), path, "2027-02-29T00:00:00Z"), key, msg)
+        # what parses is taken: fractions, offsets, a leap day
+        for good in ("2026-01-15T10:00:00.000Z", "2026-01-15T10:00:00+02:00", "2024-02-29T10:00:00Z"):
+            with self.subTest(good=good):
+                self.assertEqual(self.evaluate(without(self.doc_cit(), "transaction.timestampUtc", good))["status"],
+                                 "APPROVED")
+
     def test_admin_switches_to_lenient_and_back(self):
         minimal = {"isDeclined": True, "orderId": "L-1", "idempotencyKey": str(uuid.uuid4()),
                    "transaction": {"id": "t", "amount": 4901, "currency": "USD"},

@@ -139,6 +139,15 @@ def _type_checks(errors, n):
         v = get(n, path)
         if v is not None and not isinstance(v, str):
             _add(errors, path, "The JSON value could not be converted to System.String.")
+    # A date-time the model binder cannot parse is "The field <Name> is invalid.", as
+    # the sandbox answered for ExpiryDateUtc [OBS]; transaction.timestampUtc is a
+    # date-time of the same model [DOC], so an unparsable one (2026-02-30, "yesterday",
+    # a number) is refused the same way [INFERENCE].
+    ts = get(n, "transaction.timestampUtc")
+    if (ts is not None and "transaction.timestampUtc" not in errors
+            and not (isinstance(ts, str) and not ts.strip())
+            and clock.parse_iso(ts) is None):
+        _add(errors, "transaction.timestampUtc", "The field TimestampUtc is invalid.")
     amt = get(n, "transaction.amount")
     if amt is not None and not _is_int(amt):
         _add(errors, "transaction.amount", "The JSON value could not be converted to System.Int32.")

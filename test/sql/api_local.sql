@@ -77,6 +77,20 @@ SELECT flexfactor.ff_evaluate(jsonb_set(:complete, '{transaction,currency}', '"d
 SELECT flexfactor.ff_evaluate(jsonb_set(:complete, '{expiryDateUtc}', '""'));
 SELECT flexfactor.ff_evaluate(jsonb_set(:complete, '{billingInformation,countryCode}', '"USA"'));
 SELECT flexfactor.ff_evaluate(:complete || '{"idempotencyKey":"nope"}');
+-- dates the service cannot parse (a day the month does not have), by every
+-- path (a leap day parses: below)
+SELECT flexfactor.ff_evaluate(jsonb_set(:complete, '{expiryDateUtc}', '"2027-02-29T00:00:00Z"'));
+SELECT flexfactor.ff_enqueue_decline(jsonb_set(:complete, '{transaction,timestampUtc}', '"2026-04-31T09:30:00Z"'));
+SELECT flexfactor.ff_transmit(jsonb_set(flexfactor.ff_payment('P-1', 2500, 'usd', 'gw-1', email => 'jane@example.com',
+           paid_at => '2026-11-24 09:30:00+00', is_mit => false), '{transaction,timestampUtc}', '"2026-11-31T09:30:00Z"'));
+-- isDeclined: a batch line has nobody to fill it in ("The IsDeclined field
+-- is required." [OBS]); an /evaluate body or batch line is a declined charge;
+-- booleans are JSON booleans
+SELECT flexfactor.ff_enqueue_decline(:complete - 'isDeclined');
+SELECT flexfactor.ff_enqueue_decline(:complete || '{"isDeclined": false}');
+SELECT flexfactor.ff_evaluate(:complete || '{"isDeclined": false}');
+SELECT flexfactor.ff_evaluate(:complete || '{"isDeclined": "true"}');
+SELECT flexfactor.ff_enqueue_decline(jsonb_set(:complete, '{paymentMethod,token}', '"true"'));
 
 -- each field the real service requires, removed in turn from a complete
 -- body: refused with FF023 naming exactly that field, by every path
@@ -119,6 +133,10 @@ SELECT path,
                     'paymentMethod.cardBinNumber', 'paymentMethod.cardLast4Digits',
                     'subscription.subscriptionId', 'subscription.interval']) AS path,
        string_to_array(path, '.') AS p;
+-- a leap day is a day
+SELECT 'accepted' AS leap_day
+  FROM flexfactor._check_body(jsonb_set(:complete, '{transaction,timestampUtc}', '"2024-02-29T09:30:00Z"'),
+                              'batch', 'ff_enqueue_decline');
 -- a customer-initiated copy needs no subscription; card details are all or none
 SELECT pg_temp.refusal('ff_transmit', flexfactor.ff_payment('P-10', 2500, 'usd', 'gw-2', email => 'jane@example.com',
            paid_at => '2026-11-24 09:30:00+00', is_mit => false)) AS cit_copy_without_card_details;
