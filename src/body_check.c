@@ -223,9 +223,9 @@ days_in_month(int year, int month)
 }
 
 /*
- * An ISO 8601 date-time as FlexFactor parses it (a day the month does not
- * have, 2026-02-30, is unparsable to it as to any date parser): YYYY-MM-DDTHH:MM:SS, then
- * optional fractional seconds, then Z or +hh:mm / -hh:mm.
+ * An ISO 8601 date-time as FlexFactor parses it: YYYY-MM-DDTHH:MM:SS, then
+ * optional fractional seconds, then Z or +hh:mm / -hh:mm.  A day the month
+ * does not have (2026-02-30) is unparsable to it, as to any date parser.
  */
 static bool
 is_iso_timestamp(const char *s)
