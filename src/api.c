@@ -136,6 +136,37 @@ describe_field_map(StringInfo out, JsonbContainer *map)
 	}
 }
 
+/* "message; message" for an array of the envelope's business errors (C# tuples, item1 the message) */
+static void
+describe_error_tuples(StringInfo out, JsonbContainer *errors)
+{
+	JsonbIterator *it = JsonbIteratorInit(errors);
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		JsonbValue	message;
+		bool		found = false;
+
+		if (tok != WJB_ELEM)
+			continue;
+		if (v.type == jbvString)
+		{
+			message = v;
+			found = true;
+		}
+		else if (v.type == jbvBinary && JsonContainerIsObject(v.val.binary.data))
+			found = ff_json_get(v.val.binary.data, "item1", &message) != NULL &&
+				message.type == jbvString;
+		if (!found)
+			continue;
+		if (out->len > 0)
+			appendStringInfoString(out, "; ");
+		append_redacted(out, message.val.string.val, message.val.string.len);
+	}
+}
+
 /*
  * The JSON text as jsonb, or NULL when it is empty, not valid JSON, or not
  * valid in the database encoding.
@@ -158,7 +189,8 @@ ff_json_parse_or_null(const char *text, int len)
 
 /*
  * FlexFactor's error messages from an error body: field errors in either
- * shape, else title/responseMessage/errors tuples.  NULL when there is none.
+ * shape, the envelope's business errors (tuples), else title or
+ * responseMessage.  NULL when there is none.
  */
 char *
 ff_api_describe_errors(const char *body)
@@ -174,6 +206,9 @@ ff_api_describe_errors(const char *body)
 	if (ff_json_get(&jb->root, "errors", &v) != NULL && v.type == jbvBinary &&
 		JsonContainerIsObject(v.val.binary.data))
 		describe_field_map(&out, v.val.binary.data);	/* ProblemDetails */
+	else if (ff_json_get(&jb->root, "errors", &v) != NULL && v.type == jbvBinary &&
+			 JsonContainerIsArray(v.val.binary.data))
+		describe_error_tuples(&out, v.val.binary.data);	/* the envelope (§3) */
 	else if (ff_json_get(&jb->root, "title", &v) == NULL &&
 			 ff_json_get(&jb->root, "responseMessage", &v) == NULL &&
 			 ff_json_get(&jb->root, "success", &v) == NULL)

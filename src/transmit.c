@@ -124,7 +124,24 @@ judge(TransmitRow *row, const FFHttpRequest *req)
 	if (req->curl_code == CURLE_OK && req->status >= 200 && req->status <= 299)
 	{
 		Jsonb	   *answer = ff_json_parse_or_null(req->response.data, req->response.len);
+		JsonbValue	success;
 
+		/*
+		 * The envelope's success says whether the request itself succeeded
+		 * (§3): an answer that says it did not is no delivery.  A business
+		 * refusal: set aside with FlexFactor's errors, not sent again.
+		 */
+		if (answer != NULL && JB_ROOT_IS_OBJECT(answer) &&
+			ff_json_get(&answer->root, "success", &success) != NULL &&
+			success.type == jbvBool && !success.val.boolean)
+		{
+			char	   *remote = ff_api_describe_errors(req->response.data);
+
+			row->state = "set_aside";
+			row->error = psprintf("HTTP %ld with success false%s%s", req->status,
+								  remote ? ": " : "", remote ? remote : "");
+			return;
+		}
 		row->state = "delivered";
 		row->error = NULL;
 		row->transmit_id = answer ? ff_json_get_text(&answer->root, "transmitId") : NULL;

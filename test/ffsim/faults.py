@@ -12,6 +12,8 @@
 #   poison     answer 200 with well-formed JSON that PostgreSQL's jsonb refuses (1e1000000)
 #   drop       close the connection at once without any answer
 #   badutf8    answer 200 application/json whose strings hold bytes that are not UTF-8
+#   unsuccessful  answer 200 with the envelope (section 3) saying success false, with a
+#              business error tuple: the request itself did not succeed
 #   echo       answer 400 with a flat error map that echoes the request back: its
 #              Authorization header and its body (with whatever secret, key or token
 #              the body carried), as a careless server's error page would
@@ -19,7 +21,8 @@
 # fault replaces the answer: the "response lost" case (500, timeout, malformed, drop).
 import fnmatch
 
-MODES = ("500", "429", "timeout", "hang", "malformed", "poison", "drop", "badutf8", "echo")
+MODES = ("500", "429", "timeout", "hang", "malformed", "poison", "drop", "badutf8", "echo",
+         "unsuccessful")
 MAX_TIMEOUT = 600.0
 MAX_HANG = 120.0
 DEFAULTS = {"timeout": 120.0, "hang": 5.0, "429": 1.0}

@@ -182,6 +182,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if mode == "badutf8":
             return api.Response(200, b'{"success":true,"status":"APPROVED","message":"caf\xe9 \xff\xfe\xc3"}',
                                 api.JSON_CT)
+        if mode == "unsuccessful":
+            return api.Response(200, common.envelope(success=False, result="failed",
+                                                     errors=[common.error_tuple("injected business error", 9999)]),
+                                api.JSON_CT)
         if mode == "echo":
             body = req.body.decode("utf-8", "replace") if req is not None and req.body else ""
             auth = (req.headers.get("Authorization") if req is not None else None) or ""

@@ -190,6 +190,17 @@ is(sq("SELECT attempts FROM flexfactor.transmit_queue WHERE " . order_where('BAD
 like(sq("SELECT last_error FROM flexfactor.transmit_queue WHERE " . order_where('BAD-1')),
 	qr/400/, 'last_error has the HTTP status');
 
+# an answer of HTTP 200 whose envelope says the request did not succeed
+# (success false, flexfactor-api.md section 3) is no delivery: set aside at
+# once with FlexFactor's error (it was marked delivered)
+$sim->fault(endpoint => '/v1/transmit', mode => 'unsuccessful', count => 1);
+sq("SELECT flexfactor.ff_transmit(" . payment('UNS-1') . ")");
+ok(wait_state(order_where('UNS-1'), 'set_aside'), 'a 200 answer with success false is set aside, not delivered');
+is(sq("SELECT attempts || ' ' || (transmit_id IS NULL) || ' ' || last_error FROM flexfactor.transmit_queue WHERE "
+	  . order_where('UNS-1')), '1 true HTTP 200 with success false: injected business error',
+	'at once, with no transmitId and FlexFactor\'s error');
+$sim->clear_faults;
+
 # ------------------------------------------------------------------
 # 3b. Incomplete /transmit bodies: FF023 naming the field, nothing queued
 # ------------------------------------------------------------------
