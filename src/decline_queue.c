@@ -17,11 +17,16 @@
  * one statement when that ExecutorFinish returns (or every 1,000 rows),
  * instead of one insert each: the executor's setup per statement is what a
  * single row costs most.  They are queued in the order they were decided,
- * in the same (sub)transaction, before the statement returns; rows decided
- * in a subtransaction that is rolled back are dropped with it, and a
- * transaction can never commit with rows still waiting.  A trigger fired
- * anywhere else (a deferred constraint trigger at commit, COPY) and
- * ff_enqueue_decline() insert at once, after whatever waits.
+ * before the statement returns, each in the subtransaction that decided it
+ * or one enclosing it (never inside a later one, which could roll it back
+ * alone): those decided inside a subtransaction begun while others wait (a
+ * PL/pgSQL block with EXCEPTION in another trigger) are queued at their
+ * own statement's end, before the ones that wait for the enclosing
+ * statement's.  Rows decided in a subtransaction that is rolled back are
+ * dropped with it, and a transaction can never commit with rows still
+ * waiting.  A trigger fired anywhere else (a deferred constraint trigger at
+ * commit, COPY) and ff_enqueue_decline() insert at once, after whatever
+ * waits in their subtransaction.
  *
  * The insert is the only step that needs rights on the queue, and it takes
  * data only: it runs as the owner of flexfactor.declines, as a
@@ -75,6 +80,7 @@ typedef struct WaitingDecline
 {
 	Datum		values[4];		/* order_id, transaction_id, idempotency_key, payload */
 	SubTransactionId subid;		/* the subtransaction that decided it */
+	int			depth;			/* the statement end it waits for (finish_depth) */
 } WaitingDecline;
 
 static MemoryContext waiting_cxt = NULL;	/* under TopTransactionContext */
@@ -176,31 +182,66 @@ insert_as_owner(SPIPlanPtr *plan, const char *sql, Oid *types, Datum *values, bo
 	return id;
 }
 
-/* the declines waiting for the end of their statement, queued by one insert */
+/* the deepest statement end the declines still waiting wait for */
+static void
+reset_waiting_depth(void)
+{
+	waiting_depth = 0;
+	for (int i = 0; i < n_waiting; i++)
+		waiting_depth = Max(waiting_depth, waiting[i].depth);
+}
+
+/*
+ * The declines waiting for the end of their statement, queued by one
+ * insert: those of the current subtransaction and of the ones it committed,
+ * never those of an enclosing one.  A decline is inserted in the
+ * subtransaction that decided it or one enclosing it, so that it goes
+ * exactly when its decision goes: inserted inside a subtransaction that is
+ * then rolled back (a nested statement's, ff_enqueue_decline()'s, in a
+ * PL/pgSQL block with EXCEPTION) it would be lost, and its billing row
+ * committed with nothing queued.  The enclosing ones' wait for their own
+ * statement's end (they are the first ones: every decline decided since
+ * this subtransaction began is its own or a committed child's).
+ */
 static void
 queue_waiting(void)
 {
 	static const int16 lens[4] = {-1, -1, UUID_LEN, -1};
 	static const char aligns[4] = {TYPALIGN_INT, TYPALIGN_INT, TYPALIGN_CHAR, TYPALIGN_INT};
+	SubTransactionId current = GetCurrentSubTransactionId();
 	Datum		arrays[4];
 	Datum	   *elems;
-	int			n = n_waiting;
+	int			first = n_waiting;
+	int			n;
 
+	while (first > 0 && waiting[first - 1].subid >= current)
+		first--;
+	n = n_waiting - first;
 	if (n == 0)
 		return;
 	elems = palloc(sizeof(Datum) * n);
 	for (int c = 0; c < 4; c++)
 	{
 		for (int i = 0; i < n; i++)
-			elems[i] = waiting[i].values[c];
+			elems[i] = waiting[first + i].values[c];
 		arrays[c] = PointerGetDatum(construct_array(elems, n, row_types[c], lens[c], false, aligns[c]));
 	}
+	pfree(elems);
 	/* detached before the insert, whose own statement end comes here again */
-	MemoryContextDelete(waiting_cxt);
-	waiting_cxt = NULL;
-	waiting = NULL;
-	n_waiting = 0;
-	waiting_depth = 0;
+	if (first == 0)
+	{
+		MemoryContextDelete(waiting_cxt);
+		waiting_cxt = NULL;
+		waiting = NULL;
+	}
+	else
+	{
+		for (int i = first; i < n_waiting; i++)
+			for (int c = 0; c < 4; c++)
+				pfree(DatumGetPointer(waiting[i].values[c]));
+	}
+	n_waiting = first;
+	reset_waiting_depth();
 
 	(void) insert_as_owner(&insert_many_plan,
 						   "INSERT INTO flexfactor.declines"
@@ -232,6 +273,7 @@ wait_for_statement_end(Datum *values)
 		MemoryContextSwitchTo(old);
 	}
 	w->subid = GetCurrentSubTransactionId();
+	w->depth = finish_depth;
 	waiting_depth = Max(waiting_depth, finish_depth);
 	if (n_waiting == MAX_WAITING)
 		queue_waiting();
@@ -290,7 +332,7 @@ ff_queue_decline(Jsonb *payload, bool want_id)
 		wait_for_statement_end(values);
 		return 0;
 	}
-	queue_waiting();			/* first what was decided before */
+	queue_waiting();			/* first what this subtransaction decided before */
 	return insert_as_owner(&insert_plan,
 						   "INSERT INTO flexfactor.declines"
 						   "       (order_id, transaction_id, idempotency_key, payload)"
@@ -333,6 +375,7 @@ decline_queue_subxact(SubXactEvent event, SubTransactionId mySubid,
 	/* later subtransactions are its own: they started while it was open */
 	while (n_waiting > 0 && waiting[n_waiting - 1].subid >= mySubid)
 		n_waiting--;
+	reset_waiting_depth();
 }
 
 static void

@@ -418,6 +418,45 @@ BEGIN
 END $$;
 DROP TRIGGER payments_zz_refuse ON billing.payments;
 SELECT order_id AS queued_after_rollback FROM flexfactor.declines WHERE order_id LIKE 'RB-%' ORDER BY id;
+-- a decline waiting for its statement's end is never inserted inside a
+-- subtransaction begun after it (another trigger's block with EXCEPTION):
+-- that one's rollback would take it along and the billing row would commit
+-- with nothing queued.  There, ff_enqueue_decline() and a nested
+-- statement's own declines are queued; the enclosing statement's wait for
+-- its end.
+CREATE TABLE billing.audit (invoice_no text PRIMARY KEY);
+CREATE TABLE billing.extra (body jsonb);
+INSERT INTO billing.extra SELECT flexfactor.ff_decline('x', 100, 'USD', 'tok-e', 'tx-e', :person, :rest);
+CREATE FUNCTION billing.zz_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        IF NEW.invoice_no LIKE 'NS-E%' THEN
+            PERFORM flexfactor.ff_enqueue_decline(jsonb_set(body, '{orderId}', to_jsonb('X' || NEW.invoice_no)))
+               FROM billing.extra;
+        ELSE
+            INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+            VALUES ('X' || NEW.invoice_no, 1, 'sub-n', 1, 'tok-n', 'declined', true);
+        END IF;
+        INSERT INTO billing.audit VALUES (NEW.invoice_no);
+    EXCEPTION WHEN unique_violation THEN
+        RAISE NOTICE 'not audited again: %', NEW.invoice_no;
+    END;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER payments_zz_audit AFTER INSERT ON billing.payments
+    FOR EACH ROW WHEN (NEW.invoice_no LIKE 'NS-%') EXECUTE FUNCTION billing.zz_audit();
+INSERT INTO billing.audit VALUES ('NS-E2'), ('NS-N2');
+INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+VALUES ('NS-E1', 1, 'sub-n', 5, 'tok-n', 'declined', true), ('NS-E2', 1, 'sub-n', 5, 'tok-n', 'declined', true);
+INSERT INTO billing.payments (invoice_no, customer_id, subscription, amount, card_token, status, is_recurring)
+VALUES ('NS-N1', 1, 'sub-n', 5, 'tok-n', 'declined', true), ('NS-N2', 1, 'sub-n', 5, 'tok-n', 'declined', true);
+DROP TRIGGER payments_zz_audit ON billing.payments;
+SELECT p.invoice_no AS billed, d.order_id AS queued
+  FROM billing.payments p LEFT JOIN flexfactor.declines d ON d.order_id = p.invoice_no
+ WHERE p.invoice_no LIKE 'NS-%' OR p.invoice_no LIKE 'XNS-%' ORDER BY p.invoice_no;
+SELECT order_id AS queued_by_the_blocks FROM flexfactor.declines WHERE order_id LIKE 'XNS-%' ORDER BY id;
+DROP TABLE billing.audit, billing.extra;
+DROP FUNCTION billing.zz_audit();
 -- fired elsewhere than at a statement's end (a deferred constraint trigger
 -- at commit, COPY), a decline is queued at once
 CREATE TABLE billing.late_payments (LIKE billing.payments INCLUDING DEFAULTS);
@@ -442,7 +481,7 @@ SELECT order_id AS queued_at_once FROM flexfactor.declines WHERE order_id IN ('D
 DROP FUNCTION billing.flexfactor_details(billing.late_payments);
 DROP TABLE billing.late_payments;
 -- (out of the way of the tests that follow)
-DELETE FROM flexfactor.declines WHERE order_id ~ '^(SB|RB|DF|CP)-';
+DELETE FROM flexfactor.declines WHERE order_id ~ '^(SB|RB|DF|CP|NS|XNS)-';
 
 -- without a MID no batch can be named
 RESET flexfactor.mid;
