@@ -3,10 +3,14 @@
  *		Card numbers and secrets: found in what we would store or send, and
  *		removed from what others send us before it is shown or stored.
  *
- * Two jobs, one notion of "a card number": a run of 13 to 19 digits, in
- * groups joined by at most two separators (space, tab, newline, '-', '.',
- * '/', '_'), as people and systems write them: "4111111111111111",
- * "4111 1111 1111 1111", "4111-1111-1111-1111", "4111.1111.1111.1111".
+ * Two jobs, one notion of "a card number": 13 to 19 digits, in groups
+ * joined by at most three separators (space, tab, newline, '-', '.', '/',
+ * '_', a comma alone, and in UTF-8 the Unicode spaces and dashes; fullwidth digits
+ * count as digits), as people and systems write them: "4111111111111111",
+ * "4111 1111 1111 1111", "4111-1111-1111-1111", "4111 - 1111 - 1111 - 1111",
+ * "4111,1111,1111,1111".  Any consecutive groups of a longer run may be one:
+ * "4111 1111 1111 1111 12/28" (with its expiry), "4111111111111111.0" (a
+ * JSON number), "0 4111111111111111".
  *
  * - ff_jsonb_find_card_number(): every body flexfactor queues, stores or
  *   sends is searched, keys and values, at any depth, for a Luhn-valid card
@@ -32,51 +36,156 @@
 #include "scrub.h"
 #include "settings.h"
 
-#define MAX_SEPARATORS	2
+#define MAX_SEPARATORS	3		/* "4111 - 1111" */
+#define MAX_CARD_DIGITS	19
 
-static bool
-is_separator(char c)
+/*
+ * The bytes of a digit at text[i] (ASCII, or a fullwidth digit U+FF10..U+FF19
+ * in UTF-8) with its value as an ASCII digit in *d; 0 when there is none.
+ */
+static int
+digit_at(const char *text, int len, int i, char *d)
 {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '-' || c == '.' ||
-		c == '/' || c == '_';
+	const unsigned char *t = (const unsigned char *) text + i;
+
+	if (i >= len)
+		return 0;
+	if (isdigit(t[0]))
+	{
+		*d = (char) t[0];
+		return 1;
+	}
+	if (len - i >= 3 && t[0] == 0xEF && t[1] == 0xBC && t[2] >= 0x90 && t[2] <= 0x99 &&
+		GetDatabaseEncoding() == PG_UTF8)
+	{
+		*d = (char) ('0' + t[2] - 0x90);
+		return 3;
+	}
+	return 0;
 }
 
 /*
- * The digit run starting at text[start] (a digit): its digits into digits[]
- * (at most max), their count, and where the run ends (one past its last
- * digit).  Separators are only taken between digits.
+ * The bytes of a separator at text[i], 0 when there is none: space, tab,
+ * newline, '-', '.', '/', '_', ',' and, in UTF-8, the no-break, narrow and
+ * other Unicode spaces, hyphens, dashes and the minus sign, and the fullwidth
+ * hyphen, full stop, solidus and comma, as text copied from a document or a
+ * web page carries them.
  */
 static int
-digit_run(const char *text, int len, int start, char *digits, int max, int *end)
+separator_at(const char *text, int len, int i)
 {
-	int			i = start;
-	int			n = 0;
+	const unsigned char *t = (const unsigned char *) text + i;
+	int			left = len - i;
 
-	*end = start;
-	while (i < len)
+	if (left <= 0)
+		return 0;
+	switch (t[0])
 	{
-		if (isdigit((unsigned char) text[i]))
-		{
-			if (n < max)
-				digits[n] = text[i];
-			n++;
-			i++;
-			*end = i;
-			continue;
-		}
-		else
-		{
-			int			seps = 0;
-
-			while (i + seps < len && seps < MAX_SEPARATORS + 1 && is_separator(text[i + seps]))
-				seps++;
-			if (seps == 0 || seps > MAX_SEPARATORS || i + seps >= len ||
-				!isdigit((unsigned char) text[i + seps]))
-				break;
-			i += seps;
-		}
+		case ' ':
+		case '\t':
+		case '\n':
+		case '\r':
+		case '-':
+		case '.':
+		case '/':
+		case '_':
+		case ',':
+			return 1;
 	}
-	return n;
+	if (t[0] < 0x80 || GetDatabaseEncoding() != PG_UTF8)
+		return 0;
+	if (left >= 2 && t[0] == 0xC2 && t[1] == 0xA0)
+		return 2;				/* U+00A0 no-break space */
+	if (left < 3)
+		return 0;
+	if (t[0] == 0xE2 && t[1] == 0x80 && (t[2] <= 0x8B || (t[2] >= 0x90 && t[2] <= 0x95) || t[2] == 0xAF))
+		return 3;				/* U+2000..200B spaces, U+2010..2015 dashes, U+202F */
+	if ((t[0] == 0xE2 && t[1] == 0x81 && (t[2] == 0x9F || t[2] == 0xA0)) ||	/* U+205F, U+2060 */
+		(t[0] == 0xE2 && t[1] == 0x88 && t[2] == 0x92) ||	/* U+2212 minus */
+		(t[0] == 0xE3 && t[1] == 0x80 && t[2] == 0x80) ||	/* U+3000 */
+		(t[0] == 0xEF && t[1] == 0xBB && t[2] == 0xBF) ||	/* U+FEFF */
+		(t[0] == 0xEF && t[1] == 0xBC && (t[2] == 0x8C || t[2] == 0x8D || t[2] == 0x8E || t[2] == 0x8F)))
+		return 3;				/* U+FF0C..FF0F fullwidth comma, hyphen, full stop, solidus */
+	return 0;
+}
+
+/*
+ * At text[i], after a group of digits: the bytes of the separators (at most
+ * MAX_SEPARATORS; a comma only alone) that join it to the next group, 0
+ * when no group follows.
+ */
+static int
+join_at(const char *text, int len, int i)
+{
+	int			j = i;
+	int			b;
+	char		d;
+
+	for (int seps = 0; seps < MAX_SEPARATORS && (b = separator_at(text, len, j)) > 0; seps++)
+		j += b;
+	/* a comma joins only alone, "4111,1111": "1234, 2026" is a list */
+	if (j - i > 1 && memchr(text + i, ',', j - i) != NULL)
+		return 0;
+	return j > i && digit_at(text, len, j, &d) > 0 ? j - i : 0;
+}
+
+/*
+ * The digit run whose first digit is at text[i]: groups of digits joined by
+ * separators.  Returns how many digits it has, and where it ends (one past
+ * its last digit).
+ */
+static int
+digit_run(const char *text, int len, int i, int *end)
+{
+	int			n = 0;
+	int			b;
+	char		d;
+
+	for (;;)
+	{
+		while ((b = digit_at(text, len, i, &d)) > 0)
+		{
+			n++;
+			i += b;
+		}
+		*end = i;
+		if ((b = join_at(text, len, i)) == 0)
+			return n;
+		i += b;
+	}
+}
+
+static bool luhn_valid(const char *digits, int n);
+
+/*
+ * Whether the groups of digits that follow one another from text[i] (the
+ * start of a group) make, once joined, a card number: 13 to 19 digits of a
+ * card network (first digit 2-6) that pass the Luhn check, ending where a
+ * group ends.  A group of more than 19 digits is never one.
+ */
+static bool
+card_from(const char *text, int len, int i)
+{
+	char		digits[MAX_CARD_DIGITS];
+	int			n = 0;
+	int			b;
+	char		d;
+
+	for (;;)
+	{
+		while ((b = digit_at(text, len, i, &d)) > 0)
+		{
+			if (n == MAX_CARD_DIGITS)
+				return false;
+			digits[n++] = d;
+			i += b;
+		}
+		if (n >= 13 && digits[0] >= '2' && digits[0] <= '6' && luhn_valid(digits, n))
+			return true;
+		if ((b = join_at(text, len, i)) == 0)
+			return false;
+		i += b;
+	}
 }
 
 static bool
@@ -118,26 +227,36 @@ is_guid(const char *text, int len)
 	return true;
 }
 
+/*
+ * Whether text carries a card number: the groups joined from any group's
+ * start, not only the whole run, so that digits written next to it (an
+ * expiry date, a CVV, a count) do not hide it.
+ */
 bool
 ff_text_has_card_number(const char *text, int len)
 {
-	char		digits[20];
+	bool		after_digit = false;
 
 	if (is_guid(text, len))
 		return false;
 
-	for (int i = 0; i < len; i++)
+	for (int i = 0; i < len;)
 	{
-		int			end;
-		int			n;
+		char		d;
+		int			b = digit_at(text, len, i, &d);
 
-		if (!isdigit((unsigned char) text[i]) ||
-			(i > 0 && isdigit((unsigned char) text[i - 1])))
-			continue;
-		n = digit_run(text, len, i, digits, sizeof(digits), &end);
-		if (n >= 13 && n <= 19 && digits[0] >= '2' && digits[0] <= '6' && luhn_valid(digits, n))
-			return true;
-		i = end - 1;
+		if (b > 0)
+		{
+			if (!after_digit && card_from(text, len, i))
+				return true;
+			after_digit = true;
+			i += b;
+		}
+		else
+		{
+			after_digit = false;
+			i++;
+		}
 	}
 	return false;
 }
@@ -255,7 +374,7 @@ ff_scrub_remote_text(const char *text, int len)
 	StringInfoData out;
 	const char *secrets[8];
 	int			nsecrets = configured_secrets(secrets, lengthof(secrets));
-	char		digits[1];
+	char		digit;
 	int			i = 0;
 
 	initStringInfo(&out);
@@ -311,10 +430,10 @@ ff_scrub_remote_text(const char *text, int len)
 		}
 
 		/* card-number-like digit runs, Luhn or not */
-		if (isdigit((unsigned char) text[i]) && (i == 0 || !isdigit((unsigned char) text[i - 1])))
+		if (digit_at(text, len, i, &digit) > 0)
 		{
 			int			end;
-			int			n = digit_run(text, len, i, digits, 0, &end);
+			int			n = digit_run(text, len, i, &end);
 
 			if (n >= 12)
 			{

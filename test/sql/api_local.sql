@@ -214,6 +214,9 @@ SELECT label, pg_temp.refusal(call, body) AS outcome
     ('amex, nested', 'ff_enqueue_decline', :complete || '{"additionalFields": [{"key": "x", "value": "3782 822463 10005"}]}'::jsonb),
     ('as a JSON number', 'ff_evaluate', :complete || '{"orderItems": [{"sku": 6011111111111117}]}'::jsonb),
     ('as a key', 'ff_transmit', :payment || '{"4111111111111111": 1}'::jsonb),
+    ('a JSON number with a fraction', 'ff_enqueue_decline', :complete || '{"orderItems": [{"sku": 4111111111111111.0}]}'::jsonb),
+    ('with its expiry', 'ff_evaluate', :complete || '{"customerNote": "4111 1111 1111 1111 12/28"}'::jsonb),
+    ('commas', 'ff_transmit', jsonb_set(:payment, '{payer,phone}', '"4111,1111,1111,1111"')),
     ('16 digits, not Luhn', 'ff_evaluate', jsonb_set(:complete, '{orderId}', '"4111111111111112"')),
     ('the merchant id GUID', 'ff_evaluate', :complete || '{"mid": "00000000-0000-4000-8000-000000000001"}'::jsonb),
     ('a token GUID of decimal digits', 'ff_evaluate', jsonb_set(:complete, '{paymentMethod,cardNumber}', '"41111115-1111-4111-a111-111111111111"'))
@@ -227,4 +230,6 @@ RESET flexfactor.mid;
 SELECT flexfactor._scrub('card 4111 1111 1111 1111 and 4111-1111-1111-1111, secret regress-secret-do-not-show, '
                          || 'key regress-tokenization-key, Authorization: Bearer abc.def-123 and '
                          || 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl, order 1234, 2026-11-24');
+SELECT flexfactor._scrub(E'card 4111 - 1111 - 1111 - 1111, 4111,1111,1111,1111 and 4111\u00a01111\u00a01111\u00a01111; '
+                         || 'order 1234, 2026-11-24 09:30:00, 1,234.56') AS other_separators;
 SELECT flexfactor._scrub(convert_from('\x6f6bc3a9'::bytea, 'UTF8') || ' ' || chr(1)) AS valid_text_kept;

@@ -80,6 +80,48 @@ SELECT rolsuper AS attacker_became_superuser FROM pg_roles WHERE rolname = 'ff_a
 SELECT order_id, payload #>> '{transaction,amount}' AS cents FROM flexfactor.declines WHERE order_id = 'Q-1';
 DELETE FROM flexfactor.declines WHERE order_id = 'Q-1';
 
+-- 1c. A card number is never queued by the writer's trigger, however it is
+-- written: next to other digits (its expiry, a CVV, a count), joined by
+-- commas, " - " or no-break spaces, or in fullwidth digits.  Each insert is
+-- refused with FF024 and queues nothing; text that merely holds digits (a
+-- date, an amount, a phone number, a 20-digit reference) is queued.
+SELECT last_value AS declines_last FROM flexfactor.declines_id_seq \gset
+SET ROLE ff_attacker;
+CREATE TABLE attacker.noted (invoice_no text, amount numeric, currency text, token text,
+                             note text, status text, recurring boolean);
+CREATE FUNCTION attacker.complete_noted(p attacker.noted) RETURNS jsonb LANGUAGE sql
+    RETURN attacker.complete(NULL::attacker.charges);
+CREATE TRIGGER queue AFTER INSERT ON attacker.noted FOR EACH ROW
+    EXECUTE FUNCTION flexfactor.ff_decline_trigger('order_id=invoice_no', 'amount_dollars=amount',
+        'currency=currency', 'token=token', 'decline_message=note', 'subscription_id=''s-1''',
+        'subscription_interval=''monthly''', 'expiry_days=14', 'enrich=attacker.complete_noted',
+        'declined_if=status:declined', 'recurring_if=recurring');
+CREATE FUNCTION attacker.try_note(n integer, note text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO attacker.noted VALUES ('N-' || n, 9.99, 'USD', 'tok-n', note, 'declined', true);
+    RETURN 'queued';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+SELECT label, attacker.try_note(n, note) AS outcome
+  FROM (VALUES
+    (1, 'with its expiry', '4111 1111 1111 1111 12/28'),
+    (2, 'with its CVV', '4111111111111111/123'),
+    (3, 'after a digit', 'attempt 2 4111111111111111'),
+    (4, 'spaced dashes', '4111 - 1111 - 1111 - 1111'),
+    (5, 'commas', '4111,1111,1111,1111'),
+    (6, 'no-break spaces', E'4111\u00a01111\u00a01111\u00a01111'),
+    (7, 'fullwidth digits', E'\uff14\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11'),
+    (8, 'a date, an amount, a phone', 'declined 2026-11-24 09:30:00 UTC, 1,234.56 USD, call +1 555-123-4567'),
+    (10, 'a list of numbers', 'retries 4111, 1111, 1111, 1111'),
+    (9, 'a 20-digit reference', 'ref 41111111111111111228')
+  ) AS t(n, label, note)
+ ORDER BY n;
+RESET ROLE;
+SELECT string_agg(order_id, ', ' ORDER BY order_id) AS queued FROM flexfactor.declines WHERE order_id LIKE 'N-%';
+DELETE FROM flexfactor.declines WHERE order_id LIKE 'N-%';
+SELECT setval('flexfactor.declines_id_seq', :declines_last) AS declines_last \gset
+
 -- 2. The definer functions pin search_path: an attacker's objects earlier in
 -- the path are never used by them
 SELECT p.proname, p.proconfig
