@@ -343,15 +343,15 @@ CREATE OR REPLACE FUNCTION flexfactor._api_call_answer(method text, path text, b
 RETURNS record AS 'MODULE_PATHNAME', 'ff_api_call_answer_sql' LANGUAGE C VOLATILE;
 
 CREATE OR REPLACE FUNCTION flexfactor._refusal_detail(http_status integer, answer jsonb)
-RETURNS text LANGUAGE sql IMMUTABLE
+RETURNS text LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-RETURN format('HTTP %s, responseCode %s: %s', http_status,
+-- remote text, scrubbed as every remote message (card numbers, secrets,
+-- bearer tokens; flexfactor._scrub), then cut: a secret cut first could
+-- leave its beginning
+RETURN left(flexfactor._scrub(format('HTTP %s, responseCode %s: %s', http_status,
               coalesce(nullif(answer->>'responseCode', ''), answer #>> '{errors,0,item2}', 'none'),
-              -- card-number-like digit runs are masked, as in every remote message
-              regexp_replace(left(coalesce(nullif(answer->>'responseMessage', ''),
-                                           answer #>> '{errors,0,item1}', answer->>'title',
-                                           'no message'), 500),
-                             '[0-9]{12,}', '[digits removed]', 'g'));
+              coalesce(nullif(answer->>'responseMessage', ''), answer #>> '{errors,0,item1}', answer->>'title',
+                       'no message'))), 600);
 
 CREATE OR REPLACE FUNCTION flexfactor.ff_evaluate(payload jsonb)
 RETURNS jsonb AS 'MODULE_PATHNAME', 'ff_evaluate' LANGUAGE C VOLATILE STRICT
@@ -437,8 +437,8 @@ BEGIN
         -- the sandbox's 2024 answer to a refund that did happen
         RAISE EXCEPTION 'FlexFactor''s answer to the refund of order % is ambiguous', key
             USING ERRCODE = 'FF012',
-                  DETAIL = format('%s (success true with responseMessage %s).',
-                                  flexfactor._refusal_detail(reply.http_status, answer), answer->>'responseMessage'),
+                  DETAIL = format('%s (success true with responseMessage DECLINED).',
+                                  flexfactor._refusal_detail(reply.http_status, answer)),
                   HINT = 'Nothing was booked.  Check with ff_order() whether FlexFactor refunded the order '
                          '(statusName RETURNED); its order.refunded webhook books the refund.';
     END IF;

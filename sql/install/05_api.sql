@@ -19,15 +19,15 @@ RETURNS record AS 'MODULE_PATHNAME', 'ff_api_call_answer_sql' LANGUAGE C VOLATIL
 -- DETAIL of a refused refund or capture: the HTTP status, FlexFactor's
 -- responseCode and message (from the answer or its first error tuple).
 CREATE FUNCTION flexfactor._refusal_detail(http_status integer, answer jsonb)
-RETURNS text LANGUAGE sql IMMUTABLE
+RETURNS text LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-RETURN format('HTTP %s, responseCode %s: %s', http_status,
+-- remote text, scrubbed as every remote message (card numbers, secrets,
+-- bearer tokens; flexfactor._scrub), then cut: a secret cut first could
+-- leave its beginning
+RETURN left(flexfactor._scrub(format('HTTP %s, responseCode %s: %s', http_status,
               coalesce(nullif(answer->>'responseCode', ''), answer #>> '{errors,0,item2}', 'none'),
-              -- card-number-like digit runs are masked, as in every remote message
-              regexp_replace(left(coalesce(nullif(answer->>'responseMessage', ''),
-                                           answer #>> '{errors,0,item1}', answer->>'title',
-                                           'no message'), 500),
-                             '[0-9]{12,}', '[digits removed]', 'g'));
+              coalesce(nullif(answer->>'responseMessage', ''), answer #>> '{errors,0,item1}', answer->>'title',
+                       'no message'))), 600);
 
 CREATE FUNCTION flexfactor._wake_worker_at_commit()
 RETURNS void AS 'MODULE_PATHNAME', 'ff_wake_worker_at_commit' LANGUAGE C VOLATILE;
@@ -149,8 +149,8 @@ BEGIN
         -- the sandbox's 2024 answer to a refund that did happen
         RAISE EXCEPTION 'FlexFactor''s answer to the refund of order % is ambiguous', key
             USING ERRCODE = 'FF012',
-                  DETAIL = format('%s (success true with responseMessage %s).',
-                                  flexfactor._refusal_detail(reply.http_status, answer), answer->>'responseMessage'),
+                  DETAIL = format('%s (success true with responseMessage DECLINED).',
+                                  flexfactor._refusal_detail(reply.http_status, answer)),
                   HINT = 'Nothing was booked.  Check with ff_order() whether FlexFactor refunded the order '
                          '(statusName RETURNED); its order.refunded webhook books the refund.';
     END IF;

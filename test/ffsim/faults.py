@@ -17,12 +17,16 @@
 #   echo       answer 400 with a flat error map that echoes the request back: its
 #              Authorization header and its body (with whatever secret, key or token
 #              the body carried), as a careless server's error page would
+#   echo_refusal   answer 400 with a business refusal (success false, responseCode 2001)
+#              whose responseMessage echoes the Authorization header and the body
+#   echo_declined  answer 200 with success true, status SUCCESS and a responseMessage
+#              "DECLINED" followed by the echoed Authorization header and body
 # With "after": true the request is processed first (state changes happen) and the
 # fault replaces the answer: the "response lost" case (500, timeout, malformed, drop).
 import fnmatch
 
 MODES = ("500", "429", "timeout", "hang", "malformed", "poison", "drop", "badutf8", "echo",
-         "unsuccessful")
+         "unsuccessful", "echo_refusal", "echo_declined")
 MAX_TIMEOUT = 600.0
 MAX_HANG = 120.0
 DEFAULTS = {"timeout": 120.0, "hang": 5.0, "429": 1.0}

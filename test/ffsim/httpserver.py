@@ -191,6 +191,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             auth = (req.headers.get("Authorization") if req is not None else None) or ""
             return api.Response(400, {"TraceId": ["00-echo-01"], "Authorization": [auth], "Request": [body]},
                                 api.JSON_CT)
+        if mode in ("echo_refusal", "echo_declined"):
+            body = req.body.decode("utf-8", "replace") if req is not None and req.body else ""
+            auth = (req.headers.get("Authorization") if req is not None else None) or ""
+            if mode == "echo_refusal":
+                return api.Response(400, {"success": False, "responseCode": "2001",
+                                          "responseMessage": "refused: %s %s" % (auth, body)}, api.JSON_CT)
+            return api.Response(200, {"success": True, "status": "SUCCESS",
+                                      "responseMessage": "DECLINED %s %s" % (auth, body)}, api.JSON_CT)
         if mode == "timeout":
             self.hold_until_client_gives_up(fault["seconds"], sim)
             return None

@@ -4,7 +4,9 @@
 # - 13.8, a server that echoes the request back in its 400 error body (the
 #   simulator's fault mode "echo": the Authorization header and the body):
 #   the token request's body (app key, app secret), the bearer JWT of an
-#   order look-up, a 16-digit run of an /evaluate and a /transmit body.  No
+#   order look-up, a 16-digit run of an /evaluate and a /transmit body, and
+#   the bearer JWT echoed in the message of a refused refund or capture
+#   (FF012, as a role with the README's grants; nothing booked).  No
 #   secret, token or digit run reaches the error's message or DETAIL,
 #   transmit_queue.last_error or the server log.
 # - 13.12, an API answer with bytes that are not UTF-8 (fault mode
@@ -94,6 +96,35 @@ ok($node->poll_query_until('ffdb', "SELECT count(*) = 1 FROM flexfactor.transmit
 	'echo, /transmit: the row is set aside with its last_error');
 my $last_error = sq("SELECT last_error FROM flexfactor.transmit_queue WHERE payload->>'orderId' = 'EC-9876543210987654'");
 $sim->clear_faults;
+@jwts = (@jwts, map { $_->{accessToken} } @{ $sim->tokens->{tokens} // [] });
+
+# refused refunds and captures: FlexFactor's business answer is read, and its
+# message shown in DETAIL (FF012) to a role with the README's grants; a server
+# that echoes the request there (the bearer token) leaks nothing, and nothing
+# is booked
+sq("CREATE ROLE sec_app LOGIN;
+    GRANT USAGE ON SCHEMA flexfactor TO sec_app;
+    GRANT EXECUTE ON FUNCTION flexfactor.ff_refund(text, bigint), flexfactor.ff_capture(text, bigint) TO sec_app;
+    UPDATE flexfactor.orders SET status = 'APPROVED' WHERE order_session_key = '$osk'");
+my $cap = sq("INSERT INTO flexfactor.orders (order_id, order_session_key, idempotency_key, source, amount_cents,
+                                            currency, status)
+              VALUES ('SEC-CAP', gen_random_uuid(), gen_random_uuid(), 'api', 1500, 'USD', 'CAPTUREREQUIRED')
+              RETURNING order_session_key");
+my $booked0 = sq("SELECT (SELECT count(*) FROM flexfactor.refunds) + (SELECT count(*) FROM flexfactor.captures)");
+for my $case ([ 'echo_refusal', "/v1/orders/$osk/refund", "flexfactor.ff_refund('$osk', 100)", 'refund' ],
+	[ 'echo_declined', "/v1/orders/$osk/refund", "flexfactor.ff_refund('$osk', 100)", 'refund' ],
+	[ 'echo_refusal', '/v1/capture', "flexfactor.ff_capture('$cap')", 'capture' ])
+{
+	my ($mode, $endpoint, $call, $what) = @$case;
+	$sim->fault(endpoint => $endpoint, mode => $mode);
+	$e = err("SET ROLE sec_app;\nSELECT $call");
+	is($e->{sqlstate}, 'FF012', "$mode, $what: refused with FF012");
+	like($e->{detail} // '', qr/\[token removed\]/, "$mode, $what: the echoed bearer token is removed from DETAIL")
+	  or diag $e->{stderr};
+	$sim->clear_faults;
+}
+is(sq("SELECT (SELECT count(*) FROM flexfactor.refunds) + (SELECT count(*) FROM flexfactor.captures)"), $booked0,
+	'echoed refusals: no refund or capture booked');
 @jwts = (@jwts, map { $_->{accessToken} } @{ $sim->tokens->{tokens} // [] });
 
 # what the server wrote, less the test's own statements that log_statement echoes
