@@ -80,12 +80,36 @@ SELECT rolsuper AS attacker_became_superuser FROM pg_roles WHERE rolname = 'ff_a
 SELECT order_id, payload #>> '{transaction,amount}' AS cents FROM flexfactor.declines WHERE order_id = 'Q-1';
 DELETE FROM flexfactor.declines WHERE order_id = 'Q-1';
 
--- 1c. A card number is never queued by the writer's trigger, however it is
+-- 1c. The queue's insert is planned once per backend and kept: planned
+-- above under the attacker's search_path, it is reused (the same path) when
+-- the superuser's own billing table queues a decline in this session, with
+-- the attacker's shadowing functions still first on that path; none of them
+-- runs (each would make the attacker a superuser), and the decline is queued.
+SELECT last_value AS declines_last FROM flexfactor.declines_id_seq \gset
+CREATE SCHEMA victim;
+CREATE TABLE victim.charges (LIKE attacker.charges);
+CREATE FUNCTION victim.complete(p victim.charges) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT '{"payer": {"email": "v@example.com"},
+             "billingInformation": {"firstName": "V", "lastName": "W", "addressLine1": "2 Main St",
+                                    "city": "Springfield", "countryCode": "US", "country": "US"}}'::jsonb $$;
+CREATE TRIGGER queue AFTER INSERT ON victim.charges FOR EACH ROW
+    EXECUTE FUNCTION flexfactor.ff_decline_trigger('order_id=invoice_no', 'amount_dollars=amount',
+        'currency=currency', 'token=token', 'subscription_id=''s-1''', 'subscription_interval=''monthly''',
+        'expiry_days=14', 'enrich=victim.complete', 'declined_if=status:declined', 'recurring_if=recurring');
+SET search_path = attacker, pg_catalog;
+INSERT INTO victim.charges VALUES ('V-1', 9.99, 'USD', 'tok-v', 'declined', true);
+RESET search_path;
+SELECT rolsuper AS attacker_became_superuser FROM pg_roles WHERE rolname = 'ff_attacker';
+SELECT order_id FROM flexfactor.declines WHERE order_id = 'V-1';
+DELETE FROM flexfactor.declines WHERE order_id = 'V-1';
+DROP SCHEMA victim CASCADE;
+SELECT setval('flexfactor.declines_id_seq', :declines_last) AS declines_last \gset
+
+-- 1d. A card number is never queued by the writer's trigger, however it is
 -- written: next to other digits (its expiry, a CVV, a count), joined by
 -- commas, " - " or no-break spaces, or in fullwidth digits.  Each insert is
 -- refused with FF024 and queues nothing; text that merely holds digits (a
 -- date, an amount, a phone number, a 20-digit reference) is queued.
-SELECT last_value AS declines_last FROM flexfactor.declines_id_seq \gset
 SET ROLE ff_attacker;
 CREATE TABLE attacker.noted (invoice_no text, amount numeric, currency text, token text,
                              note text, status text, recurring boolean);
