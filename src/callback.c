@@ -12,6 +12,15 @@
  * owner.  A callback owned by a superuser still runs as one: that is the
  * DBA's choice.  Errors are left to the caller's subtransaction, whose abort
  * restores the user and the GUC nesting level.
+ *
+ * It runs in the transaction that changes the status: in the webhook
+ * listener's and the worker's, where nothing else limits it, a callback
+ * that waits (on a row lock a billing job holds, say) would hold up every
+ * delivery behind it.  There it gets flexfactor.callback_timeout: when it
+ * runs longer it is cancelled with FF025, an error its caller records and
+ * retries like any other (a plain cancel, 57014, is not caught by PL/pgSQL's
+ * WHEN OTHERS and would undo the status change instead).  Where a
+ * statement_timeout is armed already (a session's own), that one applies.
  */
 #include "postgres.h"
 
@@ -24,6 +33,45 @@
 #include "utils/guc.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+#include "errors.h"
+#include "settings.h"
+
+/* The call under flexfactor.callback_timeout (see the top of the file). */
+static void
+call_with_timeout(FunctionCallInfo call, Oid func)
+{
+	TimestampTz started = GetCurrentTimestamp();
+	MemoryContext cxt = CurrentMemoryContext;
+
+	enable_timeout_after(STATEMENT_TIMEOUT, ff_callback_timeout_ms);
+	PG_TRY();
+	{
+		(void) FunctionCallInvoke(call);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		disable_timeout(STATEMENT_TIMEOUT, false);
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED ||
+			!TimestampDifferenceExceeds(started, GetCurrentTimestamp(), ff_callback_timeout_ms))
+			PG_RE_THROW();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_FF_CALLBACK_TIMEOUT),
+				 errmsg("callback %s ran longer than flexfactor.callback_timeout (%d ms) and was cancelled",
+						format_procedure(func), ff_callback_timeout_ms),
+				 errdetail("The status change stays; the call is retried with backoff."),
+				 errhint("Make the callback quicker (does it wait on a lock?), or raise flexfactor.callback_timeout.")));
+	}
+	PG_END_TRY();
+	disable_timeout(STATEMENT_TIMEOUT, false);
+}
 
 PG_FUNCTION_INFO_V1(ff_invoke_callback);
 
@@ -63,7 +111,10 @@ ff_invoke_callback(PG_FUNCTION_ARGS)
 	InitFunctionCallInfoData(*call, &finfo, 1, InvalidOid, NULL, NULL);
 	call->args[0].value = PG_GETARG_DATUM(1);
 	call->args[0].isnull = false;
-	(void) FunctionCallInvoke(call);
+	if (ff_callback_timeout_ms > 0 && !get_timeout_active(STATEMENT_TIMEOUT))
+		call_with_timeout(call, func);
+	else
+		(void) FunctionCallInvoke(call);
 
 	AtEOXact_GUC(false, nestlevel);
 	SetUserIdAndSecContext(saved_user, saved_context);

@@ -78,6 +78,7 @@ char	   *ff_webhook_tls_cert_file = NULL;
 char	   *ff_webhook_tls_key_file = NULL;
 
 char	   *ff_on_order_status = NULL;
+int			ff_callback_timeout_ms = 10000;
 char	   *ff_sftp_processed_dir = NULL;
 
 #define SECRET_FLAGS	(GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL)
@@ -475,6 +476,11 @@ ff_define_settings(void)
 							   "It must take one argument of type flexfactor.orders.",
 							   &ff_on_order_status, "",
 							   PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("flexfactor.callback_timeout",
+							"Longest a call of the on_order_status function may run where no statement_timeout applies (0 = no limit).",
+							"The call is then cancelled, recorded as failed and retried like any failed call.",
+							&ff_callback_timeout_ms, 10000, 0, 3600000,
+							PGC_SUSET, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomStringVariable("flexfactor.sftp_processed_dir",
 							   "Remote folder applied result files are moved to (empty = delete them).",
 							   NULL, &ff_sftp_processed_dir, "",

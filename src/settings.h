@@ -71,6 +71,7 @@ extern char *ff_webhook_allowed_networks;
 
 /* results */
 extern char *ff_on_order_status;
+extern int	ff_callback_timeout_ms;
 extern char *ff_sftp_processed_dir;
 
 extern void ff_define_settings(void);

@@ -503,6 +503,39 @@ check_acknowledged_stored('end');
 is(sq("SELECT count(*) FROM flexfactor.webhook_events WHERE apply_state = 'pending'"), '0',
 	'end: no stored event left unapplied');
 
+# ====================================== a billing callback that waits too long
+# The callback runs in the listener's transaction.  One that waits (here on
+# an invoice row another session holds locked) is cancelled after
+# flexfactor.callback_timeout with FF025: the delivery is stored and
+# acknowledged, the status change stays, the failed call is recorded and
+# retried with backoff.  (It held the listener, and every delivery behind it,
+# for as long as the lock was held; a plain cancel would have undone the
+# status change.)
+set_and_reload("ALTER SYSTEM SET flexfactor.callback_timeout = '1s'");
+my $t1 = 'c0000000-0000-4000-8000-000000000071';
+sq("INSERT INTO billing.invoices VALUES ('T-1')");
+sq("INSERT INTO flexfactor.orders (order_id, order_session_key, idempotency_key, source, amount_cents, currency, status)
+    VALUES ('T-1', '$t1', gen_random_uuid(), 'batch', 1503, 'USD', 'SUBMITTED')");
+my $locker = $node->background_psql('ffdb');
+$locker->query_safe("BEGIN; SELECT 1 FROM billing.invoices WHERE invoice_no = 'T-1' FOR UPDATE");
+$r = deliver(body => FFSim::webhook_body(Event => 'order.completed', OrderId => $t1, ExternalOrderId => 'T-1',
+		ConfirmationId => '0A0B0C0E'), key => $new_key, timeout => 30);
+is($r->{status}, 200, 'slow callback: the delivery is acknowledged while the invoice stays locked')
+  or diag explain $r;
+is(sq("SELECT status FROM flexfactor.orders WHERE order_id = 'T-1'"), 'APPROVED', 'slow callback: the status change stays');
+like(sq("SELECT e.callback_state || ': ' || e.callback_error FROM flexfactor.order_events e
+           JOIN flexfactor.orders o ON o.id = e.order_ref WHERE o.order_id = 'T-1' AND e.new_status = 'APPROVED'"),
+	qr/^failed: callback billing\.on_flexfactor\(flexfactor\.orders\) ran longer than flexfactor\.callback_timeout \(1000 ms\) and was cancelled/,
+	'slow callback: the call is recorded as failed, with why');
+is(sq("SELECT state FROM billing.invoices WHERE invoice_no = 'T-1'"), 'pending_rescue',
+	'slow callback: nothing of the cancelled call stayed (the invoice as the SUBMITTED order left it)');
+$locker->query_safe('ROLLBACK');
+$locker->quit;
+sq("SELECT flexfactor.ff_export_batch(retry_now => true)");
+ok(ff_wait_until(sub { sq("SELECT state FROM billing.invoices WHERE invoice_no = 'T-1'") eq 'paid' }, 30),
+	'slow callback: retried once the lock is gone, the invoice is paid');
+set_and_reload("ALTER SYSTEM RESET flexfactor.callback_timeout");
+
 $node->stop;
 $sim->stop;
 $sshd->stop;
