@@ -377,7 +377,8 @@ ff_api_call_answer(const char *method, const char *path, const char *body, int f
 	}
 	if (status_out != NULL)
 		*status_out = req.status;
-	return ff_api_parse_json(&req, what);
+	/* kept and shown as it came, less what must never be stored (scrub.c) */
+	return ff_jsonb_scrub_remote(ff_api_parse_json(&req, what));
 }
 
 /*

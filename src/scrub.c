@@ -23,6 +23,11 @@
  *   digit runs of 12 or more (whether they pass Luhn or not), the configured
  *   secrets, bearer tokens and JWTs, and bytes that are not valid in the
  *   database encoding.
+ * - ff_jsonb_scrub_remote(): a JSON answer a remote server sent, kept as it
+ *   came (orders.last_response, refunds.response, what ff_evaluate()
+ *   returns) but for its strings and numbers that carry a card number, a
+ *   configured secret, a bearer token or a JWT, which are replaced as above.
+ *   Other values (a GUID whose hex is all digits, amounts) stay as they are.
  */
 #include "postgres.h"
 
@@ -261,6 +266,24 @@ ff_text_has_card_number(const char *text, int len)
 	return false;
 }
 
+/* the text of a string or number (its len in *len), NULL for other scalars */
+static char *
+scalar_text(JsonbValue *v, int *len)
+{
+	char	   *text;
+
+	if (v->type == jbvString)
+	{
+		*len = v->val.string.len;
+		return v->val.string.val;
+	}
+	if (v->type != jbvNumeric)
+		return NULL;
+	text = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+	*len = strlen(text);
+	return text;
+}
+
 /*
  * The path ("paymentMethod.cardNumber", "orderItems[2].name") of the first
  * key or scalar value that carries a card number, or NULL.
@@ -308,17 +331,7 @@ ff_jsonb_find_card_number(Jsonb *body)
 					index[depth - 1]++;
 				/* fall through */
 			case WJB_VALUE:
-				if (v.type == jbvString)
-				{
-					text = v.val.string.val;
-					len = v.val.string.len;
-				}
-				else if (v.type == jbvNumeric)
-				{
-					text = DatumGetCString(DirectFunctionCall1(numeric_out,
-															   NumericGetDatum(v.val.numeric)));
-					len = strlen(text);
-				}
+				text = scalar_text(&v, &len);
 				break;
 			default:
 				continue;
@@ -463,6 +476,94 @@ ff_scrub_remote_text(const char *text, int len)
 		}
 	}
 	return out.data;
+}
+
+/* ------------------------------------------------------------- remote JSON */
+
+/* whether remote text holds what ff_scrub_remote_text() must take out of a stored answer */
+static bool
+remote_value_is_unsafe(const char *text, int len)
+{
+	const char *secrets[8];
+	int			nsecrets = configured_secrets(secrets, lengthof(secrets));
+
+	for (int s = 0; s < nsecrets; s++)
+	{
+		int			slen = strlen(secrets[s]);
+
+		for (int i = 0; i + slen <= len; i++)
+			if (memcmp(text + i, secrets[s], slen) == 0)
+				return true;
+	}
+	for (int i = 0; i + 10 <= len; i++)
+	{
+		if (pg_strncasecmp(text + i, "bearer ", 7) == 0)
+			return true;
+		if (strncmp(text + i, "eyJ", 3) == 0 && (i == 0 || !is_token_char(text[i - 1])))
+		{
+			int			j = i;
+
+			while (j < len && is_token_char(text[j]))
+				j++;
+			if (j - i >= 20)
+				return true;
+		}
+	}
+	return ff_text_has_card_number(text, len);
+}
+
+/* the scalar as it may be stored: itself, or its text scrubbed */
+static bool
+scrub_scalar(JsonbValue *v)
+{
+	int			len;
+	char	   *text = scalar_text(v, &len);
+
+	if (text == NULL || !remote_value_is_unsafe(text, len))
+		return false;
+	text = ff_scrub_remote_text(text, len);
+	v->type = jbvString;
+	v->val.string.val = text;
+	v->val.string.len = strlen(text);
+	return true;
+}
+
+Jsonb *
+ff_jsonb_scrub_remote(Jsonb *answer)
+{
+	JsonbIterator *it = JsonbIteratorInit(&answer->root);
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+	JsonbParseState *state = NULL;
+	JsonbValue *result = NULL;
+	bool		changed = false;
+
+	/* most answers hold nothing to take out: look first, rebuild only then */
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE && !changed)
+		if (tok == WJB_KEY || tok == WJB_VALUE || tok == WJB_ELEM)
+			changed = scrub_scalar(&v);
+	if (!changed)
+		return answer;
+	if (JB_ROOT_IS_SCALAR(answer))
+	{
+		JsonbValue	scalar;
+
+		(void) JsonbExtractScalar(&answer->root, &scalar);
+		(void) scrub_scalar(&scalar);
+		return JsonbValueToJsonb(&scalar);
+	}
+	it = JsonbIteratorInit(&answer->root);
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY || tok == WJB_VALUE || tok == WJB_ELEM)
+		{
+			(void) scrub_scalar(&v);
+			result = pushJsonbValue(&state, tok, &v);
+		}
+		else
+			result = pushJsonbValue(&state, tok, NULL);
+	}
+	return JsonbValueToJsonb(result);
 }
 
 PG_FUNCTION_INFO_V1(ff_scrub_sql);

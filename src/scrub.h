@@ -10,5 +10,6 @@
 extern bool ff_text_has_card_number(const char *text, int len);
 extern char *ff_jsonb_find_card_number(Jsonb *body);
 extern char *ff_scrub_remote_text(const char *text, int len);
+extern Jsonb *ff_jsonb_scrub_remote(Jsonb *answer);
 
 #endif							/* FLEXFACTOR_SCRUB_H */

@@ -21,12 +21,16 @@
 #              whose responseMessage echoes the Authorization header and the body
 #   echo_declined  answer 200 with success true, status SUCCESS and a responseMessage
 #              "DECLINED" followed by the echoed Authorization header and body
+#   echo_answer    process the request, then add to its JSON answer a "debug" object
+#              echoing the Authorization header and the body, with a card number (as
+#              text with spaces and as a JSON number): a successful answer that carries
+#              what must never be stored (always processed first, like "after")
 # With "after": true the request is processed first (state changes happen) and the
 # fault replaces the answer: the "response lost" case (500, timeout, malformed, drop).
 import fnmatch
 
 MODES = ("500", "429", "timeout", "hang", "malformed", "poison", "drop", "badutf8", "echo",
-         "unsuccessful", "echo_refusal", "echo_declined")
+         "unsuccessful", "echo_refusal", "echo_declined", "echo_answer")
 MAX_TIMEOUT = 600.0
 MAX_HANG = 120.0
 DEFAULTS = {"timeout": 120.0, "hang": 5.0, "429": 1.0}
@@ -64,7 +68,7 @@ def make_rule(spec, seq):
         raise FaultError('"method" must be a string')
     return {"id": seq, "endpoint": endpoint, "mode": mode, "count": count, "remaining": count,
             "seconds": seconds, "method": method.upper() if method else None,
-            "after": bool(spec.get("after", False)), "hits": 0}
+            "after": bool(spec.get("after", False)) or mode == "echo_answer", "hits": 0}
 
 
 def matches(rule, method, path):

@@ -6,6 +6,7 @@
 # calls, routing to api.py or admin.py, and carrying out injected faults (500, 429,
 # timeout, hang, malformed, drop).
 import http.server
+import json
 import select
 import socket
 import time
@@ -149,7 +150,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 resp = self.process(sim, req)
                 req.hang_point()
             if fault is not None and fault["mode"] != "hang":
-                resp = self.apply_fault(fault, sim, req)
+                resp = self.apply_fault(fault, sim, req, resp)
             if resp is None:  # timeout / drop: no answer at all
                 entry["status"] = None
                 self.close_connection = True
@@ -168,8 +169,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             traceback.print_exc()
             return api.problem_response(500, detail="simulator error: %s: %s" % (type(e).__name__, e))
 
-    def apply_fault(self, fault, sim, req=None):
+    def apply_fault(self, fault, sim, req=None, processed=None):
         mode = fault["mode"]
+        if mode == "echo_answer":
+            answer = json.loads(processed.body) if processed is not None and processed.body else {}
+            answer["debug"] = {
+                "authorization": (req.headers.get("Authorization") if req is not None else None) or "",
+                "request": req.body.decode("utf-8", "replace") if req is not None and req.body else "",
+                "card": "4111 1111 1111 1111", "cardNumber": 4111111111111111}
+            return api.Response(processed.status if processed is not None else 200, answer, api.JSON_CT)
         if mode == "500":
             return api.problem_response(500, detail="injected fault")
         if mode == "429":

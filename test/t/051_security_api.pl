@@ -127,6 +127,32 @@ is(sq("SELECT (SELECT count(*) FROM flexfactor.refunds) + (SELECT count(*) FROM 
 	'echoed refusals: no refund or capture booked');
 @jwts = (@jwts, map { $_->{accessToken} } @{ $sim->tokens->{tokens} // [] });
 
+# A successful answer that echoes the bearer token and the request, with a
+# card number as text and as a number (fault mode echo_answer): the answer
+# is kept (the order and its key are recorded) but what must never be
+# stored is taken out of what ff_evaluate() returns and of
+# orders.last_response, both readable by a role with the README's grants
+# (it was stored as it came)
+sq("GRANT EXECUTE ON FUNCTION flexfactor.ff_evaluate(jsonb) TO sec_app; GRANT SELECT ON flexfactor.orders TO sec_app");
+my $echo_body = sq("SELECT flexfactor.ff_decline('SEC-ECHO', 1503, 'USD', 'tok-sececho', 'tx-sececho', "
+	  . ff_decline_args() . ")");
+$sim->fault(endpoint => '/v1/evaluate', mode => 'echo_answer');
+my $answer = $node->safe_psql('ffdb', "SET ROLE sec_app; SELECT flexfactor.ff_evaluate(\$b\$$echo_body\$b\$)");
+$sim->clear_faults;
+my $stored = $node->safe_psql('ffdb', "SET ROLE sec_app; SELECT order_session_key || ' ' || last_response::text
+    FROM flexfactor.orders WHERE order_id = 'SEC-ECHO'");
+my $echo_osk = FFSim->decode_json($answer)->{orderSessionKey} // '';
+like($echo_osk, qr/^[0-9a-f]{8}-/, 'echo_answer: the answer is kept (its orderSessionKey)');
+like($stored, qr/^\Q$echo_osk\E /, 'echo_answer: the order is recorded with its key');
+like($answer, qr/"authorization": "Bearer \[token removed\]"/, 'echo_answer: the echoed bearer token is taken out');
+@jwts = (@jwts, map { $_->{accessToken} } @{ $sim->tokens->{tokens} // [] });
+for my $where ([ 'what ff_evaluate returned', $answer ], [ 'orders.last_response', $stored ])
+{
+	my ($what, $text) = @$where;
+	is(scalar(grep { index($text, $_) >= 0 } @jwts), 0, "echo_answer: no bearer token in $what");
+	unlike($text, qr/4111 ?1111 ?1111 ?1111/, "echo_answer: no card number in $what");
+}
+
 # what the server wrote, less the test's own statements that log_statement echoes
 my $log = join "\n", grep { !/LOG:  statement:|STATEMENT:|^\s/ } split /\n/, ff_log_since($node, $log0);
 for my $where ([ 'the errors the client saw', $seen ], [ 'transmit_queue.last_error', $last_error ],
