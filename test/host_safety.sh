@@ -2,20 +2,21 @@
 # host_safety.sh: checks that README's test command leaves the host's own
 # PostgreSQL alone.  test/run-all.sh calls it around everything it does:
 #
-#   host_safety.sh begin STATE   before: the Debian-packaged cluster 15/main is
-#                                started if it is down (and remembered as
-#                                started here); its postmaster pid, the
+#   host_safety.sh begin STATE   before: whether the Debian-packaged cluster
+#                                15/main is online, its postmaster pid, the
 #                                checksums of its configuration files and the
 #                                state of the benchmark-only packages are kept
 #                                in STATE
 #   host_safety.sh check STATE   after: prints one "ok N - ..." / "not ok N - ..."
 #                                line per check and "host safety: N passed, M
-#                                failed"; then stops the cluster only if begin
-#                                started it
+#                                failed": a cluster that was online is still
+#                                online with the same postmaster, one that was
+#                                down is still down, and its configuration is
+#                                unchanged
 #
-# A cluster that was online before is never stopped, restarted or changed by
-# this script.  With no cluster 15/main (pg_lsclusters missing or no such
-# cluster) there is nothing to check: "host safety: skipped".  Run as root.
+# The cluster is never started, stopped, restarted or changed by this script.
+# With no cluster 15/main (pg_lsclusters missing or no such cluster) there is
+# nothing to check: "host safety: skipped".  Run as root.
 set -uo pipefail
 
 cmd=${1:-}
@@ -44,14 +45,10 @@ begin)
 		echo "host safety: no cluster $ver/$name to watch yet"
 		exit 0
 	fi
-	started=0
-	if [ "$(cluster_status)" != online ]; then
-		pg_ctlcluster $ver $name start || { echo "none" >"$state"; exit 0; }
-		started=1
-	fi
-	printf 'started=%s\npid=%s\nconf=%s\nbench=%s\n' \
-		"$started" "$(postmaster_pid)" "$(conf_sums)" "$(bench_pkgs)" >"$state"
-	echo "host safety: watching cluster $ver/$name (pid $(postmaster_pid)$([ $started = 1 ] && echo ', started for this test'))"
+	was=$(cluster_status)
+	printf 'status=%s\npid=%s\nconf=%s\nbench=%s\n' \
+		"$was" "$([ "$was" = online ] && postmaster_pid)" "$(conf_sums)" "$(bench_pkgs)" >"$state"
+	echo "host safety: watching cluster $ver/$name ($was$([ "$was" = online ] && echo ", pid $(postmaster_pid)"))"
 	;;
 check)
 	if [ ! -s "$state" ] || [ "$(cat "$state")" = none ]; then
@@ -66,15 +63,15 @@ check)
 		if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; bad=$((bad + 1)); fi
 	}
 	st=$(cluster_status)
-	[ "$st" = online ]; report $? "cluster $ver/$name is still online ($st)"
-	pid=$(postmaster_pid)
-	[ "$pid" = "$(get pid)" ]; report $? "and was not restarted (postmaster pid $(get pid), now ${pid:-none})"
+	if [ "$(get status)" = online ]; then
+		[ "$st" = online ]; report $? "cluster $ver/$name is still online ($st)"
+		pid=$(postmaster_pid)
+		[ "$pid" = "$(get pid)" ]; report $? "and was not restarted (postmaster pid $(get pid), now ${pid:-none})"
+	else
+		[ "$st" = "$(get status)" ]; report $? "cluster $ver/$name is still $(get status) ($st): nothing started it"
+	fi
 	[ "$(conf_sums)" = "$(get conf)" ]; report $? "its configuration files are unchanged"
 	[ "$(bench_pkgs)" = "$(get bench)" ]; report $? "the benchmark-only packages are as they were (installed: $(bench_pkgs))"
-	if [ "$(get started)" = 1 ]; then
-		pg_ctlcluster $ver $name stop || true
-		echo "host safety: stopped cluster $ver/$name again (this test had started it)"
-	fi
 	echo "host safety: $((n - bad)) passed, $bad failed"
 	[ $bad -eq 0 ]
 	;;
