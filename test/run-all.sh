@@ -21,8 +21,8 @@
 # the pg_regress suites run against it, and removed again.  The
 # FlexFactor simulator's own tests (no PostgreSQL in them) run once.  Around
 # all of it test/host_safety.sh checks that the host's own cluster 15/main
-# stayed online, unrestarted and unchanged (started for the test if it was
-# down, and stopped again then).  It
+# stayed as it was (online and unrestarted, or down) and unchanged; it never
+# starts or stops it.  It
 # prints regression.diffs and server logs of failed suites, a subtotal per
 # version, and ends with one line "N passed, N failed" for all of them.
 set -uo pipefail
@@ -37,8 +37,7 @@ fi
 # before the dependencies are installed to the end (test/host_safety.sh)
 host_state=$(mktemp /tmp/flexfactor-host-safety.XXXXXX)
 "$repo/test/host_safety.sh" begin "$host_state"
-# (an early exit still stops a cluster that begin started)
-trap '[ -f "$host_state" ] && "$repo/test/host_safety.sh" check "$host_state" >/dev/null 2>&1; rm -f "$host_state"' EXIT
+trap 'rm -f "$host_state"' EXIT
 "$repo/tools/install-deps.sh" || exit 1
 # on a fresh host the packaged cluster appears only now
 [ "$(cat "$host_state")" = none ] && "$repo/test/host_safety.sh" begin "$host_state"
