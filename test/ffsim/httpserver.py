@@ -6,6 +6,7 @@
 # calls, routing to api.py or admin.py, and carrying out injected faults (500, 429,
 # timeout, hang, malformed, drop).
 import http.server
+import itertools
 import json
 import select
 import socket
@@ -36,11 +37,21 @@ class Server(http.server.ThreadingHTTPServer):
         return sock, addr
 
 
+_connections = itertools.count(1)
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "Kestrel"
     sys_version = ""
     timeout = 300  # idle keep-alive connections are closed after 5 minutes
+
+    def setup(self):
+        # one handler per accepted connection: its number tells two connections
+        # apart even when the second reuses the first one's client port (Linux
+        # reuses TIME_WAIT ports on loopback)
+        self.connection_id = next(_connections)
+        super().setup()
 
     def version_string(self):
         return self.server_version
@@ -247,7 +258,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         now = time.time()
         entry = {"seq": 0, "method": self.command, "path": path, "query": query, "headers": hdrs,
                  "body": text, "ts": now, "virtualTime": clock.iso(self.server.sim.clock.now()),
-                 "client": "%s:%s" % self.client_address[:2], "status": None, "fault": None}
+                 "client": "%s:%s" % self.client_address[:2], "connection": self.connection_id,
+                 "status": None, "fault": None}
         with st.lock:
             entry["seq"] = st.next_seq()
             st.requests.append(entry)

@@ -53,7 +53,10 @@ ok(ff_wait_until(sub { my $f = $sim->admin('GET', '/_admin/faults')->{faults}[0]
 	'FlexFactor holds the requests in flight');
 my $old_worker = ff_worker_pid($n1, 'ffdb');
 my $seq_kill = $sim->last_seq;
-my %old_clients = map { ($_->{client} => 1) }
+# the simulator numbers each connection it accepts: the client port alone
+# does not tell them apart (node2's worker may reuse a port of node1's on
+# loopback once the old connection is gone)
+my %old_connections = map { ($_->{connection} => 1) }
   @{ $sim->requests(path => '/v1/transmit', since => $seq_kill - 200) };
 my $t_kill = Time::HiRes::time();
 my $pm = $ha->kill_node($n1);
@@ -81,9 +84,10 @@ my $reqs = $sim->requests(path => '/v1/transmit', since => $seq_kill);
 # sent by a live worker.  Without fencing the old worker went on sending for
 # 2-3 s after its postmaster died; anything read 0.5 s after the kill was
 # sent after it.
-my @late_old = grep { $old_clients{ $_->{client} } && $_->{ts} > $t_kill + 0.5 } @$reqs;
+my @late_old = grep { $old_connections{ $_->{connection} } && $_->{ts} > $t_kill + 0.5 } @$reqs;
 is(scalar @late_old, 0, "no request came on the old worker's connections after the kill")
-  or diag explain [ map { sprintf('%s %.3f s after the kill', $_->{client}, $_->{ts} - $t_kill) } @late_old ];
+  or diag explain [ map { sprintf('%s (connection %d) %.3f s after the kill', $_->{client}, $_->{connection},
+			$_->{ts} - $t_kill) } @late_old ];
 my (%keys_of, %sent);
 for my $r (@{ $sim->requests(path => '/v1/transmit') })
 {
