@@ -36,8 +36,39 @@
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "errors.h"
 #include "settings.h"
+
+/*
+ * Disarm the timeout; returns whether it fired with its cancel still pending.
+ * It may fire after the callback's last check for interrupts (as it returns,
+ * or while it raises an error of its own): the SIGINT it sent then is still
+ * pending, and would surface at the caller's next check as a plain cancel
+ * ("canceling statement due to user request", 57014), which undoes the
+ * status change.  That cancel is ours: it is taken back here, and the call
+ * is failed with FF025 like any other that ran too long.
+ */
+static bool
+disarm_timeout(void)
+{
+	disable_timeout(STATEMENT_TIMEOUT, true);
+	if (!get_timeout_indicator(STATEMENT_TIMEOUT, true))
+		return false;
+	QueryCancelPending = false;
+	return true;
+}
+
+static pg_noreturn void
+raise_timeout(Oid func)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FF_CALLBACK_TIMEOUT),
+			 errmsg("callback %s ran longer than flexfactor.callback_timeout (%d ms) and was cancelled",
+					format_procedure(func), ff_callback_timeout_ms),
+			 errdetail("The status change stays; the call is retried with backoff."),
+			 errhint("Make the callback quicker (does it wait on a lock?), or raise flexfactor.callback_timeout.")));
+}
 
 /* The call under flexfactor.callback_timeout (see the top of the file). */
 static void
@@ -54,23 +85,20 @@ call_with_timeout(FunctionCallInfo call, Oid func)
 	PG_CATCH();
 	{
 		ErrorData  *edata;
+		bool		fired = disarm_timeout();
 
-		disable_timeout(STATEMENT_TIMEOUT, false);
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED ||
-			!TimestampDifferenceExceeds(started, GetCurrentTimestamp(), ff_callback_timeout_ms))
+		/* the cancel our timeout caused was taken by the callback's own check */
+		if (!fired && (edata->sqlerrcode != ERRCODE_QUERY_CANCELED ||
+					   !TimestampDifferenceExceeds(started, GetCurrentTimestamp(), ff_callback_timeout_ms)))
 			PG_RE_THROW();
 		FlushErrorState();
-		ereport(ERROR,
-				(errcode(ERRCODE_FF_CALLBACK_TIMEOUT),
-				 errmsg("callback %s ran longer than flexfactor.callback_timeout (%d ms) and was cancelled",
-						format_procedure(func), ff_callback_timeout_ms),
-				 errdetail("The status change stays; the call is retried with backoff."),
-				 errhint("Make the callback quicker (does it wait on a lock?), or raise flexfactor.callback_timeout.")));
+		raise_timeout(func);
 	}
 	PG_END_TRY();
-	disable_timeout(STATEMENT_TIMEOUT, false);
+	if (disarm_timeout())
+		raise_timeout(func);
 }
 
 PG_FUNCTION_INFO_V1(ff_invoke_callback);

@@ -536,6 +536,51 @@ ok(ff_wait_until(sub { sq("SELECT state FROM billing.invoices WHERE invoice_no =
 	'slow callback: retried once the lock is gone, the invoice is paid');
 set_and_reload("ALTER SYSTEM RESET flexfactor.callback_timeout");
 
+# A callback that ends just as callback_timeout fires: the timeout's cancel
+# arrives after the callback's last check for interrupts and is still
+# pending when the call returns (or raises an error of its own).  It must
+# not surface at the caller's next check as a plain cancel (57014, "due to
+# user request"), which PL/pgSQL's WHEN OTHERS in _run_callback does not
+# catch and which undoes the status change (the listener answers 503, the
+# worker's phase fails): every call is recorded as done or failed.  Here in
+# a session without statement_timeout, where the same timeout applies:
+# 2,000 calls of a callback that spins for about the timeout, every other
+# one then raising an error of its own.
+sq(q{
+CREATE FUNCTION billing.spin_cb(o flexfactor.orders) RETURNS void LANGUAGE plpgsql AS $f$
+DECLARE t timestamptz := clock_timestamp();
+BEGIN
+    WHILE clock_timestamp() < t + interval '990 microseconds' LOOP END LOOP;
+    IF o.order_id = 'raise' THEN RAISE EXCEPTION 'the callback failed'; END IF;
+END $f$;
+CREATE FUNCTION billing.callback_race() RETURNS text LANGUAGE plpgsql AS $f$
+DECLARE
+    r flexfactor.orders := jsonb_populate_record(null::flexfactor.orders, '{}');
+    outcome text;
+    done int := 0; failed int := 0; cancelled int := 0;
+BEGIN
+    FOR i IN 1..2000 LOOP
+        r.order_id := CASE WHEN i % 2 = 0 THEN 'raise' ELSE 'ok' END;
+        BEGIN
+            outcome := flexfactor._run_callback(0, r);
+            PERFORM pg_sleep(0);    -- checks for interrupts, as the caller's next statement would
+            IF outcome = 'done' THEN done := done + 1; ELSE failed := failed + 1; END IF;
+        EXCEPTION WHEN query_canceled THEN
+            cancelled := cancelled + 1;
+        END;
+    END LOOP;
+    RETURN format('%s calls, %s plain cancels', done + failed, cancelled);
+END $f$;
+});
+is($node->safe_psql('ffdb', q{
+SET flexfactor.on_order_status = 'billing.spin_cb';
+SET flexfactor.callback_timeout = '1ms';
+SET statement_timeout = 0;
+SET client_min_messages = error;
+SELECT billing.callback_race();
+}), '2000 calls, 0 plain cancels',
+	'callback timeout firing as the callback ends: no plain cancel left pending for the caller');
+
 $node->stop;
 $sim->stop;
 $sshd->stop;
