@@ -611,6 +611,18 @@ is_batch_file_name(const char *name)
 		n > 6 && strcmp(name + n - 6, ".jsonl") == 0;
 }
 
+/* a temporary upload file of a batch: what the listing keeps */
+static bool
+is_batch_upload_name(const char *name)
+{
+	char	   *final = ff_sftp_upload_final_name(name);
+	bool		is = final != NULL && is_batch_file_name(final);
+
+	if (final != NULL)
+		pfree(final);
+	return is;
+}
+
 /*
  * Remove from the inbound folder the temporary files of uploads that died
  * (any node's: named "<batch file name>.<pid>-<hex>.part", or an older
@@ -620,7 +632,8 @@ is_batch_file_name(const char *name)
 static void
 remove_stale_uploads(FFSftp *conn)
 {
-	List	   *entries = ff_sftp_list(conn, ff_sftp_inbound_dir, "flexfactor.sftp_inbound_dir");
+	List	   *entries = ff_sftp_list(conn, ff_sftp_inbound_dir, "flexfactor.sftp_inbound_dir",
+								  is_batch_upload_name);
 	time_t		now = time(NULL);
 	int			removed = 0;
 	ListCell   *lc;
@@ -628,10 +641,8 @@ remove_stale_uploads(FFSftp *conn)
 	foreach(lc, entries)
 	{
 		FFSftpEntry *e = lfirst(lc);
-		char	   *final = ff_sftp_upload_final_name(e->name);
 
-		if (final == NULL || !is_batch_file_name(final) || e->mtime == 0 ||
-			(time_t) e->mtime > now - STALE_UPLOAD_AGE_S)
+		if (e->mtime == 0 || (time_t) e->mtime > now - STALE_UPLOAD_AGE_S)
 			continue;
 		ff_sftp_remove(conn, psprintf("%s/%s", ff_sftp_inbound_dir, e->name),
 					   "flexfactor.sftp_inbound_dir");

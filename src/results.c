@@ -92,6 +92,13 @@ compare_entries(const ListCell *a, const ListCell *b)
 				  ((const FFSftpEntry *) lfirst(b))->name);
 }
 
+/* a name FlexFactor's answers may have: what the listing keeps */
+static bool
+is_answer_name(const char *name)
+{
+	return has_suffix(name, ".result.jsonl") || has_suffix(name, ".error.json");
+}
+
 /*
  * How a listed name is shown and stored: the name is the SFTP server's
  * bytes, so every byte that is not printable ASCII, and the backslash, is
@@ -178,7 +185,7 @@ files_to_read(List *entries)
 	{
 		FFSftpEntry *e = lfirst(lc);
 
-		if (has_suffix(e->name, ".result.jsonl") || has_suffix(e->name, ".error.json"))
+		if (is_answer_name(e->name))
 			candidates = lappend(candidates, e);
 	}
 	if (candidates == NIL)
@@ -645,7 +652,8 @@ ff_results_ingest(FFSftp *conn, MemoryContext pass_cxt, FFExportResult *result,
 
 	PG_TRY();
 	{
-		files = files_to_read(ff_sftp_list(conn, ff_sftp_outbound_dir, "flexfactor.sftp_outbound_dir"));
+		files = files_to_read(ff_sftp_list(conn, ff_sftp_outbound_dir, "flexfactor.sftp_outbound_dir",
+										   is_answer_name));
 	}
 	PG_CATCH();
 	{

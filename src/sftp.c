@@ -961,17 +961,59 @@ ff_sftp_upload_final_name(const char *name)
 }
 
 /*
- * The regular files in a remote folder (FFSftpEntry, palloc'd, unsorted).
- * folder_setting names the folder in messages.
+ * A listing is the SFTP server's to make as long as it likes (an endless
+ * stream of names, each call making progress, never trips
+ * flexfactor.sftp_timeout_ms): it is read up to LIST_SCAN_MAX names, and
+ * only the names the caller wants are kept, at most LIST_KEEP_MAX of them,
+ * so one pass's listing takes bounded time and memory whatever the folder
+ * holds.  A listing cut short is warned about, at most every
+ * LIST_WARN_EVERY_MS per folder; the rest waits for the folder to shrink.
+ */
+#define LIST_SCAN_MAX		200000
+#define LIST_KEEP_MAX		10000
+#define LIST_WARN_EVERY_MS	(10 * 60 * 1000)
+
+static void
+warn_listing_cut(const char *folder_setting, int scanned, int kept)
+{
+	static const char *warned_for[4];
+	static TimestampTz warned_at[4];
+	int			i;
+
+	for (i = 0; i < lengthof(warned_for) - 1 && warned_for[i] != NULL &&
+		 strcmp(warned_for[i], folder_setting) != 0; i++)
+		;
+	if (warned_for[i] != NULL && strcmp(warned_for[i], folder_setting) == 0 &&
+		!TimestampDifferenceExceeds(warned_at[i], GetCurrentTimestamp(), LIST_WARN_EVERY_MS))
+		return;
+	warned_for[i] = folder_setting;
+	warned_at[i] = GetCurrentTimestamp();
+	ereport(WARNING,
+			(errcode(ERRCODE_FF_SFTP_IO),
+			 errmsg("the SFTP folder of %s lists too many files; only part of it was looked at",
+					folder_setting),
+			 errdetail("The listing was read up to %d names (at most %d) and %d files of interest (at most %d).",
+					   scanned, LIST_SCAN_MAX, kept, LIST_KEEP_MAX),
+			 errhint("Remove or move away the files that do not belong there; the files not looked at wait until then.")));
+}
+
+/*
+ * The regular files in a remote folder that wanted() accepts (FFSftpEntry,
+ * palloc'd, unsorted), within the bounds above.  A name holding a slash or
+ * naming the folder or its parent is never returned: it would make a path
+ * outside the folder.  folder_setting names the folder in messages.
  */
 List *
-ff_sftp_list(FFSftp *conn, const char *dir, const char *folder_setting)
+ff_sftp_list(FFSftp *conn, const char *dir, const char *folder_setting,
+			 bool (*wanted) (const char *name))
 {
 	LIBSSH2_SFTP_HANDLE *h;
 	List	   *names = NIL;
 	char		name[1024];
 	LIBSSH2_SFTP_ATTRIBUTES attrs;
 	int			n;
+	int			scanned = 0;
+	int			kept = 0;
 
 	h = SSH_OPEN(conn, "open folder",
 				 libssh2_sftp_open_ex(conn->sftp, dir, strlen(dir), 0, 0, LIBSSH2_SFTP_OPENDIR));
@@ -979,21 +1021,33 @@ ff_sftp_list(FFSftp *conn, const char *dir, const char *folder_setting)
 		raise_io_error(conn, "list", dir, folder_setting);
 	for (;;)
 	{
+		if (scanned >= LIST_SCAN_MAX || kept >= LIST_KEEP_MAX)
+		{
+			warn_listing_cut(folder_setting, scanned, kept);
+			n = 0;
+			break;
+		}
 		n = SSH_CALL(conn, "list folder",
-					 libssh2_sftp_readdir_ex(h, name, sizeof(name), NULL, 0, &attrs));
+					 libssh2_sftp_readdir_ex(h, name, sizeof(name) - 1, NULL, 0, &attrs));
 		if (n <= 0)
 			break;
+		scanned++;
+		name[n] = '\0';
 		if ((attrs.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) && !LIBSSH2_SFTP_S_ISREG(attrs.permissions))
+			continue;
+		if ((size_t) n != strlen(name) || strchr(name, '/') != NULL ||
+			strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || !wanted(name))
 			continue;
 		{
 			FFSftpEntry *e = palloc0(sizeof(FFSftpEntry));
 
-			e->name = pnstrdup(name, n);
+			e->name = pstrdup(name);
 			if (attrs.flags & LIBSSH2_SFTP_ATTR_SIZE)
 				e->size = attrs.filesize;
 			if (attrs.flags & LIBSSH2_SFTP_ATTR_ACMODTIME)
 				e->mtime = attrs.mtime;
 			names = lappend(names, e);
+			kept++;
 		}
 	}
 	(void) SSH_CALL(conn, "close folder", libssh2_sftp_close_handle(h));

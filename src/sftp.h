@@ -46,7 +46,8 @@ extern const char *ff_sftp_upload_final_path(FFSftpUpload *upload);
 extern char *ff_sftp_upload_final_name(const char *name);
 
 extern bool ff_sftp_size(FFSftp *conn, const char *path, uint64 *size);
-extern List *ff_sftp_list(FFSftp *conn, const char *dir, const char *folder_setting);
+extern List *ff_sftp_list(FFSftp *conn, const char *dir, const char *folder_setting,
+						  bool (*wanted) (const char *name));
 extern FFSftpReader *ff_sftp_open_read(FFSftp *conn, const char *path, const char *folder_setting);
 extern size_t ff_sftp_read_some(FFSftpReader *reader, char *buf, size_t size);
 extern void ff_sftp_close_read(FFSftpReader *reader);
