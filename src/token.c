@@ -14,7 +14,8 @@
  * it was issued for: the cache is keyed by a hash of api_url and app_key,
  * and a backend whose settings differ fetches its own.  Its lifetime is
  * bounded by the documented 10 minutes, whatever "expires" says (an absurd
- * or unparsable value neither keeps a token forever nor overflows).
+ * or unparsable value neither keeps a token forever nor overflows, and one
+ * already past does not make every request fetch a token).
  *
  * The AppSecret is sent in the request body and never appears in a message.
  */
@@ -63,6 +64,10 @@ token_issuer(void)
  * When a token answered now expires: "expires" (Unix epoch ms) when it is a
  * plain integer, at most ten minutes from now (sooner when FlexFactor says
  * so); ten minutes when it is absent, not an integer or out of any range.
+ * A token just issued that would already be due for renewal ("expires" in
+ * the past, 0, or seconds instead of milliseconds) is kept for ten minutes
+ * too: believing it would fetch a token for every request.  Should it
+ * really be expired, the 401 it earns fetches a new one (ff_token_invalidate).
  */
 static int64
 bounded_expiry(Jsonb *answer, int64 now_ms)
@@ -74,6 +79,8 @@ bounded_expiry(Jsonb *answer, int64 now_ms)
 		strspn(text, "0123456789") != strlen(text))
 		return now_ms + DEFAULT_LIFETIME_MS;
 	expires = strtoll(text, NULL, 10);
+	if (expires - REFRESH_MARGIN_MS <= now_ms)
+		return now_ms + DEFAULT_LIFETIME_MS;
 	return Min(expires, now_ms + DEFAULT_LIFETIME_MS);
 }
 

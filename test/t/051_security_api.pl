@@ -207,6 +207,20 @@ for my $expires ('1e999', '9223372036854775807')
 	is($status, 'true true', "expires $expires: the token is trusted for at most 10 minutes")
 	  or diag $stderr;
 }
+
+# an `expires` already past (0, or seconds where milliseconds are meant): the
+# token is kept, not fetched again for every request
+for my $expires ('0', '1712237948')
+{
+	$sim2->config({ tokenExpires => $expires });
+	$sim2->revoke_tokens;
+	my $before = $sim2->token_count;
+	$node->psql('ffdb', "SELECT flexfactor.ff_order('$osk')") for 1 .. 3;
+	is($sim2->token_count - $before, 1, "expires $expires: one token fetched for three calls");
+	is(sq("SELECT has_token || ' ' || (expires_at > now() + interval '9 minutes')
+	         FROM flexfactor.ff_token_status()"),
+		'true true', "expires $expires: the token is kept for the documented 10 minutes");
+}
 $sim2->config({ tokenExpires => '' });
 
 done_testing();
