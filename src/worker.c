@@ -49,6 +49,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/backend_status.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -451,21 +452,26 @@ leave_if_released(void)
  * Called by the SFTP export between files and between chunks of a file, with
  * no transaction open: a slow SFTP server must not delay the transmit queue
  * or late webhook events, so they get their turn here at least every second.
+ * Their activity shows in pg_stat_activity meanwhile; the caller's ("uploading
+ * a batch") is shown again after them.
  */
 void
 ff_worker_yield(void)
 {
 	static TimestampTz last_turn = 0;
 	long		next_due_ms = -1;
+	char		activity[128];
 
 	CHECK_FOR_INTERRUPTS();
 	ff_fence_check();
 	leave_if_released();
 	if (!TimestampDifferenceExceeds(last_turn, GetCurrentTimestamp(), YIELD_INTERVAL_MS))
 		return;
+	strlcpy(activity, MyBEEntry != NULL ? MyBEEntry->st_activity_raw : "", sizeof(activity));
 	(void) ff_work_run_phase(&transmit_ph, false, transmit_phase, &next_due_ms);
 	(void) ff_work_run_phase(&late_ph, false, apply_late_results, NULL);
 	last_turn = GetCurrentTimestamp();
+	pgstat_report_activity(STATE_RUNNING, activity);
 }
 
 /*
