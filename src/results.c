@@ -173,6 +173,8 @@ files_to_read(List *entries)
 	List	   *candidates = NIL;
 	List	   *result = NIL;
 	ListCell   *lc;
+	ResultFile *files;
+	bool	   *skip;
 	Datum	   *names;
 	int64	   *sizes;
 	int64	   *mtimes;
@@ -192,18 +194,18 @@ files_to_read(List *entries)
 		return NIL;
 	list_sort(candidates, compare_entries);
 
+	files = palloc0(list_length(candidates) * sizeof(ResultFile));
+	skip = palloc0(list_length(candidates) * sizeof(bool));
 	names = palloc(list_length(candidates) * sizeof(Datum));
 	sizes = palloc(list_length(candidates) * sizeof(int64));
 	mtimes = palloc(list_length(candidates) * sizeof(int64));
 	foreach(lc, candidates)
 	{
 		FFSftpEntry *e = lfirst(lc);
-		ResultFile *f = palloc0(sizeof(ResultFile));
 
-		f->entry = e;
-		f->label = name_label(e->name);
-		result = lappend(result, f);
-		names[n] = CStringGetTextDatum(f->label);
+		files[n].entry = e;
+		files[n].label = name_label(e->name);
+		names[n] = CStringGetTextDatum(files[n].label);
 		sizes[n] = (int64) e->size;
 		mtimes[n] = (int64) e->mtime;
 		n++;
@@ -212,9 +214,10 @@ files_to_read(List *entries)
 	values[1] = int8_array(sizes, n);
 	values[2] = int8_array(mtimes, n);
 
+	/* each row names its file by its place in the arrays (1-based) */
 	ff_work_begin("flexfactor: reading refused result files");
-	if (SPI_execute_with_args("SELECT f.name, r.sqlstate, r.reason"
-							  "  FROM unnest($1, $2, $3) AS f(name, size, mtime)"
+	if (SPI_execute_with_args("SELECT f.place, r.sqlstate, r.reason"
+							  "  FROM unnest($1, $2, $3) WITH ORDINALITY AS f(name, size, mtime, place)"
 							  "  JOIN flexfactor.refused_result_files r"
 							  "    ON r.file_name = f.name AND r.byte_count = f.size"
 							  "   AND r.modified_at = to_timestamp(f.mtime)",
@@ -224,24 +227,21 @@ files_to_read(List *entries)
 	{
 		HeapTuple	row = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
-		char	   *name = SPI_getvalue(row, desc, 1);
+		bool		isnull;
+		int64		place = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
 		char	   *sqlstate = SPI_getvalue(row, desc, 2);
 
-		foreach(lc, result)
-		{
-			ResultFile *f = lfirst(lc);
-
-			if (strcmp(f->label, name) != 0)
-				continue;
-			if (sqlstate != NULL && strcmp(sqlstate, unpack_sql_state(ERRCODE_FF_SFTP_IO)) == 0)
-				f->refused_for = MemoryContextStrdup(cxt, SPI_getvalue(row, desc, 3));
-			else
-				result = foreach_delete_current(result, lc);	/* refused for its bytes */
-			break;
-		}
+		if (sqlstate != NULL && strcmp(sqlstate, unpack_sql_state(ERRCODE_FF_SFTP_IO)) == 0)
+			files[place - 1].refused_for = MemoryContextStrdup(cxt, SPI_getvalue(row, desc, 3));
+		else
+			skip[place - 1] = true; /* refused for its bytes */
 	}
 	ff_work_commit();
 	MemoryContextSwitchTo(cxt);
+
+	for (int i = 0; i < n; i++)
+		if (!skip[i])
+			result = lappend(result, &files[i]);
 	return result;
 }
 
