@@ -17,7 +17,8 @@ our @EXPORT = qw(ff_node ff_start_serving ff_worker_pid ff_wait_for_worker
   ff_log_contains ff_log_since ff_wait_until ff_run_sql ff_set_conf
   ff_reload_and_wait ff_batch_of ff_create_batch ff_memory_of ff_proc_kb
   $FF_DECLINE_ARGS $FF_DECLINE_TIMES $FF_PAYMENT_ARGS $FF_PAYMENT_CARD_ARGS
-  @FF_EVALUATE_REQUIRED ff_decline_args ff_payment_args ff_missing_fields ff_refused_ok);
+  @FF_EVALUATE_REQUIRED ff_decline_args ff_payment_args ff_missing_fields ff_refused_ok
+  ff_sftp_node ff_export ff_enqueue_declines ff_batch_line_orders);
 
 # ---- complete request bodies (flexfactor-api.md 12a)
 #
@@ -153,6 +154,53 @@ sub ff_start_serving
 	$node->safe_psql('postgres', "CREATE DATABASE $dbname" . ($create_options ? " $create_options" : ''));
 	$node->safe_psql($dbname, 'CREATE EXTENSION flexfactor');
 	return ff_wait_for_worker($node, $dbname);
+}
+
+# A node serving database "ffdb" for merchant $mid whose worker uploads to
+# "$dir/inbound" and reads answers from "$dir/outbound" on $sshd (an FFSshd),
+# exporting only when asked (batch_interval 0); %conf: more settings.
+# Returns the node and the two folders.
+sub ff_sftp_node
+{
+	my ($name, $mid, $sshd, $dir, %conf) = @_;
+	my ($inbound, $outbound) = ("$dir/inbound", "$dir/outbound");
+	mkdir $_ or die "mkdir $_: $!" for $inbound, $outbound;
+	my $node = ff_node($name,
+		'flexfactor.database' => 'ffdb',
+		'flexfactor.mid' => $mid,
+		'flexfactor.batch_interval' => '0',
+		'flexfactor.batch_retry_base' => '1',
+		%conf,
+		$sshd->node_settings(inbound => $inbound, outbound => $outbound));
+	ff_start_serving($node, 'ffdb');
+	return ($node, $inbound, $outbound);
+}
+
+# SELECT flexfactor.ff_export_batch() in $dbname (ff_run_sql's result).
+sub ff_export
+{
+	my ($node, $dbname) = @_;
+	return ff_run_sql($node, $dbname, "SET statement_timeout = '120s'; SELECT flexfactor.ff_export_batch()");
+}
+
+# Queue $n complete declines "$prefix-1" .. "$prefix-$n" with ff_enqueue_decline().
+sub ff_enqueue_declines
+{
+	my ($node, $dbname, $prefix, $n) = @_;
+	return $node->safe_psql($dbname,
+		"SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline('$prefix-' || i, 1999, 'USD',
+		   'tok-' || i, 'tx-$prefix-' || i, " . ff_decline_args() . ")))
+		 FROM generate_series(1, $n) i");
+}
+
+# The lines of batch $batch as [sequence number, orderId], in order: what an
+# answer file must answer.
+sub ff_batch_line_orders
+{
+	my ($node, $dbname, $batch) = @_;
+	return map { [ split / /, $_, 2 ] } split /\n/,
+	  $node->safe_psql($dbname, "SELECT sequence_number || ' ' || (line::jsonb->>'orderId')
+	                             FROM flexfactor.batch_file_lines($batch) ORDER BY 1");
 }
 
 # pid of the running flexfactor worker connected to $dbname, or '' if none.

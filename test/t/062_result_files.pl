@@ -40,28 +40,12 @@ use FFSshd;
 my $mid = '5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a80';
 my $tmp = PostgreSQL::Test::Utils::tempdir('ffres062');
 my $sshd = FFSshd->start("$tmp/sshd", sftp_log => 'INFO');
-my ($inbound, $outbound) = ("$tmp/inbound", "$tmp/outbound");
-mkdir $_ or die "mkdir $_: $!" for $inbound, $outbound;
-
-my $node = ff_node('res062',
-	'flexfactor.database' => 'ffdb',
-	'flexfactor.mid' => $mid,
-	'flexfactor.batch_interval' => '0',
-	'flexfactor.batch_retry_base' => '1',
-	'log_error_verbosity' => 'verbose',
-	$sshd->node_settings(inbound => $inbound, outbound => $outbound));
-ff_start_serving($node, 'ffdb');
+my ($node, $inbound, $outbound) = ff_sftp_node('res062', $mid, $sshd, $tmp, 'log_error_verbosity' => 'verbose');
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
-sub export { ff_run_sql($node, 'ffdb', "SET statement_timeout = '120s'; SELECT flexfactor.ff_export_batch()") }
+sub export { ff_export($node, 'ffdb') }
+sub enqueue_declines { ff_enqueue_declines($node, 'ffdb', @_) }
 
-sub enqueue_declines
-{
-	my ($prefix, $n) = @_;
-	sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline('$prefix-' || i, 1999, 'USD',
-	      'tok-' || i, 'tx-$prefix-' || i, " . ff_decline_args() . ")))
-	    FROM generate_series(1, $n) i");
-}
 
 # a new batch of $n declines, uploaded: its id and file name
 sub uploaded_batch
@@ -80,10 +64,9 @@ sub write_result
 	my ($batch, $file, $edit) = @_;
 	(my $name = $file) =~ s/\.jsonl$/.result.jsonl/;
 	open(my $f, '>', "$outbound/$name") or die "$outbound/$name: $!";
-	for (split /\n/, sq("SELECT sequence_number || ' ' || (line::jsonb->>'orderId')
-	                      FROM flexfactor.batch_file_lines($batch) ORDER BY 1"))
+	for (ff_batch_line_orders($node, 'ffdb', $batch))
 	{
-		my ($seq, $order) = split / /;
+		my ($seq, $order) = @$_;
 		my %a = (sequenceNumber => $seq + 0, orderId => $order,
 			orderSessionKey => sprintf('0b5e0000-0000-4000-8000-%012d', $batch * 10000 + $seq),
 			status => 'SUBMITTED', success => \1, errors => []);

@@ -21,19 +21,11 @@ use FFSshd;
 my $mid = '5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a80';
 my $tmp = PostgreSQL::Test::Utils::tempdir('ffres065');
 my $sshd = FFSshd->start("$tmp/sshd");
-my ($inbound, $outbound) = ("$tmp/inbound", "$tmp/outbound");
-mkdir $_ or die "mkdir $_: $!" for $inbound, $outbound;
-
-my $node = ff_node('res065',
-	'flexfactor.database' => 'ffdb',
-	'flexfactor.mid' => $mid,
-	'flexfactor.batch_interval' => '0',
-	'flexfactor.batch_retry_base' => '1',
-	$sshd->node_settings(inbound => $inbound, outbound => $outbound));
-ff_start_serving($node, 'ffdb');
+my ($node, $inbound, $outbound) = ff_sftp_node('res065', $mid, $sshd, $tmp);
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
-sub export { ff_run_sql($node, 'ffdb', "SET statement_timeout = '120s'; SELECT flexfactor.ff_export_batch()") }
+sub export { ff_export($node, 'ffdb') }
+sub enqueue_declines { ff_enqueue_declines($node, 'ffdb', @_) }
 
 my %names = (
 	latin1 => "caf\xe9.result.jsonl",                         # not UTF-8
@@ -78,23 +70,15 @@ is($ret, 0, 'and restored') or diag $err;
 # ------------------------------------------------------------------
 # 2. A download that temp_file_limit stops leaves no temporary file
 # ------------------------------------------------------------------
-sub enqueue_declines
-{
-	my ($prefix, $n) = @_;
-	sq("SELECT count(flexfactor.ff_enqueue_decline(flexfactor.ff_decline('$prefix-' || i, 1999, 'USD',
-	      'tok-' || i, 'tx-$prefix-' || i, " . ff_decline_args() . ")))
-	    FROM generate_series(1, $n) i");
-}
 enqueue_declines('T', 3);
 is(export()->{stdout}, '1', 'a batch of 3 uploaded');
 my ($bt, $ft) = split /\|/, sq('SELECT id, file_name FROM flexfactor.batches ORDER BY id DESC LIMIT 1');
 (my $rt = $ft) =~ s/\.jsonl$/.result.jsonl/;
 {
 	open(my $f, '>', "$outbound/$rt") or die;
-	for (split /\n/, sq("SELECT sequence_number || ' ' || (line::jsonb->>'orderId')
-	                      FROM flexfactor.batch_file_lines($bt) ORDER BY 1"))
+	for (ff_batch_line_orders($node, 'ffdb', $bt))
 	{
-		my ($seq, $order) = split / /;
+		my ($seq, $order) = @$_;
 		print $f FFSim->encode_json({ sequenceNumber => $seq + 0, orderId => $order,
 			orderSessionKey => sprintf('0b5e0000-0000-4000-8000-%012d', $seq), status => 'SUBMITTED',
 			success => \1, errors => [], pad => 'x' x 600_000 }), "\n";
@@ -151,10 +135,9 @@ sub crlf_answers
 	my ($b, $f) = split /\|/, sq('SELECT id, file_name FROM flexfactor.batches ORDER BY id DESC LIMIT 1');
 	(my $r = $f) =~ s/\.jsonl$/.result.jsonl/;
 	open(my $fh, '>', "$outbound/$r") or die;
-	for (split /\n/, sq("SELECT sequence_number || ' ' || (line::jsonb->>'orderId')
-	                      FROM flexfactor.batch_file_lines($b) ORDER BY 1"))
+	for (ff_batch_line_orders($node, 'ffdb', $b))
 	{
-		my ($seq, $order) = split / /;
+		my ($seq, $order) = @$_;
 		my $content = $seq == 1 ? $first : 200;
 		my %answer = (sequenceNumber => $seq + 0, orderId => $order,
 			orderSessionKey => sprintf('0c5e0000-0000-4000-8000-%012d', $b * 100 + $seq),

@@ -18,19 +18,10 @@ use FFSshd;
 my $mid = '5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a81';
 my $tmp = PostgreSQL::Test::Utils::tempdir('ffres066');
 my $sshd = FFSshd->start("$tmp/sshd");
-my ($inbound, $outbound) = ("$tmp/inbound", "$tmp/outbound");
-mkdir $_ or die "mkdir $_: $!" for $inbound, $outbound;
-
-my $node = ff_node('res066',
-	'flexfactor.database' => 'ffdb',
-	'flexfactor.mid' => $mid,
-	'flexfactor.batch_interval' => '0',
-	'flexfactor.batch_retry_base' => '1',
-	$sshd->node_settings(inbound => $inbound, outbound => $outbound));
-ff_start_serving($node, 'ffdb');
+my ($node, $inbound, $outbound) = ff_sftp_node('res066', $mid, $sshd, $tmp);
 
 sub sq { $node->safe_psql('ffdb', $_[0]) }
-sub export { ff_run_sql($node, 'ffdb', "SET statement_timeout = '120s'; SELECT flexfactor.ff_export_batch()") }
+sub export { ff_export($node, 'ffdb') }
 sub touch { for my $p (@_) { open(my $f, '>', $p) or die "$p: $!"; close $f; } }
 
 # ---------------------------------------------------------------
