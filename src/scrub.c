@@ -381,6 +381,55 @@ configured_secrets(const char **secrets, int max)
 	return n;
 }
 
+/*
+ * What ff_scrub_remote_text() takes out at text[i]: a configured secret,
+ * "Bearer <token>" (the word kept) or a JWT ("eyJ...").  Returns how many
+ * bytes it covers, 0 when none starts there; *kept: how many of them stay,
+ * *replacement: what stands for the rest.
+ */
+static int
+secret_at(const char *text, int len, int i, const char **secrets, int nsecrets,
+		  int *kept, const char **replacement)
+{
+	int			j;
+
+	*kept = 0;
+	*replacement = "[token removed]";
+	for (int s = 0; s < nsecrets; s++)
+	{
+		int			slen = strlen(secrets[s]);
+
+		if (len - i >= slen && memcmp(text + i, secrets[s], slen) == 0)
+		{
+			*replacement = "[secret removed]";
+			return slen;
+		}
+	}
+	if (len - i >= 7 && pg_strncasecmp(text + i, "bearer ", 7) == 0)
+	{
+		j = i + 7;
+		while (j < len && text[j] == ' ')
+			j++;
+		if (j < len && is_token_char(text[j]))
+		{
+			while (j < len && is_token_char(text[j]))
+				j++;
+			*kept = 7;
+			return j - i;
+		}
+	}
+	if (len - i >= 10 && strncmp(text + i, "eyJ", 3) == 0 &&
+		(i == 0 || !is_token_char(text[i - 1])))
+	{
+		j = i;
+		while (j < len && is_token_char(text[j]))
+			j++;
+		if (j - i >= 20)
+			return j - i;
+	}
+	return 0;
+}
+
 char *
 ff_scrub_remote_text(const char *text, int len)
 {
@@ -393,53 +442,16 @@ ff_scrub_remote_text(const char *text, int len)
 	initStringInfo(&out);
 	while (i < len)
 	{
-		bool		matched = false;
+		int			kept;
+		const char *replacement;
+		int			covered = secret_at(text, len, i, secrets, nsecrets, &kept, &replacement);
 
-		/* a configured secret */
-		for (int s = 0; s < nsecrets && !matched; s++)
+		if (covered > 0)
 		{
-			int			slen = strlen(secrets[s]);
-
-			if (len - i >= slen && memcmp(text + i, secrets[s], slen) == 0)
-			{
-				appendStringInfoString(&out, "[secret removed]");
-				i += slen;
-				matched = true;
-			}
-		}
-		if (matched)
+			appendBinaryStringInfo(&out, text + i, kept);
+			appendStringInfoString(&out, replacement);
+			i += covered;
 			continue;
-
-		/* "Bearer <token>" and JWTs ("eyJ...") */
-		if (len - i >= 7 && pg_strncasecmp(text + i, "bearer ", 7) == 0)
-		{
-			int			j = i + 7;
-
-			while (j < len && text[j] == ' ')
-				j++;
-			if (j < len && is_token_char(text[j]))
-			{
-				appendBinaryStringInfo(&out, text + i, 7);
-				appendStringInfoString(&out, "[token removed]");
-				while (j < len && is_token_char(text[j]))
-					j++;
-				i = j;
-				continue;
-			}
-		}
-		if (len - i >= 10 && strncmp(text + i, "eyJ", 3) == 0 &&
-			(i == 0 || !is_token_char(text[i - 1])))
-		{
-			int			j = i;
-
-			while (j < len && is_token_char(text[j]))
-				j++;
-			if (j - i >= 20)
-			{
-				appendStringInfoString(&out, "[token removed]");
-				i = j;
-				continue;
-			}
 		}
 
 		/* card-number-like digit runs, Luhn or not */
@@ -480,35 +492,18 @@ ff_scrub_remote_text(const char *text, int len)
 
 /* ------------------------------------------------------------- remote JSON */
 
-/* whether remote text holds what ff_scrub_remote_text() must take out of a stored answer */
+/* whether remote text holds a secret or token secret_at() finds, or a card number */
 static bool
 remote_value_is_unsafe(const char *text, int len)
 {
 	const char *secrets[8];
 	int			nsecrets = configured_secrets(secrets, lengthof(secrets));
+	int			kept;
+	const char *replacement;
 
-	for (int s = 0; s < nsecrets; s++)
-	{
-		int			slen = strlen(secrets[s]);
-
-		for (int i = 0; i + slen <= len; i++)
-			if (memcmp(text + i, secrets[s], slen) == 0)
-				return true;
-	}
-	for (int i = 0; i + 10 <= len; i++)
-	{
-		if (pg_strncasecmp(text + i, "bearer ", 7) == 0)
+	for (int i = 0; i < len; i++)
+		if (secret_at(text, len, i, secrets, nsecrets, &kept, &replacement) > 0)
 			return true;
-		if (strncmp(text + i, "eyJ", 3) == 0 && (i == 0 || !is_token_char(text[i - 1])))
-		{
-			int			j = i;
-
-			while (j < len && is_token_char(text[j]))
-				j++;
-			if (j - i >= 20)
-				return true;
-		}
-	}
 	return ff_text_has_card_number(text, len);
 }
 
